@@ -1,0 +1,5 @@
+import sys
+
+from imcluster.cli import main
+
+sys.exit(main())

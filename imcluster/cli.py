@@ -1,0 +1,122 @@
+"""The `imcluster` command: run the cluster, and talk to a running one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from imcluster import __version__, settings
+from imcluster.control import ControlError, request
+
+# LSB status codes, as supervisorctl uses them.
+STATUS_RUNNING = 0
+STATUS_NOT_RUNNING = 3
+STATUS_UNKNOWN = 4
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imcluster", description=(
+        "A multi-process Socket.IO server: one master owns the port and hands every "
+        "connection to the worker that owns its session."))
+    p.add_argument("--version", action="version", version=f"imcluster {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="start the master and its workers (foreground)",
+                         description="Start the master and its workers in the foreground.")
+    run.add_argument("app", nargs="?", metavar="MODULE:ATTR",
+                     help="a socketio.Server, or a socketio.WSGIApp built on one; MODULE is "
+                          "imported from the current folder (default: the chat demo)")
+    settings.add_arguments(run)
+
+    for name, text in (("status", "show the master and every worker"),
+                       ("stop", "stop gracefully")):
+        c = sub.add_parser(name, help=text, description=text.capitalize() + ".")
+        c.add_argument("--control", metavar="PATH", help="control socket path (as given to run)")
+        c.add_argument("--bind", metavar="HOST:PORT", help="find the default control socket "
+                       "from the port given to run")
+        c.add_argument("--config", metavar="FILE", help="the config file given to run")
+        if name == "status":
+            c.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = settings.resolve(args)
+    except settings.SettingError as e:
+        print(f"imcluster: {e}", file=sys.stderr)
+        return 2
+    if args.command == "run":
+        return _run(args, cfg)
+    try:
+        if args.command == "status":
+            return _status(cfg, args.json)
+        request(cfg.control, "stop")
+        print("stopping")
+        return 0
+    except ControlError as e:
+        print(f"imcluster: {e}", file=sys.stderr)
+        return STATUS_UNKNOWN
+
+
+def _run(args: argparse.Namespace, cfg: settings.Config) -> int:
+    logging.basicConfig(
+        level=cfg.log_level, stream=sys.stderr,
+        format="%(asctime)s [master pid %(process)d] %(levelname)s %(message)s")
+    from imcluster.master.loop import Master  # not needed by the other verbs
+
+    return Master(cfg, args.app).run()
+
+
+def _status(cfg: settings.Config, as_json: bool) -> int:
+    st = request(cfg.control, "status")
+    workers = [w for w in st["workers"] if not w["retired"]]
+    code = STATUS_RUNNING if workers and all(w["state"] == "READY" for w in workers) \
+        else STATUS_NOT_RUNNING
+    if as_json:
+        print(json.dumps(st, indent=2))
+        return code
+    m = st["master"]
+    print(f"master  pid {m['pid']}  up {_dur(m['uptime'])}  fds {m['fds']}  "
+          f"bind {m['bind']}  broadcasts {m['broadcast']}  pending {m['pending']}"
+          + ("  STOPPING" if m["stopping"] else ""))
+    cols = ("slot", "pid", "state", "uptime", "restarts", "cpu", "rss", "conns", "sessions")
+    rows = [cols]
+    for w in st["workers"]:
+        rows.append((
+            str(w["slot"]) + ("*" if w["retired"] else ""), str(w["pid"] or "-"), w["state"],
+            _dur(w["uptime"]), str(w["restarts"]),
+            "-" if w["cpu"] is None else f"{w['cpu']:.0f}%",
+            "-" if w["rss"] is None else f"{w['rss'] / 2**20:.1f}M",
+            _dash(w["connections"]), _dash(w["sessions"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    for r in rows:
+        print("  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip())
+    for w in st["workers"]:
+        if w["last_error"]:
+            print(f"slot {w['slot']}: {w['last_error']}")
+    return code
+
+
+def _dash(v: object) -> str:
+    return "-" if v is None else str(v)
+
+
+def _dur(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Example apps: the bench contract (`bench`) and the chat demo (`chat`)."""

@@ -1,0 +1,103 @@
+"""Reading the first line of an HTTP request without consuming it.
+
+The master and the workers both look at the request line of a request that
+is still in the socket's receive queue (MSG_PEEK) to learn which worker owns
+it. This module only parses bytes; it never touches a socket.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from imcluster import sid as sidcodec
+
+MAX_REQUEST_LINE = 8192
+
+# RFC 9110 token characters for the method; the target is any run of visible
+# ASCII; the version is HTTP/1.0 or HTTP/1.1 (HTTP/0.9 and 2.0 are not
+# spoken here: a client that sends them gets a 400).
+_REQUEST_LINE = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}) ([\x21-\x7e]{1,8190}) HTTP/1\.([01])\r?\n"
+)
+
+
+class Incomplete(Exception):
+    """Not enough bytes yet to tell."""
+
+
+class BadRequest(Exception):
+    """The bytes are not an HTTP/1.x request line we will serve."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RequestLine:
+    method: str
+    target: str
+    version: str
+    sid: str | None
+
+    @property
+    def worker_id(self) -> int | None:
+        """The worker this request's sid names, or None (new session, or not ours)."""
+        return sidcodec.worker_of(self.sid) if self.sid else None
+
+
+def parse(data: bytes, limit: int = MAX_REQUEST_LINE) -> RequestLine:
+    """Parse the request line at the start of `data`.
+
+    Raises Incomplete when more bytes are needed, BadRequest (with the HTTP
+    status to answer) when the bytes can never become a valid request line.
+    Never raises anything else, whatever `data` holds.
+    """
+    # Tolerate the empty lines RFC 9112 lets a client send before a request.
+    start = 0
+    while data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
+        start += 2 if data.startswith(b"\r\n", start) else 1
+    end = data.find(b"\n", start)
+    if end < 0:
+        if len(data) - start >= limit:
+            raise BadRequest(414, "Request-URI Too Long")
+        _check_prefix(data[start:])
+        raise Incomplete()
+    if end - start >= limit:
+        raise BadRequest(414, "Request-URI Too Long")
+    m = _REQUEST_LINE.fullmatch(data, start, end + 1)
+    if m is None:
+        raise BadRequest(400, "Bad Request")
+    target = m.group(2).decode("ascii")
+    return RequestLine(
+        method=m.group(1).decode("ascii"),
+        target=target,
+        version="HTTP/1." + m.group(3).decode("ascii"),
+        sid=sid_from_target(target),
+    )
+
+
+def _check_prefix(partial: bytes) -> None:
+    """Fail early on bytes that cannot start a request line (TLS, binary junk)."""
+    sp = partial.find(b" ")
+    method = partial if sp < 0 else partial[:sp]
+    if len(method) > 32 or not re.fullmatch(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*", method):
+        raise BadRequest(400, "Bad Request")
+    if sp >= 0 and re.search(rb"[^\x21-\x7e HTP/.0-9\r]", partial[sp + 1:]):
+        raise BadRequest(400, "Bad Request")
+
+
+def sid_from_target(target: str) -> str | None:
+    """The value of the first `sid` query parameter of a request target."""
+    q = target.find("?")
+    if q < 0:
+        return None
+    frag = target.find("#", q)
+    query = target[q + 1:] if frag < 0 else target[q + 1:frag]
+    for pair in query.split("&"):
+        if pair.startswith("sid="):
+            return unquote(pair[4:]) or None
+    return None

@@ -1,0 +1,179 @@
+"""Every setting, declared once: type, default, validation and help.
+
+The declarations build the `imcluster run` options, the IMCLUSTER_* environment
+variables and the config file reader. Precedence: command line, then
+environment, then config file, then the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SettingError(ValueError):
+    """A setting has a value we refuse; the message names the setting and its source."""
+
+
+def _positive_int(v: Any) -> int:
+    n = int(v)
+    if n < 1:
+        raise ValueError("must be at least 1")
+    return n
+
+
+def _positive_float(v: Any) -> float:
+    x = float(v)
+    if not x > 0:
+        raise ValueError("must be greater than 0")
+    return x
+
+
+def _bind(v: Any) -> tuple[str, int]:
+    s = str(v)
+    host, sep, port = s.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8000")
+    host = host.strip("[]") or "127.0.0.1"
+    p = int(port)
+    if not 0 <= p <= 65535:
+        raise ValueError("port out of range")
+    return host, p
+
+
+def _log_level(v: Any) -> str:
+    s = str(v).upper()
+    if s not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("one of debug, info, warning, error")
+    return s
+
+
+def _optional_str(v: Any) -> str | None:
+    s = str(v).strip() if v is not None else ""
+    return s or None
+
+
+def _default_workers() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    flag: str = ""
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return "IMCLUSTER_" + self.name.upper()
+
+    @property
+    def option(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("workers", _positive_int, _default_workers,
+            "worker processes (default: one per CPU)", metavar="N"),
+    Setting("bind", _bind, "127.0.0.1:8000",
+            "HOST:PORT the master listens on (default 127.0.0.1:8000; use 0.0.0.0 to serve "
+            "beyond this host)", metavar="HOST:PORT"),
+    Setting("redis", _optional_str, None,
+            "Redis URL for cross-worker and cross-host broadcasts; without it the master "
+            "relays broadcasts between its own workers", metavar="URL"),
+    Setting("header_timeout", _positive_float, 10.0,
+            "seconds a new connection has to send its request line before the master "
+            "answers 408 and closes it", metavar="SECONDS"),
+    Setting("max_pending", _positive_int, 1024,
+            "connections the master holds while waiting for their request line; past it "
+            "the oldest is closed", metavar="N"),
+    Setting("max_queued", _positive_int, 4096,
+            "client sockets the master may queue for busy workers before it stops "
+            "accepting", metavar="N"),
+    Setting("keepalive", _positive_float, 75.0,
+            "seconds a worker keeps an idle keep-alive HTTP connection open", metavar="SECONDS"),
+    Setting("graceful_timeout", _positive_float, 10.0,
+            "seconds a stopping worker gets to finish before it is killed", metavar="SECONDS"),
+    Setting("control", _optional_str, None,
+            "path of the control socket (default: imcluster-PORT.sock in $XDG_RUNTIME_DIR or "
+            "/tmp)", metavar="PATH"),
+    Setting("log_level", _log_level, "INFO", "debug, info, warning or error", metavar="LEVEL"),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass
+class Config:
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one option per setting; unset options stay None so lower layers show through."""
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML config file (env IMCLUSTER_CONFIG); keys are the setting "
+                             "names, e.g. workers = 4")
+    for s in SETTINGS:
+        default = s.default() if callable(s.default) else s.default
+        if isinstance(default, tuple):
+            default = ":".join(map(str, default))
+        parser.add_argument(s.option, dest=s.name, default=None, metavar=s.metavar,
+                            help=f"{s.help} [env {s.env}; default {default}]")
+
+
+def resolve(args: argparse.Namespace | None = None,
+            environ: dict[str, str] | None = None) -> Config:
+    """Merge command line, environment, config file and defaults; validate all of it."""
+    environ = os.environ if environ is None else environ
+    cli = vars(args) if args is not None else {}
+    path = cli.get("config") or environ.get("IMCLUSTER_CONFIG")
+    file_values: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                file_values = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise SettingError(f"config file {path}: {e}") from None
+        section = file_values.get("imcluster")
+        if isinstance(section, dict):
+            file_values = section
+        unknown = sorted(set(file_values) - set(BY_NAME))
+        if unknown:
+            raise SettingError(f"config file {path}: unknown setting(s): {', '.join(unknown)}")
+    cfg = Config()
+    for s in SETTINGS:
+        if cli.get(s.name) is not None:
+            raw, source = cli[s.name], s.option
+        elif s.env in environ:
+            raw, source = environ[s.env], s.env
+        elif s.name in file_values:
+            raw, source = file_values[s.name], f"{path}: {s.name}"
+        else:
+            raw, source = (s.default() if callable(s.default) else s.default), "default"
+        try:
+            cfg.values[s.name] = raw if source == "default" else s.parse(raw)
+        except (TypeError, ValueError) as e:
+            raise SettingError(f"{source}={raw!r}: {e}") from None
+        cfg.sources[s.name] = source
+    if isinstance(cfg.values["bind"], str):
+        cfg.values["bind"] = _bind(cfg.values["bind"])
+    if cfg.values["control"] is None:
+        base = environ.get("XDG_RUNTIME_DIR") or "/tmp"
+        cfg.values["control"] = os.path.join(base, f"imcluster-{cfg.values['bind'][1]}.sock")
+    return cfg

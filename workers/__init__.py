@@ -1,0 +1,1 @@
+"""The worker process: python-socketio on eventlet, fed client fds by the master."""

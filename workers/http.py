@@ -1,0 +1,256 @@
+"""HTTP serving in a worker, one request at a time, never reading ahead.
+
+eventlet's own protocol reads through a buffer, so the next request on a
+keep-alive or pipelined connection could already sit in this process when it
+belongs to a session on another worker. Here the read side takes exactly the
+bytes of the current request (`ExactReader`), and before each further request
+the protocol peeks at its request line: a sid that names another worker sends
+the connection back to the master (the fd is handed over untouched: detached,
+never shut down).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+
+import eventlet
+import eventlet.wsgi
+from eventlet.hubs import trampoline
+
+from imcluster import httpline
+
+log = logging.getLogger("imcluster.worker")
+
+PEEK_BYTES = 64 * 1024
+STATE_HANDED = "handed back"
+
+
+class ExactReader:
+    """A file-like read side that never consumes bytes past what is asked for.
+
+    `readline` may consume up to the end of the header block (the first blank
+    line) at once: from any point inside a request, that blank line still
+    belongs to the same request, so nothing of the next one is taken.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._buf = bytearray()
+        self.closed = False
+
+    def _peek(self) -> bytes:
+        return self._sock.recv(PEEK_BYTES, socket.MSG_PEEK)
+
+    def _take(self, n: int) -> bytes:
+        """Consume exactly n bytes that a peek has shown are queued."""
+        out = bytearray()
+        while len(out) < n:
+            chunk = self._sock.recv(n - len(out))
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+
+    def readline(self, limit: int = -1) -> bytes:
+        limit = limit if limit is not None and limit >= 0 else 1 << 62
+        while True:
+            i = self._buf.find(b"\n", 0, limit)
+            if i >= 0 or len(self._buf) >= limit:
+                n = i + 1 if i >= 0 else limit
+                line = bytes(self._buf[:n])
+                del self._buf[:n]
+                return line
+            data = self._peek()
+            if not data:
+                line = bytes(self._buf)
+                self._buf.clear()
+                return line
+            j = data.find(b"\r\n\r\n")
+            if j >= 0:
+                self._buf += self._take(j + 4)
+                continue
+            i = data.find(b"\n")
+            # A partial line may be taken whole: its newline is still ahead,
+            # inside this request.
+            self._buf += self._take(i + 1 if i >= 0 else len(data))
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            out = bytes(self._buf)
+            self._buf.clear()
+            while chunk := self._sock.recv(PEEK_BYTES):
+                out += chunk
+            return out
+        if len(self._buf) >= n:
+            out = bytes(self._buf[:n])
+            del self._buf[:n]
+            return out
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out + self._take(n - len(out))
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines, total = [], 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def has_buffered(self) -> bool:
+        return bool(self._buf)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def peek_request_line(sock: socket.socket, timeout: float) -> httpline.RequestLine | None:
+    """Wait for the next request line on a kept-alive connection, without consuming it.
+
+    Returns None when the client closes, goes silent past `timeout`, or
+    sends a line we cannot parse (the caller then lets the normal request
+    handling answer it).
+    """
+    lowat = False
+    deadline = eventlet.hubs.get_hub().clock() + timeout
+    try:
+        while True:
+            try:
+                data = sock.fd.recv(httpline.MAX_REQUEST_LINE + 2, socket.MSG_PEEK)
+            except BlockingIOError:
+                data = None
+            if data == b"":
+                return None
+            if data:
+                try:
+                    return httpline.parse(data)
+                except httpline.BadRequest:
+                    return httpline.RequestLine("?", "", "", None)
+                except httpline.Incomplete:
+                    # Stay asleep until a byte more than we have seen arrives;
+                    # otherwise a slow client would wake us in a tight loop.
+                    sock.fd.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, len(data) + 1)
+                    lowat = True
+            remaining = deadline - eventlet.hubs.get_hub().clock()
+            if remaining <= 0:
+                return None
+            try:
+                trampoline(sock.fd, read=True, timeout=remaining,
+                           timeout_exc=socket.timeout)
+            except TimeoutError:
+                return None
+    except OSError:
+        return None
+    finally:
+        if lowat:
+            try:
+                sock.fd.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            except OSError:
+                pass
+
+
+def make_protocol(worker_id: int, hand_back: Callable[[socket.socket], bool],
+                  keepalive: float):
+    """An eventlet HttpProtocol that serves only this worker's requests."""
+
+    class ClusterProtocol(eventlet.wsgi.HttpProtocol):
+        handed_back = False
+
+        def setup(self) -> None:
+            conn = self.connection = self.request
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+            except OSError:
+                pass
+            self.rfile = ExactReader(conn)
+            self.wfile = conn.makefile("wb", self.wbufsize)
+
+        def handle(self) -> None:
+            # The master routed the first request here; it is ours whatever it names.
+            self.close_connection = True
+            first = True
+            while True:
+                if not first and not self._next_is_ours():
+                    break
+                first = False
+                self.handle_one_request()
+                if self.conn_state[2] == eventlet.wsgi.STATE_CLOSE:
+                    self.close_connection = 1
+                else:
+                    self.conn_state[2] = eventlet.wsgi.STATE_IDLE
+                if self.close_connection:
+                    break
+
+        def _next_is_ours(self) -> bool:
+            if self.rfile.has_buffered():
+                return True  # cannot happen with ExactReader; serve rather than lose bytes
+            line = peek_request_line(self.connection, keepalive)
+            if line is None:
+                return False
+            wid = line.worker_id
+            if wid is None or wid == worker_id:
+                return True
+            # Flush before the fd leaves: the answer to the previous request
+            # must reach the client before the next owner's answer.
+            try:
+                self.wfile.flush()
+            except OSError:
+                return False
+            if hand_back(self.connection):
+                self.handed_back = True
+                self.conn_state[2] = STATE_HANDED
+            return False
+
+        def finish(self) -> None:
+            if self.handed_back:
+                # Never shutdown(): it would end the connection for its new owner too.
+                try:
+                    self.wfile.close()
+                except OSError:
+                    pass
+                self.connection.close()
+                return
+            super().finish()
+
+    return ClusterProtocol
+
+
+class FdListener:
+    """What eventlet.wsgi.Server wants of a listening socket, for fds we receive."""
+
+    family = socket.AF_INET
+
+    def __init__(self, address: tuple[str, int]):
+        self.address = address
+
+    def getsockname(self) -> tuple[str, int]:
+        return self.address
+
+    def close(self) -> None:
+        pass
+
+
+def serve_connection(server: eventlet.wsgi.Server, sock: socket.socket,
+                     on_close: Callable[[], None]) -> None:
+    """Serve one handed-off client socket to its end (or its hand-back)."""
+    try:
+        addr = sock.getpeername()
+    except OSError:
+        addr = ("?", 0)
+    conn = [addr, sock, eventlet.wsgi.STATE_IDLE]
+    try:
+        server.process_request(conn)
+    except OSError as e:
+        if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
+            log.exception("connection from %s failed", addr)
+    except Exception:
+        log.exception("connection from %s failed", addr)
+    finally:
+        if conn[2] != STATE_HANDED:
+            eventlet.greenio.shutdown_safe(sock)
+        sock.close()
+        on_close()

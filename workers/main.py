@@ -1,0 +1,195 @@
+"""One worker process: import the app, then serve the fds the master sends.
+
+Runs after eventlet.monkey_patch() (see __main__). The app is imported here,
+after the fork, never in the master: pub/sub managers draw their host id when
+constructed, and workers sharing one would drop each other's broadcasts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+import traceback
+
+import eventlet
+import eventlet.event
+import eventlet.wsgi
+import socketio
+
+from imcluster import channel as ch
+from imcluster import sid as sidcodec
+from imcluster.master.lifecycle import APP_LOAD_ERROR
+from imcluster.workers import app as appmod
+from imcluster.workers.http import FdListener, make_protocol, serve_connection
+from imcluster.workers.link import Link
+from imcluster.workers.relay import MasterRelayManager
+
+log = logging.getLogger("imcluster.worker")
+
+STATS_INTERVAL = 1.0
+MAX_CONNECTIONS = 100_000
+
+
+class Worker:
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.worker_id = int(spec["worker_id"])
+        self.slot = int(spec["slot"])
+        self.link = Link(int(spec["fd"]))
+        self.connections = 0
+        self.handoffs = 0
+        self.stopping = False
+        self.app: appmod.App | None = None
+        self.relay: MasterRelayManager | None = None
+        self.pool = eventlet.GreenPool(MAX_CONNECTIONS)
+        self.joiner = ch.Joiner()
+        self.done = eventlet.event.Event()
+
+    # ---- start ---------------------------------------------------------------
+
+    def load(self) -> None:
+        app = appmod.load(self.spec.get("app"), self.spec.get("cwd") or os.getcwd())
+        wid = self.worker_id
+        # Every sid this worker makes names it, so the master can route by sid alone.
+        app.eio.generate_id = lambda: sidcodec.make_sid(wid)
+        if app.sio is not None:
+            self._install_manager(app.sio)
+        self.app = app
+
+    def _install_manager(self, sio: socketio.Server) -> None:
+        current = sio.manager
+        if type(current) is not socketio.Manager:
+            # The app brought its own manager (its own Redis, say): keep it.
+            if self.spec.get("redis"):
+                log.warning("the app sets its own client_manager (%s); --redis is ignored",
+                            type(current).__name__)
+            mgr = current
+        elif self.spec.get("redis"):
+            mgr = socketio.RedisManager(self.spec["redis"])
+        else:
+            mgr = self.relay = MasterRelayManager(self.link)
+        if mgr is not current:
+            mgr.set_server(sio)
+            sio.manager = mgr
+        # Start the pub/sub listener now rather than at the first connection,
+        # so relayed messages never pile up unread.
+        if not sio.manager_initialized:
+            sio.manager_initialized = True
+            mgr.initialize()
+
+    # ---- serve ---------------------------------------------------------------
+
+    def serve(self) -> None:
+        protocol = make_protocol(self.worker_id, self._hand_back, self.spec["keepalive"])
+        self.server = eventlet.wsgi.Server(
+            FdListener(("127.0.0.1", 0)), ("127.0.0.1", 0), self.app.wsgi,
+            protocol=protocol, keepalive=self.spec["keepalive"], log_output=False,
+            # Never send a Python traceback to a client.
+            debug=False, socket_timeout=None)
+        eventlet.spawn(self._report_stats)
+        reader = eventlet.spawn(self.link.receive_forever, self._on_frame)
+        reader.link(lambda _: self.stop("the master closed the channel"))
+        self.link.send(ch.READY)
+        self.done.wait()
+
+    def _on_frame(self, kind: bytes, flags: int, payload: bytes, fds: list[int]) -> None:
+        if kind == ch.HANDOFF and len(fds) == 1:
+            sock = socket.socket(fileno=fds[0])  # green, after monkey_patch
+            self.handoffs += 1
+            self.connections += 1
+            self.pool.spawn(serve_connection, self.server, sock, self._closed_one)
+            return
+        for fd in fds:
+            os.close(fd)
+        whole = self.joiner.feed(kind, flags, payload)
+        if whole is None:
+            return
+        if kind == ch.RELAY and self.relay is not None:
+            self.relay.deliver(whole)
+        elif kind == ch.STOP:
+            self.stop("asked by the master")
+
+    def _closed_one(self) -> None:
+        self.connections -= 1
+
+    def _hand_back(self, sock: socket.socket) -> bool:
+        return self.link.send(ch.HANDBACK, fd=sock.fileno())
+
+    def _report_stats(self) -> None:
+        eio = self.app.eio
+        while not self.link.closed:
+            stats = {"sessions": len(eio.sockets), "connections": self.connections,
+                     "handoffs": self.handoffs}
+            self.link.send(ch.STATS, ch.encode_json(stats))
+            eventlet.sleep(STATS_INTERVAL)
+
+    # ---- stop ----------------------------------------------------------------
+
+    def stop(self, why: str) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("worker pid %d stopping: %s", os.getpid(), why)
+        eventlet.spawn(self._stop)
+
+    def _stop(self) -> None:
+        # Close every Engine.IO session: clients see the transport close and
+        # reconnect through the master, which sends them to a live worker.
+        eio = self.app.eio if self.app else None
+        if eio is not None:
+            for s in list(eio.sockets.values()):
+                try:
+                    s.close(wait=False, abort=True)
+                except Exception:
+                    pass
+        with eventlet.Timeout(self.spec.get("graceful_timeout", 10), False):
+            while self.pool.running():
+                eventlet.sleep(0.05)
+        self.done.send()
+
+
+def _setup_logging(level: str, slot: int) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format=f"%(asctime)s [worker {slot} pid %(process)d] %(levelname)s %(message)s")
+    # python-socketio logs every emit at INFO when given a logger; keep ours quiet.
+    logging.getLogger("socketio").setLevel(logging.WARNING)
+    logging.getLogger("engineio").setLevel(logging.WARNING)
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    _setup_logging(spec.get("log_level", "INFO"), spec["slot"])
+    # The master decides when we stop: Ctrl-C in a terminal reaches the whole
+    # process group, and the master's graceful stop must not be pre-empted.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _raise_fd_limit()
+    w = Worker(spec)
+    signal.signal(signal.SIGTERM, lambda *_: w.stop("SIGTERM"))
+    try:
+        w.load()
+    except Exception as e:
+        if isinstance(e, appmod.AppError):
+            why = str(e)
+        else:
+            why = "".join(traceback.format_exception_only(type(e), e)).strip()
+            traceback.print_exc()
+        log.error("cannot load the app: %s", why)
+        w.link.send(ch.ERROR, why.encode())
+        return APP_LOAD_ERROR
+    w.serve()
+    return 0

@@ -1,0 +1,33 @@
+"""Cross-worker broadcasts relayed by the master: no Redis needed on one host.
+
+A python-socketio PubSubManager whose pub/sub backend is the worker's channel:
+_publish sends the message to the master, which passes it to every other
+worker; _listen yields what the master passes to this one.
+"""
+
+from __future__ import annotations
+
+import eventlet.queue
+import socketio
+
+from imcluster import channel as ch
+
+
+class MasterRelayManager(socketio.PubSubManager):
+    name = "imcluster-relay"
+
+    def __init__(self, link, channel: str = "socketio", logger=None):
+        super().__init__(channel=channel, write_only=False, logger=logger)
+        self.link = link
+        self.inbox: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
+
+    def _publish(self, data) -> None:
+        self.link.send(ch.PUBLISH, self.json.dumps(data).encode())
+
+    def deliver(self, payload: bytes) -> None:
+        """Called by the channel reader for every relayed message."""
+        self.inbox.put(payload)
+
+    def _listen(self):
+        while True:
+            yield self.inbox.get()
