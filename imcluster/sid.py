@@ -46,6 +46,6 @@ def worker_of(sid: str | bytes) -> int | None:
         return None
     # b64decode tolerates characters outside the alphabet in some modes;
     # a round trip proves the sid is canonical.
-    if base64.urlsafe_b64encode(raw) != sid:
+    if len(raw) != 2 + RANDOM_BYTES or base64.urlsafe_b64encode(raw) != sid:
         return None
     return int.from_bytes(raw[:2], "big")

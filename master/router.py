@@ -76,9 +76,16 @@ class Router:
         if len(self.pending) >= self.max_pending:
             # Slowloris and idle floods fill this table; the oldest entry is the
             # likeliest abuser, since honest clients send their line at once.
+            # It gets a best-effort 408 and an immediate close: no lingering,
+            # so the table really shrinks.
             _, oldest = next(iter(self.pending.items()))
             self.counters["evicted"] += 1
-            self._fail(oldest, 408, "request line not received in time", now)
+            if not oldest.closing:
+                try:
+                    oldest.sock.send(error_response(408, "too many pending connections"))
+                except OSError:
+                    pass
+            self._drop(oldest)
         p = Pending(sock, now + self.header_timeout)
         self.pending[sock.fileno()] = p
         self.selector.register(sock, selectors.EVENT_READ, self._on_readable)

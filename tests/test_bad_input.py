@@ -1,0 +1,146 @@
+"""Bad input to the master: a clear answer or a timely close, no busy loop,
+and everyone else keeps being served."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import psutil
+import pytest
+from pyclients import Client
+
+HEADER_TIMEOUT = 2.0
+
+
+@pytest.fixture
+def cluster(cluster_factory):
+    c = cluster_factory(workers=2, args=("--header-timeout", str(HEADER_TIMEOUT)))
+    c.wait_ready()
+    return c
+
+
+def raw(port: int, data: bytes, wait: float = 5.0) -> tuple[bytes, float]:
+    """Send `data`, read until the server closes; returns (answer, seconds to close)."""
+    with socket.create_connection(("127.0.0.1", port), 5) as s:
+        t0 = time.monotonic()
+        if data:
+            s.sendall(data)
+        s.settimeout(wait)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return out, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("junk", [
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(64)),  # a TLS ClientHello
+    b"\x00\xff\xfe garbage\r\n\r\n",
+    b"GET / HTTP/2.0\r\n\r\n",
+    b"GET /has space HTTP/1.1 extra\r\n\r\n",
+    b"SSH-2.0-OpenSSH_9.6\r\n",
+])
+def test_non_http_bytes_get_400_and_close(cluster, junk):
+    answer, _ = raw(cluster.port, junk)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"Connection: close" in answer
+
+
+def test_overlong_request_line_gets_414(cluster):
+    answer, _ = raw(cluster.port, b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 414 "), answer[:80]
+
+
+def test_silent_client_gets_408_on_time(cluster):
+    answer, took = raw(cluster.port, b"", wait=HEADER_TIMEOUT + 5)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert HEADER_TIMEOUT - 0.5 <= took <= HEADER_TIMEOUT + 2
+
+
+def test_slow_clients_cost_no_cpu_and_are_closed_on_time(cluster):
+    """Twenty clients send their request line one byte per second; meanwhile an
+    ordinary client connects and talks. The master must not spin on the
+    partial lines (SO_RCVLOWAT), must close the slow ones at the deadline, and
+    must keep serving the ordinary one."""
+    master = psutil.Process(cluster.pid)
+    line = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n"
+    closed_at: list[float] = []
+
+    def slow():
+        with socket.create_connection(("127.0.0.1", cluster.port), 5) as s:
+            t0 = time.monotonic()
+            try:
+                for b in line:
+                    s.send(bytes([b]))
+                    time.sleep(0.25)
+                    if s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                        break
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                pass
+            s.settimeout(HEADER_TIMEOUT + 5)
+            try:
+                while s.recv(4096):
+                    pass
+            except OSError:
+                pass
+            closed_at.append(time.monotonic() - t0)
+
+    def slow_loop():
+        try:
+            slow()
+        except OSError:
+            closed_at.append(-1)
+
+    cpu0 = sum(master.cpu_times()[:2])
+    threads = [threading.Thread(target=slow_loop) for _ in range(20)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    c = Client(cluster.url, "polling")
+    try:
+        assert c.call("echo", "still served") == "still served"
+    finally:
+        c.close()
+    for t in threads:
+        t.join(HEADER_TIMEOUT + 10)
+    cpu = sum(master.cpu_times()[:2]) - cpu0
+    assert len(closed_at) == 20 and all(HEADER_TIMEOUT - 0.5 < x < HEADER_TIMEOUT + 3
+                                        for x in closed_at), closed_at
+    # A spinning loop would burn a core for the whole window (~2.5 s).
+    assert cpu < 0.5, f"master used {cpu:.2f}s CPU serving slow clients"
+
+
+def test_pending_cap_evicts_oldest_and_new_clients_still_connect(cluster_factory):
+    cluster = cluster_factory(workers=1, args=("--max-pending", "50",
+                                              "--header-timeout", "30"))
+    cluster.wait_ready()
+    idle = [socket.create_connection(("127.0.0.1", cluster.port), 5) for _ in range(120)]
+    try:
+        time.sleep(0.5)
+        st = cluster.status()["master"]
+        assert st["pending"] <= 50 and st["counters"]["evicted"] >= 70, st
+        c = Client(cluster.url, "polling")
+        try:
+            assert c.call("echo", 1) == 1
+        finally:
+            c.close()
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_master_keeps_serving_after_abuse(cluster):
+    for junk in (b"\x16\x03\x01", b"BREW /pot HTCPCP/1.0\r\n", b"A" * 9000):
+        raw(cluster.port, junk, wait=1)
+    c = Client(cluster.url, "websocket")
+    try:
+        assert c.call("echo", "ok") == "ok"
+    finally:
+        c.close()
+    assert cluster.proc.poll() is None

@@ -1,0 +1,253 @@
+"""Fast unit tests: sid codec, request-line parser, channel framing, lifecycle, settings."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imcluster import channel as ch
+from imcluster import httpline, sid
+from imcluster import settings as cfgmod
+from imcluster.master.lifecycle import (
+    MAX_START_FAILURES,
+    TRANSITIONS,
+    State,
+    TransitionError,
+    Worker,
+    backoff_delay,
+)
+
+# ---- sid codec ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wid", [0, 1, 255, 256, 0xFFFF])
+def test_sid_names_its_worker_and_is_engineio_shaped(wid):
+    s = sid.make_sid(wid)
+    assert len(s) == 20 and re.fullmatch(r"[A-Za-z0-9_-]{20}", s)
+    assert sid.worker_of(s) == wid
+
+
+def test_sids_are_random_beyond_the_worker_id():
+    sids = {sid.make_sid(5) for _ in range(2000)}
+    assert len(sids) == 2000
+    # 13 random bytes: every position after the worker id varies.
+    assert all(len({s[i] for s in sids}) > 20 for i in range(3, 20))
+
+
+def test_make_sid_rejects_out_of_range():
+    with pytest.raises(ValueError):
+        sid.make_sid(0x10000)
+
+
+@given(st.one_of(st.text(max_size=40), st.binary(max_size=40)))
+@settings(max_examples=500)
+def test_worker_of_never_raises(value):
+    wid = sid.worker_of(value)
+    assert wid is None or 0 <= wid <= 0xFFFF
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "A" * 19, "A" * 21, "+" * 20, "/" * 20,
+                                 "AAAAAAAAAAAAAAAAAAA=", "é" * 20])
+def test_worker_of_refuses_non_canonical(bad):
+    assert sid.worker_of(bad) is None
+
+
+# ---- request line --------------------------------------------------------------
+
+
+def test_parse_finds_the_sid():
+    s = sid.make_sid(42)
+    line = httpline.parse(f"GET /socket.io/?EIO=4&transport=polling&t=N&sid={s} HTTP/1.1\r\n"
+                          "Host: x\r\n".encode())
+    assert (line.method, line.version, line.sid, line.worker_id) == ("GET", "HTTP/1.1", s, 42)
+
+
+@pytest.mark.parametrize("target,expected", [
+    ("/socket.io/?EIO=4&transport=polling", None),
+    ("/socket.io/?sid=abc", "abc"),
+    ("/x?a=1&sid=%41B&sid=zz", "AB"),
+    ("/x?sidx=1", None),
+    ("/x#sid=1", None),
+    ("/x?sid=", None),
+])
+def test_sid_from_target(target, expected):
+    assert httpline.sid_from_target(target) == expected
+
+
+@pytest.mark.parametrize("data", [b"", b"GE", b"GET /socket.io/?EIO=4", b"POST / HTTP/1.1"])
+def test_parse_incomplete(data):
+    with pytest.raises(httpline.Incomplete):
+        httpline.parse(data)
+
+
+@pytest.mark.parametrize("data,status", [
+    (b"\x16\x03\x01\x00", 400),
+    (b"GET / HTTP/2.0\r\n", 400),
+    (b"GET  / HTTP/1.1\r\n", 400),
+    (b"GET / FOO\r\n", 400),
+    (b"G" * 40, 400),
+    (b"GET /" + b"a" * 9000, 414),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n", 414),
+])
+def test_parse_rejects(data, status):
+    with pytest.raises(httpline.BadRequest) as e:
+        httpline.parse(data)
+    assert e.value.status == status
+
+
+def test_parse_skips_leading_blank_lines():
+    assert httpline.parse(b"\r\n\r\nGET / HTTP/1.0\r\n").target == "/"
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=2000)
+def test_parse_arbitrary_bytes_never_escapes(data):
+    try:
+        line = httpline.parse(data)
+    except (httpline.Incomplete, httpline.BadRequest):
+        return
+    wid = line.worker_id
+    assert wid is None or 0 <= wid <= 0xFFFF
+
+
+@given(st.sampled_from(["GET", "POST", "OPTIONS"]),
+       st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1,
+               max_size=60),
+       st.integers(0, 0xFFFF))
+def test_parse_routes_well_formed_lines_to_their_worker(method, junk, wid):
+    s = sid.make_sid(wid)
+    target = f"/socket.io/?{junk.replace('&', '').replace('#', '')}&sid={s}"
+    line = httpline.parse(f"{method} {target} HTTP/1.1\r\n".encode())
+    assert line.worker_id == wid
+
+
+# ---- channel framing ------------------------------------------------------------
+
+
+def test_frames_roundtrip_large_payload_over_a_real_socketpair():
+    a, b = ch.socketpair()
+    payload = bytes(range(256)) * 1000  # 256 KB: several fragments
+    for f in ch.frames(ch.PUBLISH, payload):
+        a.send(f)
+    j = ch.Joiner()
+    whole = None
+    while whole is None:
+        kind, flags, part, fds = ch.recv_frame(b)
+        assert kind == ch.PUBLISH and fds == []
+        whole = j.feed(kind, flags, part)
+    assert whole == payload
+    a.close()
+    assert ch.recv_frame(b) is None
+    b.close()
+
+
+def test_fd_travels_with_its_frame():
+    import os
+    import socket
+
+    a, b = ch.socketpair()
+    x, y = socket.socketpair()
+    a.sendmsg([ch.HANDOFF + b"\x00"], ch.fd_ancillary(x.fileno()))
+    kind, flags, payload, fds = ch.recv_frame(b)
+    assert kind == ch.HANDOFF and len(fds) == 1
+    assert os.get_inheritable(fds[0]) is False  # received close-on-exec
+    z = socket.socket(fileno=fds[0])
+    z.sendall(b"ping")
+    assert y.recv(4) == b"ping"
+    for s in (a, b, x, y, z):
+        s.close()
+
+
+# ---- lifecycle ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("src,dst", [(s, d) for s in State for d in State])
+def test_every_edge_is_allowed_or_refused(src, dst):
+    w = Worker(slot=0, state=src)
+    if dst in TRANSITIONS[src]:
+        w.to(dst)
+        assert w.state is dst
+    else:
+        with pytest.raises(TransitionError):
+            w.to(dst)
+
+
+def test_exit_of_a_healthy_worker_respawns_quickly():
+    w = Worker(slot=0, state=State.READY)
+    w.ready_at = 0.0
+    w.on_exit(-9, now=100.0)
+    assert w.state is State.BACKOFF and w.failures == 0 and w.respawn_at == 100.0 + 0.1
+
+
+def test_start_failures_back_off_then_go_fatal():
+    w = Worker(slot=0, state=State.STARTING)
+    delays = []
+    for i in range(MAX_START_FAILURES):
+        w.on_exit(1, now=float(i))
+        if w.state is State.BACKOFF:
+            delays.append(w.respawn_at - i)
+            w.to(State.STARTING)
+    assert w.state is State.FATAL
+    assert delays == [backoff_delay(n) for n in range(1, MAX_START_FAILURES)]
+    assert delays == sorted(delays) and delays[0] == 0.5
+
+
+def test_stopped_and_retired_workers_are_not_respawned():
+    w = Worker(slot=0, state=State.STOPPING)
+    w.on_exit(0, now=1.0)
+    assert w.state is State.EXITED
+    r = Worker(slot=0, state=State.DRAINING, retired=True)
+    r.on_exit(0, now=1.0)
+    assert r.state is State.EXITED
+
+
+def test_load_counts_handoffs_not_yet_reported():
+    w = Worker(slot=0, stats={"sessions": 3, "handoffs": 10}, handoffs_sent=12)
+    assert w.load == 5
+
+
+# ---- settings ----------------------------------------------------------------
+
+
+def _args(**kw):
+    ns = argparse.Namespace(config=None, **{s.name: None for s in cfgmod.SETTINGS})
+    for k, v in kw.items():
+        setattr(ns, k, v)
+    return ns
+
+
+def test_precedence_cli_env_file_default(tmp_path):
+    f = tmp_path / "imcluster.toml"
+    f.write_text('workers = 5\nbind = "127.0.0.1:9000"\nkeepalive = 30\n')
+    env = {"IMCLUSTER_BIND": "127.0.0.1:9001", "IMCLUSTER_CONFIG": str(f)}
+    cfg = cfgmod.resolve(_args(workers="2"), env)
+    assert cfg.workers == 2 and cfg.sources["workers"] == "--workers"
+    assert cfg.bind == ("127.0.0.1", 9001) and cfg.sources["bind"] == "IMCLUSTER_BIND"
+    assert cfg.keepalive == 30.0
+    assert cfg.header_timeout == 10.0 and cfg.sources["header_timeout"] == "default"
+    assert cfg.control.endswith("imcluster-9001.sock")
+
+
+@pytest.mark.parametrize("kw,env,msg", [
+    ({"workers": "0"}, {}, "--workers='0': must be at least 1"),
+    ({}, {"IMCLUSTER_BIND": "nope"}, "IMCLUSTER_BIND='nope': expected HOST:PORT"),
+    ({"log_level": "loud"}, {}, "--log-level='loud'"),
+])
+def test_bad_values_name_their_source(kw, env, msg):
+    with pytest.raises(cfgmod.SettingError, match=re.escape(msg)):
+        cfgmod.resolve(_args(**kw), env)
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("wrokers = 3\n")
+    with pytest.raises(cfgmod.SettingError, match="unknown setting"):
+        cfgmod.resolve(_args(config=str(f)), {})
+
+
+def test_default_bind_is_loopback():
+    assert cfgmod.resolve(_args(), {}).bind[0] == "127.0.0.1"
