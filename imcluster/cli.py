@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 
 from imcluster import __version__, settings
 from imcluster.control import ControlError, request
@@ -31,14 +32,23 @@ def _parser() -> argparse.ArgumentParser:
     settings.add_arguments(run)
 
     for name, text in (("status", "show the master and every worker"),
+                       ("reload", "replace every worker, one at a time, with no downtime"),
+                       ("scale", "change the number of workers: N, +N or -N"),
                        ("stop", "stop gracefully")):
-        c = sub.add_parser(name, help=text, description=text.capitalize() + ".")
+        c = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         c.add_argument("--control", metavar="PATH", help="control socket path (as given to run)")
         c.add_argument("--bind", metavar="HOST:PORT", help="find the default control socket "
                        "from the port given to run")
         c.add_argument("--config", metavar="FILE", help="the config file given to run")
         if name == "status":
             c.add_argument("--json", action="store_true", help="print JSON")
+        if name == "reload":
+            c.add_argument("--no-wait", action="store_true",
+                           help="return once the reload has started")
+            c.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                           help="give up waiting after this long (default 600)")
+        if name == "scale":
+            c.add_argument("to", metavar="N|+N|-N")
     return p
 
 
@@ -54,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "status":
             return _status(cfg, args.json)
+        if args.command == "reload":
+            return _reload(cfg, args.no_wait, args.timeout)
+        if args.command == "scale":
+            answer = request(cfg.control, "scale", to=args.to)
+            print(f"scaling to {answer['workers']} workers")
+            return 0
         request(cfg.control, "stop")
         print("stopping")
         return 0
@@ -69,6 +85,28 @@ def _run(args: argparse.Namespace, cfg: settings.Config) -> int:
     from imcluster.master.loop import Master  # not needed by the other verbs
 
     return Master(cfg, args.app).run()
+
+
+def _reload(cfg: settings.Config, no_wait: bool, timeout: float) -> int:
+    before = request(cfg.control, "status").get("last_reload")
+    request(cfg.control, "reload")
+    if no_wait:
+        print("reload started")
+        return 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = request(cfg.control, "status")
+        last = st.get("last_reload")
+        if st.get("reload") is None and last and last != before:
+            if last["ok"]:
+                print(f"reload complete: {last['replaced']} worker(s) replaced")
+                return 0
+            print(f"imcluster: reload failed: {last['error']} (the old workers keep serving)",
+                  file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    print(f"imcluster: reload still running after {timeout:.0f}s", file=sys.stderr)
+    return 1
 
 
 def _status(cfg: settings.Config, as_json: bool) -> int:
@@ -87,7 +125,8 @@ def _status(cfg: settings.Config, as_json: bool) -> int:
     rows = [cols]
     for w in st["workers"]:
         rows.append((
-            str(w["slot"]) + ("*" if w["retired"] else ""), str(w["pid"] or "-"), w["state"],
+            str(w["slot"]) + ("*" if w["retired"] else "+" if w["replacement"] else ""),
+            str(w["pid"] or "-"), w["state"],
             _dur(w["uptime"]), str(w["restarts"]),
             "-" if w["cpu"] is None else f"{w['cpu']:.0f}%",
             "-" if w["rss"] is None else f"{w['rss'] / 2**20:.1f}M",
@@ -98,6 +137,14 @@ def _status(cfg: settings.Config, as_json: bool) -> int:
     for w in st["workers"]:
         if w["last_error"]:
             print(f"slot {w['slot']}: {w['last_error']}")
+    if any(w["retired"] or w["replacement"] for w in st["workers"]):
+        print("* retired, draining   + replacement, starting")
+    if st.get("reload"):
+        r = st["reload"]
+        print(f"reload in progress ({r['reason']}): slot {r['slot']} {r['phase']}, "
+              f"{len(r['queued'])} more queued")
+    elif st.get("last_reload") and not st["last_reload"]["ok"]:
+        print(f"last reload FAILED: {st['last_reload']['error']}")
     return code
 
 

@@ -26,6 +26,13 @@ def _positive_int(v: Any) -> int:
     return n
 
 
+def _non_negative_int(v: Any) -> int:
+    n = int(v)
+    if n < 0:
+        raise ValueError("must be 0 or more")
+    return n
+
+
 def _positive_float(v: Any) -> float:
     x = float(v)
     if not x > 0:
@@ -103,6 +110,16 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a worker keeps an idle keep-alive HTTP connection open", metavar="SECONDS"),
     Setting("graceful_timeout", _positive_float, 10.0,
             "seconds a stopping worker gets to finish before it is killed", metavar="SECONDS"),
+    Setting("ready_timeout", _positive_float, 30.0,
+            "seconds a new worker has to import the app and say READY; a reload whose "
+            "new worker misses it is abandoned", metavar="SECONDS"),
+    Setting("heartbeat_timeout", _positive_float, 10.0,
+            "seconds of silence on its channel after which a worker counts as hung "
+            "(blocked event loop): it gets no more requests and is replaced",
+            metavar="SECONDS"),
+    Setting("max_memory", _non_negative_int, 0,
+            "RSS in MiB above which a worker is replaced by a graceful reload of its "
+            "slot (0: no limit)", metavar="MIB"),
     Setting("control", _optional_str, None,
             "path of the control socket (default: imcluster-PORT.sock in $XDG_RUNTIME_DIR or "
             "/tmp)", metavar="PATH"),

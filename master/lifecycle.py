@@ -74,7 +74,10 @@ class Worker:
     exit_status: int | None = None
     last_error: str = ""
     respawn_at: float = 0.0
-    stop_deadline: float = 0.0
+    drain_deadline: float = 0.0  # DRAINING: when to stop waiting and terminate
+    kill_at: float = 0.0  # sent TERM: when to send KILL
+    last_heard: float = 0.0  # last frame from the worker (its heartbeat)
+    unresponsive: bool = False  # silent past the heartbeat timeout: being replaced
     outq: deque = field(default_factory=deque)  # (frame, client socket or None)
     out_bytes: int = 0
     queued_socks: int = 0
@@ -92,12 +95,17 @@ class Worker:
 
     @property
     def accepts_new(self) -> bool:
-        return self.state is State.READY and self.channel is not None
+        return self.state is State.READY and self.channel is not None and not self.unresponsive
 
     @property
     def serves_own(self) -> bool:
-        """Whether requests for this worker's own sessions should reach it."""
-        return self.channel is not None and self.state in (
+        """Whether requests for this worker's own sessions should reach it.
+
+        A hung worker's sessions go elsewhere and get "unknown session", so
+        their clients re-handshake instead of waiting on a process that will
+        never answer.
+        """
+        return self.channel is not None and not self.unresponsive and self.state in (
             State.STARTING, State.READY, State.DRAINING)
 
     @property
@@ -111,6 +119,8 @@ class Worker:
         was = self.state
         self.exit_status = status
         self.pid = 0
+        self.kill_at = 0.0
+        self.unresponsive = False
         self.to(State.EXITED)
         if self.retired or was is State.STOPPING:
             return

@@ -23,6 +23,7 @@ from imcluster import channel as ch
 from imcluster import httpline
 from imcluster.master.control import ControlServer
 from imcluster.master.lifecycle import APP_LOAD_ERROR, State, Worker
+from imcluster.master.rolling import Reload, replacement_failed
 from imcluster.master.router import Router
 from imcluster.settings import Config
 
@@ -32,6 +33,10 @@ TICK = 0.25
 # Relay bytes queued for one worker before the master drops further relay
 # messages to it (a worker that stops reading must not grow the master).
 MAX_RELAY_BACKLOG = 64 << 20
+# TERM first; KILL this long after if the process is still there.
+KILL_GRACE = 5.0
+MEMORY_CHECK_INTERVAL = 2.0
+MAX_WORKERS = 256
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NO_WORKER = 3
@@ -58,6 +63,9 @@ class Master:
         self.ever_ready = False
         self.started_at = time.time()
         self.control: ControlServer | None = None
+        self.reloading: Reload | None = None
+        self.last_reload: dict | None = None
+        self.next_memory_check = 0.0
         self.counters = {"accepted": 0, "handoffs": 0, "handbacks": 0, "rerouted": 0,
                          "relayed": 0, "relay_dropped": 0}
 
@@ -143,25 +151,74 @@ class Master:
                 else:
                     log.info("%s: stopping gracefully", signal.Signals(sig).name)
                     self.stop()
-            else:
-                log.warning("%s is not supported yet; ignored", signal.Signals(sig).name)
+            elif self.stopping:
+                log.warning("%s ignored while stopping", signal.Signals(sig).name)
+            elif sig == signal.SIGHUP:
+                self.reload("SIGHUP")
+            elif sig == signal.SIGTTIN:
+                self.scale(len(self.slots) + 1)
+            elif sig == signal.SIGTTOU:
+                self.scale(len(self.slots) - 1)
 
     def manage(self, now: float) -> None:
-        """Timers: deadlines of held connections, respawns, stop escalation."""
+        """Timers: held connections, respawns, reloads, health checks, escalation."""
         self.router.expire(now)
+        if self.control is not None:
+            self.control.expire()
         self.reap()
-        for w in self.slots:
-            if w.state is State.BACKOFF and now >= w.respawn_at and not self.stopping:
-                self.spawn(w)
+        if not self.stopping:
+            for w in self.slots:
+                if w.state is State.BACKOFF and now >= w.respawn_at:
+                    self.spawn(w)
+            self._check_health(now)
+            if self.reloading is not None:
+                self._advance_reload(now)
         for w in self._processes():
-            if w.state is State.STOPPING and w.pid and now >= w.stop_deadline:
+            if not w.pid:
+                continue
+            if w.state is State.DRAINING and now >= w.drain_deadline:
+                log.warning("slot %d: worker pid %d still draining after %.0fs; stopping it",
+                            w.slot, w.pid, self.cfg.graceful_timeout)
+                self._terminate(w, stopping=True)
+            if w.kill_at and now >= w.kill_at:
+                log.warning("slot %d: worker pid %d ignored SIGTERM; killing it", w.slot, w.pid)
                 self._kill(w, signal.SIGKILL)
+                w.kill_at = 0.0
         if self.stopping and now >= self.stop_deadline:
             for w in self._processes():
                 if w.pid:
                     self._kill(w, signal.SIGKILL)
         if self.queued_socks < self.cfg.max_queued // 2 and not self.stopping:
             self._accepting(True)
+
+    def _check_health(self, now: float) -> None:
+        """Replace hung workers (silent channel) and, gracefully, bloated ones."""
+        for w in self._processes():
+            if not w.pid or w.unresponsive or w.state is State.STOPPING:
+                continue
+            if w.state is State.STARTING:
+                if now - w.started_at > self.cfg.ready_timeout:
+                    log.error("slot %d: worker pid %d not READY after %.0fs; stopping it",
+                              w.slot, w.pid, self.cfg.ready_timeout)
+                    w.unresponsive = True
+                    self._terminate(w)
+            elif now - w.last_heard > self.cfg.heartbeat_timeout:
+                log.error("slot %d: worker pid %d silent for %.1fs (event loop blocked?); "
+                          "replacing it", w.slot, w.pid, now - w.last_heard)
+                w.unresponsive = True
+                self._terminate(w)
+        if self.cfg.max_memory and now >= self.next_memory_check:
+            self.next_memory_check = now + MEMORY_CHECK_INTERVAL
+            limit = self.cfg.max_memory * 2**20
+            for w in self.slots:
+                if w.accepts_new and (rss := _rss(w.pid)) and rss > limit:
+                    busy = self.reloading is not None and (
+                        w.slot == self.reloading.slot or w.slot in self.reloading.queue)
+                    if not busy:
+                        log.warning("slot %d: worker pid %d uses %.0f MiB (limit %d); "
+                                    "replacing it gracefully", w.slot, w.pid, rss / 2**20,
+                                    self.cfg.max_memory)
+                        self.reload(f"memory limit (slot {w.slot})", [w.slot])
 
     # ---- workers: spawn, reap, stop ----------------------------------------------
 
@@ -195,7 +252,7 @@ class Master:
                 worker_end.close()
         w.to(State.STARTING)
         w.worker_id, w.pid, w.channel = wid, pid, master_end
-        w.started_at = time.monotonic()
+        w.started_at = w.last_heard = time.monotonic()
         w.exit_status, w.stats, w.handoffs_sent, w.last_error = None, {}, 0, ""
         self.by_id[wid] = w
         self.by_pid[pid] = w
@@ -231,6 +288,10 @@ class Master:
                 self.retiring.remove(w)
                 log.info("slot %d: retired worker pid %d exited (%s)", w.slot, pid, how)
                 continue
+            if self.reloading is not None and w is self.reloading.new:
+                log.error("slot %d: replacement worker pid %d exited (%s)%s", w.slot, pid, how,
+                          f": {w.last_error}" if w.last_error else "")
+                continue  # _advance_reload abandons the reload
             if self.stopping or was is State.STOPPING:
                 log.info("slot %d: worker pid %d exited (%s)", w.slot, pid, how)
                 continue
@@ -276,8 +337,124 @@ class Master:
 
     def _ask_stop(self, w: Worker) -> None:
         w.to(State.STOPPING)
-        w.stop_deadline = time.monotonic() + self.cfg.graceful_timeout
         self._kill(w, signal.SIGTERM)
+
+    def _terminate(self, w: Worker, stopping: bool = False) -> None:
+        """TERM now, KILL after KILL_GRACE. With `stopping`, the slot is not refilled."""
+        if stopping and w.state is not State.STOPPING:
+            w.to(State.STOPPING)
+        self._kill(w, signal.SIGTERM)
+        w.kill_at = time.monotonic() + KILL_GRACE
+
+    def _retire(self, w: Worker, now: float) -> None:
+        """Take a worker out of service for good: no new sessions, drain, exit."""
+        w.retired = True
+        if not w.pid:
+            if w.state in (State.BACKOFF, State.FATAL):
+                w.to(State.EXITED)
+            return
+        self.retiring.append(w)
+        if w.state is State.READY:
+            w.to(State.DRAINING)
+            w.drain_deadline = now + self.cfg.graceful_timeout
+            self._send(w, ch.STOP)
+        elif w.state is not State.DRAINING:
+            self._terminate(w, stopping=True)
+
+    def _send(self, w: Worker, kind: bytes, payload: bytes = b"") -> None:
+        for f in ch.frames(kind, payload):
+            w.outq.append((f, None))
+            w.out_bytes += len(f)
+        self._flush(w)
+
+    # ---- operations: reload and scale ----------------------------------------------
+
+    def reload(self, reason: str, slots: list[int] | None = None) -> dict:
+        """Start (or extend) a rolling reload of `slots` (default: all)."""
+        if self.stopping:
+            return {"error": "the master is stopping"}
+        slots = list(range(len(self.slots))) if slots is None else slots
+        if self.reloading is None:
+            self.reloading = Reload(reason)
+            log.info("reload (%s): replacing %d worker(s), one at a time", reason, len(slots))
+        self.reloading.add(slots)
+        self._advance_reload(time.monotonic())
+        return {"ok": True, "reload": self.reloading.describe() if self.reloading else None}
+
+    def _advance_reload(self, now: float) -> None:
+        r = self.reloading
+        while r is not None:
+            if r.new is not None:
+                why = replacement_failed(r.new, now, r.deadline)
+                if why is not None:
+                    self._abandon_reload(r, why)
+                    return
+                if r.new.state is not State.READY:
+                    return
+                old, new = r.old, r.new
+                new.retired = False
+                self.slots[r.slot] = new
+                r.new = None
+                r.replaced += 1
+                log.info("slot %d: worker pid %d replaced by pid %d; draining the old one",
+                         r.slot, old.pid, new.pid)
+                self._retire(old, now)
+                self.router.retry_waiting()
+            if r.old is not None:
+                if r.old.pid:
+                    return  # still draining
+                r.old = None
+            if not r.queue:
+                log.info("reload (%s) complete: %d worker(s) replaced", r.reason, r.replaced)
+                self.last_reload = {"ok": True, "reason": r.reason, "replaced": r.replaced,
+                                    "finished": time.time()}
+                self.reloading = None
+                return
+            slot = r.queue.popleft()
+            if slot >= len(self.slots):
+                continue  # scaled away meanwhile
+            old = self.slots[slot]
+            r.slot = slot
+            if not old.pid:  # BACKOFF or FATAL: nothing to drain, start it now
+                old.failures = 0
+                self.spawn(old)
+                continue
+            new = Worker(slot=slot, restarts=old.restarts, retired=True)
+            self.spawn(new)
+            if not new.pid:
+                self._abandon_reload(r, "cannot spawn a new worker")
+                return
+            r.new, r.old = new, old
+            r.deadline = now + self.cfg.ready_timeout
+
+    def _abandon_reload(self, r: Reload, why: str) -> None:
+        msg = f"slot {r.slot}: {why}"
+        log.error("reload (%s) abandoned: %s; the old workers keep serving", r.reason, msg)
+        if r.new is not None and r.new.pid:
+            self._terminate(r.new, stopping=True)
+            self.retiring.append(r.new)  # reaped like any retired worker
+        self.last_reload = {"ok": False, "reason": r.reason, "error": msg,
+                            "replaced": r.replaced, "finished": time.time()}
+        self.reloading = None
+
+    def scale(self, target: int) -> dict:
+        """Grow or shrink to `target` workers; removed workers drain first."""
+        if self.stopping:
+            return {"error": "the master is stopping"}
+        target = max(1, min(int(target), MAX_WORKERS))
+        if target < len(self.slots) and self.reloading is not None:
+            return {"error": "a reload is in progress; scale down after it ends"}
+        now = time.monotonic()
+        before = len(self.slots)
+        while len(self.slots) < target:
+            w = Worker(slot=len(self.slots))
+            self.slots.append(w)
+            self.spawn(w)
+        while len(self.slots) > target:
+            self._retire(self.slots.pop(), now)
+        if target != before:
+            log.info("scaled from %d to %d workers", before, target)
+        return {"ok": True, "workers": target}
 
     def _kill(self, w: Worker, sig: int) -> None:
         try:
@@ -286,7 +463,8 @@ class Master:
             pass
 
     def _processes(self) -> list[Worker]:
-        return self.slots + self.retiring
+        extra = [self.reloading.new] if self.reloading and self.reloading.new else []
+        return self.slots + self.retiring + extra
 
     def _all_exited(self) -> bool:
         return all(w.pid == 0 for w in self._processes())
@@ -316,6 +494,7 @@ class Master:
             if frame is None:
                 self._close_channel(w)
                 return
+            w.last_heard = time.monotonic()
             kind, flags, payload, fds = frame
             if kind == ch.HANDBACK:
                 for fd in fds:
@@ -464,7 +643,22 @@ class Master:
         if cmd == "stop":
             self.stop()
             return {"ok": True}
+        if cmd == "reload":
+            return self.reload("control socket")
+        if cmd == "scale":
+            return self._scale_request(str(request.get("to", "")))
         return {"error": f"unknown command {cmd!r}"}
+
+    def _scale_request(self, spec: str) -> dict:
+        try:
+            n = int(spec)
+        except ValueError:
+            return {"error": f"scale takes N, +N or -N, not {spec!r}"}
+        if spec[:1] in "+-":
+            n += len(self.slots)
+        if n < 1:
+            return {"error": "at least one worker must remain"}
+        return self.scale(n)
 
     def status(self) -> dict:
         now = time.monotonic()
@@ -481,7 +675,8 @@ class Master:
                 "connections": w.stats.get("connections"),
                 "sessions": w.stats.get("sessions"),
                 "handoffs": w.handoffs_sent, "last_error": w.last_error or None,
-                "exit_status": w.exit_status,
+                "exit_status": w.exit_status, "unresponsive": w.unresponsive,
+                "replacement": self.reloading is not None and w is self.reloading.new,
             })
         return {
             "master": {
@@ -491,6 +686,8 @@ class Master:
                 "stopping": self.stopping, "broadcast": "redis" if self.cfg.redis else "relay",
                 "counters": {**self.counters, **self.router.counters},
             },
+            "reload": self.reloading.describe() if self.reloading else None,
+            "last_reload": self.last_reload,
             "workers": workers,
         }
 
@@ -509,6 +706,15 @@ def _count_fds() -> int | None:
     try:
         return len(os.listdir("/proc/self/fd"))
     except OSError:
+        return None
+
+
+def _rss(pid: int) -> int | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss
+    except Exception:
         return None
 
 

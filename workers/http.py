@@ -154,8 +154,12 @@ def peek_request_line(sock: socket.socket, timeout: float) -> httpline.RequestLi
 
 
 def make_protocol(worker_id: int, hand_back: Callable[[socket.socket], bool],
-                  keepalive: float):
-    """An eventlet HttpProtocol that serves only this worker's requests."""
+                  keepalive: float, idle: set):
+    """An eventlet HttpProtocol that serves only this worker's requests.
+
+    While a kept-alive connection waits for its next request its socket is in
+    `idle`, so a draining worker can close exactly those (no request in flight).
+    """
 
     class ClusterProtocol(eventlet.wsgi.HttpProtocol):
         handed_back = False
@@ -188,7 +192,11 @@ def make_protocol(worker_id: int, hand_back: Callable[[socket.socket], bool],
         def _next_is_ours(self) -> bool:
             if self.rfile.has_buffered():
                 return True  # cannot happen with ExactReader; serve rather than lose bytes
-            line = peek_request_line(self.connection, keepalive)
+            idle.add(self.connection)
+            try:
+                line = peek_request_line(self.connection, keepalive)
+            finally:
+                idle.discard(self.connection)
             if line is None:
                 return False
             wid = line.worker_id

@@ -7,6 +7,7 @@ constructed, and workers sharing one would drop each other's broadcasts.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import traceback
 
 import eventlet
 import eventlet.event
+import eventlet.greenio
 import eventlet.wsgi
 import socketio
 
@@ -48,6 +50,7 @@ class Worker:
         self.relay: MasterRelayManager | None = None
         self.pool = eventlet.GreenPool(MAX_CONNECTIONS)
         self.joiner = ch.Joiner()
+        self.idle: set = set()  # kept-alive sockets waiting for their next request
         self.done = eventlet.event.Event()
 
     # ---- start ---------------------------------------------------------------
@@ -85,7 +88,8 @@ class Worker:
     # ---- serve ---------------------------------------------------------------
 
     def serve(self) -> None:
-        protocol = make_protocol(self.worker_id, self._hand_back, self.spec["keepalive"])
+        protocol = make_protocol(self.worker_id, self._hand_back, self.spec["keepalive"],
+                                 self.idle)
         self.server = eventlet.wsgi.Server(
             FdListener(("127.0.0.1", 0)), ("127.0.0.1", 0), self.app.wsgi,
             protocol=protocol, keepalive=self.spec["keepalive"], log_output=False,
@@ -138,19 +142,61 @@ class Worker:
         eventlet.spawn(self._stop)
 
     def _stop(self) -> None:
-        # Close every Engine.IO session: clients see the transport close and
-        # reconnect through the master, which sends them to a live worker.
+        """Drain: every client reconnects through the master to a live worker.
+
+        Each Engine.IO session is closed without a CLOSE packet (`abort`), which
+        clients treat as a lost transport and so reconnect (a CLOSE packet tells
+        python-socketio's client not to), but only after what is already queued
+        for it, acks included, has been written (`wait`).
+        """
         eio = self.app.eio if self.app else None
-        if eio is not None:
-            for s in list(eio.sockets.values()):
-                try:
-                    s.close(wait=False, abort=True)
-                except Exception:
-                    pass
-        with eventlet.Timeout(self.spec.get("graceful_timeout", 10), False):
+        grace = float(self.spec.get("graceful_timeout", 10))
+        with eventlet.Timeout(grace, False):
+            if eio is not None:
+                closers = eventlet.GreenPool()
+                for s in list(eio.sockets.values()):
+                    closers.spawn(_close_session, s)
+                closers.waitall()
             while self.pool.running():
+                for sock in list(self.idle):
+                    eventlet.greenio.shutdown_safe(sock)  # nothing in flight on these
                 eventlet.sleep(0.05)
         self.done.send()
+
+
+def _close_session(s) -> None:
+    try:
+        s.close(wait=True, abort=True)
+    except Exception:
+        pass
+
+
+def _summary(e: BaseException) -> str:
+    """One line that says what is wrong with the app, and where."""
+    if isinstance(e, SyntaxError):
+        return f"{type(e).__name__}: {e.msg} ({e.filename}, line {e.lineno})"
+    where = ""
+    frames = _user_frames(e)
+    if frames:
+        where = f" ({frames[-1].filename}, line {frames[-1].lineno})"
+    return f"{type(e).__name__}: {e}{where}"
+
+
+def _user_frames(e: BaseException) -> list:
+    """The traceback without the import machinery and imcluster's own frames."""
+    import imcluster.master
+
+    skip = ("<frozen", os.path.dirname(importlib.__file__)) + tuple(
+        os.path.dirname(m.__file__) + os.sep
+        for m in (sys.modules["imcluster"], imcluster.master, sys.modules["imcluster.workers"]))
+    return [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(skip)]
+
+
+def _print_user_traceback(e: BaseException) -> None:
+    frames = _user_frames(e)
+    if frames:
+        print("Traceback (the app's frames):", file=sys.stderr)
+        print("".join(traceback.format_list(frames)), end="", file=sys.stderr)
 
 
 def _setup_logging(level: str, slot: int) -> None:
@@ -176,18 +222,19 @@ def main(argv: list[str]) -> int:
     _setup_logging(spec.get("log_level", "INFO"), spec["slot"])
     # The master decides when we stop: Ctrl-C in a terminal reaches the whole
     # process group, and the master's graceful stop must not be pre-empted.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Likewise a terminal hangup, and TTIN/TTOU sent to the group (they are
+    # the master's scale signals; their default would stop a worker).
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_IGN)
     _raise_fd_limit()
     w = Worker(spec)
     signal.signal(signal.SIGTERM, lambda *_: w.stop("SIGTERM"))
     try:
         w.load()
     except Exception as e:
-        if isinstance(e, appmod.AppError):
-            why = str(e)
-        else:
-            why = "".join(traceback.format_exception_only(type(e), e)).strip()
-            traceback.print_exc()
+        why = str(e) if isinstance(e, appmod.AppError) else _summary(e)
+        if not isinstance(e, (appmod.AppError, SyntaxError)):
+            _print_user_traceback(e)
         log.error("cannot load the app: %s", why)
         w.link.send(ch.ERROR, why.encode())
         return APP_LOAD_ERROR

@@ -1,0 +1,24 @@
+"""The bench contract plus ways to hurt a worker, for the operations tests."""
+
+import os
+
+import eventlet.patcher
+
+from imcluster.examples.bench import app, sio  # noqa: F401  (served as ops_app:sio)
+
+_hoard = []
+_real_sleep = eventlet.patcher.original("time").sleep
+
+
+@sio.on("bloat")
+def bloat(sid, mib=64):
+    _hoard.append(bytearray(os.urandom(1)) * (int(mib) << 20))
+    return os.getpid()
+
+
+@sio.on("block")
+def block(sid, seconds=60):
+    # A blocking call that eventlet cannot switch away from: the whole worker
+    # (its heartbeat included) stops, as with a CPU-bound or unpatched handler.
+    _real_sleep(float(seconds))
+    return os.getpid()

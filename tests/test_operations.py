@@ -1,0 +1,250 @@
+"""Operations: rolling reload, scaling, graceful stop, memory limit, hung workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from conftest import ROOT, wait_for
+from pyclients import Client
+
+APPS = ROOT / "tests" / "apps"
+RELOAD_APP = '''
+import os
+from imcluster.examples.bench import sio, app
+VERSION = {version!r}
+
+@sio.on("version")
+def version(sid, data=None):
+    return VERSION
+'''
+
+
+def imcluster(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imcluster", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def call_until_acked(c: Client, event: str, data, deadline: float) -> tuple[object, int]:
+    """Call until an ack arrives (across reconnects); returns (ack, attempts)."""
+    attempts = 0
+    while time.monotonic() < deadline:
+        attempts += 1
+        try:
+            if c.sio.connected:
+                return c.call(event, data, timeout=5), attempts
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{event} never acked: the client gave up")
+
+
+def test_reload_under_load_replaces_every_worker_and_serves_new_code(cluster_factory,
+                                                                     tmp_path):
+    (tmp_path / "reload_app.py").write_text(RELOAD_APP.format(version="one"))
+    cluster = cluster_factory(app="reload_app:sio", workers=2, cwd=tmp_path)
+    old_pids = {w["pid"] for w in cluster.wait_ready()}
+    clients = [Client(cluster.url, t, reconnection=True, room="r")
+               for t in ("default", "polling") * 50]
+    try:
+        for c in clients:
+            assert c.join("r") is True
+        assert {c.whoami() for c in clients} == old_pids
+        assert clients[0].call("version") == "one"
+
+        stop = threading.Event()
+        stats = {"acks": 0, "retried": 0, "wrong": 0}
+        lock = threading.Lock()
+
+        def talk(group: list[Client]):
+            n = 0
+            while not stop.is_set():
+                for c in group:
+                    n += 1
+                    ack, attempts = call_until_acked(c, "echo", {"n": n},
+                                                     time.monotonic() + 60)
+                    with lock:
+                        stats["acks"] += 1
+                        stats["retried"] += attempts > 1
+                        stats["wrong"] += ack != {"n": n}
+                    if n % 25 == 0:
+                        try:
+                            c.sio.emit("say", {"room": "r", "text": f"m{n}", "ts": 0})
+                        except Exception:
+                            pass
+
+        threads = [threading.Thread(target=talk, args=(clients[i::4],)) for i in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        (tmp_path / "reload_app.py").write_text(RELOAD_APP.format(version="two, reloaded"))
+        r = imcluster("reload", "--control", cluster.control)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "reload complete: 2 worker(s) replaced" in r.stdout
+        time.sleep(1)
+        stop.set()
+        for t in threads:
+            t.join(90)
+        assert stats["acks"] > 100 and stats["wrong"] == 0, stats
+
+        new_pids = {w["pid"] for w in cluster.wait_ready()}
+        assert len(new_pids) == 2 and not new_pids & old_pids, "every worker pid changes"
+        # Every client is back (none gave up), on a new worker, running the new code.
+        for c in clients:
+            ack, _ = call_until_acked(c, "whoami", None, time.monotonic() + 30)
+            assert ack in new_pids
+        assert {call_until_acked(c, "version", None, time.monotonic() + 10)[0]
+                for c in clients} == {"two, reloaded"}
+        # And the room reaches all of them again, across both new workers.
+        wait_for(lambda: all(c.call("join", {"room": "r"}) for c in clients), 20)
+        clients[0].sio.emit("say", {"room": "r", "text": "after", "ts": 0})
+        wait_for(lambda: all(any(m["text"] == "after" for m in c.said) for c in clients), 15,
+                 what="room message after the reload")
+        print(f"reload under load: {stats}")
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_reload_with_broken_code_keeps_the_old_workers(cluster_factory, tmp_path):
+    (tmp_path / "reload_app.py").write_text(RELOAD_APP.format(version="good"))
+    cluster = cluster_factory(app="reload_app:sio", workers=2, cwd=tmp_path)
+    old = {w["pid"] for w in cluster.wait_ready()}
+    c = Client(cluster.url, "websocket")
+    try:
+        (tmp_path / "reload_app.py").write_text("import socketio\nsio = (\n")
+        r = imcluster("reload", "--control", cluster.control)
+        assert r.returncode == 1
+        assert "reload failed" in r.stderr and "SyntaxError" in r.stderr
+        st = cluster.status()
+        assert st["last_reload"]["ok"] is False and "SyntaxError" in st["last_reload"]["error"]
+        assert {w["pid"] for w in st["workers"] if w["state"] == "READY"} == old
+        assert c.call("version") == "good" and c.disconnects == 0
+        table = imcluster("status", "--control", cluster.control).stdout
+        assert "last reload FAILED" in table and "SyntaxError" in table
+        # A later reload with fixed code succeeds.
+        (tmp_path / "reload_app.py").write_text(RELOAD_APP.format(version="fixed"))
+        assert imcluster("reload", "--control", cluster.control).returncode == 0
+        assert c.close() is None
+        c = Client(cluster.url, "websocket")
+        assert c.call("version") == "fixed"
+    finally:
+        c.close()
+
+
+def test_scale_up_down_and_to_n(cluster_factory):
+    cluster = cluster_factory(workers=2)
+    cluster.wait_ready()
+
+    def count_ready(n):
+        return lambda: len(cluster.ready_workers()) == n and \
+            len(cluster.status()["workers"]) == n
+
+    clients = [Client(cluster.url, "websocket", reconnection=True) for _ in range(12)]
+    try:
+        assert imcluster("scale", "+1", "--control", cluster.control).returncode == 0
+        wait_for(count_ready(3), 15, what="3 workers")
+        assert imcluster("scale", "4", "--control", cluster.control).returncode == 0
+        wait_for(count_ready(4), 15, what="4 workers")
+        # Removing a worker drains its clients to the others first.
+        st = cluster.status()
+        doomed = max(st["workers"], key=lambda w: w["slot"])["pid"]
+        on_doomed = [c for c in clients if c.whoami() == doomed]
+        assert imcluster("scale", "-1", "--control", cluster.control).returncode == 0
+        wait_for(count_ready(3), 15, what="3 workers after -1")
+        remaining = {w["pid"] for w in cluster.ready_workers()}
+        for c in clients:
+            ack, _ = call_until_acked(c, "whoami", None, time.monotonic() + 20)
+            assert ack in remaining
+        assert all(c.connects >= 2 for c in on_doomed)
+        # Signals do the same: TTOU one less, TTIN one more.
+        os.kill(cluster.pid, signal.SIGTTOU)
+        wait_for(count_ready(2), 15, what="2 workers after TTOU")
+        os.kill(cluster.pid, signal.SIGTTIN)
+        wait_for(count_ready(3), 15, what="3 workers after TTIN")
+        r = imcluster("scale", "-5", "--control", cluster.control)
+        assert r.returncode == 4 and "at least one worker" in r.stderr
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_sighup_is_a_rolling_reload(cluster_factory):
+    cluster = cluster_factory(workers=2)
+    old = {w["pid"] for w in cluster.wait_ready()}
+    os.kill(cluster.pid, signal.SIGHUP)
+    wait_for(lambda: (st := cluster.status())["last_reload"] and st["last_reload"]["ok"], 30,
+             what="reload to finish")
+    new = {w["pid"] for w in cluster.wait_ready()}
+    assert len(new) == 2 and not new & old
+
+
+def test_graceful_stop_waits_for_workers_and_exits_0(cluster_factory):
+    cluster = cluster_factory(workers=2)
+    cluster.wait_ready()
+    clients = [Client(cluster.url, t) for t in ("websocket", "polling")]
+    t0 = time.monotonic()
+    os.kill(cluster.pid, signal.SIGTERM)
+    assert cluster.proc.wait(20) == 0
+    assert time.monotonic() - t0 < 10
+    wait_for(lambda: all(c.disconnects == 1 for c in clients), 10,
+             what="clients told to go")
+    assert "stopping gracefully" in cluster.log()
+
+
+def test_second_term_forces_the_stop(cluster_factory):
+    cluster = cluster_factory(app="ops_app:sio", workers=1, cwd=APPS,
+                              args=("--graceful-timeout", "60"))
+    cluster.wait_ready()
+    c = Client(cluster.url, "websocket")
+    c.sio.emit("block", 30)  # the worker cannot drain while it is blocked
+    time.sleep(0.5)
+    os.kill(cluster.pid, signal.SIGTERM)
+    time.sleep(1)
+    assert cluster.proc.poll() is None  # still waiting for the worker
+    os.kill(cluster.pid, signal.SIGTERM)
+    assert cluster.proc.wait(10) == 0
+    assert "stopping now" in cluster.log()
+
+
+def test_memory_limit_replaces_the_worker_gracefully(cluster_factory):
+    cluster = cluster_factory(app="ops_app:sio", workers=2, cwd=APPS,
+                              args=("--max-memory", "200"))
+    cluster.wait_ready()
+    c = Client(cluster.url, "websocket", reconnection=True)
+    fat = c.call("bloat", 256, timeout=30)
+    st = wait_for(lambda: (st := cluster.status())["last_reload"] and st, 30,
+                  what="the bloated worker replaced")
+    assert st["last_reload"]["ok"] and "memory limit" in st["last_reload"]["reason"]
+    assert fat not in {w["pid"] for w in cluster.ready_workers()}
+    assert len(cluster.ready_workers()) == 2
+    assert "uses" in cluster.log() and "replacing it gracefully" in cluster.log()
+    ack, _ = call_until_acked(c, "whoami", None, time.monotonic() + 20)
+    assert ack != fat
+    c.close()
+
+
+def test_blocked_worker_is_replaced(cluster_factory):
+    cluster = cluster_factory(app="ops_app:sio", workers=2, cwd=APPS,
+                              args=("--heartbeat-timeout", "2"))
+    cluster.wait_ready()
+    victim = Client(cluster.url, "websocket")
+    hung = victim.whoami()
+    others = [c for c in (Client(cluster.url, "websocket") for _ in range(6))
+              if c.whoami() != hung]
+    assert others
+    victim.sio.emit("block", 120)
+    wait_for(lambda: hung not in {w["pid"] for w in cluster.ready_workers()}
+             and len(cluster.ready_workers()) == 2, 20, what="the hung worker replaced")
+    assert "silent for" in cluster.log()
+    for c in others:  # the other worker's clients never noticed
+        assert c.call("echo", 1) == 1 and c.disconnects == 0
+    # New sessions work, and none lands on the hung process.
+    fresh = Client(cluster.url, "polling")
+    assert fresh.whoami() != hung
+    for c in [victim, fresh, *others]:
+        c.close()
