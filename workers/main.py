@@ -29,6 +29,7 @@ from imcluster.master.lifecycle import APP_LOAD_ERROR
 from imcluster.workers import app as appmod
 from imcluster.workers.http import FdListener, make_protocol, serve_connection
 from imcluster.workers.link import Link
+from imcluster.workers.redis_manager import ClusterRedisManager
 from imcluster.workers.relay import MasterRelayManager
 
 log = logging.getLogger("imcluster.worker")
@@ -73,7 +74,7 @@ class Worker:
                             type(current).__name__)
             mgr = current
         elif self.spec.get("redis"):
-            mgr = socketio.RedisManager(self.spec["redis"])
+            mgr = ClusterRedisManager(self.spec["redis"])
         else:
             mgr = self.relay = MasterRelayManager(self.link)
         if mgr is not current:

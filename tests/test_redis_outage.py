@@ -1,0 +1,105 @@
+"""Redis goes away while clients talk, then comes back."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import psutil
+import pytest
+from conftest import free_port, wait_for
+from pyclients import Client
+
+
+class RedisProcess:
+    def __init__(self, port: int, d):
+        self.port, self.dir = port, d
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._up, 10, what="redis-server")
+
+    def _up(self):
+        import socket
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def redis_proc(tmp_path):
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    r = RedisProcess(free_port(), tmp_path)
+    r.start()
+    yield r
+    if r.proc and r.proc.poll() is None:
+        r.kill()
+
+
+def test_redis_outage_keeps_local_service_and_recovers(cluster_factory, redis_proc):
+    cluster = cluster_factory(workers=2, redis=f"redis://127.0.0.1:{redis_proc.port}/0")
+    workers = cluster.wait_ready()
+    clients = [Client(cluster.url, "websocket") for _ in range(8)]
+    try:
+        for c in clients:
+            assert c.join("r") is True
+        by_pid: dict[int, list[Client]] = {}
+        for c in clients:
+            by_pid.setdefault(c.whoami(), []).append(c)
+        assert len(by_pid) == 2 and all(len(v) >= 2 for v in by_pid.values())
+        (pa, here), (pb, there) = by_pid.items()
+
+        def say(sender: Client, text: str) -> None:
+            sender.sio.emit("say", {"room": "r", "text": text, "ts": 0})
+
+        def heard(group: list[Client], text: str) -> bool:
+            return all(any(m["text"] == text for m in c.said) for c in group)
+
+        say(here[0], "before")
+        wait_for(lambda: heard(clients, "before"), 10, what="cross-worker delivery")
+
+        redis_proc.kill()
+        time.sleep(0.5)
+        procs = [psutil.Process(w["pid"]) for w in workers]
+        cpu0 = [sum(p.cpu_times()[:2]) for p in procs]
+        for i in range(20):
+            say(here[0], f"down-{i}")
+            assert here[1].call("echo", i) == i and there[0].call("echo", i) == i
+        # Local rooms still deliver on the sender's own worker.
+        wait_for(lambda: heard(here, "down-19"), 10, what="local delivery without redis")
+        time.sleep(2)
+        assert not any(any(m["text"].startswith("down-") for m in c.said) for c in there)
+        cpu = [sum(p.cpu_times()[:2]) - c0 for p, c0 in zip(procs, cpu0, strict=True)]
+        assert max(cpu) < 1.5, f"workers busy while redis is down: {cpu}"
+        log = cluster.log()
+        assert log.count("redis unreachable") == 1, log  # the sender's worker, once
+        assert log.count("redis subscription lost") == 2  # each worker, once
+
+        redis_proc.start()
+
+        def resumed():
+            say(here[0], "after")
+            say(there[0], "after-too")
+            time.sleep(0.3)
+            return heard(clients, "after") and heard(clients, "after-too")
+
+        wait_for(resumed, 15, interval=0.2, what="cross-worker broadcasts to resume")
+        assert "cross-worker broadcasts resumed" in cluster.log()
+        assert {w["pid"] for w in cluster.ready_workers()} == {pa, pb}  # nothing crashed
+        assert cluster.proc.poll() is None
+    finally:
+        for c in clients:
+            c.close()

@@ -1,0 +1,100 @@
+"""Cross-worker and cross-host broadcasts through Redis pub/sub.
+
+Wire-compatible with python-socketio's RedisManager (JSON messages on the
+`socketio` channel), so an external `socketio.RedisManager(url,
+write_only=True)` can emit to imcluster's clients. It differs in how it
+lives through a Redis outage, which an IM server must: the worker keeps
+serving its own clients (local rooms still deliver), the outage is logged
+once when it starts and once when it ends instead of once per message,
+publishing does not retry on every emit (a circuit breaker skips Redis until
+the next probe), and the listener resubscribes within a second or two of
+Redis coming back rather than after a backoff that grows to a minute.
+Messages published while Redis is down do not reach other workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import eventlet
+import redis
+import socketio
+
+log = logging.getLogger("imcluster.worker")
+
+# How long a publish or a connect may take before Redis counts as down.
+REDIS_TIMEOUT = 1.0
+# While Redis is down: how often a publish probes it, and the listener's
+# longest wait between resubscribe attempts.
+PROBE_INTERVAL = 1.0
+MAX_LISTEN_BACKOFF = 2.0
+
+
+class ClusterRedisManager(socketio.PubSubManager):
+    name = "imcluster-redis"
+
+    def __init__(self, url: str, channel: str = "socketio", logger=None):
+        super().__init__(channel=channel, write_only=False, logger=logger)
+        self.url = url
+        opts = {"socket_timeout": REDIS_TIMEOUT, "socket_connect_timeout": REDIS_TIMEOUT,
+                "health_check_interval": 10}
+        self.redis = redis.Redis.from_url(url, **opts)
+        # The subscriber blocks in a read, so it gets no read timeout.
+        self.sub_redis = redis.Redis.from_url(
+            url, socket_connect_timeout=REDIS_TIMEOUT, socket_keepalive=True,
+            health_check_interval=10)
+        self.publishing = True  # False while the breaker is open
+        self.next_probe = 0.0
+        self.listening = False
+        self.dropped = 0
+
+    def _publish(self, data) -> None:
+        now = time.monotonic()
+        if not self.publishing and now < self.next_probe:
+            self.dropped += 1
+            return
+        try:
+            self.redis.publish(self.channel, self.json.dumps(data))
+        except redis.RedisError as e:
+            self.dropped += 1
+            self.next_probe = now + PROBE_INTERVAL
+            if self.publishing:
+                self.publishing = False
+                log.error("redis unreachable (%s): broadcasts reach only this worker's "
+                          "clients until it is back", e)
+            return
+        if not self.publishing:
+            self.publishing = True
+            log.warning("redis reachable again: cross-worker broadcasts resumed "
+                        "(%d messages could not be sent meanwhile)", self.dropped)
+            self.dropped = 0
+
+    def _listen(self):
+        backoff = 0.25
+        down_since = None
+        while True:
+            pubsub = self.sub_redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.channel)
+                self.listening = True
+                if down_since is not None:
+                    log.warning("redis subscription restored after %.1fs",
+                                time.monotonic() - down_since)
+                    down_since = None
+                backoff = 0.25
+                for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        yield message["data"]
+            except redis.RedisError as e:
+                self.listening = False
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.error("redis subscription lost (%s); retrying", e)
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:
+                    pass
+            eventlet.sleep(backoff)
+            backoff = min(backoff * 2, MAX_LISTEN_BACKOFF)
