@@ -106,6 +106,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_queued", _positive_int, 4096,
             "client sockets the master may queue for busy workers before it stops "
             "accepting", metavar="N"),
+    Setting("handoff_window", _positive_int, 256,
+            "client sockets passed to a worker that it has not yet confirmed; more wait "
+            "in the master, which re-routes them if that worker dies", metavar="N"),
     Setting("keepalive", _positive_float, 75.0,
             "seconds a worker keeps an idle keep-alive HTTP connection open", metavar="SECONDS"),
     Setting("graceful_timeout", _positive_float, 10.0,

@@ -81,7 +81,8 @@ class Worker:
     outq: deque = field(default_factory=deque)  # (frame, client socket or None)
     out_bytes: int = 0
     queued_socks: int = 0
-    handoffs_sent: int = 0
+    handoffs_sent: int = 0  # queued for it, in the master or the kernel
+    handoffs_delivered: int = 0  # written to its channel
     stats: dict = field(default_factory=dict)
     stats_at: float = 0.0
 
@@ -107,6 +108,11 @@ class Worker:
         """
         return self.channel is not None and not self.unresponsive and self.state in (
             State.STARTING, State.READY, State.DRAINING)
+
+    @property
+    def unconfirmed(self) -> int:
+        """Hand-offs in the kernel's queue that the worker has not confirmed."""
+        return self.handoffs_delivered - int(self.stats.get("handoffs", 0))
 
     @property
     def load(self) -> int:

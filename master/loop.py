@@ -64,6 +64,7 @@ class Master:
         self.started_at = time.time()
         self.control: ControlServer | None = None
         self.reloading: Reload | None = None
+        self.deferred_scale: int | None = None
         self.last_reload: dict | None = None
         self.next_memory_check = 0.0
         self.counters = {"accepted": 0, "handoffs": 0, "handbacks": 0, "rerouted": 0,
@@ -253,7 +254,8 @@ class Master:
         w.to(State.STARTING)
         w.worker_id, w.pid, w.channel = wid, pid, master_end
         w.started_at = w.last_heard = time.monotonic()
-        w.exit_status, w.stats, w.handoffs_sent, w.last_error = None, {}, 0, ""
+        w.exit_status, w.stats, w.last_error = None, {}, ""
+        w.handoffs_sent = w.handoffs_delivered = 0
         self.by_id[wid] = w
         self.by_pid[pid] = w
         self.selector.register(master_end, selectors.EVENT_READ, self._channel_handler(w))
@@ -408,7 +410,7 @@ class Master:
                 log.info("reload (%s) complete: %d worker(s) replaced", r.reason, r.replaced)
                 self.last_reload = {"ok": True, "reason": r.reason, "replaced": r.replaced,
                                     "finished": time.time()}
-                self.reloading = None
+                self._end_reload()
                 return
             slot = r.queue.popleft()
             if slot >= len(self.slots):
@@ -435,7 +437,12 @@ class Master:
             self.retiring.append(r.new)  # reaped like any retired worker
         self.last_reload = {"ok": False, "reason": r.reason, "error": msg,
                             "replaced": r.replaced, "finished": time.time()}
+        self._end_reload()
+
+    def _end_reload(self) -> None:
         self.reloading = None
+        if self.deferred_scale is not None:
+            self.scale(self.deferred_scale)
 
     def scale(self, target: int) -> dict:
         """Grow or shrink to `target` workers; removed workers drain first."""
@@ -443,7 +450,11 @@ class Master:
             return {"error": "the master is stopping"}
         target = max(1, min(int(target), MAX_WORKERS))
         if target < len(self.slots) and self.reloading is not None:
-            return {"error": "a reload is in progress; scale down after it ends"}
+            # Slots being replaced must not vanish under the reload: shrink after it.
+            self.deferred_scale = target
+            log.info("scale to %d deferred until the reload ends", target)
+            return {"ok": True, "workers": target, "deferred": True}
+        self.deferred_scale = None
         now = time.monotonic()
         before = len(self.slots)
         while len(self.slots) < target:
@@ -514,6 +525,8 @@ class Master:
                     w.stats_at = time.monotonic()
                 except ValueError:
                     pass
+                if w.outq:
+                    self._flush(w)  # the hand-off window may have opened
             elif kind == ch.READY:
                 if w.state is State.STARTING:
                     w.to(State.READY)
@@ -547,6 +560,10 @@ class Master:
             return
         while w.outq:
             frame, sock = w.outq[0]
+            if sock is not None and w.unconfirmed >= self.cfg.handoff_window:
+                # The kernel's queue dies with the worker; ours can be re-routed.
+                # Wait for the worker to confirm what it has (STATS) first.
+                break
             try:
                 if sock is None:
                     chan.send(frame)
@@ -564,6 +581,7 @@ class Master:
             w.outq.popleft()
             w.out_bytes -= len(frame)
             if sock is not None:
+                w.handoffs_delivered += 1
                 sock.close()
                 w.queued_socks -= 1
                 self.queued_socks -= 1

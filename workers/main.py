@@ -35,6 +35,9 @@ from imcluster.workers.relay import MasterRelayManager
 log = logging.getLogger("imcluster.worker")
 
 STATS_INTERVAL = 1.0
+# Confirm hand-offs this often (besides the periodic report), so the master's
+# hand-off window never throttles a busy but healthy worker.
+CONFIRM_EVERY = 16
 MAX_CONNECTIONS = 100_000
 
 
@@ -108,6 +111,8 @@ class Worker:
             self.handoffs += 1
             self.connections += 1
             self.pool.spawn(serve_connection, self.server, sock, self._closed_one)
+            if self.handoffs % CONFIRM_EVERY == 0:
+                self._send_stats()  # confirms receipt: the master's window reopens
             return
         for fd in fds:
             os.close(fd)
@@ -125,12 +130,14 @@ class Worker:
     def _hand_back(self, sock: socket.socket) -> bool:
         return self.link.send(ch.HANDBACK, fd=sock.fileno())
 
+    def _send_stats(self) -> None:
+        stats = {"sessions": len(self.app.eio.sockets), "connections": self.connections,
+                 "handoffs": self.handoffs}
+        self.link.send(ch.STATS, ch.encode_json(stats))
+
     def _report_stats(self) -> None:
-        eio = self.app.eio
         while not self.link.closed:
-            stats = {"sessions": len(eio.sockets), "connections": self.connections,
-                     "handoffs": self.handoffs}
-            self.link.send(ch.STATS, ch.encode_json(stats))
+            self._send_stats()
             eventlet.sleep(STATS_INTERVAL)
 
     # ---- stop ----------------------------------------------------------------
