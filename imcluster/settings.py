@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,21 @@ def _log_level(v: Any) -> str:
 def _optional_str(v: Any) -> str | None:
     s = str(v).strip() if v is not None else ""
     return s or None
+
+
+def _origins(v: Any) -> str | list[str] | None:
+    if isinstance(v, list):
+        items = [str(x).strip() for x in v]
+    else:
+        s = str(v).strip()
+        if s == "*":
+            return "*"
+        items = [x.strip() for x in s.split(",")]
+    items = [x.rstrip("/") for x in items if x]
+    for x in items:
+        if not re.fullmatch(r"https?://[^/\s]+", x):
+            raise ValueError(f"{x!r} is not an origin like https://chat.example.com")
+    return items or None
 
 
 def _default_workers() -> int:
@@ -123,6 +139,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_memory", _non_negative_int, 0,
             "RSS in MiB above which a worker is replaced by a graceful reload of its "
             "slot (0: no limit)", metavar="MIB"),
+    Setting("cors_origins", _origins, None,
+            "origins allowed to connect from a browser, comma-separated, or '*'; "
+            "default: the app's own setting (python-socketio's default is the "
+            "server's own origin only)", metavar="ORIGINS"),
     Setting("control", _optional_str, None,
             "path of the control socket (default: imcluster-PORT.sock in $XDG_RUNTIME_DIR or "
             "/tmp)", metavar="PATH"),

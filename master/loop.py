@@ -233,6 +233,7 @@ class Master:
             "redis": self.cfg.redis, "keepalive": self.cfg.keepalive,
             "log_level": self.cfg.log_level, "cwd": os.getcwd(),
             "graceful_timeout": self.cfg.graceful_timeout,
+            "cors_origins": self.cfg.cors_origins,
         }
         os.set_inheritable(worker_end.fileno(), True)
         argv = [sys.executable, "-m", "imcluster.workers", json.dumps(spec)]

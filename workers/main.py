@@ -64,6 +64,8 @@ class Worker:
         wid = self.worker_id
         # Every sid this worker makes names it, so the master can route by sid alone.
         app.eio.generate_id = lambda: sidcodec.make_sid(wid)
+        if self.spec.get("cors_origins") is not None:
+            app.eio.cors_allowed_origins = self.spec["cors_origins"]
         if app.sio is not None:
             self._install_manager(app.sio)
         self.app = app

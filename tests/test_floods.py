@@ -1,0 +1,122 @@
+"""Floods, bounded in count and time: slowloris, connect-and-idle, handshakes.
+The master stays under its pending cap, closes abusers on time, does not spin,
+and ordinary clients keep getting through."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+from pyclients import Client
+from rawhttp import EIO, Conn
+
+from imcluster.sid import worker_of
+
+
+def ordinary_client_works(url: str) -> bool:
+    c = Client(url, "polling")
+    try:
+        return c.call("echo", "hi") == "hi"
+    finally:
+        c.close()
+
+
+def test_slowloris_hundreds_of_connections(cluster_factory):
+    timeout = 3.0
+    n = 300
+    cluster = cluster_factory(workers=2, args=("--header-timeout", str(timeout)))
+    cluster.wait_ready()
+    master = psutil.Process(cluster.pid)
+    cpu0 = sum(master.cpu_times()[:2])
+    line = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n"
+    socks = {}
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", cluster.port), 5)
+        s.setblocking(False)
+        socks[s] = [0, time.monotonic(), None]  # bytes sent, opened, closed after
+    peak_pending = 0
+    ok_during = []
+    t = threading.Thread(target=lambda: ok_during.append(ordinary_client_works(cluster.url)))
+    start = time.monotonic()
+    while time.monotonic() - start < timeout + 4 and any(v[2] is None for v in socks.values()):
+        for s, v in socks.items():
+            if v[2] is not None:
+                continue
+            try:
+                if s.recv(4096, socket.MSG_PEEK) is not None:
+                    v[2] = time.monotonic() - v[1]  # answered (408) or closed
+                    continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                v[2] = time.monotonic() - v[1]
+                continue
+            try:
+                s.send(line[v[0]:v[0] + 1])  # one byte now and then
+                v[0] += 1
+            except OSError:
+                v[2] = time.monotonic() - v[1]
+        if not t.is_alive() and not ok_during and time.monotonic() - start > 1:
+            t.start()
+        peak_pending = max(peak_pending, cluster.status()["master"]["pending"])
+        time.sleep(0.5)
+    t.join(20)
+    cpu = sum(master.cpu_times()[:2]) - cpu0
+    closed_after = [v[2] for v in socks.values()]
+    for s in socks:
+        s.close()
+    assert all(x is not None for x in closed_after), "an abuser was never closed"
+    assert max(closed_after) < timeout + 2 and min(closed_after) > timeout - 1
+    assert peak_pending <= n
+    assert ok_during == [True], "an ordinary client failed during the flood"
+    assert cpu < 2.0, f"master used {cpu:.2f}s CPU on {n} slow clients"
+
+
+def test_connect_and_idle_flood_stays_under_the_cap(cluster_factory):
+    cap = 200
+    cluster = cluster_factory(workers=1, args=("--max-pending", str(cap),
+                                              "--header-timeout", "30"))
+    cluster.wait_ready()
+    idle = []
+    try:
+        for _ in range(600):
+            idle.append(socket.create_connection(("127.0.0.1", cluster.port), 5))
+        time.sleep(0.5)
+        st = cluster.status()["master"]
+        assert st["pending"] <= cap
+        assert st["counters"]["evicted"] >= 600 - cap
+        assert st["fds"] < cap + 50  # the evicted are really closed
+        assert ordinary_client_works(cluster.url)
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_handshake_flood(cluster_factory):
+    n = 500
+    cluster = cluster_factory(workers=2)
+    workers = cluster.wait_ready()
+
+    def handshake(_):
+        with Conn(cluster.port, timeout=20) as c:
+            status, _, body = c.request("GET", EIO)
+            return status, body
+
+    ok_during = []
+    t = threading.Thread(target=lambda: ok_during.append(ordinary_client_works(cluster.url)))
+    with ThreadPoolExecutor(16) as pool:
+        futures = pool.map(handshake, range(n))
+        time.sleep(0.2)
+        t.start()
+        results = list(futures)
+    t.join(20)
+    assert all(status == 200 and body[:2] == b"0{" for status, body in results)
+    sids = [body.split(b'"sid":"')[1][:20].decode() for _, body in results]
+    assert len(set(sids)) == n
+    spread = {worker_of(s) for s in sids}
+    assert spread == {w["worker_id"] for w in workers}
+    assert ok_during == [True]
+    assert cluster.proc.poll() is None

@@ -1,0 +1,156 @@
+"""Payload limits, payload integrity, no internals leaked, CORS, control socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+
+import pytest
+import requests
+import websocket
+from conftest import ROOT
+from pyclients import Client
+from rawhttp import EIO, Conn, open_session, poll_target
+
+from imcluster.control import ControlError, request
+
+APPS = ROOT / "tests" / "apps"
+LIMIT = 100_000
+
+
+@pytest.fixture
+def cluster(cluster_factory):
+    c = cluster_factory(app="limits_app:app", workers=2, cwd=APPS)
+    c.wait_ready()
+    return c
+
+
+def test_oversized_polling_post_is_refused_and_the_session_closed(cluster):
+    sid = open_session(cluster.port)
+    got = {}
+
+    def long_poll():  # as a real client, keep a GET waiting meanwhile
+        with Conn(cluster.port, timeout=20) as c:
+            got["get"] = c.request("GET", poll_target(sid))
+
+    t = threading.Thread(target=long_poll)
+    t.start()
+    time.sleep(0.3)
+    with Conn(cluster.port, timeout=20) as c:
+        status, _, answer = c.request("POST", poll_target(sid), b"4" + b"x" * (LIMIT + 10))
+    t.join(20)
+    assert status == 400, (status, answer)
+    assert got["get"][0] == 200 and got["get"][2] == b"1"  # Engine.IO's close packet
+    with Conn(cluster.port) as c:
+        status, _, answer = c.request("GET", poll_target(sid))
+    assert status == 400, answer  # the session is gone
+
+
+def test_oversized_websocket_frame_closes_the_session(cluster):
+    with Conn(cluster.port) as c:
+        sid = json.loads(c.request("GET", EIO)[2][1:])["sid"]
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{cluster.port}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        timeout=10)
+    ws.send("2probe")
+    assert ws.recv() == "3probe"
+    ws.send("5")  # upgrade
+    ws.send("4" + "x" * (LIMIT + 10))
+    with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError,
+                        OSError)):
+        for _ in range(5):
+            if ws.recv() in ("", None):
+                raise websocket.WebSocketConnectionClosedException()
+    ws.close()
+    with Conn(cluster.port) as c:
+        assert c.request("GET", poll_target(sid))[0] == 400
+
+
+@pytest.mark.parametrize("transport", ["polling", "websocket"])
+def test_binary_and_unicode_payloads_travel_intact(cluster, transport):
+    c = Client(cluster.url, transport)
+    try:
+        blob = bytes(range(256)) * 40 + b"\xff\xfe\x80\xc3\x28"  # not valid UTF-8
+        assert c.call("echo", blob) == blob
+        text = "h\u00e9llo \u4e16\u754c \U0001f600 \u202e\x00 end"
+        assert c.call("echo", text) == text
+        nested = {"a": [blob[:10], {"b": text}], "n": None, "f": 1.5}
+        assert c.call("echo", nested) == nested
+    finally:
+        c.close()
+
+
+def test_no_traceback_or_internal_detail_reaches_a_client(cluster):
+    r = requests.get(cluster.url + "/boom", timeout=10)
+    assert r.status_code == 500
+    for leak in ("Traceback", "secret", "RuntimeError", ".py"):
+        assert leak not in r.text
+    assert requests.get(cluster.url + "/ok", timeout=10).text == "plain wsgi"
+    # A handler that raises: the client gets no answer at all, certainly no detail.
+    c = Client(cluster.url, "websocket")
+    try:
+        with pytest.raises(Exception) as e:
+            c.call("fail", timeout=2)
+        assert "secret" not in str(e.value)
+        assert c.call("echo", 1) == 1  # and the session carries on
+    finally:
+        c.close()
+
+
+def _handshake(port: int, origin: str) -> int:
+    with socket.create_connection(("127.0.0.1", port), 5) as s:
+        s.sendall((f"GET {EIO} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {origin}\r\n"
+                   "Connection: close\r\n\r\n").encode())
+        return int(s.recv(4096).split(b" ")[1])
+
+
+def test_cors_default_allows_only_the_own_origin(cluster_factory):
+    c = cluster_factory(workers=1)
+    c.wait_ready()
+    assert _handshake(c.port, f"http://127.0.0.1:{c.port}") == 200
+    assert _handshake(c.port, "http://evil.example") == 400
+
+
+def test_cors_origins_setting(cluster_factory):
+    c = cluster_factory(workers=1, args=("--cors-origins", "https://chat.example.com"))
+    c.wait_ready()
+    assert _handshake(c.port, "https://chat.example.com") == 200
+    assert _handshake(c.port, "http://evil.example") == 400
+
+
+def test_control_socket_refuses_another_user(cluster_factory, tmp_path):
+    # A world-traversable folder, so only the socket's own mode keeps others out.
+    d = tempfile.mkdtemp(prefix="imcluster-ctl-")
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "ctl.sock")
+    c = cluster_factory(workers=1, args=("--control", path))
+    c.cluster_control = path
+    c.control = path
+    c.wait_ready()
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child becomes nobody and tries the socket
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                request(path, "status")
+                msg = "ALLOWED"
+            except ControlError as e:
+                msg = str(e)
+            os.write(w, msg.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    msg = os.read(r, 4096).decode()
+    os.waitpid(pid, 0)
+    os.close(r)
+    assert msg.startswith("permission denied on"), msg
+    assert request(path, "status")["master"]["pid"] == c.pid  # its owner still can
