@@ -126,13 +126,7 @@ class Router:
         self._route(p, line)
 
     def _route(self, p: Pending, line: httpline.RequestLine) -> None:
-        fd = p.sock.fileno()
-        self.pending.pop(fd, None)
-        self.waiting.pop(fd, None)
-        try:
-            self.selector.unregister(p.sock)
-        except (KeyError, ValueError):
-            pass
+        fd = self._forget(p)
         if self.deliver(p.sock, line):
             self.counters["routed"] += 1
             return
@@ -205,7 +199,8 @@ class Router:
             pass
         self._drop(p)
 
-    def _drop(self, p: Pending) -> None:
+    def _forget(self, p: Pending) -> int:
+        """Stop tracking and watching `p`; returns its fd."""
         fd = p.sock.fileno()
         self.pending.pop(fd, None)
         self.waiting.pop(fd, None)
@@ -213,6 +208,10 @@ class Router:
             self.selector.unregister(p.sock)
         except (KeyError, ValueError):
             pass
+        return fd
+
+    def _drop(self, p: Pending) -> None:
+        self._forget(p)
         p.sock.close()
 
 

@@ -77,6 +77,20 @@ def echo(sid, *args):
     return args[0] if len(args) == 1 else (args or None)
 
 
+def _room_and_name(sid, data):
+    """The valid room and name of a join/here payload (None for invalid ones)."""
+    room = _str(data.get('room'), MAX_ROOM)
+    # A connection's own sid room is not a chat room; treating it as one
+    # would let 'leave' break direct delivery to that client.
+    if room == sid:
+        room = None
+    name = data.get('name')
+    # Without a name keep the one given earlier, so joining a second room
+    # doesn't turn the user into 'anonymous'.
+    name = _name_of(sid) if name in (None, '') else _str(name, MAX_NAME)
+    return room, name
+
+
 @sio.event
 def whoami(sid, *args):
     return os.getpid()
@@ -86,14 +100,8 @@ def whoami(sid, *args):
 def join(sid, data=None, *_):
     if not isinstance(data, dict):
         return False
-    room = _str(data.get('room'), MAX_ROOM)
-    name = data.get('name')
-    # Without a name keep the one given earlier, so joining a second room
-    # doesn't turn the user into 'anonymous'.
-    name = _name_of(sid) if name in (None, '') else _str(name, MAX_NAME)
-    # A connection's own sid room is not a chat room; treating it as one
-    # would let 'leave' break direct delivery to that client.
-    if room is None or name is None or room == sid:
+    room, name = _room_and_name(sid, data)
+    if room is None or name is None:
         return False
     sio.save_session(sid, {'name': name})
     sio.enter_room(sid, room)
@@ -136,10 +144,8 @@ def here(sid, data=None, *_):
     # and this way no process needs to know where to_sid lives.
     if not isinstance(data, dict):
         return False
-    room = _str(data.get('room'), MAX_ROOM)
-    name = data.get('name')
-    name = _name_of(sid) if name in (None, '') else _str(name, MAX_NAME)
-    if room is None or name is None or room == sid:
+    room, name = _room_and_name(sid, data)
+    if room is None or name is None:
         return False
     _presence(room, sid, 'here', name)
     return True
