@@ -44,6 +44,11 @@ class RequestLine:
     sid: str | None
 
     @property
+    def is_handshake(self) -> bool:
+        """An Engine.IO request that starts a new session (it names no sid)."""
+        return self.sid is None and ("?EIO=" in self.target or "&EIO=" in self.target)
+
+    @property
     def worker_id(self) -> int | None:
         """The worker this request's sid names, or None (new session, or not ours)."""
         return sidcodec.worker_of(self.sid) if self.sid else None

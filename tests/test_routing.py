@@ -108,3 +108,15 @@ def test_forged_and_stale_sids_get_unknown_session(cluster, kind):
     # session may still be named "disconnected" for a moment before it is forgotten.
     assert status == 400
     assert any(m in body for m in (b"Invalid session", b"Session is disconnected")), body
+
+
+def test_new_sessions_on_a_kept_alive_connection_are_placed_by_the_master(cluster):
+    """Browsers reuse connections: a handshake arriving on a connection a worker
+    holds still goes to the least-loaded worker, not to that worker."""
+    owners = set()
+    with Conn(cluster.port) as c:
+        for _ in range(9):
+            status, _, body = c.request("GET", EIO)
+            assert status == 200
+            owners.add(worker_of(json.loads(body[1:])["sid"]))
+    assert len(owners) == 3

@@ -251,3 +251,14 @@ def test_unknown_config_key_is_refused(tmp_path):
 
 def test_default_bind_is_loopback():
     assert cfgmod.resolve(_args(), {}).bind[0] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("target,expected", [
+    ("/socket.io/?EIO=4&transport=polling&t=x", True),
+    ("/socket.io/?transport=websocket&EIO=4", True),
+    (f"/socket.io/?EIO=4&transport=polling&sid={sid.make_sid(1)}", False),
+    ("/static/chat.js", False),
+    ("/?NEO=4", False),
+])
+def test_is_handshake(target, expected):
+    assert httpline.parse(f"GET {target} HTTP/1.1\r\n".encode()).is_handshake is expected

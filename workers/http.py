@@ -200,8 +200,12 @@ def make_protocol(worker_id: int, hand_back: Callable[[socket.socket], bool],
             if line is None:
                 return False
             wid = line.worker_id
-            if wid is None or wid == worker_id:
+            if wid == worker_id:
                 return True
+            if wid is None and not line.is_handshake:
+                return True  # a page or a file: any worker serves it
+            # Another worker's session, or a new session: the master places
+            # those (least loaded), whatever connection they arrive on.
             # Flush before the fd leaves: the answer to the previous request
             # must reach the client before the next owner's answer.
             try:

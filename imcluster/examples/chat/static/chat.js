@@ -13,8 +13,12 @@
   const transport = params.get('transport') || 'default';
 
   // Keyed by sid, not name: two tabs with one name are two members, and a
-  // 'leave' must remove exactly the connection that went away.
+  // 'leave' must remove exactly the connection that went away. Each entry
+  // remembers when it was last heard of: a member whose worker was killed
+  // never sends 'leave', so members silent for too long are dropped.
   const members = new Map();
+  const HEARTBEAT_MS = 15000;
+  const EXPIRE_MS = 40000;
 
   const chat = window.chat = {
     room, name, messages: [], status: 'connecting', pid: null,
@@ -52,7 +56,7 @@
 
   function renderOnline() {
     const counts = new Map();
-    for (const n of members.values()) counts.set(n, (counts.get(n) || 0) + 1);
+    for (const { name: n } of members.values()) counts.set(n, (counts.get(n) || 0) + 1);
     chat.online = [...counts.keys()].sort((a, b) => a.localeCompare(b));
     const list = $('online');
     list.replaceChildren(...chat.online.map((n) => {
@@ -143,7 +147,7 @@
     // A reconnect is a new sid on a possibly different worker that knows
     // nothing of us: rebuild membership from scratch and ask who serves us.
     members.clear();
-    members.set(socket.id, name);
+    members.set(socket.id, { name, seen: Date.now() });
     renderOnline();
     socket.emit('join', { room, name }, (ok) => {
       if (ok !== true) banner(`could not join room "${room}"`);
@@ -153,6 +157,7 @@
 
   socket.on('disconnect', () => {
     setStatus(socket.active ? 'reconnecting' : 'disconnected');
+    setPid(null);  // the next connection may well be served by another worker
   });
 
   socket.on('connect_error', () => {
@@ -168,13 +173,24 @@
     if (p.event === 'leave') {
       members.delete(p.sid);
     } else if (p.event === 'join' || p.event === 'here') {
-      members.set(p.sid, String(p.name));
+      members.set(p.sid, { name: String(p.name), seen: Date.now() });
       if (p.event === 'join' && p.sid !== socket.id) {
         socket.emit('here', { room, name, to_sid: p.sid });
       }
     }
     renderOnline();
   });
+
+  // Heartbeat: say 'here' now and then, and forget members not heard from.
+  setInterval(() => {
+    if (!socket.connected) return;
+    socket.emit('here', { room, name });
+    const cutoff = Date.now() - EXPIRE_MS;
+    for (const [sid, m] of members) {
+      if (sid !== socket.id && m.seen < cutoff) members.delete(sid);
+    }
+    renderOnline();
+  }, HEARTBEAT_MS);
 
   socket.on('said', (m) => {
     if (!m || m.room !== room || typeof m.text !== 'string') return;
