@@ -67,6 +67,8 @@ def test_repeated_kill_9_under_load(cluster_factory):
         wait_for(lambda: all(any(m["text"] == "survivors" for m in c.said) for c in clients),
                  15, what="room message after the kills")
         assert acks[0] > 50
+        print(f"FIGURE kill -9: {kills} kills under load, {acks[0]} echo acks meanwhile, "
+              f"all 3 slots back, 30/30 clients reconnected and in the room")
     finally:
         for c in clients:
             c.close()
@@ -128,7 +130,8 @@ def test_connections_queued_for_a_dying_worker_are_not_lost(cluster_factory):
         assert answered + closed == 60
         # At most a window's worth sat in the dead worker's kernel queue.
         assert rerouted > 0 and closed <= window, (answered, closed, rerouted)
-        print(f"answered {answered}, closed {closed}, re-routed by the master {rerouted}")
+        print(f"FIGURE dying worker: 60 connections, answered {answered}, closed {closed}, "
+              f"re-routed by the master {rerouted}, none left hanging")
     finally:
         for c in conns:
             c.close()

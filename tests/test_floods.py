@@ -73,6 +73,9 @@ def test_slowloris_hundreds_of_connections(cluster_factory):
     assert peak_pending <= n
     assert ok_during == [True], "an ordinary client failed during the flood"
     assert cpu < 2.0, f"master used {cpu:.2f}s CPU on {n} slow clients"
+    print(f"FIGURE slowloris: {n} connections, closed after {min(closed_after):.1f}-"
+          f"{max(closed_after):.1f}s (timeout {timeout}s), peak pending {peak_pending}, "
+          f"master CPU {cpu:.2f}s over {time.monotonic() - start:.1f}s")
 
 
 def test_connect_and_idle_flood_stays_under_the_cap(cluster_factory):
@@ -90,6 +93,8 @@ def test_connect_and_idle_flood_stays_under_the_cap(cluster_factory):
         assert st["counters"]["evicted"] >= 600 - cap
         assert st["fds"] < cap + 50  # the evicted are really closed
         assert ordinary_client_works(cluster.url)
+        print(f"FIGURE idle flood: 600 connections, cap {cap}: pending {st['pending']}, "
+              f"evicted {st['counters']['evicted']}, master fds {st['fds']}")
     finally:
         for s in idle:
             s.close()
@@ -107,6 +112,7 @@ def test_handshake_flood(cluster_factory):
 
     ok_during = []
     t = threading.Thread(target=lambda: ok_during.append(ordinary_client_works(cluster.url)))
+    t0 = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
         futures = pool.map(handshake, range(n))
         time.sleep(0.2)
@@ -120,3 +126,6 @@ def test_handshake_flood(cluster_factory):
     assert spread == {w["worker_id"] for w in workers}
     assert ok_during == [True]
     assert cluster.proc.poll() is None
+    print(f"FIGURE handshake flood: {n} handshakes from 16 threads in "
+          f"{time.monotonic() - t0:.1f}s, all 200, {len(set(sids))} distinct sids, "
+          f"{len(spread)} workers")

@@ -105,7 +105,9 @@ def test_reload_under_load_replaces_every_worker_and_serves_new_code(cluster_fac
         clients[0].sio.emit("say", {"room": "r", "text": "after", "ts": 0})
         wait_for(lambda: all(any(m["text"] == "after" for m in c.said) for c in clients), 15,
                  what="room message after the reload")
-        print(f"reload under load: {stats}")
+        print(f"FIGURE reload under load: 100 clients, {stats['acks']} echo acks, "
+              f"{stats['retried']} retried after a reconnect, {stats['wrong']} wrong, "
+              f"0 clients gave up")
     finally:
         for c in clients:
             c.close()

@@ -89,6 +89,7 @@ def test_redis_outage_keeps_local_service_and_recovers(cluster_factory, redis_pr
         assert log.count("redis subscription lost") == 2  # each worker, once
 
         redis_proc.start()
+        back = time.monotonic()
 
         def resumed():
             say(here[0], "after")
@@ -97,6 +98,9 @@ def test_redis_outage_keeps_local_service_and_recovers(cluster_factory, redis_pr
             return heard(clients, "after") and heard(clients, "after-too")
 
         wait_for(resumed, 15, interval=0.2, what="cross-worker broadcasts to resume")
+        print(f"FIGURE redis outage: 20 messages while down, local delivery kept, "
+              f"worker CPU {max(cpu):.2f}s, cross-worker resumed "
+              f"{time.monotonic() - back:.1f}s after redis came back")
         assert "cross-worker broadcasts resumed" in cluster.log()
         assert {w["pid"] for w in cluster.ready_workers()} == {pa, pb}  # nothing crashed
         assert cluster.proc.poll() is None
