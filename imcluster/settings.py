@@ -65,6 +65,17 @@ def _optional_str(v: Any) -> str | None:
     return s or None
 
 
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "yes", "true", "on"):
+        return True
+    if s in ("0", "no", "false", "off"):
+        return False
+    raise ValueError("expected yes or no")
+
+
 def _origins(v: Any) -> str | list[str] | None:
     if isinstance(v, list):
         items = [str(x).strip() for x in v]
@@ -139,6 +150,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_memory", _non_negative_int, 0,
             "RSS in MiB above which a worker is replaced by a graceful reload of its "
             "slot (0: no limit)", metavar="MIB"),
+    Setting("ws_compression", _bool, False,
+            "accept WebSocket permessage-deflate when clients offer it (browsers and the JS "
+            "client do); off by default: it deflates every message once per client, which "
+            "is what limits room broadcasts", metavar="yes|no"),
     Setting("cors_origins", _origins, None,
             "origins allowed to connect from a browser, comma-separated, or '*'; "
             "default: the app's own setting (python-socketio's default is the "

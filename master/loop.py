@@ -234,6 +234,7 @@ class Master:
             "log_level": self.cfg.log_level, "cwd": os.getcwd(),
             "graceful_timeout": self.cfg.graceful_timeout,
             "cors_origins": self.cfg.cors_origins,
+            "ws_compression": self.cfg.ws_compression,
         }
         os.set_inheritable(worker_end.fileno(), True)
         argv = [sys.executable, "-m", "imcluster.workers", json.dumps(spec)]

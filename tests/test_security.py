@@ -154,3 +154,27 @@ def test_control_socket_refuses_another_user(cluster_factory, tmp_path):
     os.close(r)
     assert msg.startswith("permission denied on"), msg
     assert request(path, "status")["master"]["pid"] == c.pid  # its owner still can
+
+
+def _ws_upgrade_headers(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), 5) as s:
+        s.sendall(("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+                   f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                   "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+                   "\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        return head.split(b"\r\n\r\n")[0].lower()
+
+
+def test_websocket_compression_is_off_unless_asked(cluster_factory):
+    plain = cluster_factory(workers=1)
+    deflate = cluster_factory(workers=1, args=("--ws-compression", "yes"))
+    plain.wait_ready()
+    deflate.wait_ready()
+    head = _ws_upgrade_headers(plain.port)
+    assert head.startswith(b"http/1.1 101") and b"permessage-deflate" not in head
+    head = _ws_upgrade_headers(deflate.port)
+    assert head.startswith(b"http/1.1 101") and b"permessage-deflate" in head

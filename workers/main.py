@@ -71,6 +71,8 @@ class Worker:
             app.eio.cors_allowed_origins = self.spec["cors_origins"]
         if app.sio is not None:
             self._install_manager(app.sio)
+        if not self.spec.get("ws_compression"):
+            app.wsgi = _without_ws_compression(app.wsgi)
         self.app = app
 
     def _install_manager(self, sio: socketio.Server) -> None:
@@ -177,6 +179,20 @@ class Worker:
                     eventlet.greenio.shutdown_safe(sock)  # nothing in flight on these
                 eventlet.sleep(0.05)
         self.done.send()
+
+
+def _without_ws_compression(wsgi):
+    """Hide the client's permessage-deflate offer, so WebSockets go uncompressed.
+
+    eventlet accepts the offer whenever the request carries it, and then
+    deflates every frame once per client: for a room broadcast that is one
+    deflate per member, the main cost of fan-out (see docs/benchmarks.md).
+    """
+    def app(environ, start_response):
+        environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        return wsgi(environ, start_response)
+
+    return app
 
 
 def _close_session(s, flush_seconds: float) -> None:
