@@ -86,11 +86,17 @@ class Master:
                  "redis " + self.cfg.redis if self.cfg.redis else "master relay",
                  self.cfg.control)
         try:
+            next_tick = 0.0
             while not (self.stopping and self._all_exited()):
                 for key, mask in self.selector.select(TICK):
                     key.data(key, mask)
                 self._handle_signals()
-                self.manage(time.monotonic())
+                # Timers run once a tick, not after every wake-up: under load the
+                # loop wakes thousands of times a second.
+                now = time.monotonic()
+                if now >= next_tick:
+                    self.manage(now)
+                    next_tick = now + TICK
         finally:
             self._cleanup()
         return self.exit_code

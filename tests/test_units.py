@@ -262,3 +262,19 @@ def test_default_bind_is_loopback():
 ])
 def test_is_handshake(target, expected):
     assert httpline.parse(f"GET {target} HTTP/1.1\r\n".encode()).is_handshake is expected
+
+
+# ---- worker speedups ---------------------------------------------------------
+
+
+@given(st.binary(max_size=600), st.binary(min_size=4, max_size=4), st.integers(0, 11),
+       st.integers(0, 700))
+@settings(max_examples=500)
+def test_fast_websocket_mask_matches_eventlet(data, mask, offset, length):
+    from imcluster.workers import speedups
+
+    original = speedups._ORIGINAL_APPLY_MASK
+    n = min(length, len(data))
+    assert speedups.apply_mask(data, mask, n, offset) == original(data, mask, n, offset)
+    assert speedups.apply_mask(bytearray(data), mask, offset=offset) == \
+        original(data, mask, offset=offset)

@@ -29,6 +29,7 @@ REDIS_TIMEOUT = 1.0
 # longest wait between resubscribe attempts.
 PROBE_INTERVAL = 1.0
 MAX_LISTEN_BACKOFF = 2.0
+MAX_PUBLISH_CONNECTIONS = 32
 
 
 class ClusterRedisManager(socketio.PubSubManager):
@@ -37,9 +38,14 @@ class ClusterRedisManager(socketio.PubSubManager):
     def __init__(self, url: str, channel: str = "socketio", logger=None):
         super().__init__(channel=channel, write_only=False, logger=logger)
         self.url = url
-        opts = {"socket_timeout": REDIS_TIMEOUT, "socket_connect_timeout": REDIS_TIMEOUT,
-                "health_check_interval": 10}
-        self.redis = redis.Redis.from_url(url, **opts)
+        # A blocking pool: when every connection is busy (a burst of emits on a
+        # saturated worker), a publisher waits its turn instead of failing with
+        # "Too many connections", which would look like an outage.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_PUBLISH_CONNECTIONS, timeout=None,
+            socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT,
+            health_check_interval=10)
+        self.redis = redis.Redis(connection_pool=pool)
         # The subscriber blocks in a read, so it gets no read timeout.
         self.sub_redis = redis.Redis.from_url(
             url, socket_connect_timeout=REDIS_TIMEOUT, socket_keepalive=True,
