@@ -224,14 +224,20 @@ def _check_spread(cluster, sts: dict[Tab, dict]) -> set[int]:
     return pids
 
 
+def _settled(users: Users, cluster, transport: str | None) -> dict:
+    """Every tab in the room (and upgraded, for the default transport), spread out."""
+    sts = users.wait_in_room()
+    if transport is None:
+        # Polling first, then every tab upgrades its session to a WebSocket.
+        sts = users.wait_websocket()
+    _check_spread(cluster, sts)
+    return sts
+
+
 def _chat_across_workers(browser, cluster, transport: str | None) -> None:
     users = Users(browser, cluster.url, transport)
     try:
-        sts = users.wait_in_room()
-        if transport is None:
-            # Polling first, then every tab upgrades its session to a WebSocket.
-            sts = users.wait_websocket()
-        _check_spread(cluster, sts)
+        sts = _settled(users, cluster, transport)
         # The upgraded (or long-polling) session is still served where it began.
         for tab in users.tabs:
             assert tab.whoami() == sts[tab]["pid"], f"{tab} moved to another worker"
@@ -264,10 +270,7 @@ def test_killed_worker_pages_reconnect_and_chat_again(browser, cluster_factory, 
     label = transport or "default"
     users = Users(browser, cluster.url, transport)
     try:
-        sts = users.wait_in_room()
-        if transport is None:
-            sts = users.wait_websocket()
-        _check_spread(cluster, sts)
+        sts = _settled(users, cluster, transport)
         sent: list[tuple] = []
         order = _interleaved(users.tabs)
         users.exchange([f"before the kill: {t} ({label})" for t in order], order, sent)
