@@ -667,6 +667,7 @@ class Master:
         if cmd == "status":
             return self.status()
         if cmd == "stop":
+            log.info("stop asked on the control socket: stopping gracefully")
             self.stop()
             return {"ok": True}
         if cmd == "reload":
