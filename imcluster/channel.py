@@ -16,7 +16,7 @@ import socket
 from collections.abc import Iterator
 
 # master -> worker
-HANDOFF = b"H"  # one client fd; flag OWNED: serve its first request without asking
+HANDOFF = b"H"  # one client fd; the worker serves its first request whatever it names
 RELAY = b"P"  # a pub/sub message published by another worker
 STOP = b"S"  # drain and exit
 # worker -> master
@@ -27,7 +27,6 @@ STATS = b"T"  # JSON load report; also the worker's heartbeat
 ERROR = b"E"  # why the worker is about to exit (e.g. the app failed to import)
 
 MORE = 0x01
-OWNED = 0x02
 
 FRAGMENT = 60 * 1024
 MAX_FRAME = FRAGMENT + 2

@@ -80,11 +80,9 @@ class Worker:
     unresponsive: bool = False  # silent past the heartbeat timeout: being replaced
     outq: deque = field(default_factory=deque)  # (frame, client socket or None)
     out_bytes: int = 0
-    queued_socks: int = 0
     handoffs_sent: int = 0  # queued for it, in the master or the kernel
     handoffs_delivered: int = 0  # written to its channel
     stats: dict = field(default_factory=dict)
-    stats_at: float = 0.0
 
     def to(self, new: State) -> None:
         """Move to `new`, refusing any edge not in TRANSITIONS."""

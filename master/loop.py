@@ -19,6 +19,8 @@ import sys
 import time
 from collections import deque
 
+import psutil
+
 from imcluster import channel as ch
 from imcluster import httpline
 from imcluster.master.control import ControlServer
@@ -530,7 +532,6 @@ class Master:
             elif kind == ch.STATS:
                 try:
                     w.stats = json.loads(whole)
-                    w.stats_at = time.monotonic()
                 except ValueError:
                     pass
                 if w.outq:
@@ -591,7 +592,6 @@ class Master:
             if sock is not None:
                 w.handoffs_delivered += 1
                 sock.close()
-                w.queued_socks -= 1
                 self.queued_socks -= 1
         key = self.selector.get_key(chan)
         if key.events & selectors.EVENT_WRITE:
@@ -614,7 +614,7 @@ class Master:
                 self.queued_socks -= 1
                 rescued += 1
                 self.router.add(sock, time.monotonic())
-        w.out_bytes = w.queued_socks = 0
+        w.out_bytes = 0
         if rescued:
             self.counters["rerouted"] += rescued
             log.warning("slot %d: re-routed %d connections queued for a dead worker",
@@ -651,7 +651,6 @@ class Master:
             w = min(ready, key=lambda x: (x.load, x.handoffs_sent))
         w.outq.append((ch.HANDOFF + b"\x00", sock))
         w.out_bytes += 2
-        w.queued_socks += 1
         w.handoffs_sent += 1
         self.queued_socks += 1
         self.counters["handoffs"] += 1
@@ -736,29 +735,31 @@ def _count_fds() -> int | None:
         return None
 
 
+_PROCS: dict[int, psutil.Process] = {}
+
+
+def _process(pid: int) -> psutil.Process:
+    """One psutil handle per worker pid, kept so cpu_percent measures between calls."""
+    p = _PROCS.get(pid)
+    if p is None:
+        for dead in [k for k in _PROCS if not psutil.pid_exists(k)]:
+            del _PROCS[dead]
+        p = _PROCS[pid] = psutil.Process(pid)
+    return p
+
+
 def _rss(pid: int) -> int | None:
     try:
-        import psutil
-
-        return psutil.Process(pid).memory_info().rss
-    except Exception:
+        return _process(pid).memory_info().rss
+    except psutil.Error:
         return None
-
-
-_PROCS: dict[int, object] = {}
 
 
 def _proc_usage(pid: int) -> tuple[float | None, int | None]:
     """CPU percent since the previous call for this pid, and RSS bytes."""
     try:
-        import psutil
-
-        p = _PROCS.get(pid)
-        if p is None:
-            for dead in [k for k in _PROCS if not psutil.pid_exists(k)]:
-                del _PROCS[dead]
-            p = _PROCS[pid] = psutil.Process(pid)
+        p = _process(pid)
         with p.oneshot():
             return p.cpu_percent(interval=None), p.memory_info().rss
-    except Exception:
+    except psutil.Error:
         return None, None

@@ -10,7 +10,6 @@ keep serving.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -25,7 +24,6 @@ class Reload:
     new: Worker | None = None  # the replacement while it starts
     old: Worker | None = None  # the worker being drained
     deadline: float = 0.0
-    started_at: float = field(default_factory=time.time)
     replaced: int = 0
 
     @property

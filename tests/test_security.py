@@ -128,7 +128,6 @@ def test_control_socket_refuses_another_user(cluster_factory, tmp_path):
     os.chmod(d, 0o755)
     path = os.path.join(d, "ctl.sock")
     c = cluster_factory(workers=1, args=("--control", path))
-    c.cluster_control = path
     c.control = path
     c.wait_ready()
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
