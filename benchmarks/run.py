@@ -909,25 +909,30 @@ def summarize_profile(path: Path) -> dict | None:
             "raw": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)}
 
 
+def _profile_during_echo(ctx: Ctx, srv: Server, c: dict, transport: str, pid: int,
+                         label: str) -> dict | None:
+    """py-spy on `pid` while the echo load runs over `transport`."""
+    q: queue.Queue = queue.Queue()
+    ld = Load({"mode": "echo", "url": srv.url, "clients": c["echo_clients"], "wave": 50,
+               "transport": transport, "warmup_s": 2, "duration_s": c["seconds"] + 2,
+               "deadline_s": 200}, q, ctx.logdir, f"{srv.name}-profile-{label}")
+    spy = None
+    for _, ev in events(q, time.monotonic() + 200):
+        if ev.get("mark") == "start":
+            spy = start_pyspy(ctx, pid, label)
+        if "result" in ev or ev.get("eof"):
+            break
+    ld.finish()
+    return finish_pyspy(spy) if spy else None
+
+
 def sc_profile(ctx: Ctx, srv: Server) -> dict:
     """py-spy on one worker during echo, then during fanout (not the measured runs)."""
     c = ctx.counts["profile"]
     st = srv.status()
     pid = st["workers"][0]["pid"] if st else srv.groups()["workers"][0]
     out = {"worker_pid": pid}
-    # echo
-    q: queue.Queue = queue.Queue()
-    ld = Load({"mode": "echo", "url": srv.url, "clients": c["echo_clients"], "wave": 50,
-               "transport": "websocket", "warmup_s": 2, "duration_s": c["seconds"] + 2,
-               "deadline_s": 200}, q, ctx.logdir, f"{srv.name}-profile-echo")
-    spy = None
-    for _, ev in events(q, time.monotonic() + 200):
-        if ev.get("mark") == "start":
-            spy = start_pyspy(ctx, pid, "echo")
-        if "result" in ev or ev.get("eof"):
-            break
-    ld.finish()
-    out["echo"] = finish_pyspy(spy) if spy else None
+    out["echo"] = _profile_during_echo(ctx, srv, c, "websocket", pid, "echo")
     # fanout, with the same counts as the fanout scenario
     saved = dict(ctx.counts["fanout"])
     ctx.counts["fanout"] = {**saved, "clients": c["fanout_clients"],
@@ -938,19 +943,7 @@ def sc_profile(ctx: Ctx, srv: Server) -> dict:
         ctx.counts["fanout"] = saved
     out["fanout"] = f.get("profile")
     # the master, during polling-only echo (every request a new connection: a hand-off)
-    master_pid = srv.front[0].pid
-    q = queue.Queue()
-    ld = Load({"mode": "echo", "url": srv.url, "clients": c["echo_clients"], "wave": 50,
-               "transport": "polling", "warmup_s": 2, "duration_s": c["seconds"] + 2,
-               "deadline_s": 200}, q, ctx.logdir, f"{srv.name}-profile-master")
-    spy = None
-    for _, ev in events(q, time.monotonic() + 200):
-        if ev.get("mark") == "start":
-            spy = start_pyspy(ctx, master_pid, "master")
-        if "result" in ev or ev.get("eof"):
-            break
-    ld.finish()
-    out["master"] = finish_pyspy(spy) if spy else None
+    out["master"] = _profile_during_echo(ctx, srv, c, "polling", srv.front[0].pid, "master")
     for k in ("echo", "fanout", "master"):
         p = out.get(k)
         if p:
