@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
+from conftest import wait_for
 from pyclients import Client
 from rawhttp import EIO, Conn
 
@@ -70,7 +71,11 @@ def test_slowloris_hundreds_of_connections(cluster_factory):
         s.close()
     assert all(x is not None for x in closed_after), "an abuser was never closed"
     assert max(closed_after) < timeout + 2 and min(closed_after) > timeout - 1
-    assert peak_pending <= n
+    # The abusers, plus the ordinary client's own requests (a polling client
+    # holds at most a GET and a POST at once) while they wait for their line.
+    assert peak_pending <= n + 2, f"pending peaked at {peak_pending}"
+    wait_for(lambda: cluster.status()["master"]["pending"] == 0, 5,
+             what="no connection left pending after the flood")
     assert ok_during == [True], "an ordinary client failed during the flood"
     assert cpu < 2.0, f"master used {cpu:.2f}s CPU on {n} slow clients"
     print(f"FIGURE slowloris: {n} connections, closed after {min(closed_after):.1f}-"
