@@ -177,8 +177,18 @@ class Users:
                              "every tab upgraded to websocket", tabs)
 
     def exchange(self, texts: list[str], senders: list[Tab], sent: list[tuple]) -> None:
-        """Send one message per sender in turn (each acked before the next)."""
+        """A conversation: each sender in turn replies once its own tab shows the
+        previous message, and its message is acked before the next reply.
+
+        That is the order the cluster promises every tab (tests/test_ordering.py);
+        two users typing at once on different workers have none, as in any
+        Socket.IO cluster.
+        """
         for text, tab in zip(texts, senders, strict=True):
+            if sent:
+                last = sent[-1][0]
+                wait_for(lambda tab=tab, last=last: last in tab.state().get("texts", ()), 15,
+                         interval=0.02, what=f"{tab} to show {last!r} before replying")
             pid = tab.state()["pid"]
             ack = tab.send(text)
             assert ack is True, f"{tab}: say got {ack!r}"

@@ -134,3 +134,52 @@ def test_handshake_flood(cluster_factory):
     print(f"FIGURE handshake flood: {n} handshakes from 16 threads in "
           f"{time.monotonic() - t0:.1f}s, all 200, {len(set(sids))} distinct sids, "
           f"{len(spread)} workers")
+
+
+def test_member_that_stops_reading_is_cut_off_not_buffered(cluster_factory):
+    """A WebSocket member that takes nothing while its room is flooded: the
+    worker holds at most WRITE_BACKLOG_LIMIT (8 MB) for it beyond what the
+    kernel takes, then closes it; the other members get every message, in order."""
+    import websocket  # websocket-client, a plain client we can stop reading from
+
+    cluster = cluster_factory(workers=1)
+    cluster.wait_ready()
+    worker = psutil.Process(next(iter(cluster.worker_pids())))
+    slow = websocket.create_connection(
+        f"ws://127.0.0.1:{cluster.port}/socket.io/?EIO=4&transport=websocket", timeout=10)
+    member = Client(cluster.url, "websocket")
+    sender = Client(cluster.url, "websocket")
+    try:
+        assert slow.recv().startswith("0{")  # Engine.IO OPEN
+        slow.send("40")
+        assert slow.recv().startswith("40{")  # Socket.IO CONNECT
+        slow.send('420["join",{"room":"flood"}]')
+        assert slow.recv() == "430[true]"
+        assert member.join("flood") is True
+        rss0 = worker.memory_info().rss
+        n, text = 2000, "m" * 16_000  # 32 MB for each member
+        for i in range(n):
+            sender.sio.emit("say", {"room": "flood", "text": f"{i} {text}"})
+            if i % 100 == 99:  # paced so that a member that reads keeps up
+                wait_for(lambda i=i: len(member.said) > i, 20,
+                         what=f"message {i} at the reading member")
+        wait_for(lambda: len(member.said) >= n, 20, what=f"{n} messages at the reading member")
+        assert [int(m["text"].split()[0]) for m in member.said] == list(range(n))
+        wait_for(lambda: "closing a WebSocket: more than" in cluster.log(), 20,
+                 what="the worker to cut the silent member off")
+        grown = worker.memory_info().rss - rss0
+        assert grown < 64 << 20, f"worker grew {grown >> 20} MB for one silent member"
+        # Its connection ends: what the kernel held, then the close.
+        slow.settimeout(10)
+        got = 0
+        try:
+            while slow.recv():
+                got += 1
+        except (websocket.WebSocketConnectionClosedException, ConnectionError):
+            pass
+        assert got < n, "the silent member was sent everything after all"
+        assert member.call("echo", "still here") == "still here"
+    finally:
+        slow.close()
+        member.close()
+        sender.close()

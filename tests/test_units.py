@@ -278,3 +278,85 @@ def test_fast_websocket_mask_matches_eventlet(data, mask, offset, length):
     assert speedups.apply_mask(data, mask, n, offset) == original(data, mask, n, offset)
     assert speedups.apply_mask(bytearray(data), mask, offset=offset) == \
         original(data, mask, offset=offset)
+
+
+# ---- the worker's direct WebSocket writer ------------------------------------
+
+
+def _websocket(sock):
+    import eventlet.websocket
+
+    return eventlet.websocket.RFC6455WebSocket(sock, {}, version=13)
+
+
+@given(st.one_of(st.text(max_size=70_000), st.binary(max_size=70_000)))
+@settings(max_examples=200, deadline=None)
+def test_ws_frame_matches_eventlet(payload):
+    from imcluster.workers import sessions
+
+    assert sessions.ws_frame(payload) == _websocket(None)._pack_message(payload)
+
+
+@pytest.mark.parametrize("n", [0, 125, 126, 65535, 65536])
+def test_ws_frame_length_boundaries(n):
+    from imcluster.workers import sessions
+
+    for payload in ("x" * n, b"\x00" * n):
+        assert sessions.ws_frame(payload) == _websocket(None)._pack_message(payload)
+
+
+def test_frame_writer_keeps_order_past_a_full_socket():
+    import eventlet
+    from eventlet.green import socket as gsocket
+
+    from imcluster.workers import sessions
+
+    a, b = gsocket.socketpair()
+    try:
+        w = sessions.FrameWriter(_websocket(a))
+        frames = [f"{i:06d}".encode() * 200 for i in range(3000)]  # ~3.6 MB: the kernel takes less
+        for f in frames:
+            w.write(f)
+        assert w.backlog, "the socket never filled: the flusher was not exercised"
+        want = b"".join(frames)
+        got = bytearray()
+
+        def read_all():
+            while len(got) < len(want):
+                got.extend(b.recv(1 << 16))
+
+        eventlet.spawn(read_all).wait()
+        w.join()
+        assert bytes(got) == want
+        assert w.backlog is None and w.flusher is None and not w.broken
+    finally:
+        a.close()
+        b.close()
+
+
+def test_frame_writer_cuts_off_a_client_that_stops_reading(monkeypatch):
+    from eventlet.green import socket as gsocket
+
+    from imcluster.workers import sessions
+
+    monkeypatch.setattr(sessions, "WRITE_BACKLOG_LIMIT", 1 << 20)
+    a, b = gsocket.socketpair()
+    try:
+        w = sessions.FrameWriter(_websocket(a))
+        chunk = b"z" * 65536
+        for _ in range(400):  # 26 MB offered, nothing read
+            w.write(chunk)
+            if w.broken:
+                break
+        assert w.broken, "the backlog grew without bound"
+        assert w.backlog is None
+        drained = 0
+        while True:  # what the kernel held, then end-of-file: the reader is woken
+            data = b.recv(1 << 20)
+            if not data:
+                break
+            drained += len(data)
+        assert drained < 26 * (1 << 20)
+    finally:
+        a.close()
+        b.close()

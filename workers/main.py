@@ -28,7 +28,7 @@ from imcluster import channel as ch
 from imcluster import sid as sidcodec
 from imcluster.master.lifecycle import APP_LOAD_ERROR
 from imcluster.workers import app as appmod
-from imcluster.workers import speedups
+from imcluster.workers import sessions, speedups
 from imcluster.workers.http import FdListener, make_protocol, serve_connection
 from imcluster.workers.link import Link
 from imcluster.workers.redis_manager import ClusterRedisManager
@@ -261,6 +261,7 @@ def _raise_fd_limit() -> None:
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     speedups.install()
+    sessions.install()
     _setup_logging(spec.get("log_level", "INFO"), spec["slot"])
     # The master decides when we stop: Ctrl-C in a terminal reaches the whole
     # process group, and the master's graceful stop must not be pre-empted.

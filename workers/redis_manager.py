@@ -10,14 +10,23 @@ publishing does not retry on every emit (a circuit breaker skips Redis until
 the next probe), and the listener resubscribes within a second or two of
 Redis coming back rather than after a backoff that grows to a minute.
 Messages published while Redis is down do not reach other workers.
+
+Publishing goes through one connection, in order: an emit appends its
+message to an outbox and one publisher greenlet sends what has gathered as a
+pipeline. So one sender's messages reach the other workers in the order they
+were emitted (python-socketio runs each event in its own greenlet, and a pool
+of connections let a later publish overtake an earlier one), an emit never
+waits for Redis, and a burst costs one round trip per batch, not per message.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 
 import eventlet
+import eventlet.event
 import redis
 import socketio
 
@@ -29,7 +38,10 @@ REDIS_TIMEOUT = 1.0
 # longest wait between resubscribe attempts.
 PROBE_INTERVAL = 1.0
 MAX_LISTEN_BACKOFF = 2.0
-MAX_PUBLISH_CONNECTIONS = 32
+# Messages waiting for the publisher; past this (Redis far slower than the
+# emits) new ones are dropped and counted, as during an outage.
+MAX_OUTBOX = 10_000
+MAX_BATCH = 512
 
 
 class ClusterRedisManager(socketio.PubSubManager):
@@ -38,14 +50,10 @@ class ClusterRedisManager(socketio.PubSubManager):
     def __init__(self, url: str, channel: str = "socketio", logger=None):
         super().__init__(channel=channel, write_only=False, logger=logger)
         self.url = url
-        # A blocking pool: when every connection is busy (a burst of emits on a
-        # saturated worker), a publisher waits its turn instead of failing with
-        # "Too many connections", which would look like an outage.
-        pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=MAX_PUBLISH_CONNECTIONS, timeout=None,
-            socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT,
+        # One connection, used only by the publisher greenlet.
+        self.redis = redis.Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT,
             health_check_interval=10)
-        self.redis = redis.Redis(connection_pool=pool)
         # The subscriber blocks in a read, so it gets no read timeout.
         self.sub_redis = redis.Redis.from_url(
             url, socket_connect_timeout=REDIS_TIMEOUT, socket_keepalive=True,
@@ -53,18 +61,50 @@ class ClusterRedisManager(socketio.PubSubManager):
         self.publishing = True  # False while the breaker is open
         self.next_probe = 0.0
         self.listening = False
-        self.dropped = 0
+        self.dropped = 0  # during the current outage
+        self.overflowed = 0
+        self.outbox: collections.deque[str] = collections.deque()
+        self.wakeup = eventlet.event.Event()
+        self.publisher = None
 
     def _publish(self, data) -> None:
-        now = time.monotonic()
-        if not self.publishing and now < self.next_probe:
+        if not self.publishing and time.monotonic() < self.next_probe:
             self.dropped += 1
             return
+        if len(self.outbox) >= MAX_OUTBOX:
+            self.overflowed += 1
+            if self.overflowed in (1, 1000, 100_000):
+                log.warning("redis is not keeping up: %d broadcasts dropped so far",
+                            self.overflowed)
+            return
+        self.outbox.append(self.json.dumps(data))
+        if self.publisher is None:
+            self.publisher = eventlet.spawn(self._publish_forever)
+        if not self.wakeup.ready():
+            self.wakeup.send()
+
+    def _publish_forever(self) -> None:
+        while True:
+            if not self.outbox:
+                self.wakeup.wait()
+                self.wakeup.reset()
+                continue
+            batch = [self.outbox.popleft() for _ in range(min(len(self.outbox), MAX_BATCH))]
+            self._send_batch(batch)
+
+    def _send_batch(self, batch: list[str]) -> None:
+        now = time.monotonic()
+        if not self.publishing and now < self.next_probe:
+            self.dropped += len(batch)
+            return
         try:
-            self.redis.publish(self.channel, self.json.dumps(data))
-        except redis.RedisError as e:
-            self.dropped += 1
-            self.next_probe = now + PROBE_INTERVAL
+            pipe = self.redis.pipeline(transaction=False)
+            for message in batch:
+                pipe.publish(self.channel, message)
+            pipe.execute()
+        except Exception as e:  # redis-py's errors, and anything else: the publisher lives on
+            self.dropped += len(batch)
+            self.next_probe = time.monotonic() + PROBE_INTERVAL
             if self.publishing:
                 self.publishing = False
                 log.error("redis unreachable (%s): broadcasts reach only this worker's "

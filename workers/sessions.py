@@ -1,0 +1,319 @@
+"""Engine.IO sessions that write WebSocket frames directly, and one pinger per worker.
+
+python-engineio gives every WebSocket session two greenlets besides the one
+reading it: a writer woken through a queue for every packet, and a pinger that
+sleeps for the ping interval. On CPython 3.11 each greenlet holds its own
+frame stack (16 KB at least) and its saved C stack, and every wake-up goes
+through eventlet's hub: that was most of a worker's memory per idle
+connection and 40% of its CPU in a room broadcast (docs/benchmarks.md).
+
+Here a WebSocket session has one greenlet, its reader:
+
+- `send()` builds the frame and writes it from the calling greenlet with one
+  non-blocking send(). Server frames are not masked, so a broadcast (one
+  Engine.IO packet object for all its recipients) is framed once and the same
+  bytes go to every member. Only when the kernel will not take a frame whole
+  does a flusher greenlet start; it owns the socket until the backlog is out,
+  keeping frames in order, and a client that lets more than
+  WRITE_BACKLOG_LIMIT pile up is cut off (it reconnects) rather than
+  buffered without bound.
+- Pings come from one `Pinger` per Engine.IO server, a queue ordered by due
+  time, instead of one sleeping greenlet per session.
+
+Polling sessions, and anything not on eventlet, keep python-engineio's own
+paths. The wire protocol is unchanged: tests drive it with python-socketio's
+client, the JS socket.io-client and Chromium.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import struct
+import time
+
+import engineio.socket
+import eventlet
+import eventlet.greenio
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+
+log = logging.getLogger("imcluster.worker")
+
+# A client this far behind (bytes written for it but not yet taken by its
+# socket) is disconnected; it reconnects and starts afresh.
+WRITE_BACKLOG_LIMIT = 8 * 1024 * 1024
+
+_ORIGINAL_SOCKET = engineio.socket.Socket
+
+
+def ws_frame(payload: str | bytes) -> bytes:
+    """One final, unmasked RFC 6455 frame: text for str, binary for bytes."""
+    if isinstance(payload, str):
+        data, first = payload.encode(), 0x81
+    else:
+        data, first = bytes(payload), 0x82
+    n = len(data)
+    if n < 126:
+        return bytes((first, n)) + data
+    if n < 65536:
+        return struct.pack("!BBH", first, 126, n) + data
+    return struct.pack("!BBQ", first, 127, n) + data
+
+
+def frame_of(pkt: eio_packet.Packet) -> bytes:
+    """The WebSocket frame of an Engine.IO packet, built once per packet object."""
+    try:
+        return pkt._imcluster_ws_frame
+    except AttributeError:
+        frame = pkt._imcluster_ws_frame = ws_frame(pkt.encode())
+        return frame
+
+
+class FrameWriter:
+    """Writes whole frames to one WebSocket, in order, without a greenlet of its own."""
+
+    __slots__ = ("ws", "sock", "raw", "backlog", "backlog_bytes", "flusher", "closing",
+                 "broken", "deflate")
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.sock = ws.socket            # eventlet GreenSocket
+        self.raw = ws.socket.fd          # the non-blocking socket under it
+        self.backlog: collections.deque | None = None  # set while a flusher owns the socket
+        self.backlog_bytes = 0
+        self.flusher = None
+        self.closing = False
+        self.broken = False
+        # With permessage-deflate each connection has its own compressor, so
+        # its frames cannot be shared.
+        self.deflate = ws.extensions.get("permessage-deflate") is not None
+        ws._send = self.write  # eventlet's own frames (pongs, close) go the same way
+
+    def frame(self, pkt: eio_packet.Packet) -> bytes:
+        if self.deflate:
+            return self.ws._pack_message(pkt.encode())
+        return frame_of(pkt)
+
+    def write(self, frame: bytes) -> None:
+        if self.broken:
+            return
+        if self.backlog is not None:
+            self.backlog.append(frame)
+            self.backlog_bytes += len(frame)
+            if self.backlog_bytes > WRITE_BACKLOG_LIMIT:
+                self._break(f"more than {WRITE_BACKLOG_LIMIT} bytes waiting")
+            return
+        try:
+            sent = self.raw.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._break(None)
+            return
+        if sent < len(frame):
+            rest = frame[sent:]
+            self.backlog = collections.deque((rest,))
+            self.backlog_bytes = len(rest)
+            self.flusher = eventlet.spawn(self._flush)
+
+    def _flush(self) -> None:
+        try:
+            while self.backlog:
+                data = self.backlog.popleft()
+                self.backlog_bytes -= len(data)
+                self.sock.sendall(data)  # green: waits for room, up to the socket's timeout
+        except OSError:  # timeouts included
+            self._break(None)
+            return
+        finally:
+            self.flusher = None
+        self.backlog = None
+        self.backlog_bytes = 0
+        if self.closing:
+            self._close_now()
+
+    def _break(self, why: str | None) -> None:
+        """Stop writing and wake the session's reader, which then closes it."""
+        if why:
+            log.info("closing a WebSocket: %s", why)
+        self.broken = True
+        self.backlog = None
+        self.backlog_bytes = 0
+        try:
+            eventlet.greenio.shutdown_safe(self.sock)
+        except OSError:
+            pass
+
+    def finish(self) -> None:
+        """Close the WebSocket once every frame written so far has gone out."""
+        if self.closing:
+            return
+        self.closing = True
+        if self.backlog is None:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        try:
+            self.ws.close()  # a close frame (through write), then shut and close the socket
+        except OSError:
+            pass
+
+    def join(self) -> None:
+        flusher = self.flusher
+        if flusher is not None:
+            flusher.wait()
+
+
+class Pinger:
+    """Sends every session's Engine.IO PING when its interval is up, from one greenlet."""
+
+    PING = eio_packet.Packet(eio_packet.PING)
+
+    def __init__(self):
+        self.due: collections.deque = collections.deque()  # (when, socket), in time order
+        self.runner = None
+
+    def add(self, s: engineio.socket.Socket) -> None:
+        # The interval is the server's, so appending keeps the deque in time order.
+        self.due.append((time.monotonic() + s.server.ping_interval, s))
+        if self.runner is None:
+            self.runner = eventlet.spawn(self._run)
+
+    def _run(self) -> None:
+        due = self.due
+        try:
+            while due:
+                when, s = due[0]
+                wait = when - time.monotonic()
+                if wait > 0:
+                    eventlet.sleep(wait)
+                    continue
+                due.popleft()
+                if not s.closing and not s.closed:
+                    s.last_ping = time.time()
+                    try:
+                        s.send(self.PING)
+                    except Exception:  # a session that went away meanwhile
+                        pass
+        finally:
+            self.runner = None
+
+
+class ClusterSocket(_ORIGINAL_SOCKET):
+    """python-engineio's Socket, with the direct WebSocket writer and the shared pinger."""
+
+    writer: FrameWriter | None = None
+
+    def _eventlet(self) -> bool:
+        return self.server.async_mode == "eventlet"
+
+    def send(self, pkt):
+        writer = self.writer
+        if writer is None:
+            return super().send(pkt)
+        if self.check_ping_timeout():
+            writer.write(writer.frame(pkt))
+
+    def close(self, wait=True, abort=False, reason=None):
+        writer = self.writer
+        if writer is None:
+            return super().close(wait=wait, abort=abort, reason=reason)
+        # Nothing reads the queue any more, so never wait on it.
+        super().close(wait=False, abort=abort, reason=reason)
+        writer.finish()
+        if wait:
+            writer.join()
+
+    def schedule_ping(self):
+        if not self._eventlet():
+            return super().schedule_ping()
+        # Like engineio: only after the previous ping was answered.
+        if self.last_ping:
+            self.last_ping = None
+            pinger = self.server.__dict__.get("_imcluster_pinger")
+            if pinger is None:
+                pinger = self.server._imcluster_pinger = Pinger()
+            pinger.add(self)
+
+    def _websocket_handler(self, ws):
+        if not self._eventlet():
+            return super()._websocket_handler(ws)
+        server = self.server
+        limit = server.max_http_buffer_size
+
+        def receive():
+            data = ws.wait()
+            if data and len(data) > limit:
+                raise ValueError("packet is too large")
+            return data
+
+        ws.socket.settimeout(server.ping_interval + server.ping_timeout)
+        if self.connected:
+            # An upgrade from polling: the probe exchange of the Engine.IO
+            # protocol, while packets sent meanwhile wait in the queue.
+            self.upgrading = True
+            pkt = eio_packet.Packet(encoded_packet=receive())
+            if pkt.packet_type != eio_packet.PING or pkt.data != "probe":
+                self.upgrading = False
+                return []
+            ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+            self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+            pkt = eio_packet.Packet(encoded_packet=receive())
+            if pkt.packet_type != eio_packet.UPGRADE:
+                self.upgrading = False
+                return []
+            self.upgraded = True
+            self.upgrading = False
+        else:
+            self.connected = True
+            self.upgraded = True
+
+        writer = FrameWriter(ws)
+        # What was queued before the writer took over (a direct WebSocket's
+        # OPEN packet, what was sent during the probe) goes first, in order.
+        # No yield from here until self.writer is set.
+        closed = False
+        empty = server.get_queue_empty_exception()
+        while True:
+            try:
+                pkt = self.queue.get(block=False)
+            except empty:
+                break
+            self.queue.task_done()
+            if pkt is None:
+                closed = True
+            else:
+                writer.write(writer.frame(pkt))
+        self.writer = writer
+        if closed or self.closed:
+            writer.finish()
+
+        while True:
+            try:
+                data = receive()
+            except Exception as e:
+                if not self.closed:
+                    server.logger.info('%s: Unexpected error "%s", closing connection',
+                                       self.sid, e)
+                break
+            if data is None:  # the client closed the connection
+                break
+            try:
+                self.receive(eio_packet.Packet(encoded_packet=data))
+            except eio_exceptions.UnknownPacketError:
+                pass
+            except eio_exceptions.SocketIsClosedError:
+                break
+            except Exception:
+                server.logger.exception("Unknown receive error")
+                break
+        self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+        writer.finish()
+        writer.join()
+        return []
+
+
+def install() -> None:
+    """Make every Engine.IO server in this process create ClusterSockets."""
+    engineio.socket.Socket = ClusterSocket
