@@ -154,8 +154,15 @@ class FrameWriter:
             self._close_now()
 
     def _close_now(self) -> None:
+        # A close frame (through write), then shutdown: the session's reader
+        # wakes with end-of-file and its connection closes the fd. Closing the
+        # fd here would leave that reader waiting on a descriptor epoll forgot.
         try:
-            self.ws.close()  # a close frame (through write), then shut and close the socket
+            self.ws._send_closing_frame(ignore_send_errors=True)
+        except OSError:
+            pass
+        try:
+            eventlet.greenio.shutdown_safe(self.sock)
         except OSError:
             pass
 
