@@ -360,3 +360,42 @@ def test_frame_writer_cuts_off_a_client_that_stops_reading(monkeypatch):
     finally:
         a.close()
         b.close()
+
+
+class _Chunks:
+    """A socket whose recv() returns the given chunks, one per call, then b''."""
+
+    def __init__(self, chunks):
+        self.chunks = list(chunks)
+
+    def recv(self, n):
+        if not self.chunks:
+            return b""
+        head = self.chunks[0][:n]
+        rest = self.chunks[0][n:]
+        if rest:
+            self.chunks[0] = rest
+        else:
+            self.chunks.pop(0)
+        return head
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=20),
+       st.lists(st.integers(1, 200), min_size=1, max_size=50))
+def test_buffered_receive_returns_the_stream_in_order(chunks, sizes):
+    from imcluster.workers import sessions
+
+    r = sessions.BufferedReceive(_Chunks(chunks))
+    want = b"".join(chunks)
+    got = bytearray()
+    i = 0
+    while True:
+        n = sizes[i % len(sizes)]
+        i += 1
+        d = r.recv(n)
+        assert len(d) <= n
+        if not d:
+            break
+        got += d
+    assert bytes(got) == want
+    assert r.buf == b"" and r.pos == 0  # nothing held once the stream is read

@@ -172,6 +172,44 @@ class FrameWriter:
             flusher.wait()
 
 
+class BufferedReceive:
+    """The read side of a WebSocket: one recv() takes what is queued, frames are cut from it.
+
+    eventlet reads a frame in three or four recv() calls (header, length,
+    mask, payload), each a syscall and often a wait in the hub. This reads
+    what the kernel holds in one call and serves those small reads from it.
+    Nothing is kept between bursts, so an idle connection holds no buffer.
+    """
+
+    CHUNK = 64 * 1024
+
+    __slots__ = ("sock", "buf", "pos")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+        self.pos = 0
+
+    def recv(self, n: int) -> bytes:
+        buf, pos = self.buf, self.pos
+        if pos < len(buf):
+            out = buf[pos:pos + n]
+            pos += len(out)
+            if pos >= len(buf):
+                self.buf, self.pos = b"", 0
+            else:
+                self.pos = pos
+            return out
+        data = self.sock.recv(max(n, self.CHUNK))
+        if len(data) <= n:
+            return data
+        self.buf, self.pos = data, n
+        return data[:n]
+
+    def __getattr__(self, name):  # shutdown, close, fileno...: the socket's own
+        return getattr(self.sock, name)
+
+
 class Pinger:
     """Sends every session's Engine.IO PING when its interval is up, from one greenlet."""
 
@@ -277,6 +315,7 @@ class ClusterSocket(_ORIGINAL_SOCKET):
             self.upgraded = True
 
         writer = FrameWriter(ws)
+        ws.socket = BufferedReceive(ws.socket)
         # What was queued before the writer took over (a direct WebSocket's
         # OPEN packet, what was sent during the probe) goes first, in order.
         # No yield from here until self.writer is set.
