@@ -16,9 +16,15 @@ import sys
 import time
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from imcluster.control import ControlError, request
+
+# Property tests check results, not speed: on a shared 2-core machine a first
+# example can take longer than hypothesis's default 200 ms deadline.
+hypothesis.settings.register_profile("imcluster", deadline=None)
+hypothesis.settings.load_profile("imcluster")
 
 ROOT = Path(__file__).resolve().parent.parent
 JS = ROOT / "tests" / "js"

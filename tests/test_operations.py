@@ -254,3 +254,28 @@ def test_blocked_worker_is_replaced(cluster_factory):
     assert fresh.whoami() != hung
     for c in [victim, fresh, *others]:
         c.close()
+
+
+def test_graceful_stop_with_compressed_websockets(cluster_factory):
+    """permessage-deflate WebSockets take python-engineio's own writer; a stop
+    must not wait for their readers until the graceful timeout."""
+    import websocket  # websocket-client: lets us offer permessage-deflate by hand
+
+    cluster = cluster_factory(workers=1, args=("--ws-compression", "yes"))
+    cluster.wait_ready()
+    socks = [websocket.create_connection(
+        f"ws://127.0.0.1:{cluster.port}/socket.io/?EIO=4&transport=websocket", timeout=10,
+        header=["Sec-WebSocket-Extensions: permessage-deflate"]) for _ in range(3)]
+    try:
+        for s in socks:
+            assert "permessage-deflate" in s.getheaders().get("sec-websocket-extensions", "")
+        wait_for(lambda: cluster.status()["workers"][0]["sessions"] == 3, 5,
+                 what="3 sessions in the worker's report")
+        t0 = time.monotonic()
+        os.kill(cluster.pid, signal.SIGTERM)
+        assert cluster.proc.wait(20) == 0
+        assert time.monotonic() - t0 < 5, "the stop waited for the graceful timeout"
+        assert "signal 9" not in cluster.log()
+    finally:
+        for s in socks:
+            s.close()

@@ -20,14 +20,16 @@ Here a WebSocket session has one greenlet, its reader:
 - Pings come from one `Pinger` per Engine.IO server, a queue ordered by due
   time, instead of one sleeping greenlet per session.
 
-Polling sessions, and anything not on eventlet, keep python-engineio's own
-paths. The wire protocol is unchanged: tests drive it with python-socketio's
-client, the JS socket.io-client and Chromium.
+Polling sessions, WebSockets with permessage-deflate (`--ws-compression
+yes`), and anything not on eventlet keep python-engineio's own paths. The
+wire protocol is unchanged: tests drive it with python-socketio's client,
+the JS socket.io-client and Chromium.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import struct
 import time
@@ -70,11 +72,29 @@ def frame_of(pkt: eio_packet.Packet) -> bytes:
         return frame
 
 
+def shut_down(ws, close_data=None) -> None:
+    """What a WebSocket's close() does here: a close frame, then shutdown().
+
+    The session's reader wakes with end-of-file and its connection closes the
+    fd when it ends. eventlet's own close() closes the fd at once, and a
+    reader waiting on it then waits for a descriptor epoll has forgotten,
+    until its timeout (a drain or a stop would hang on it).
+    """
+    try:
+        ws._send_closing_frame(ignore_send_errors=True, close_data=close_data)
+    except OSError:
+        pass
+    try:
+        eventlet.greenio.shutdown_safe(ws.socket)
+    except OSError:
+        pass
+
+
 class FrameWriter:
     """Writes whole frames to one WebSocket, in order, without a greenlet of its own."""
 
     __slots__ = ("ws", "sock", "raw", "backlog", "backlog_bytes", "flusher", "closing",
-                 "broken", "deflate")
+                 "broken")
 
     def __init__(self, ws):
         self.ws = ws
@@ -85,15 +105,7 @@ class FrameWriter:
         self.flusher = None
         self.closing = False
         self.broken = False
-        # With permessage-deflate each connection has its own compressor, so
-        # its frames cannot be shared.
-        self.deflate = ws.extensions.get("permessage-deflate") is not None
         ws._send = self.write  # eventlet's own frames (pongs, close) go the same way
-
-    def frame(self, pkt: eio_packet.Packet) -> bytes:
-        if self.deflate:
-            return self.ws._pack_message(pkt.encode())
-        return frame_of(pkt)
 
     def write(self, frame: bytes) -> None:
         if self.broken:
@@ -154,17 +166,7 @@ class FrameWriter:
             self._close_now()
 
     def _close_now(self) -> None:
-        # A close frame (through write), then shutdown: the session's reader
-        # wakes with end-of-file and its connection closes the fd. Closing the
-        # fd here would leave that reader waiting on a descriptor epoll forgot.
-        try:
-            self.ws._send_closing_frame(ignore_send_errors=True)
-        except OSError:
-            pass
-        try:
-            eventlet.greenio.shutdown_safe(self.sock)
-        except OSError:
-            pass
+        self.ws.close()  # shut_down(), above
 
     def join(self) -> None:
         flusher = self.flusher
@@ -258,7 +260,7 @@ class ClusterSocket(_ORIGINAL_SOCKET):
         if writer is None:
             return super().send(pkt)
         if self.check_ping_timeout():
-            writer.write(writer.frame(pkt))
+            writer.write(frame_of(pkt))
 
     def close(self, wait=True, abort=False, reason=None):
         writer = self.writer
@@ -282,8 +284,14 @@ class ClusterSocket(_ORIGINAL_SOCKET):
             pinger.add(self)
 
     def _websocket_handler(self, ws):
-        if not self._eventlet():
+        if not self._eventlet() or "permessage-deflate" in ws.extensions:
+            # Compressed frames cannot be shared (one compressor per
+            # connection), and compressing eagerly for members that cannot
+            # keep up costs more than python-engineio's writer, which
+            # compresses only what a client takes.
+            ws.close = functools.partial(shut_down, ws)
             return super()._websocket_handler(ws)
+        ws.close = functools.partial(shut_down, ws)
         server = self.server
         limit = server.max_http_buffer_size
 
@@ -330,7 +338,7 @@ class ClusterSocket(_ORIGINAL_SOCKET):
             if pkt is None:
                 closed = True
             else:
-                writer.write(writer.frame(pkt))
+                writer.write(frame_of(pkt))
         self.writer = writer
         if closed or self.closed:
             writer.finish()
