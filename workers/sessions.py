@@ -251,6 +251,7 @@ class ClusterSocket(_ORIGINAL_SOCKET):
     """python-engineio's Socket, with the direct WebSocket writer and the shared pinger."""
 
     writer: FrameWriter | None = None
+    probe_noop = None  # the NOOP that ends the pending poll when an upgrade begins
 
     def _eventlet(self) -> bool:
         return self.server.async_mode == "eventlet"
@@ -271,6 +272,33 @@ class ClusterSocket(_ORIGINAL_SOCKET):
         writer.finish()
         if wait:
             writer.join()
+
+    def poll(self):
+        """python-engineio's poll, except that a poll ended by an upgrade's probe
+        takes nothing queued after the probe's NOOP: that goes out on the
+        WebSocket, in order. (A client may read its last poll and its new
+        WebSocket at the same time: python-engineio's client does not pause
+        polling before it upgrades, as the protocol asks.)"""
+        empty = self.server.get_queue_empty_exception()
+        try:
+            packets = [self.queue.get(
+                timeout=self.server.ping_interval + self.server.ping_timeout)]
+            self.queue.task_done()
+        except empty:
+            raise eio_exceptions.QueueEmpty() from None
+        if packets[0] is None:
+            return []
+        while packets[-1] is not self.probe_noop:
+            try:
+                pkt = self.queue.get(block=False)
+            except empty:
+                break
+            self.queue.task_done()
+            if pkt is None:
+                self.queue.put(None)
+                break
+            packets.append(pkt)
+        return packets
 
     def schedule_ping(self):
         if not self._eventlet():
@@ -311,7 +339,8 @@ class ClusterSocket(_ORIGINAL_SOCKET):
                 self.upgrading = False
                 return []
             ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
-            self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+            self.probe_noop = eio_packet.Packet(eio_packet.NOOP)
+            self.queue.put(self.probe_noop)  # ends the pending poll
             pkt = eio_packet.Packet(encoded_packet=receive())
             if pkt.packet_type != eio_packet.UPGRADE:
                 self.upgrading = False
