@@ -288,17 +288,26 @@ class ClusterSocket(_ORIGINAL_SOCKET):
             raise eio_exceptions.QueueEmpty() from None
         if packets[0] is None:
             return []
-        while packets[-1] is not self.probe_noop:
+        if packets[0] is not self.probe_noop:
+            for pkt in self._take_queued():
+                if pkt is None:
+                    self.queue.put(None)  # the close mark stays for the next poll
+                    break
+                packets.append(pkt)
+                if pkt is self.probe_noop:
+                    break
+        return packets
+
+    def _take_queued(self):
+        """What the queue holds now, in order, without waiting (None: closed)."""
+        empty = self.server.get_queue_empty_exception()
+        while True:
             try:
                 pkt = self.queue.get(block=False)
             except empty:
-                break
+                return
             self.queue.task_done()
-            if pkt is None:
-                self.queue.put(None)
-                break
-            packets.append(pkt)
-        return packets
+            yield pkt
 
     def schedule_ping(self):
         if not self._eventlet():
@@ -357,13 +366,7 @@ class ClusterSocket(_ORIGINAL_SOCKET):
         # OPEN packet, what was sent during the probe) goes first, in order.
         # No yield from here until self.writer is set.
         closed = False
-        empty = server.get_queue_empty_exception()
-        while True:
-            try:
-                pkt = self.queue.get(block=False)
-            except empty:
-                break
-            self.queue.task_done()
+        for pkt in self._take_queued():
             if pkt is None:
                 closed = True
             else:
