@@ -119,6 +119,13 @@ class Cluster:
         return self.proc.returncode
 
 
+@pytest.fixture(params=["relay", "redis"])
+def relay_or_redis(request) -> str | None:
+    """Run the test twice: broadcasts through the master relay (None), then
+    through a private Redis (its URL), for `cluster_factory(redis=...)`."""
+    return request.getfixturevalue("redis_server") if request.param == "redis" else None
+
+
 @pytest.fixture
 def cluster_factory(tmp_path):
     """Start clusters on demand; every one is stopped (and its workers with it) at the end."""

@@ -34,10 +34,9 @@ class Peer:
         return [d for k, d in self.heard if k == kind]
 
 
-@pytest.fixture(params=["relay", "redis"])
-def peers(request, cluster_factory):
-    redis = request.getfixturevalue("redis_server") if request.param == "redis" else None
-    c = cluster_factory(app="features_app:sio", workers=2, redis=redis,
+@pytest.fixture
+def peers(cluster_factory, relay_or_redis):
+    c = cluster_factory(app="features_app:sio", workers=2, redis=relay_or_redis,
                         cwd=ROOT / "tests" / "apps")
     c.wait_ready()
     made = [Peer(c.url)]

@@ -11,10 +11,9 @@ N_CLIENTS = 30
 MODES = ("polling", "websocket", "default")
 
 
-@pytest.fixture(params=["relay", "redis"])
-def cluster(request, cluster_factory):
-    redis = request.getfixturevalue("redis_server") if request.param == "redis" else None
-    c = cluster_factory(workers=N_WORKERS, redis=redis)
+@pytest.fixture
+def cluster(cluster_factory, relay_or_redis):
+    c = cluster_factory(workers=N_WORKERS, redis=relay_or_redis)
     c.wait_ready()
     return c
 

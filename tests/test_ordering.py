@@ -21,10 +21,9 @@ from pyclients import Client
 WORKERS = 3
 
 
-@pytest.fixture(params=["relay", "redis"])
-def cluster(request, cluster_factory):
-    redis = request.getfixturevalue("redis_server") if request.param == "redis" else None
-    c = cluster_factory(workers=WORKERS, redis=redis)
+@pytest.fixture
+def cluster(cluster_factory, relay_or_redis):
+    c = cluster_factory(workers=WORKERS, redis=relay_or_redis)
     c.wait_ready()
     return c
 
