@@ -29,6 +29,12 @@ COLORS = {"imcluster": "#1f77b4", "imcluster-deflate": "#9ecae1", "imcluster-red
           "nginx-sidhash": "#98df8a", "node-cluster": "#ff7f0e"}
 
 
+def _failed(lead: list[str], error: str, ncols: int) -> str:
+    """The row of a run that failed: its lead cells, the error, then empty cells
+    to the table's width (the hand-written rows were a cell short in some tables)."""
+    cells = lead + [f"run failed: {error}"]
+    return "| " + " | ".join(cells) + " |" + " |" * (ncols - len(cells))
+
 def _get(d, *path, default=None):
     for p in path:
         if not isinstance(d, dict) or p not in d:
@@ -134,7 +140,7 @@ def tables(doc: dict, png_name: str) -> str:
                 if not x:
                     continue
                 if "error" in x:
-                    a(f"| `{c}` | {t} | run failed: {x['error']} | | | | | | |")
+                    a(_failed([f"`{c}`", t], x["error"], 10))
                     continue
                 cm = x.get("connect_ms") or {}
                 s = summarize_hist(cm) if cm.get("n") else {}
@@ -161,7 +167,7 @@ def tables(doc: dict, png_name: str) -> str:
             if not e:
                 continue
             if "error" in e:
-                a(f"| `{c}` | run failed: {e['error']} | | | | | |")
+                a(_failed([f"`{c}`"], e["error"], 8))
                 continue
             rt, sv = e["rtt"], e["server"]
             a(f"| `{c}` | {_f(e['acks_per_s'])} | {_f(rt['p50_ms'], 1)} / {_f(rt['p90_ms'], 1)}"
@@ -193,7 +199,7 @@ def tables(doc: dict, png_name: str) -> str:
                 if not f:
                     continue
                 if "error" in f:
-                    a(f"| `{c}` | | run failed: {f['error']} | | | | | | |")
+                    a(_failed([f"`{c}`", ""], f["error"], 10))
                     continue
                 lt, sv = f["latency"], f["server"]
                 a(f"| `{c}` | {_deflate(f, f['connected'])} "
@@ -223,7 +229,7 @@ def tables(doc: dict, png_name: str) -> str:
                 if not h:
                     continue
                 if "error" in h:
-                    a(f"| `{c}` | | run failed: {h['error']} | | | | | | | |")
+                    a(_failed([f"`{c}`", ""], h["error"], 10))
                     continue
                 rss = h["rss_mb"]
                 fd = h["fds"]
@@ -253,7 +259,7 @@ def tables(doc: dict, png_name: str) -> str:
         a("|---|---|---|---|---|---|---|")
         for c, x in rows:
             if "error" in x:
-                a(f"| `{c}` | run failed: {x['error']} | | | | | |")
+                a(_failed([f"`{c}`"], x["error"], 7))
                 continue
             rt, sv = x["rtt"], x["server"]
             a(f"| `{c}` | {_f(x['acks_per_s'])} | {_f(rt['p50_ms'], 1)} / {_f(rt['p90_ms'], 1)}"

@@ -574,6 +574,25 @@ def _sample(ctx: Ctx, srv: Server, loads: list[Load]) -> dict:
     return ctx.sampler.sample(g)
 
 
+def _run_one(ctx: Ctx, srv: Server, ld: Load, q: queue.Queue) -> tuple[dict | None, dict | None]:
+    """Follow one load generator to its end: its result, and the server's window
+    between its start and end marks (None, None if it gave no result)."""
+    marks, st, res = {}, {}, None
+    for _, ev in events(q, time.monotonic() + 320):
+        if "mark" in ev:
+            marks[ev["mark"]] = _sample(ctx, srv, [ld])
+            st[ev["mark"]] = srv.status()
+        elif "result" in ev:
+            res = ev["result"]
+        elif ev.get("eof"):
+            break
+    ld.finish()
+    if res is None or "start" not in marks or "end" not in marks:
+        return None, None
+    return res, _window(ctx, srv, [ld], marks["start"], marks["end"], st.get("start"),
+                        st.get("end"))
+
+
 def _restarts(srv: Server) -> dict | None:
     st = srv.status()
     if not st:
@@ -590,21 +609,10 @@ def sc_handshake(ctx: Ctx, srv: Server) -> dict:
         ld = Load({"mode": "handshake", "url": srv.url, "clients": c["clients"],
                    "wave": c["wave"], "transport": transport, "timeout_ms": 5000,
                    "deadline_s": 300}, q, ctx.logdir, f"{srv.name}-handshake-{transport}")
-        marks, st, res = {}, {}, None
-        for _, ev in events(q, time.monotonic() + 320):
-            if "mark" in ev:
-                marks[ev["mark"]] = _sample(ctx, srv, [ld])
-                st[ev["mark"]] = srv.status()
-            elif "result" in ev:
-                res = ev["result"]
-            elif ev.get("eof"):
-                break
-        ld.finish()
-        if res is None or "start" not in marks or "end" not in marks:
+        res, w = _run_one(ctx, srv, ld, q)
+        if res is None:
             out[transport] = {"error": "the load generator gave no result"}
             continue
-        w = _window(ctx, srv, [ld], marks["start"], marks["end"], st.get("start"),
-                    st.get("end"))
         res["server"] = w
         res["workers_serving"] = len(res.get("pids", {}))
         res["cpu_s_per_1000"] = (round(w["cpu_total_s"] / res["ok"] * 1000, 3)
@@ -623,19 +631,9 @@ def sc_echo(ctx: Ctx, srv: Server, transport: str = "websocket", key: str = "ech
     ld = Load({"mode": "echo", "url": srv.url, "clients": c["clients"], "wave": 50,
                "transport": transport, "warmup_s": c["warmup_s"], "duration_s": c["duration_s"],
                "timeout_ms": 10000, "deadline_s": 300}, q, ctx.logdir, f"{srv.name}-{key}")
-    marks, st, res = {}, {}, None
-    for _, ev in events(q, time.monotonic() + 320):
-        if "mark" in ev:
-            marks[ev["mark"]] = _sample(ctx, srv, [ld])
-            st[ev["mark"]] = srv.status()
-        elif "result" in ev:
-            res = ev["result"]
-        elif ev.get("eof"):
-            break
-    ld.finish()
-    if res is None or len(marks) < 2:
+    res, w = _run_one(ctx, srv, ld, q)
+    if res is None:
         return {"error": "the load generator gave no result"}
-    w = _window(ctx, srv, [ld], marks["start"], marks["end"], st.get("start"), st.get("end"))
     res["server"] = w
     res["rtt"] = summarize_hist(res["rtt"])
     res["cpu_s_per_1000"] = round(w["cpu_total_s"] / res["acks"] * 1000, 3) if res["acks"] else None
