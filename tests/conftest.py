@@ -185,12 +185,18 @@ def redis_server(tmp_path_factory):
         proc.wait(10)
 
 
-def node_clients(url: str, timeout: float = 120, **opts) -> dict:
-    """Run tests/js/clients.mjs (the official socket.io-client) and return its JSON result."""
+def node_script(script: Path, url: str, timeout: float = 120, **opts) -> dict:
+    """Run a node driver in tests/js (the official socket.io-client) and return the JSON
+    result it prints last."""
     if not (JS / "node_modules" / "socket.io-client").is_dir():
         raise AssertionError("socket.io-client is not installed: run scripts/setup "
                              "(npm ci in tests/js)")
-    out = subprocess.run(["node", str(JS / "clients.mjs"), json.dumps({"url": url, **opts})],
+    out = subprocess.run(["node", str(script), json.dumps({"url": url, **opts})],
                          capture_output=True, text=True, timeout=timeout, cwd=JS)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def node_clients(url: str, timeout: float = 120, **opts) -> dict:
+    """tests/js/clients.mjs: N clients connect, check their worker, join a room, one say."""
+    return node_script(JS / "clients.mjs", url, timeout, **opts)

@@ -2,29 +2,14 @@
 // Usage: node clients.mjs '{"url": "...", "clients": 30, "transport": "default", ...}'
 //   mode "room": connect, whoami (before and after any upgrade), join, one say, count deliveries.
 //   mode "hold": connect and stay connected; print {"held": n} then wait for stdin to close.
-import { io } from "socket.io-client";
+import { connect as connectTo, sleep, withTimeout } from "./common.mjs";
 
 const opt = {
   clients: 30, transport: "default", room: "r", mode: "room", wave: 10, timeout_ms: 20000,
   ...JSON.parse(process.argv[2] || "{}"),
 };
-const transports = {
-  polling: ["polling"], websocket: ["websocket"], default: ["polling", "websocket"],
-}[opt.transport];
 const errors = [];
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const withTimeout = (p, ms, what) =>
-  Promise.race([p, sleep(ms).then(() => { throw new Error(`timeout: ${what}`); })]);
-
-function connect() {
-  const s = io(opt.url, { transports, forceNew: true, reconnection: false, timeout: opt.timeout_ms });
-  s.said = [];
-  s.on("said", (m) => s.said.push(m));
-  return withTimeout(new Promise((resolve, reject) => {
-    s.once("connect", () => resolve(s));
-    s.once("connect_error", (e) => reject(new Error(`connect_error: ${e.message}`)));
-  }), opt.timeout_ms, "connect").catch((e) => { s.close(); throw e; });
-}
+const connect = () => connectTo(opt.url, opt.transport, opt.timeout_ms);
 
 function upgraded(s) {
   const eng = s.io.engine;
