@@ -6,10 +6,9 @@ import argparse
 import json
 import logging
 import sys
-import time
 
 from imcluster import __version__, settings
-from imcluster.control import ControlError, request
+from imcluster.control import Control, ControlError, ReloadTimeout
 
 # LSB status codes, as supervisorctl uses them.
 STATUS_RUNNING = 0
@@ -61,16 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "run":
         return _run(args, cfg)
+    ctl = Control(cfg.control)
     try:
         if args.command == "status":
-            return _status(cfg, args.json)
+            return _status(ctl, args.json)
         if args.command == "reload":
-            return _reload(cfg, args.no_wait, args.timeout)
+            return _reload(ctl, args.no_wait, args.timeout)
         if args.command == "scale":
-            answer = request(cfg.control, "scale", to=args.to)
-            print(f"scaling to {answer['workers']} workers")
+            print(f"scaling to {ctl.scale(args.to)} workers")
             return 0
-        request(cfg.control, "stop")
+        ctl.stop()
         print("stopping")
         return 0
     except ControlError as e:
@@ -87,33 +86,27 @@ def _run(args: argparse.Namespace, cfg: settings.Config) -> int:
     return Master(cfg, args.app).run()
 
 
-def _reload(cfg: settings.Config, no_wait: bool, timeout: float) -> int:
-    before = request(cfg.control, "status").get("last_reload")
-    request(cfg.control, "reload")
-    if no_wait:
+def _reload(ctl: Control, no_wait: bool, timeout: float) -> int:
+    try:
+        result = ctl.reload(wait=not no_wait, timeout=timeout)
+    except ReloadTimeout as e:
+        print(f"imcluster: {e}", file=sys.stderr)
+        return 1
+    if result is None:
         print("reload started")
         return 0
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = request(cfg.control, "status")
-        last = st.get("last_reload")
-        if st.get("reload") is None and last and last != before:
-            if last["ok"]:
-                print(f"reload complete: {last['replaced']} worker(s) replaced")
-                return 0
-            print(f"imcluster: reload failed: {last['error']} (the old workers keep serving)",
-                  file=sys.stderr)
-            return 1
-        time.sleep(0.2)
-    print(f"imcluster: reload still running after {timeout:.0f}s", file=sys.stderr)
+    if result.ok:
+        print(f"reload complete: {result.replaced} worker(s) replaced")
+        return 0
+    print(f"imcluster: reload failed: {result.error} (the old workers keep serving)",
+          file=sys.stderr)
     return 1
 
 
-def _status(cfg: settings.Config, as_json: bool) -> int:
-    st = request(cfg.control, "status")
-    workers = [w for w in st["workers"] if not w["retired"]]
-    code = STATUS_RUNNING if workers and all(w["state"] == "READY" for w in workers) \
-        else STATUS_NOT_RUNNING
+def _status(ctl: Control, as_json: bool) -> int:
+    status = ctl.status()
+    st = status.raw
+    code = STATUS_RUNNING if status.ready else STATUS_NOT_RUNNING
     if as_json:
         print(json.dumps(st, indent=2))
         return code

@@ -1,16 +1,39 @@
-"""The client side of the master's control socket (used by the CLI and tests)."""
+"""The master's control socket, from Python: what the CLI uses, and what scripts use.
+
+    from imcluster.control import Control
+
+    ctl = Control("/run/imcluster-8000.sock")      # or Control.for_port(8000)
+    st = ctl.status()                              # Status: typed, with units
+    print(st.ready, [(w.slot, w.pid, w.state) for w in st.workers])
+    result = ctl.reload()                          # waits; ReloadResult(ok, replaced, error)
+    ctl.scale("+1"); ctl.stop()
+
+The socket is a Unix stream socket, owner-only (mode 0600), served from the
+master's event loop: one JSON request per connection (`{"cmd": "status"}`,
+`{"cmd": "scale", "to": "+1"}`, `"reload"`, `"stop"`), one JSON answer line.
+Every call raises `ControlError` (its text says why, for an operator) when
+the master cannot be reached, does not answer in time, or refuses.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import time
+from dataclasses import dataclass, field
 
 
 class ControlError(Exception):
     """The control socket cannot be reached or answered badly; the text says why."""
 
 
+class ReloadTimeout(ControlError):
+    """A reload waited for has not ended in time (it goes on in the master)."""
+
+
 def request(path: str, cmd: str, timeout: float = 5.0, **args) -> dict:
+    """Send one command, return the master's answer (a dict); ControlError on failure."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -45,3 +68,157 @@ def request(path: str, cmd: str, timeout: float = 5.0, **args) -> dict:
     if isinstance(answer, dict) and "error" in answer:
         raise ControlError(answer["error"])
     return answer
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One worker process as the master sees it.
+
+    `state` is one of STARTING, READY, DRAINING, STOPPING, EXITED, BACKOFF,
+    FATAL. A `retired` worker is draining after its replacement took its slot;
+    a `replacement` is starting to take a slot over during a reload.
+    """
+
+    slot: int                 # 0..N-1; a replacement keeps its predecessor's slot
+    pid: int | None           # None while the slot has no process (BACKOFF, FATAL)
+    worker_id: int            # unique for the master's life; every sid it makes names it
+    state: str
+    retired: bool
+    replacement: bool
+    uptime_s: float | None    # seconds since this process was spawned
+    restarts: int             # times this slot's process was replaced after exiting
+    cpu_percent: float | None  # of one core, since the previous status call
+    rss_bytes: int | None
+    connections: int | None   # TCP connections the worker serves (last report, ~1 s old)
+    sessions: int | None      # Engine.IO sessions it holds (last report)
+    handoffs: int             # client sockets the master has passed to it
+    last_error: str | None    # why it last failed (app import error, exit status...)
+    exit_status: int | None
+    unresponsive: bool        # silent on its channel past --heartbeat-timeout
+
+    @classmethod
+    def from_json(cls, w: dict) -> WorkerStatus:
+        return cls(slot=w["slot"], pid=w["pid"], worker_id=w["worker_id"], state=w["state"],
+                   retired=w["retired"], replacement=w["replacement"], uptime_s=w["uptime"],
+                   restarts=w["restarts"], cpu_percent=w["cpu"], rss_bytes=w["rss"],
+                   connections=w["connections"], sessions=w["sessions"],
+                   handoffs=w["handoffs"], last_error=w["last_error"],
+                   exit_status=w["exit_status"], unresponsive=w["unresponsive"])
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """How a rolling reload ended: `ok`, or the `error` that stopped it (the old
+    workers of the slots not yet replaced keep serving)."""
+
+    ok: bool
+    replaced: int             # workers replaced before it ended
+    reason: str               # who asked: "SIGHUP", "control socket", "memory limit"...
+    error: str | None
+    finished: float           # Unix time (seconds) it ended
+
+    @classmethod
+    def from_json(cls, r: dict) -> ReloadResult:
+        return cls(ok=r["ok"], replaced=r["replaced"], reason=r["reason"],
+                   error=r.get("error"), finished=r["finished"])
+
+
+@dataclass(frozen=True)
+class Status:
+    """The whole cluster: the master (`master`, as the JSON gives it: pid, uptime
+    in seconds, fds, bind, pending and queued connections, stopping, broadcast
+    backend, counters), its workers, and the reload in progress or last ended."""
+
+    master: dict
+    workers: tuple[WorkerStatus, ...]
+    reload: dict | None              # the reload in progress: slot, phase, queued slots
+    last_reload: ReloadResult | None
+    raw: dict = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, st: dict) -> Status:
+        last = st.get("last_reload")
+        return cls(master=st["master"],
+                   workers=tuple(WorkerStatus.from_json(w) for w in st["workers"]),
+                   reload=st.get("reload"),
+                   last_reload=ReloadResult.from_json(last) if last else None, raw=st)
+
+    @property
+    def serving(self) -> tuple[WorkerStatus, ...]:
+        """The workers that hold a slot (not the retired ones draining)."""
+        return tuple(w for w in self.workers if not w.retired and not w.replacement)
+
+    @property
+    def ready(self) -> bool:
+        """Every worker but the retired ones is READY (what `imcluster status` exits 0
+        for; a replacement still starting during a reload counts as not READY)."""
+        live = [w for w in self.workers if not w.retired]
+        return bool(live) and all(w.state == "READY" for w in live)
+
+
+class Control:
+    """A running master, through its control socket at `path`."""
+
+    def __init__(self, path: str, timeout: float = 5.0):
+        self.path = path
+        self.timeout = timeout
+
+    @classmethod
+    def for_port(cls, port: int, timeout: float = 5.0) -> Control:
+        """The default control socket of a master bound to `port` (as `imcluster run`
+        places it when --control is not given)."""
+        base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+        return cls(os.path.join(base, f"imcluster-{port}.sock"), timeout)
+
+    def request(self, cmd: str, **args) -> dict:
+        return request(self.path, cmd, timeout=self.timeout, **args)
+
+    def status(self) -> Status:
+        return Status.from_json(self.request("status"))
+
+    def scale(self, to: int | str) -> int:
+        """Change the number of workers: 4, "+1" or "-1". Returns the new target;
+        removed workers drain first. A scale asked during a reload waits for its end."""
+        return int(self.request("scale", to=str(to))["workers"])
+
+    def stop(self) -> None:
+        """Ask for a graceful stop (like SIGTERM); returns at once."""
+        self.request("stop")
+
+    def reload(self, wait: bool = True, timeout: float = 600.0,
+               poll: float = 0.2) -> ReloadResult | None:
+        """Start a rolling reload (like SIGHUP). With `wait`, return how it ended;
+        ReloadTimeout if it has not ended after `timeout` seconds. Without, None."""
+        before = self.request("status").get("last_reload")
+        self.request("reload")
+        if not wait:
+            return None
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.request("status")
+            last = st.get("last_reload")
+            if st.get("reload") is None and last and last != before:
+                return ReloadResult.from_json(last)
+            if time.monotonic() >= deadline:
+                raise ReloadTimeout(f"reload still running after {timeout:.0f}s")
+            time.sleep(poll)
+
+    def wait_ready(self, workers: int | None = None, timeout: float = 30.0,
+                   poll: float = 0.1) -> Status:
+        """Wait until `workers` slots (default: all) have a READY worker; ControlError
+        with the last status seen after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        last: Status | str = "no answer"
+        while True:
+            try:
+                st = self.status()
+                last = st
+                n = len(st.serving) if workers is None else workers
+                if n and sum(w.state == "READY" for w in st.serving) >= n and \
+                        (workers is not None or st.ready):
+                    return st
+            except ControlError as e:
+                last = str(e)
+            if time.monotonic() >= deadline:
+                raise ControlError(f"workers not READY after {timeout}s (last: {last})")
+            time.sleep(poll)

@@ -65,6 +65,18 @@ def _optional_str(v: Any) -> str | None:
     return s or None
 
 
+# sun_path is 108 bytes on Linux, its last one the terminating NUL (unix(7)).
+MAX_SOCKET_PATH = 107
+
+
+def _socket_path(v: Any) -> str | None:
+    s = _optional_str(v)
+    if s is not None and len(os.fsencode(s)) > MAX_SOCKET_PATH:
+        raise ValueError(f"a Unix socket path has at most {MAX_SOCKET_PATH} bytes "
+                         f"(this one has {len(os.fsencode(s))}): choose a shorter one")
+    return s
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -158,7 +170,7 @@ SETTINGS: tuple[Setting, ...] = (
             "origins allowed to connect from a browser, comma-separated, or '*'; "
             "default: the app's own setting (python-socketio's default is the "
             "server's own origin only)", metavar="ORIGINS"),
-    Setting("control", _optional_str, None,
+    Setting("control", _socket_path, None,
             "path of the control socket (default: imcluster-PORT.sock in $XDG_RUNTIME_DIR or "
             "/tmp)", metavar="PATH"),
     Setting("log_level", _log_level, "INFO", "debug, info, warning or error", metavar="LEVEL"),

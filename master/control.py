@@ -55,6 +55,10 @@ class ControlServer:
         old = os.umask(0o177)
         try:
             s.bind(path)
+        except OSError as e:
+            s.close()
+            raise SystemExit(f"imcluster: cannot create the control socket {path}: "
+                             f"{e.strerror or e}") from None
         finally:
             os.umask(old)
         os.chmod(path, 0o600)

@@ -7,34 +7,34 @@ stopped by the pid the fixture started.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import hypothesis
 import pytest
 
-from imcluster.control import ControlError, request
+from imcluster import testing
+from imcluster.control import ControlError
 
 # Property tests check results, not speed: on a shared 2-core machine a first
 # example can take longer than hypothesis's default 200 ms deadline.
 hypothesis.settings.register_profile("imcluster", deadline=None)
 hypothesis.settings.load_profile("imcluster")
 
+# tests/examples holds an app and a test suite that the plugin's tests run through
+# pytester (one of its tests fails on purpose): not ours to collect.
+collect_ignore_glob = ["examples/*"]
+pytest_plugins = ["pytester"]
+
 ROOT = Path(__file__).resolve().parent.parent
 JS = ROOT / "tests" / "js"
 ARTIFACTS = ROOT / "artifacts"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = testing.free_port
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
@@ -50,36 +50,31 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "cond
 
 
 class Cluster:
-    """A real `imcluster run` process on a free loopback port."""
+    """Our tests' view of a cluster: the public `imcluster.testing.Cluster` (which
+    starts, waits for and stops the real processes), with status as raw JSON and
+    the control socket as a path, as these tests were written against."""
 
     def __init__(self, tmp: Path, app: str | None = "imcluster.examples.bench:sio",
                  workers: int = 3, redis: str | None = None, args: tuple = (),
                  cwd: Path | None = None, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.control = str(tmp / f"ctl-{self.port}.sock")
-        self.log_path = tmp / f"cluster-{self.port}.log"
-        cmd = [sys.executable, "-m", "imcluster", "run"]
-        if app:
-            cmd.append(app)
-        cmd += ["--workers", str(workers), "--bind", f"127.0.0.1:{self.port}",
-                "--control", self.control, *args]
-        if redis:
-            cmd += ["--redis", redis]
+        self.cluster = testing.Cluster(app, workers, cwd=cwd or tmp, env=env, log_dir=tmp,
+                                       redis=redis, extra_args=args)
         self.workers = workers
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=cwd or tmp, env={**os.environ, **(env or {})})
+        self.port = self.cluster.port
+        self.url = self.cluster.url
+        self.control = self.cluster.control.path
+        self.log_path = self.cluster.log_path
+        self.proc = self.cluster.launch()
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.cluster.log()
 
     def status(self) -> dict:
-        return request(self.control, "status")
+        return self.cluster.control.request("status")
 
     def try_status(self) -> dict | None:
         try:
@@ -108,15 +103,7 @@ class Cluster:
         return {w["pid"] for w in self.ready_workers()}
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
+        return self.cluster.stop(timeout)
 
 
 @pytest.fixture(params=["relay", "redis"])
@@ -137,23 +124,11 @@ def cluster_factory(tmp_path):
         return c
 
     yield start
+    outlived = []
     for c in started:
-        pids = set()
-        st = c.try_status()
-        if st:
-            pids = {w["pid"] for w in st["workers"] if w["pid"]}
         c.stop()
-        for pid in pids:  # a worker must never outlive its master
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                continue
-            time.sleep(1)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            raise AssertionError(f"worker {pid} outlived its master")
+        outlived += c.cluster.outlived
+    assert not outlived, f"worker(s) {outlived} outlived their master (killed)"
 
 
 @pytest.fixture(scope="session")
