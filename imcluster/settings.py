@@ -53,6 +53,12 @@ def _bind(v: Any) -> tuple[str, int]:
     return host, p
 
 
+def _optional_bind(v: Any) -> tuple[str, int] | None:
+    if v is None or str(v).strip().lower() in ("", "no", "off"):
+        return None
+    return _bind(v)
+
+
 def _log_level(v: Any) -> str:
     s = str(v).upper()
     if s not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -173,6 +179,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("control", _socket_path, None,
             "path of the control socket (default: imcluster-PORT.sock in $XDG_RUNTIME_DIR or "
             "/tmp)", metavar="PATH"),
+    Setting("metrics", _optional_bind, None,
+            "HOST:PORT where the master serves Prometheus metrics at /metrics (default: "
+            "off); keep it on a private address", metavar="HOST:PORT"),
     Setting("log_level", _log_level, "INFO", "debug, info, warning or error", metavar="LEVEL"),
 )
 

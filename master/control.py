@@ -1,9 +1,10 @@
 """The control socket, served from the master's own loop (no thread).
 
 One request per connection: the client sends one JSON object and a newline,
-the master answers one JSON object and a newline, then closes. Everything is
-non-blocking and bounded, so a stuck or hostile client cannot stall the loop.
-The socket is created owner-only (0600).
+the master answers one JSON object and a newline, then closes (see
+`imcluster.control` for the commands and the answers' keys). Non-blocking and
+bounded like every server on the loop (`oneshot`). The socket is created
+owner-only (0600).
 """
 
 from __future__ import annotations
@@ -14,24 +15,19 @@ import os
 import selectors
 import socket
 import stat
-import time
 from collections.abc import Callable
+
+from imcluster.master.oneshot import OneShotServer
 
 log = logging.getLogger("imcluster.master")
 
-MAX_REQUEST = 64 * 1024
-CLIENT_TIMEOUT = 5.0
 
-
-class ControlServer:
+class ControlServer(OneShotServer):
     def __init__(self, selector: selectors.BaseSelector, path: str,
                  handler: Callable[[dict], dict]):
-        self.selector = selector
         self.path = path
         self.handler = handler
-        self.clients: dict[int, tuple[socket.socket, bytearray, float]] = {}
-        self.sock = self._listen(path)
-        selector.register(self.sock, selectors.EVENT_READ, self._on_accept)
+        super().__init__(selector, self._listen(path))
 
     @staticmethod
     def _listen(path: str) -> socket.socket:
@@ -66,79 +62,32 @@ class ControlServer:
         s.setblocking(False)
         return s
 
-    def _on_accept(self, key: selectors.SelectorKey, mask: int) -> None:
-        self.expire()
-        try:
-            c, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        c.setblocking(False)
-        self.clients[c.fileno()] = (c, bytearray(), time.monotonic() + CLIENT_TIMEOUT)
-        self.selector.register(c, selectors.EVENT_READ, self._on_client)
+    def complete(self, buf: bytearray) -> bool:
+        return b"\n" in buf
 
-    def _on_client(self, key: selectors.SelectorKey, mask: int) -> None:
-        c, buf, _ = self.clients[key.fd]
-        try:
-            data = c.recv(MAX_REQUEST)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close(c)
-            return
-        buf += data
-        if b"\n" not in buf:
-            if len(buf) > MAX_REQUEST:
-                self._reply(c, {"error": "request too long"})
-            return
+    def too_long(self) -> bytes:
+        return _encode({"error": "request too long"})
+
+    def answer(self, buf: bytearray) -> bytes:
         try:
             request = json.loads(buf[: buf.index(b"\n")])
             if not isinstance(request, dict):
                 raise ValueError("not an object")
         except ValueError as e:
-            self._reply(c, {"error": f"bad request: {e}"})
-            return
+            return _encode({"error": f"bad request: {e}"})
         try:
-            answer = self.handler(request)
+            return _encode(self.handler(request))
         except Exception as e:  # the master keeps running whatever a command does
             log.exception("control command %r failed", request)
-            answer = {"error": f"{type(e).__name__}: {e}"}
-        self._reply(c, answer)
-
-    def _reply(self, c: socket.socket, answer: dict) -> None:
-        data = json.dumps(answer).encode() + b"\n"
-        try:
-            # Answers are a few KB; the socket buffer takes them whole. A client
-            # that does not read gets a truncated answer, never a stalled master.
-            c.send(data)
-        except OSError:
-            pass
-        self._close(c)
-
-    def _close(self, c: socket.socket) -> None:
-        self.clients.pop(c.fileno(), None)
-        try:
-            self.selector.unregister(c)
-        except (KeyError, ValueError):
-            pass
-        c.close()
-
-    def expire(self) -> None:
-        now = time.monotonic()
-        for c, _, deadline in list(self.clients.values()):
-            if deadline < now:
-                self._close(c)
+            return _encode({"error": f"{type(e).__name__}: {e}"})
 
     def close(self) -> None:
-        for c, _, _ in list(self.clients.values()):
-            self._close(c)
-        try:
-            self.selector.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass
-        self.sock.close()
+        super().close()
         try:
             os.unlink(self.path)
         except OSError:
             pass
+
+
+def _encode(answer: dict) -> bytes:
+    return json.dumps(answer).encode() + b"\n"

@@ -25,6 +25,7 @@ from imcluster import channel as ch
 from imcluster import httpline
 from imcluster.master.control import ControlServer
 from imcluster.master.lifecycle import APP_LOAD_ERROR, State, Worker
+from imcluster.master.metrics import MetricsServer
 from imcluster.master.rolling import Reload, replacement_failed
 from imcluster.master.router import Router
 from imcluster.settings import Config
@@ -65,6 +66,7 @@ class Master:
         self.ever_ready = False
         self.started_at = time.time()
         self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
         self.reloading: Reload | None = None
         self.deferred_scale: int | None = None
         self.last_reload: dict | None = None
@@ -79,6 +81,13 @@ class Master:
         self._bind()
         self._install_signals()
         self.control = ControlServer(self.selector, self.cfg.control, self._control)
+        if self.cfg.metrics:
+            try:
+                self.metrics = MetricsServer(self.selector, self.cfg.metrics, self.status)
+            except OSError as e:
+                raise SystemExit("imcluster: cannot serve metrics on {}:{}: {}".format(
+                    *self.cfg.metrics, e.strerror or e)) from None
+            log.info("metrics at http://%s:%d/metrics", *self.cfg.metrics)
         for slot in range(self.cfg.workers):
             w = Worker(slot=slot)
             self.slots.append(w)
@@ -174,6 +183,8 @@ class Master:
         self.router.expire(now)
         if self.control is not None:
             self.control.expire()
+        if self.metrics is not None:
+            self.metrics.expire()
         self.reap()
         if not self.stopping:
             for w in self.slots:
@@ -690,14 +701,14 @@ class Master:
         now = time.monotonic()
         workers = []
         for w in self._processes():
-            cpu = rss = None
+            cpu = rss = cpu_time = None
             if w.pid:
-                cpu, rss = _proc_usage(w.pid)
+                cpu, rss, cpu_time = _proc_usage(w.pid)
             workers.append({
                 "slot": w.slot, "pid": w.pid or None, "worker_id": w.worker_id,
                 "state": w.state.value, "retired": w in self.retiring,
                 "uptime": round(now - w.started_at, 1) if w.pid else None,
-                "restarts": w.restarts, "cpu": cpu, "rss": rss,
+                "restarts": w.restarts, "cpu": cpu, "cpu_time": cpu_time, "rss": rss,
                 "connections": w.stats.get("connections"),
                 "sessions": w.stats.get("sessions"),
                 "handoffs": w.handoffs_sent, "last_error": w.last_error or None,
@@ -720,6 +731,8 @@ class Master:
     def _cleanup(self) -> None:
         if self.control is not None:
             self.control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.router.close_all()
         if self.listener is not None:
             self.listener.close()
@@ -755,11 +768,13 @@ def _rss(pid: int) -> int | None:
         return None
 
 
-def _proc_usage(pid: int) -> tuple[float | None, int | None]:
-    """CPU percent since the previous call for this pid, and RSS bytes."""
+def _proc_usage(pid: int) -> tuple[float | None, int | None, float | None]:
+    """CPU percent since the previous call for this pid, RSS bytes, and CPU seconds
+    (user + system) since it started."""
     try:
         p = _process(pid)
         with p.oneshot():
-            return p.cpu_percent(interval=None), p.memory_info().rss
+            t = p.cpu_times()
+            return p.cpu_percent(interval=None), p.memory_info().rss, t.user + t.system
     except psutil.Error:
-        return None, None
+        return None, None, None

@@ -6,6 +6,7 @@ stopped by the pid the fixture started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -175,3 +176,24 @@ def node_script(script: Path, url: str, timeout: float = 120, **opts) -> dict:
 def node_clients(url: str, timeout: float = 120, **opts) -> dict:
     """tests/js/clients.mjs: N clients connect, check their worker, join a room, one say."""
     return node_script(JS / "clients.mjs", url, timeout, **opts)
+
+
+@contextlib.contextmanager
+def held_clients(url: str, clients: int, transport: str = "websocket"):
+    """`clients` official JS clients connected and held open until the block ends;
+    yields how many connected."""
+    proc = subprocess.Popen(["node", str(JS / "clients.mjs"),
+                             json.dumps({"url": url, "clients": clients,
+                                         "transport": transport, "mode": "hold"})],
+                            cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line, "clients.mjs printed nothing"
+        yield json.loads(line)["held"]
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
