@@ -37,6 +37,26 @@ class Conn:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def taken_by_server(self) -> bool:
+        """True once the server has read everything sent on this connection.
+
+        The master only peeks (MSG_PEEK), so the bytes stay in the kernel's
+        receive queue of the server's end until the worker reads them; that
+        queue is the rx_queue column of /proc/net/tcp. A worker that has read
+        a GET poll is waiting in it without yielding in between, so a test can
+        order a second request after a pending poll without a fixed sleep.
+        """
+        here = self.sock.getsockname()[1]
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                local, remote = fields[1], fields[2]
+                if int(local.split(":")[1], 16) == self.port and \
+                        int(remote.split(":")[1], 16) == here:
+                    return int(fields[4].split(":")[1], 16) == 0
+        return False
+
     def request(self, method: str, target: str, body: bytes = b"") -> tuple[int, dict, bytes]:
         self.send(self.build(method, target, body))
         return self.read_response()
@@ -71,10 +91,24 @@ class Conn:
 
 
 EIO = "/socket.io/?EIO=4&transport=polling"
+EIO_WS = "/socket.io/?EIO=4&transport=websocket"
 
 
 def poll_target(sid: str) -> str:
     return f"{EIO}&sid={sid}"
+
+
+def ws_url(port: int, sid: str | None = None) -> str:
+    """The URL of a raw WebSocket (websocket-client) for a new session, or an upgrade of `sid`."""
+    return f"ws://127.0.0.1:{port}{EIO_WS}" + (f"&sid={sid}" if sid else "")
+
+
+def handshake(port: int, target: str = EIO) -> dict:
+    """Open an Engine.IO session over polling; returns the OPEN packet's data (sid, …)."""
+    with Conn(port) as c:
+        status, _, body = c.request("GET", target)
+        assert status == 200 and body[:1] == b"0", (status, body)
+        return json.loads(body[1:])
 
 
 def open_session(port: int) -> str:
@@ -85,7 +119,7 @@ def open_session(port: int) -> str:
         assert body[:1] == b"0", body
         sid = json.loads(body[1:])["sid"]
         status, _, body = c.request("POST", poll_target(sid), b"40")
-        assert status == 200 and body == b"OK", (status, body)
+        assert status == 200 and body == b"ok", (status, body)
         status, _, body = c.request("GET", poll_target(sid))
         assert status == 200 and body.startswith(b"40"), (status, body)
     return sid

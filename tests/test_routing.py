@@ -50,7 +50,7 @@ def test_keepalive_connection_alternating_between_workers(cluster):
             post, get = whoami_requests(sid, i)
             c.send(post)
             status, _, body = c.read_response()
-            assert (status, body) == (200, b"OK")
+            assert (status, body) == (200, b"ok")
             c.send(get)
             status, _, body = c.read_response()
             assert status == 200, body
@@ -70,7 +70,7 @@ def test_pipelined_requests_for_two_workers(cluster):
         c.send(batch)  # all eight requests in one write
         for i, pid in expected:
             status, _, body = c.read_response()
-            assert (status, body) == (200, b"OK")
+            assert (status, body) == (200, b"ok")
             status, _, body = c.read_response()
             assert status == 200 and parse_ack(body, i) == pid
 
@@ -80,11 +80,11 @@ def test_handshake_then_requests_on_one_connection(cluster):
     with Conn(cluster.port) as c:
         status, _, body = c.request("GET", EIO)
         sid = json.loads(body[1:])["sid"]
-        assert c.request("POST", poll_target(sid), b"40")[2] == b"OK"
+        assert c.request("POST", poll_target(sid), b"40")[2] == b"ok"
         assert c.request("GET", poll_target(sid))[2].startswith(b"40")
         post, get = whoami_requests(sid, 3)
         c.send(post + get)
-        assert c.read_response()[2] == b"OK"
+        assert c.read_response()[2] == b"ok"
         assert parse_ack(c.read_response()[2], 3) in cluster.worker_pids()
 
 

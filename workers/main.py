@@ -28,7 +28,7 @@ from imcluster import channel as ch
 from imcluster import sid as sidcodec
 from imcluster.master.lifecycle import APP_LOAD_ERROR
 from imcluster.workers import app as appmod
-from imcluster.workers import sessions, speedups
+from imcluster.workers import protocol, sessions, speedups
 from imcluster.workers.http import FdListener, make_protocol, serve_connection
 from imcluster.workers.link import Link
 from imcluster.workers.redis_manager import ClusterRedisManager
@@ -70,6 +70,8 @@ class Worker:
         app.eio.generate_id = lambda: sidcodec.make_sid(wid)
         if self.spec.get("cors_origins") is not None:
             app.eio.cors_allowed_origins = self.spec["cors_origins"]
+        # Engine.IO v4 / Socket.IO v5 as written, where the libraries differ.
+        protocol.adapt(app.eio, app.sio)
         if app.sio is not None:
             self._install_manager(app.sio)
         if not self.spec.get("ws_compression"):

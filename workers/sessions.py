@@ -17,13 +17,15 @@ Here a WebSocket session has one greenlet, its reader:
   keeping frames in order, and a client that lets more than
   WRITE_BACKLOG_LIMIT pile up is cut off (it reconnects) rather than
   buffered without bound.
-- Pings come from one `Pinger` per Engine.IO server, a queue ordered by due
-  time, instead of one sleeping greenlet per session.
+- Pings come from one `Pinger` per Engine.IO server (one queue ordered by
+  due time for PINGs, one for PONG deadlines) instead of one sleeping
+  greenlet per session.
 
 Polling sessions, WebSockets with permessage-deflate (`--ws-compression
-yes`), and anything not on eventlet keep python-engineio's own paths. The
-wire protocol is unchanged: tests drive it with python-socketio's client,
-the JS socket.io-client and Chromium.
+yes`), and anything not on eventlet keep python-engineio's own paths. On the
+wire this is Engine.IO v4 as specified, where python-engineio differs (see
+ClusterSocket; tests/test_protocol.py), and tests drive it with
+python-socketio's client, the JS socket.io-client and Chromium.
 """
 
 from __future__ import annotations
@@ -212,18 +214,21 @@ class BufferedReceive:
         return getattr(self.sock, name)
 
 
-class Pinger:
-    """Sends every session's Engine.IO PING when its interval is up, from one greenlet."""
+class Schedule:
+    """Sessions due for one action after one fixed delay, served by one greenlet.
 
-    PING = eio_packet.Packet(eio_packet.PING)
+    Every entry gets the same delay, so appending keeps the deque in time
+    order and the greenlet only ever sleeps until its head: no entry added
+    later can be due earlier.
+    """
 
-    def __init__(self):
-        self.due: collections.deque = collections.deque()  # (when, socket), in time order
+    def __init__(self, action):
+        self.action = action  # action(socket, token)
+        self.due: collections.deque = collections.deque()  # (when, socket, token)
         self.runner = None
 
-    def add(self, s: engineio.socket.Socket) -> None:
-        # The interval is the server's, so appending keeps the deque in time order.
-        self.due.append((time.monotonic() + s.server.ping_interval, s))
+    def add(self, delay: float, s: engineio.socket.Socket, token=None) -> None:
+        self.due.append((time.monotonic() + delay, s, token))
         if self.runner is None:
             self.runner = eventlet.spawn(self._run)
 
@@ -231,32 +236,88 @@ class Pinger:
         due = self.due
         try:
             while due:
-                when, s = due[0]
-                wait = when - time.monotonic()
+                wait = due[0][0] - time.monotonic()
                 if wait > 0:
                     eventlet.sleep(wait)
                     continue
-                due.popleft()
-                if not s.closing and not s.closed:
-                    s.last_ping = time.time()
-                    try:
-                        s.send(self.PING)
-                    except Exception:  # a session that went away meanwhile
-                        pass
+                _, s, token = due.popleft()
+                try:
+                    self.action(s, token)
+                except Exception:  # one session's trouble must not stop the others'
+                    log.exception("%s: ping schedule", getattr(s, "sid", "?"))
         finally:
             self.runner = None
 
 
+class Pinger:
+    """Sends every session's Engine.IO PING when its interval is up, and closes
+    the session when no PONG came within the ping timeout: two greenlets per
+    Engine.IO server instead of one per session.
+
+    python-engineio closes a silent session only when its service task next
+    passes by (up to a ping timeout late) or when something is sent to it; a
+    client's pending poll meanwhile waits. Here the session closes at its
+    deadline, and a poll it holds is answered with a CLOSE packet (Engine.IO
+    v4, "Heartbeat": the server SHOULD consider the connection closed).
+    """
+
+    PING = eio_packet.Packet(eio_packet.PING)
+
+    def __init__(self):
+        self.pings = Schedule(self._ping)
+        self.deadlines = Schedule(self._deadline)
+
+    def add(self, s: engineio.socket.Socket) -> None:
+        self.pings.add(s.server.ping_interval, s)
+
+    def _ping(self, s: engineio.socket.Socket, _token) -> None:
+        if s.closing or s.closed:
+            return
+        s.last_ping = sent = time.time()
+        self.deadlines.add(s.server.ping_timeout, s, sent)
+        try:
+            s.send(self.PING)
+        except Exception:  # a session that went away meanwhile
+            pass
+
+    def _deadline(self, s: engineio.socket.Socket, sent: float) -> None:
+        # last_ping is cleared by the PONG (schedule_ping) and set anew by the next PING.
+        if s.last_ping == sent and not s.closing and not s.closed:
+            s.close_on_ping_timeout()
+
+
 class ClusterSocket(_ORIGINAL_SOCKET):
-    """python-engineio's Socket, with the direct WebSocket writer and the shared pinger."""
+    """python-engineio's Socket, with the direct WebSocket writer and the shared
+    pinger, and the session rules of Engine.IO v4 where python-engineio 4.15
+    differs (docs/engine.io-protocol/v4-current.md in socketio/socket.io, and
+    its test suite):
+
+    - the handshake gives pingInterval and pingTimeout in milliseconds,
+      exactly (python-engineio sends the interval in whole seconds);
+    - a second GET while one is pending closes the session and is refused
+      ("Receiving data": the server MUST return 400 and close the session);
+      the pending one is answered with a CLOSE packet;
+    - a second WebSocket for a session is refused while the first is still
+      probing, not only once it has upgraded ("WebSocket": a client MUST NOT
+      open more than one WebSocket per session);
+    - a session whose PONG is late closes with a CLOSE packet to the client
+      (python-engineio's own close on ping timeout drops that packet);
+    - a client's CLOSE packet over polling answers the pending GET with a
+      NOOP, as the protocol's test suite expects (python-engineio: an empty
+      body, which is no valid payload).
+    """
 
     writer: FrameWriter | None = None
     probe_noop = None  # the NOOP that ends the pending poll when an upgrade begins
+    polling = False  # a GET poll is waiting for packets
+    ws_claimed = False  # a WebSocket is open or opening for this session
 
     def _eventlet(self) -> bool:
         return self.server.async_mode == "eventlet"
 
     def send(self, pkt):
+        if pkt.packet_type == eio_packet.OPEN and isinstance(pkt.data, dict):
+            pkt.data.update(handshake_timings(self.server))
         writer = self.writer
         if writer is None:
             return super().send(pkt)
@@ -279,13 +340,21 @@ class ClusterSocket(_ORIGINAL_SOCKET):
         WebSocket, in order. (A client may read its last poll and its new
         WebSocket at the same time: python-engineio's client does not pause
         polling before it upgrades, as the protocol asks.)"""
+        if self.polling:
+            # Engine.IO v4, "Receiving data": a second active GET closes the
+            # session; the pending GET takes the CLOSE packet, this one gets 400.
+            self.close(wait=False, abort=False, reason=self.server.reason.TRANSPORT_ERROR)
+            raise DuplicatePoll("a GET poll is already pending for this session")
         empty = self.server.get_queue_empty_exception()
+        self.polling = True
         try:
             packets = [self.queue.get(
                 timeout=self.server.ping_interval + self.server.ping_timeout)]
             self.queue.task_done()
         except empty:
             raise eio_exceptions.QueueEmpty() from None
+        finally:
+            self.polling = False
         if packets[0] is None:
             return []
         if packets[0] is not self.probe_noop:
@@ -308,6 +377,48 @@ class ClusterSocket(_ORIGINAL_SOCKET):
                 return
             self.queue.task_done()
             yield pkt
+
+    def check_ping_timeout(self):
+        """python-engineio 4.15's check, closing through close_on_ping_timeout."""
+        if self.closed:
+            raise eio_exceptions.SocketIsClosedError()
+        last_ping = self.last_ping
+        if last_ping and time.time() - last_ping > self.server.ping_timeout:
+            self.close_on_ping_timeout()
+            return False
+        return True
+
+    def close_on_ping_timeout(self) -> None:
+        """Close the session because its PONG is late, with a CLOSE packet.
+
+        python-engineio 4.15 closes with abort=False so that a CLOSE packet
+        goes out, but close() sends it through send(), which checks the ping
+        timeout again and drops it: forget the ping first.
+        """
+        self.server.logger.info("%s: no PONG within the ping timeout, closing", self.sid)
+        self.last_ping = None
+        self.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT)
+
+    def receive(self, pkt):
+        if pkt.packet_type == eio_packet.CLOSE and not self.upgraded:
+            # The GET a polling client may have pending ends with a NOOP (the
+            # protocol's test suite), not with python-engineio's empty body.
+            self.queue.put(eio_packet.Packet(eio_packet.NOOP))
+        return super().receive(pkt)
+
+    def _upgrade_websocket(self, environ, start_response):
+        # python-engineio 4.15 refuses a second WebSocket only once the first
+        # has upgraded; while the first is still probing, a second one would
+        # run the probe beside it. Claim the session before any yield.
+        if self.ws_claimed or self.upgraded:
+            self.server.logger.info("%s: a second WebSocket for the session, refused", self.sid)
+            return self.server._bad_request("Session already has a WebSocket")
+        self.ws_claimed = True
+        try:
+            return super()._upgrade_websocket(environ, start_response)
+        finally:
+            if not self.upgraded:
+                self.ws_claimed = False  # the upgrade failed: the client may try again
 
     def schedule_ping(self):
         if not self._eventlet():
@@ -338,7 +449,10 @@ class ClusterSocket(_ORIGINAL_SOCKET):
                 raise ValueError("packet is too large")
             return data
 
-        ws.socket.settimeout(server.ping_interval + server.ping_timeout)
+        # A fallback for a silent client: the pinger closes it first, at its
+        # PONG deadline, with a CLOSE packet. (python-engineio's interval +
+        # timeout would race that deadline for a client that never sent a frame.)
+        ws.socket.settimeout(server.ping_interval + 2 * server.ping_timeout)
         if self.connected:
             # An upgrade from polling: the probe exchange of the Engine.IO
             # protocol, while packets sent meanwhile wait in the queue.
@@ -398,6 +512,25 @@ class ClusterSocket(_ORIGINAL_SOCKET):
         writer.finish()
         writer.join()
         return []
+
+
+class DuplicatePoll(eio_exceptions.EngineIOError):
+    """A second GET poll for a session while one is pending (answered 400)."""
+
+
+def handshake_timings(server) -> dict:
+    """pingInterval and pingTimeout of the OPEN packet, in milliseconds (ints).
+
+    Engine.IO v4, "Handshake": both in milliseconds. python-engineio 4.15
+    sends int(interval + grace) * 1000, whole seconds (300 ms becomes 0, and
+    a JS client then declares a server that pings every 300 ms dead after
+    pingTimeout alone), and int(timeout * 1000), which truncates 2.01 s to
+    2009. The grace period of an (interval, grace) ping_interval is included,
+    as python-engineio does, so that clients wait for it.
+    """
+    interval = server.ping_interval + server.ping_interval_grace_period
+    return {"pingInterval": round(interval * 1000),
+            "pingTimeout": round(server.ping_timeout * 1000)}
 
 
 def install() -> None:

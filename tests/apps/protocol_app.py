@@ -1,0 +1,32 @@
+"""Apps for the protocol tests (tests/test_protocol.py).
+
+`sio` pings every 25.5 s with a 16.06 s timeout: values whose milliseconds
+python-engineio 4.15 gets wrong in its handshake (25000 and 16059), and long
+enough that a poll stays pending for the whole of a test. `quick`
+pings every 300 ms (python-engineio advertises 0) with a 3 s timeout, so a
+silent client times out within a test, while a test's next request still
+comes well before the deadline. Both serve the default namespace only; their
+connect handler emits `hello` with the auth data (as the protocol's own test
+server does), and `echo` acks its payload.
+"""
+
+import socketio
+
+
+def _server(ping_interval: float, ping_timeout: float) -> socketio.Server:
+    sio = socketio.Server(async_mode="eventlet", ping_interval=ping_interval,
+                          ping_timeout=ping_timeout)
+
+    @sio.on("connect")
+    def connect(sid, environ, auth=None):
+        sio.emit("hello", auth or {}, to=sid)
+
+    @sio.on("echo")
+    def echo(sid, data=None):
+        return data
+
+    return sio
+
+
+sio = _server(25.5, 16.06)
+quick = _server(0.3, 3.0)

@@ -1,0 +1,288 @@
+"""Engine.IO v4 and Socket.IO v5 on the wire, as the protocol documents and
+their test suites say (workers/protocol.py, sessions.ClusterSocket). Driven
+by raw HTTP and raw WebSocket clients through a real cluster; the official JS
+client where what it makes of an answer is the point.
+
+Two clusters serve tests/apps/protocol_app.py: `sio` (25.5 s ping interval,
+so a poll stays pending as long as a test needs) and `quick` (300 ms interval,
+3 s timeout, for the heartbeat rules).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import websocket
+from conftest import JS, ROOT, Cluster, wait_for
+from rawhttp import EIO, Conn, handshake, poll_target, ws_url
+
+APPS = ROOT / "tests" / "apps"
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("protocol")
+    made = {name: Cluster(tmp, app=f"protocol_app:{name}", workers=2, cwd=APPS)
+            for name in ("sio", "quick")}
+    try:
+        for c in made.values():
+            c.wait_ready()
+        yield made
+    finally:
+        for c in made.values():
+            c.stop()
+
+
+@pytest.fixture
+def port(servers) -> int:
+    return servers["sio"].port
+
+
+@pytest.fixture
+def quick_port(servers) -> int:
+    return servers["quick"].port
+
+
+def ws_open(url: str) -> websocket.WebSocket:
+    return websocket.create_connection(url, timeout=10)
+
+
+def ws_until(ws: websocket.WebSocket, want) -> list[str]:
+    """Frames up to and including the first for which want(frame) holds (PINGs skipped)."""
+    seen = []
+    while True:
+        frame = ws.recv()
+        if frame == "2":
+            continue
+        seen.append(frame)
+        if want(frame):
+            return seen
+
+
+def upgraded(port: int, sid: str) -> websocket.WebSocket:
+    """A WebSocket that has completed the upgrade of polling session `sid`
+    (probe, UPGRADE) and connected the default namespace over it."""
+    ws = ws_open(ws_url(port, sid))
+    ws.send("2probe")
+    assert ws.recv() == "3probe"
+    ws.send("5")
+    ws.send("40")
+    ws_until(ws, lambda f: f.startswith("40{"))
+    return ws
+
+
+def echo_over(ws: websocket.WebSocket, text: str) -> None:
+    ws.send(f'427["echo","{text}"]')
+    ws_until(ws, lambda f: f == f'437["{text}"]')
+
+
+# ---- Engine.IO: handshake and HTTP ------------------------------------------
+
+def test_handshake_gives_ping_interval_and_timeout_in_milliseconds(servers):
+    """"Handshake": pingInterval and pingTimeout in ms. python-engineio sent
+    the interval in whole seconds (300 ms as 0, 25.5 s as 25000) and
+    truncated the timeout (16.06 s as 16059)."""
+    want = {"sio": (25500, 16060), "quick": (300, 3000)}
+    for name, (interval, timeout) in want.items():
+        p = servers[name].port
+        opened = handshake(p)
+        assert (opened["pingInterval"], opened["pingTimeout"]) == (interval, timeout), name
+        ws = ws_open(ws_url(p))
+        try:
+            opened = json.loads(ws.recv()[1:])
+        finally:
+            ws.close()
+        assert (opened["pingInterval"], opened["pingTimeout"]) == (interval, timeout), name
+
+
+def test_accepted_post_is_answered_ok(port):
+    """"Sending data": the server MUST answer 200 with `ok` (not `OK`)."""
+    sid = handshake(port)["sid"]
+    with Conn(port) as c:
+        status, _, body = c.request("POST", poll_target(sid), b"40")
+    assert (status, body) == (200, b"ok")
+
+
+def test_request_without_a_known_transport_gets_400(port):
+    """"Query parameters": transport is mandatory; without it (or with an
+    unknown one) the answer is 400, never a session (python-engineio took a
+    missing transport for polling)."""
+    sid = handshake(port)["sid"]
+    for target in ("/socket.io/?EIO=4", "/socket.io/?EIO=4&transport=",
+                   "/socket.io/?EIO=4&transport=abc", f"/socket.io/?EIO=4&sid={sid}"):
+        with Conn(port) as c:
+            status, _, body = c.request("GET", target)
+        assert status == 400, (target, body)
+    # A WebSocket request without it is refused too ("the server MUST close").
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        ws_open(f"ws://127.0.0.1:{port}/socket.io/?EIO=4")
+    assert refused.value.status_code == 400
+
+
+def test_unsupported_method_gets_400(port):
+    """The test suite's "fails with an invalid request method": 400, not 405.
+    A CORS preflight (OPTIONS) is still answered."""
+    sid = handshake(port)["sid"]
+    for method in ("PUT", "DELETE", "PATCH"):
+        for target in (EIO, poll_target(sid)):
+            with Conn(port) as c:
+                status, _, body = c.request(method, target)
+            assert status == 400, (method, target, body)
+    with Conn(port) as c:
+        assert c.request("OPTIONS", EIO)[0] == 200
+
+
+def test_second_pending_get_poll_closes_the_session(port):
+    """"Receiving data": a second active GET gets 400 and the session is
+    closed; the pending GET is answered with a CLOSE packet (the test suite's
+    "closes the session upon duplicate poll requests")."""
+    sid = handshake(port)["sid"]
+    with Conn(port) as first:
+        first.send(Conn.build("GET", poll_target(sid)))
+        wait_for(first.taken_by_server, 10, 0.01, "the first poll to reach its worker")
+        with Conn(port) as second:
+            status, _, body = second.request("GET", poll_target(sid) + "&t=burst")
+        assert status == 400, body
+        assert first.read_response()[::2] == (200, b"1")
+    with Conn(port) as c:
+        assert c.request("GET", poll_target(sid))[0] == 400
+
+
+# ---- Engine.IO: after an upgrade ----------------------------------------------
+
+def test_upgraded_session_refuses_polling_and_a_second_websocket(port):
+    """After the upgrade, a polling request with the sid gets 400 and a second
+    WebSocket is refused ("WebSocket": the server MUST close it), while the
+    upgraded WebSocket carries on."""
+    sid = handshake(port)["sid"]
+    ws = upgraded(port, sid)
+    try:
+        for method, body in (("GET", b""), ("POST", b'42["echo","x"]')):
+            with Conn(port) as c:
+                assert c.request(method, poll_target(sid), body)[0] == 400, method
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            ws_open(ws_url(port, sid))
+        assert refused.value.status_code == 400
+        echo_over(ws, "still here")
+    finally:
+        ws.close()
+
+
+def test_second_websocket_refused_while_the_first_probes(port):
+    """A client MUST NOT open more than one WebSocket per session, also while
+    the first is still probing (python-engineio refused only once upgraded,
+    and ran a second probe beside the first)."""
+    sid = handshake(port)["sid"]
+    ws = ws_open(ws_url(port, sid))
+    try:
+        ws.send("2probe")
+        assert ws.recv() == "3probe"
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            ws_open(ws_url(port, sid)).close()
+        assert refused.value.status_code == 400
+        ws.send("5")
+        ws.send("40")
+        ws_until(ws, lambda f: f.startswith("40{"))
+        echo_over(ws, "first one")
+    finally:
+        ws.close()
+
+
+# ---- Engine.IO: heartbeat and close -------------------------------------------
+
+def test_polling_session_closes_on_ping_timeout(quick_port):
+    """"Heartbeat": without a PONG the session closes at the deadline; a poll
+    it holds then is answered with a CLOSE packet (python-engineio: an empty
+    body, whenever its service task came by), and later requests get 400."""
+    sid = handshake(quick_port)["sid"]
+    with Conn(quick_port) as c:
+        assert c.request("GET", poll_target(sid))[::2] == (200, b"2")
+        # No PONG: this poll is pending at the deadline, 3 s after the PING.
+        assert c.request("GET", poll_target(sid))[::2] == (200, b"1")
+        assert c.request("GET", poll_target(sid))[0] == 400
+        assert c.request("POST", poll_target(sid), b"3")[0] == 400
+
+
+def test_websocket_session_closes_on_ping_timeout_with_close_packet(quick_port):
+    """The same over WebSocket: a CLOSE packet, then the close (python-engineio
+    closed the connection without the packet)."""
+    ws = ws_open(ws_url(quick_port))
+    try:
+        assert ws.recv().startswith("0{")
+        assert ws.recv() == "2"
+        frames = []
+        while frame := ws.recv():  # "" once the server has closed the connection
+            frames.append(frame)
+        assert frames == ["1"]
+    finally:
+        ws.close()
+
+
+def test_client_close_packet_over_polling_closes_the_session(port):
+    """A CLOSE packet from a polling client: the POST is answered `ok`, the
+    pending GET with a NOOP (the test suite's "forcefully closes the
+    session"; python-engineio answered it with an empty body), and later
+    requests get 400."""
+    sid = handshake(port)["sid"]
+    with Conn(port) as pending:
+        pending.send(Conn.build("GET", poll_target(sid)))
+        wait_for(pending.taken_by_server, 10, 0.01, "the poll to reach its worker")
+        with Conn(port) as c:
+            assert c.request("POST", poll_target(sid), b"1")[::2] == (200, b"ok")
+        assert pending.read_response()[::2] == (200, b"6")
+    for method, body in (("GET", b""), ("POST", b"40")):
+        with Conn(port) as c:
+            assert c.request(method, poll_target(sid), body)[0] == 400, method
+
+
+# ---- Socket.IO ------------------------------------------------------------------
+
+def test_connect_to_unknown_namespace_gets_invalid_namespace(servers, port):
+    """The v5 test suite: CONNECT to a namespace the app does not serve gets
+    CONNECT_ERROR `{"message": "Invalid namespace"}` (python-socketio sent the
+    string "Unable to connect"), which the JS client reports as the error's
+    message."""
+    ws = ws_open(ws_url(port))
+    try:
+        ws.recv()  # OPEN
+        ws.send("40/nowhere,")
+        assert ws_until(ws, lambda f: True) == ['44/nowhere,{"message":"Invalid namespace"}']
+    finally:
+        ws.close()
+    script = (
+        'import { io } from "socket.io-client";'
+        f'const s = io("{servers["sio"].url}/nowhere", '
+        '{transports: ["websocket"], reconnection: false});'
+        's.on("connect_error", (e) => { console.log(JSON.stringify({message: e.message}));'
+        ' process.exit(0); });'
+        'setTimeout(() => { console.log("{}"); process.exit(0); }, 10000);')
+    out = subprocess.run(["node", "--input-type=module", "-e", script], cwd=JS,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"message": "Invalid namespace"}
+
+
+def test_emit_from_connect_handler_follows_the_connect_reply(port):
+    """The app's connect handler emits `hello`: the client hears the CONNECT
+    reply first (python-socketio sent the event before it), over polling and
+    over WebSocket."""
+    sid = handshake(port)["sid"]
+    packets: list[bytes] = []
+    with Conn(port) as c:
+        assert c.request("POST", poll_target(sid), b'40{"token":"p"}')[0] == 200
+        while len(packets) < 2:
+            status, _, body = c.request("GET", poll_target(sid))
+            assert status == 200, body
+            packets += body.split(b"\x1e")
+    assert packets[0].startswith(b"40{") and packets[1] == b'42["hello",{"token":"p"}]', packets
+
+    ws = ws_open(ws_url(port))
+    try:
+        ws.recv()  # OPEN
+        ws.send('40{"token":"w"}')
+        frames = ws_until(ws, lambda f: f.startswith("42"))
+        assert frames[0].startswith("40{") and frames[1:] == ['42["hello",{"token":"w"}]'], frames
+    finally:
+        ws.close()

@@ -1,0 +1,199 @@
+"""Engine.IO v4 and Socket.IO v5 as specified, where python-engineio 4.15 and
+python-socketio 5.18 answer otherwise.
+
+The rules come from the protocol documents (socket.io's "Engine.IO protocol"
+and "Socket.IO protocol" pages; docs/engine.io-protocol/v4-current.md and
+docs/socket.io-protocol/v5-current.md in socketio/socket.io) and from the test
+suites published beside them, which settle what the prose leaves open. The
+session-level rules (heartbeat, duplicate polls, second WebSockets) live in
+`sessions.ClusterSocket`; the HTTP-level and namespace rules live here.
+
+`adapt()` is applied by `Worker.load()` to the app's servers once the app is
+imported. It swaps each instance's class for a subclass of that same class
+with the rules mixed in (`obj.__class__ = ...`), rather than setting wrapper
+functions on the instance: the library calls these methods on itself
+(`self._ok`, `self._handle_connect`), `isinstance` and an app's own subclass
+keep working (its overrides are reached through `super()`), and nothing new
+sits in the instance's `__dict__` where tools like `sio.instrument()` put
+their own wrappers. Every method overridden below is private to the library
+and was read in the versions named above.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+import engineio
+import socketio
+from socketio import packet as sio_packet
+
+# Engine.IO v4, "Sending data" and the test suite: the answer to a POST.
+POST_ANSWER = b"ok"
+# Socket.IO v5 test suite ("should disallow connection to an unknown namespace").
+INVALID_NAMESPACE = {"message": "Invalid namespace"}
+
+
+class EngineRules:
+    """HTTP-level rules for an engineio.Server (python-engineio 4.15).
+
+    - A request without `transport` gets 400 (python-engineio takes it for
+      polling); an unknown transport already gets 400 there. ("Query
+      parameters": if a mandatory query parameter is missing, the server MUST
+      respond with 400.)
+    - A method other than GET, POST or OPTIONS gets 400, not 405 (the test
+      suite's "fails with an invalid request method").
+    - An accepted POST is answered `ok`, not `OK` ("Sending data").
+    - A request naming a session whose PONG is overdue closes it and gets
+      400; so does one naming a session closed but not yet forgotten
+      (python-engineio answers a POST for one with a KeyError, a 500).
+    """
+
+    def handle_request(self, environ: dict, start_response) -> list[bytes]:
+        why = self._protocol_refusal(environ)
+        if why is not None:
+            # python-engineio 4.15: _bad_request() and _cors_headers() are how
+            # it builds its own 400s.
+            r = self._bad_request(why)
+            start_response(r["status"], r["headers"] + self._cors_headers(environ))
+            return [r["response"]]
+        return super().handle_request(environ, start_response)
+
+    def _protocol_refusal(self, environ: dict) -> str | None:
+        method = environ["REQUEST_METHOD"]
+        if method == "OPTIONS":
+            return None  # a CORS preflight, answered by python-engineio
+        if method not in ("GET", "POST"):
+            return "Invalid request method"
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        if "transport" not in query:
+            return "Invalid transport"
+        sid = query.get("sid", [None])[0]
+        s = self.sockets.get(sid) if sid else None
+        if s is not None:
+            if s.connected and not s.closed:
+                s.check_ping_timeout()  # closes the session if its PONG is late
+            if s.closed:
+                # python-engineio then answers "Invalid session", 400.
+                self.sockets.pop(sid, None)
+        return None
+
+    def _ok(self, packets=None, headers=None, jsonp_index=None) -> dict:
+        # python-engineio 4.15 answers every packet-less 200 (POST, OPTIONS) "OK".
+        r = super()._ok(packets, headers=headers, jsonp_index=jsonp_index)
+        if packets is None:
+            r["response"] = POST_ANSWER
+        return r
+
+
+class _Hold:
+    """Packets for one Engine.IO session, held while a namespace connect is in progress."""
+
+    __slots__ = ("items", "starts")
+
+    def __init__(self):
+        self.items: list[tuple[bool, Any]] = []  # (is a Socket.IO packet, packet)
+        self.starts: dict[str, int] = {}  # namespace -> len(items) when its connect began
+
+
+class SocketRules:
+    """Namespace rules for a socketio.Server (python-socketio 5.18).
+
+    - A CONNECT to a namespace the app does not serve gets CONNECT_ERROR with
+      `{"message": "Invalid namespace"}` (python-socketio: the string
+      "Unable to connect", from which the JS client makes an Error without a
+      message).
+    - What the app sends to a client while its connect handler runs reaches
+      the client after the CONNECT reply. python-socketio runs the handler
+      before it sends CONNECT (it decides between CONNECT and CONNECT_ERROR),
+      so an `emit` from the handler used to arrive first. Packets for the
+      connecting Engine.IO session are held during the handler; the CONNECT
+      goes in front of everything sent since the handler began, and the rest
+      follows in order. A refused connection keeps python-socketio's order
+      (its CONNECT_ERROR comes last). Other namespaces of the same session
+      wait too, for the length of the handler: packets cannot be told apart
+      by namespace once encoded (binary attachments, msgpack).
+    """
+
+    _imcluster_holds: dict[str, _Hold]
+
+    def _serves(self, namespace: str) -> bool:
+        # python-socketio 5.18's own test in Server._handle_connect.
+        return (namespace in self.handlers or namespace in self.namespace_handlers
+                or self.namespaces == "*" or namespace in self.namespaces)
+
+    def _handle_connect(self, eio_sid, namespace, data):
+        namespace = namespace or "/"
+        if not self._serves(namespace):
+            self._send_packet(eio_sid, self.packet_class(
+                sio_packet.CONNECT_ERROR, data=dict(INVALID_NAMESPACE), namespace=namespace))
+            return None
+        holds = self._imcluster_holds
+        hold = holds.get(eio_sid)
+        if hold is None:
+            hold = holds[eio_sid] = _Hold()
+        mine = namespace not in hold.starts  # else a second CONNECT for it, refused upstream
+        if mine:
+            hold.starts[namespace] = len(hold.items)
+        try:
+            return super()._handle_connect(eio_sid, namespace, data)
+        finally:
+            if mine:
+                del hold.starts[namespace]
+            if not hold.starts:
+                self._release(eio_sid, hold)
+
+    def _release(self, eio_sid: str, hold: _Hold) -> None:
+        if self._imcluster_holds.get(eio_sid) is hold:
+            del self._imcluster_holds[eio_sid]
+        # Sending never yields to another greenlet (a queue put, or one
+        # non-blocking write), so nothing sent later can overtake these.
+        for is_sio, pkt in hold.items:
+            if is_sio:
+                super()._send_packet(eio_sid, pkt)
+            else:
+                super()._send_eio_packet(eio_sid, pkt)
+
+    def _send_packet(self, eio_sid, pkt):
+        hold = self._imcluster_holds.get(eio_sid)
+        if hold is None:
+            return super()._send_packet(eio_sid, pkt)
+        start = None
+        if pkt.packet_type == sio_packet.CONNECT:
+            start = hold.starts.get(pkt.namespace or "/")
+        if start is None:
+            hold.items.append((True, pkt))
+            return None
+        hold.items.insert(start, (True, pkt))
+        for ns, i in hold.starts.items():
+            if i > start:
+                hold.starts[ns] = i + 1
+        return None
+
+    def _send_eio_packet(self, eio_sid, eio_pkt):
+        # python-socketio 5.18's Manager.emit sends through this one.
+        hold = self._imcluster_holds.get(eio_sid)
+        if hold is None:
+            return super()._send_eio_packet(eio_sid, eio_pkt)
+        hold.items.append((False, eio_pkt))
+        return None
+
+
+_MIXED: dict[tuple[type, type], type] = {}
+
+
+def _with_rules(cls: type, rules: type) -> type:
+    if issubclass(cls, rules):
+        return cls
+    mixed = _MIXED.get((cls, rules))
+    if mixed is None:
+        mixed = _MIXED[(cls, rules)] = type(cls.__name__, (rules, cls), {"__module__": __name__})
+    return mixed
+
+
+def adapt(eio: engineio.Server, sio: socketio.Server | None = None) -> None:
+    """Make the app's servers follow the protocols as written (see the module doc)."""
+    eio.__class__ = _with_rules(type(eio), EngineRules)
+    if sio is not None:
+        sio._imcluster_holds = {}
+        sio.__class__ = _with_rules(type(sio), SocketRules)
