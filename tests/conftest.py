@@ -58,8 +58,14 @@ class Cluster:
     def __init__(self, tmp: Path, app: str | None = "imcluster.examples.bench:sio",
                  workers: int = 3, redis: str | None = None, args: tuple = (),
                  cwd: Path | None = None, env: dict | None = None):
+        args = list(args)
+        control = None
+        if "--control" in args:  # the cluster's own control path: it must know it
+            i = args.index("--control")
+            control = args[i + 1]
+            del args[i:i + 2]
         self.cluster = testing.Cluster(app, workers, cwd=cwd or tmp, env=env, log_dir=tmp,
-                                       redis=redis, extra_args=args)
+                                       redis=redis, control=control, extra_args=args)
         self.workers = workers
         self.port = self.cluster.port
         self.url = self.cluster.url
