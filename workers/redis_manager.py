@@ -2,7 +2,8 @@
 
 Wire-compatible with python-socketio's RedisManager (JSON messages on the
 `socketio` channel), so an external `socketio.RedisManager(url,
-write_only=True)` can emit to imcluster's clients. It differs in how it
+write_only=True)` can emit to imcluster's clients; acks holding bytes, which
+python-socketio's format cannot carry, are extended as workers/pubsub.py says. It differs in how it
 lives through a Redis outage, which an IM server must: the worker keeps
 serving its own clients (local rooms still deliver), the outage is logged
 once when it starts and once when it ends instead of once per message,
@@ -28,7 +29,8 @@ import time
 import eventlet
 import eventlet.event
 import redis
-import socketio
+
+from imcluster.workers.pubsub import ClusterPubSubManager
 
 log = logging.getLogger("imcluster.worker")
 
@@ -44,7 +46,7 @@ MAX_OUTBOX = 10_000
 MAX_BATCH = 512
 
 
-class ClusterRedisManager(socketio.PubSubManager):
+class ClusterRedisManager(ClusterPubSubManager):
     name = "imcluster-redis"
 
     def __init__(self, url: str, channel: str = "socketio", logger=None):
