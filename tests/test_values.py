@@ -14,6 +14,7 @@ import itertools
 import os
 
 import pytest
+import socketio
 from conftest import ROOT, Cluster, wait_for
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -51,7 +52,8 @@ class Party:
 
 @pytest.fixture(scope="module", params=["relay", "redis"])
 def parties(request, tmp_path_factory):
-    """(S, R_A, R_B) on one cluster per backend, started once for the module."""
+    """(S, R_A, R_B, Redis URL or None) on one cluster per backend, started once
+    for the module."""
     redis = request.getfixturevalue("redis_server") if request.param == "redis" else None
     cluster = Cluster(tmp_path_factory.mktemp("values"), app="values_app:sio", workers=2,
                       redis=redis, cwd=ROOT / "tests" / "apps")
@@ -76,7 +78,7 @@ def parties(request, tmp_path_factory):
                              (r_b, ("both", "far", "far1"))):
             for room in rooms:
                 assert party.call("join", room) is True
-        yield s, r_a, r_b
+        yield s, r_a, r_b, redis
     finally:
         for p in made:
             p.sio.disconnect()
@@ -170,9 +172,25 @@ big_text = "é你🎉" * (LARGE // 4)
 @example(case=("emit", "all"), args=[big_text], skip=True)
 @example(case=("emit", "namespace"), args=[None], skip=True)
 def test_values_across_workers_equal_one_worker(parties, case, args, skip):
-    s, r_a, r_b = parties
+    s, r_a, r_b, _ = parties
     mode, target = case
     if mode == "emit":
         check_emit(s, r_a, r_b, target, args, skip)
     else:
         check_reply(s, r_a, r_b, mode, target, args, skip)
+
+
+def test_external_redis_emitter_reaches_every_worker(parties):
+    """python-socketio's own RedisManager, write-only in another process, emits
+    bytes, several arguments and non-ASCII text to a room on both workers: the
+    wire format stays python-socketio's."""
+    s, r_a, r_b, redis = parties
+    if redis is None:
+        pytest.skip("Redis only: the relay has no external emitters")
+    emitter = socketio.RedisManager(redis, write_only=True)
+    args = [b"\x00\xff", {"nested": [b"x", "ü"]}, None]
+    emitter.emit("external", tuple(args), room="both")
+    key = ("/", "external")
+    wait_for(lambda: all(key in p.heard for p in (s, r_a, r_b)), 10,
+             what="the external emit at every member")
+    assert r_a.heard[key] == r_b.heard[key] == s.heard[key] == [args]
