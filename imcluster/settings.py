@@ -142,6 +142,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis", _optional_str, None,
             "Redis URL for cross-worker and cross-host broadcasts; without it the master "
             "relays broadcasts between its own workers", metavar="URL"),
+    Setting("redis_silence_timeout", _positive_float, 15.0,
+            "seconds a worker's Redis subscription may go without a message or an answer "
+            "to its PING (sent every third of this) before the worker drops the "
+            "connection, reconnects and resubscribes (a NAT or firewall that dropped the "
+            "flow, a frozen Redis)", metavar="SECONDS"),
     Setting("header_timeout", _positive_float, 10.0,
             "seconds a new connection has to send its request line before the master "
             "answers 408 and closes it", metavar="SECONDS"),

@@ -249,7 +249,8 @@ class Master:
         master_end.setblocking(False)
         spec = {
             "app": self.app, "worker_id": wid, "slot": w.slot, "fd": worker_end.fileno(),
-            "redis": self.cfg.redis, "keepalive": self.cfg.keepalive,
+            "redis": self.cfg.redis, "redis_silence_timeout": self.cfg.redis_silence_timeout,
+            "keepalive": self.cfg.keepalive,
             "log_level": self.cfg.log_level, "cwd": os.getcwd(),
             "graceful_timeout": self.cfg.graceful_timeout,
             "cors_origins": self.cfg.cors_origins,

@@ -6,10 +6,38 @@ import collections
 import threading
 import time
 
+import engineio
 import socketio
 
 TRANSPORTS = {"polling": ["polling"], "websocket": ["websocket"],
               "default": ["polling", "websocket"]}
+
+
+class InOrderEngineIOClient(engineio.Client):
+    """python-engineio's client, handing received messages on one at a time, in order.
+
+    python-engineio 4.15's client starts a thread per received message
+    (`Client._receive_packet`, run_async=True). python-socketio's client reads a
+    binary event as a header message and then one message per attachment, joined
+    through shared state, so two threads can take them out of order and the event
+    is lost ("Unexpected binary attachment", python-socketio issue #436). Tests
+    that carry bytes use this: the reader thread runs each handler itself, so
+    handlers must not wait for the server.
+    """
+
+    def _receive_packet(self, pkt):
+        # Reach into python-engineio 4.15's private Client._receive_packet.
+        if pkt.packet_type == engineio.packet.MESSAGE:
+            self._trigger_event("message", pkt.data, run_async=False)
+        else:
+            super()._receive_packet(pkt)
+
+
+class InOrderClient(socketio.Client):
+    """python-socketio's client on InOrderEngineIOClient."""
+
+    def _engineio_client_class(self):
+        return InOrderEngineIOClient
 
 
 class Client:

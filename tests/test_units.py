@@ -236,6 +236,8 @@ def test_precedence_cli_env_file_default(tmp_path):
     ({"workers": "0"}, {}, "--workers='0': must be at least 1"),
     ({}, {"IMCLUSTER_BIND": "nope"}, "IMCLUSTER_BIND='nope': expected HOST:PORT"),
     ({"log_level": "loud"}, {}, "--log-level='loud'"),
+    ({}, {"IMCLUSTER_REDIS_SILENCE_TIMEOUT": "0"},
+     "IMCLUSTER_REDIS_SILENCE_TIMEOUT='0': must be greater than 0"),
 ])
 def test_bad_values_name_their_source(kw, env, msg):
     with pytest.raises(cfgmod.SettingError, match=re.escape(msg)):
@@ -247,6 +249,12 @@ def test_unknown_config_key_is_refused(tmp_path):
     f.write_text("wrokers = 3\n")
     with pytest.raises(cfgmod.SettingError, match="unknown setting"):
         cfgmod.resolve(_args(config=str(f)), {})
+
+
+def test_redis_silence_timeout_defaults_to_15s_and_reads_the_environment():
+    assert cfgmod.resolve(_args(), {}).redis_silence_timeout == 15.0
+    cfg = cfgmod.resolve(_args(), {"IMCLUSTER_REDIS_SILENCE_TIMEOUT": "2.5"})
+    assert cfg.redis_silence_timeout == 2.5
 
 
 def test_default_bind_is_loopback():

@@ -87,7 +87,8 @@ class Worker:
                             type(current).__name__)
             mgr = current
         elif self.spec.get("redis"):
-            mgr = ClusterRedisManager(self.spec["redis"])
+            mgr = ClusterRedisManager(self.spec["redis"],
+                                      silence_timeout=self.spec["redis_silence_timeout"])
         else:
             mgr = self.relay = MasterRelayManager(self.link)
         if mgr is not current:

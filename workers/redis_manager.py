@@ -2,14 +2,24 @@
 
 Wire-compatible with python-socketio's RedisManager (JSON messages on the
 `socketio` channel), so an external `socketio.RedisManager(url,
-write_only=True)` can emit to imcluster's clients. It differs in how it
-lives through a Redis outage, which an IM server must: the worker keeps
-serving its own clients (local rooms still deliver), the outage is logged
-once when it starts and once when it ends instead of once per message,
-publishing does not retry on every emit (a circuit breaker skips Redis until
-the next probe), and the listener resubscribes within a second or two of
-Redis coming back rather than after a backoff that grows to a minute.
-Messages published while Redis is down do not reach other workers.
+write_only=True)` can emit to imcluster's clients; acks holding bytes, which
+python-socketio's format cannot carry, are extended as workers/pubsub.py
+says. It differs in how it lives through a Redis outage, which an IM server
+must: the worker keeps serving its own clients (local rooms still deliver),
+each direction's outage is logged once when it starts and once when it ends
+instead of once per message, publishing does not retry on every emit (a
+circuit breaker skips Redis until the next probe), and the listener
+resubscribes within a second or two of Redis coming back rather than after a
+backoff that grows to a minute. Messages published while Redis is down do
+not reach other workers.
+
+A subscription can also go silent without closing: a NAT or firewall that
+dropped the flow, a frozen Redis. A blocked read would wait for ever, so the
+listener reads with a timeout, sends a PING on the subscription when it has
+heard nothing for a third of `silence_timeout`, and drops the connection,
+reconnects and resubscribes when that PING goes unanswered until
+`silence_timeout` after it last heard anything. The publisher has a read
+timeout and one retry on a fresh connection instead.
 
 Publishing goes through one connection, in order: an emit appends its
 message to an outbox and one publisher greenlet sends what has gathered as a
@@ -28,11 +38,15 @@ import time
 import eventlet
 import eventlet.event
 import redis
-import socketio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from imcluster.workers.pubsub import ClusterPubSubManager
 
 log = logging.getLogger("imcluster.worker")
 
-# How long a publish or a connect may take before Redis counts as down.
+# How long a publish or a connect may take before Redis counts as down (the
+# publisher tries twice, the second time on a fresh connection).
 REDIS_TIMEOUT = 1.0
 # While Redis is down: how often a publish probes it, and the listener's
 # longest wait between resubscribe attempts.
@@ -42,22 +56,36 @@ MAX_LISTEN_BACKOFF = 2.0
 # emits) new ones are dropped and counted, as during an outage.
 MAX_OUTBOX = 10_000
 MAX_BATCH = 512
+DEFAULT_SILENCE_TIMEOUT = 15.0
 
 
-class ClusterRedisManager(socketio.PubSubManager):
+class SubscriptionSilent(Exception):
+    """The subscription answered nothing, not even a PING, for this many seconds."""
+
+
+class ClusterRedisManager(ClusterPubSubManager):
     name = "imcluster-redis"
 
-    def __init__(self, url: str, channel: str = "socketio", logger=None):
+    def __init__(self, url: str, channel: str = "socketio", logger=None,
+                 silence_timeout: float = DEFAULT_SILENCE_TIMEOUT):
+        """`silence_timeout`: seconds (> 0) the subscription may go unheard before
+        it is remade; the listener pings it after a third of that."""
         super().__init__(channel=channel, write_only=False, logger=logger)
         self.url = url
-        # One connection, used only by the publisher greenlet.
+        self.silence_timeout = silence_timeout
+        # One connection, used only by the publisher greenlet. redis-py 8 retries
+        # a failed command 10 times with backoff by default (~20 s on a frozen
+        # Redis); one retry covers a stale pooled connection, then the breaker.
         self.redis = redis.Redis.from_url(
             url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT,
-            health_check_interval=10)
-        # The subscriber blocks in a read, so it gets no read timeout.
+            health_check_interval=10, retry=Retry(NoBackoff(), 1))
+        # The listener's reads carry their own timeout (get_message); the socket
+        # timeout bounds its writes (PING, SUBSCRIBE). No retries inside redis-py:
+        # the listener reconnects, and logs, itself. Its own PING replaces
+        # redis-py's health check.
         self.sub_redis = redis.Redis.from_url(
-            url, socket_connect_timeout=REDIS_TIMEOUT, socket_keepalive=True,
-            health_check_interval=10)
+            url, socket_timeout=silence_timeout, socket_connect_timeout=REDIS_TIMEOUT,
+            socket_keepalive=True, health_check_interval=0, retry=Retry(NoBackoff(), 0))
         self.publishing = True  # False while the breaker is open
         self.next_probe = 0.0
         self.listening = False
@@ -107,36 +135,70 @@ class ClusterRedisManager(socketio.PubSubManager):
             self.next_probe = time.monotonic() + PROBE_INTERVAL
             if self.publishing:
                 self.publishing = False
-                log.error("redis unreachable (%s): broadcasts reach only this worker's "
-                          "clients until it is back", e)
+                log.error("redis unreachable for publishing (%s): this worker's broadcasts "
+                          "reach only its own clients until it is back", e)
             return
         if not self.publishing:
             self.publishing = True
-            log.warning("redis reachable again: cross-worker broadcasts resumed "
-                        "(%d messages could not be sent meanwhile)", self.dropped)
+            log.warning("redis publishing resumed: this worker's broadcasts reach the "
+                        "other workers again (%d messages could not be sent meanwhile)",
+                        self.dropped)
             self.dropped = 0
 
     def _listen(self):
+        """Yield each message published on the channel, for ever: through Redis
+        going away (reconnect with backoff) and through a silent connection
+        (reconnect after `silence_timeout`). Each is logged when it starts and
+        once more when the subscription is confirmed again."""
         backoff = 0.25
-        down_since = None
+        down_since = None  # when messages from other workers stopped arriving
+        ping_every = self.silence_timeout / 3
         while True:
-            pubsub = self.sub_redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.sub_redis.pubsub()
+            heard = time.monotonic()  # anything read on this connection, or its start
             try:
                 pubsub.subscribe(self.channel)
-                self.listening = True
-                if down_since is not None:
-                    log.warning("redis subscription restored after %.1fs",
-                                time.monotonic() - down_since)
-                    down_since = None
-                backoff = 0.25
-                for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        yield message["data"]
+                pinged = None  # when the unanswered PING went out
+                while True:
+                    message = pubsub.get_message(timeout=ping_every / 2)
+                    now = time.monotonic()
+                    if message is not None:
+                        heard, pinged = now, None
+                        kind = message["type"]
+                        if kind == "message":
+                            yield message["data"]
+                            # Time spent in the consumer is not silence.
+                            heard = time.monotonic()
+                        elif kind == "subscribe":
+                            self.listening = True
+                            backoff = 0.25
+                            if down_since is not None:
+                                log.warning("redis subscription restored after %.1fs: "
+                                            "broadcasts from the other workers reach this "
+                                            "worker's clients again", now - down_since)
+                                down_since = None
+                        continue
+                    if now - heard >= self.silence_timeout:
+                        raise SubscriptionSilent(now - heard)
+                    # One PING per quiet spell: a live Redis answers it long
+                    # before the deadline, which counts from the last thing heard.
+                    if pinged is None and now - heard >= ping_every:
+                        pubsub.ping()
+                        pinged = now
+            except SubscriptionSilent as e:
+                self.listening = False
+                if down_since is None:
+                    down_since = heard
+                    log.error("redis subscription silent for %.1fs (no message, no answer to "
+                              "PING): reconnecting; broadcasts from the other workers do not "
+                              "reach this worker's clients meanwhile", e.args[0])
             except redis.RedisError as e:
                 self.listening = False
                 if down_since is None:
                     down_since = time.monotonic()
-                    log.error("redis subscription lost (%s); retrying", e)
+                    log.error("redis subscription lost (%s): reconnecting; broadcasts from "
+                              "the other workers do not reach this worker's clients "
+                              "meanwhile", e)
             finally:
                 try:
                     pubsub.close()

@@ -1,19 +1,20 @@
 """Cross-worker broadcasts relayed by the master: no Redis needed on one host.
 
-A python-socketio PubSubManager whose pub/sub backend is the worker's channel:
-_publish sends the message to the master, which passes it to every other
-worker; _listen yields what the master passes to this one.
+A python-socketio PubSubManager (ClusterPubSubManager: acks carry bytes)
+whose pub/sub backend is the worker's channel: _publish sends the message to
+the master, which passes it to every other worker; _listen yields what the
+master passes to this one.
 """
 
 from __future__ import annotations
 
 import eventlet.queue
-import socketio
 
 from imcluster import channel as ch
+from imcluster.workers.pubsub import ClusterPubSubManager
 
 
-class MasterRelayManager(socketio.PubSubManager):
+class MasterRelayManager(ClusterPubSubManager):
     name = "imcluster-relay"
 
     def __init__(self, link, channel: str = "socketio", logger=None):
