@@ -16,6 +16,7 @@ import socket
 from collections.abc import Iterator
 
 # master -> worker
+SPEC = b"C"  # JSON: what the worker serves and how (Redis URL included); always the first message
 HANDOFF = b"H"  # one client fd; the worker serves its first request whatever it names
 RELAY = b"P"  # a pub/sub message published by another worker
 STOP = b"S"  # drain and exit

@@ -9,6 +9,7 @@ import sys
 
 from imcluster import __version__, settings
 from imcluster.control import Control, ControlError, ReloadTimeout
+from imcluster.redact import redact, setup_logging
 
 # LSB status codes, as supervisorctl uses them.
 STATUS_RUNNING = 0
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = settings.resolve(args)
     except settings.SettingError as e:
-        print(f"imcluster: {e}", file=sys.stderr)
+        print(f"imcluster: {redact(str(e))}", file=sys.stderr)
         return 2
     if args.command == "run":
         return _run(args, cfg)
@@ -78,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, cfg: settings.Config) -> int:
-    logging.basicConfig(
-        level=cfg.log_level, stream=sys.stderr,
-        format="%(asctime)s [master pid %(process)d] %(levelname)s %(message)s")
+    setup_logging(cfg.log_level, "%(asctime)s [master pid %(process)d] %(levelname)s %(message)s")
+    if cfg.redis and redact(cfg.redis) != cfg.redis and cfg.sources["redis"] == "--redis":
+        logging.getLogger("imcluster.master").warning(
+            "the Redis password is on the command line, where every user of this host can "
+            "read it (ps); give it in IMCLUSTER_REDIS or the config file instead")
     from imcluster.master.loop import Master  # not needed by the other verbs
 
     return Master(cfg, args.app).run()
@@ -111,8 +114,9 @@ def _status(ctl: Control, as_json: bool) -> int:
         print(json.dumps(st, indent=2))
         return code
     m = st["master"]
+    broadcasts = m["broadcast"] + (f" {m['redis']}" if m.get("redis") else "")
     print(f"master  pid {m['pid']}  up {_dur(m['uptime'])}  fds {m['fds']}  "
-          f"bind {m['bind']}  broadcasts {m['broadcast']}  pending {m['pending']}"
+          f"bind {m['bind']}  broadcasts {broadcasts}  pending {m['pending']}"
           + ("  STOPPING" if m["stopping"] else ""))
     cols = ("slot", "pid", "state", "uptime", "restarts", "cpu", "rss", "conns", "sessions")
     rows = [cols]

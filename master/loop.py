@@ -28,6 +28,7 @@ from imcluster.master.lifecycle import APP_LOAD_ERROR, State, Worker
 from imcluster.master.metrics import MetricsServer
 from imcluster.master.rolling import Reload, replacement_failed
 from imcluster.master.router import Router
+from imcluster.redact import redact_url
 from imcluster.settings import Config
 
 log = logging.getLogger("imcluster.master")
@@ -94,7 +95,7 @@ class Master:
             self.spawn(w)
         log.info("listening on http://%s:%d with %d workers (%s), control socket %s",
                  *self.cfg.bind, self.cfg.workers,
-                 "redis " + self.cfg.redis if self.cfg.redis else "master relay",
+                 "redis " + redact_url(self.cfg.redis) if self.cfg.redis else "master relay",
                  self.cfg.control)
         try:
             next_tick = 0.0
@@ -248,7 +249,7 @@ class Master:
         master_end, worker_end = ch.socketpair()
         master_end.setblocking(False)
         spec = {
-            "app": self.app, "worker_id": wid, "slot": w.slot, "fd": worker_end.fileno(),
+            "app": self.app, "worker_id": wid, "slot": w.slot,
             "redis": self.cfg.redis, "redis_silence_timeout": self.cfg.redis_silence_timeout,
             "keepalive": self.cfg.keepalive,
             "log_level": self.cfg.log_level, "cwd": os.getcwd(),
@@ -256,8 +257,13 @@ class Master:
             "cors_origins": self.cfg.cors_origins,
             "ws_compression": self.cfg.ws_compression,
         }
-        os.set_inheritable(worker_end.fileno(), True)
-        argv = [sys.executable, "-m", "imcluster.workers", json.dumps(spec)]
+        fd = worker_end.fileno()
+        os.set_inheritable(fd, True)
+        # Every user of the host can read a command line (ps): it names the
+        # worker and nothing else. The spec, Redis password and all, is the
+        # first message on the channel.
+        argv = [sys.executable, "-m", "imcluster.workers", "--channel-fd", str(fd),
+                "--slot", str(w.slot), "--worker-id", str(wid)]
         try:
             pid = os.posix_spawn(sys.executable, argv, os.environ,
                                  setsigdef=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
@@ -281,6 +287,9 @@ class Master:
         self.by_id[wid] = w
         self.by_pid[pid] = w
         self.selector.register(master_end, selectors.EVENT_READ, self._channel_handler(w))
+        # First on the new channel (the queue of a dead predecessor was emptied
+        # when its channel closed): the worker reads nothing else before it.
+        self._send(w, ch.SPEC, ch.encode_json(spec))
         log.info("slot %d: spawned worker %d, pid %d", w.slot, wid, pid)
 
     def _new_worker_id(self) -> int:
@@ -722,6 +731,7 @@ class Master:
                 "fds": _count_fds(), "bind": "{}:{}".format(*self.cfg.bind),
                 "pending": len(self.router), "queued": self.queued_socks,
                 "stopping": self.stopping, "broadcast": "redis" if self.cfg.redis else "relay",
+                "redis": redact_url(self.cfg.redis),
                 "counters": {**self.counters, **self.router.counters},
             },
             "reload": self.reloading.describe() if self.reloading else None,

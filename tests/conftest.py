@@ -138,33 +138,60 @@ def cluster_factory(tmp_path):
     assert not outlived, f"worker(s) {outlived} outlived their master (killed)"
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    """A private redis-server on a free port (the machine's 6379 if none is installed)."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        yield "redis://127.0.0.1:6379/0"
-        return
-    port = free_port()
-    d = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(d)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+class RedisProcess:
+    """A private redis-server on a loopback port, started and killed by pid.
 
-    def up():
+    `config` lines go into a config file it reads (so a `requirepass` never
+    shows on its command line); it can be killed and started again on the
+    same port and folder.
+    """
+
+    def __init__(self, d: Path, config: tuple[str, ...] = ()):
+        self.port, self.dir = free_port(), d
+        self.conf = d / "redis.conf"
+        self.conf.write_text("".join(line + "\n" for line in (
+            f"port {self.port}", "bind 127.0.0.1", 'save ""', "appendonly no",
+            f"dir {d}", *config)))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([shutil.which("redis-server"), str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._up, 10, what="redis-server")
+
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"redis-server exited {self.proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), 0.5) as s:
+            with socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                # -NOAUTH: up, and asking for the password it was given
+                return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A private redis-server on a free port (the machine's 6379 if none is installed)."""
+    if shutil.which("redis-server") is None:
+        yield "redis://127.0.0.1:6379/0"
+        return
+    r = RedisProcess(tmp_path_factory.mktemp("redis"))
+    r.start()
     try:
-        wait_for(up, 10, what="redis-server")
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{r.port}/0"
     finally:
-        proc.terminate()
-        proc.wait(10)
+        r.stop()
 
 
 def node_script(script: Path, url: str, timeout: float = 120, **opts) -> dict:

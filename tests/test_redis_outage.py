@@ -3,50 +3,22 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 
 import psutil
 import pytest
-from conftest import free_port, wait_for
+from conftest import RedisProcess, wait_for
 from pyclients import Client
-
-
-class RedisProcess:
-    def __init__(self, port: int, d):
-        self.port, self.dir = port, d
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._up, 10, what="redis-server")
-
-    def _up(self):
-        import socket
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait(10)
 
 
 @pytest.fixture
 def redis_proc(tmp_path):
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed")
-    r = RedisProcess(free_port(), tmp_path)
+    r = RedisProcess(tmp_path)
     r.start()
     yield r
-    if r.proc and r.proc.poll() is None:
-        r.kill()
+    r.stop()
 
 
 def test_redis_outage_keeps_local_service_and_recovers(cluster_factory, redis_proc):

@@ -1,4 +1,5 @@
-"""Worker entry point: `python -m imcluster.workers SPEC_JSON` (spawned by the master)."""
+"""Worker entry point, spawned by the master:
+`python -m imcluster.workers --channel-fd N --slot S --worker-id W` (see start)."""
 
 import warnings
 
@@ -11,6 +12,6 @@ eventlet.monkey_patch()
 
 import sys  # noqa: E402
 
-from imcluster.workers.main import main  # noqa: E402
+from imcluster.workers.start import main  # noqa: E402
 
 sys.exit(main(sys.argv[1:]))

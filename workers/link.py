@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 from collections.abc import Callable
 
@@ -53,8 +54,32 @@ class Link:
                 self.closed = True
         return False
 
+    def receive_first(self, kind: bytes) -> bytes | None:
+        """Wait for the first message on the channel and return its payload.
+
+        None if the channel closes first, or if the first message is not of
+        `kind` (the master sends the spec before anything else).
+        """
+        joiner = ch.Joiner()
+        while (frame := self._next_frame()) is not None:
+            got, flags, payload, fds = frame
+            for fd in fds:  # no frame before the spec carries one
+                os.close(fd)
+            if got != kind:
+                log.error("channel: expected %r first, got %r", kind, got)
+                return None
+            whole = joiner.feed(got, flags, payload)
+            if whole is not None:
+                return whole
+        return None
+
     def receive_forever(self, on_frame: Callable[[bytes, int, bytes, list[int]], None]) -> None:
         """Deliver frames to `on_frame` until the master closes the channel."""
+        while (frame := self._next_frame()) is not None:
+            on_frame(*frame)
+
+    def _next_frame(self) -> tuple[bytes, int, bytes, list[int]] | None:
+        """The next frame, waiting (green) for it; None once the channel is closed."""
         while not self.closed:
             try:
                 frame = ch.recv_frame(self.sock)
@@ -69,5 +94,6 @@ class Link:
                 frame = None
             if frame is None:
                 break
-            on_frame(*frame)
+            return frame
         self.closed = True
+        return None

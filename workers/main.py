@@ -1,14 +1,14 @@
 """One worker process: import the app, then serve the fds the master sends.
 
-Runs after eventlet.monkey_patch() (see __main__). The app is imported here,
-after the fork, never in the master: pub/sub managers draw their host id when
-constructed, and workers sharing one would drop each other's broadcasts.
+Runs after eventlet.monkey_patch() (see __main__) and the start-up checks
+(see start). The app is imported here, after the fork, never in the master:
+pub/sub managers draw their host id when constructed, and workers sharing one
+would drop each other's broadcasts.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import resource
@@ -46,11 +46,11 @@ MAX_CONNECTIONS = 100_000
 
 
 class Worker:
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, link: Link):
         self.spec = spec
         self.worker_id = int(spec["worker_id"])
         self.slot = int(spec["slot"])
-        self.link = Link(int(spec["fd"]))
+        self.link = link
         self.connections = 0
         self.handoffs = 0
         self.stopping = False
@@ -243,15 +243,6 @@ def _print_user_traceback(e: BaseException) -> None:
         print("".join(traceback.format_list(frames)), end="", file=sys.stderr)
 
 
-def _setup_logging(level: str, slot: int) -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr,
-        format=f"%(asctime)s [worker {slot} pid %(process)d] %(levelname)s %(message)s")
-    # python-socketio logs every emit at INFO when given a logger; keep ours quiet.
-    logging.getLogger("socketio").setLevel(logging.WARNING)
-    logging.getLogger("engineio").setLevel(logging.WARNING)
-
-
 def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -261,19 +252,12 @@ def _raise_fd_limit() -> None:
             pass
 
 
-def main(argv: list[str]) -> int:
-    spec = json.loads(argv[0])
+def run(spec: dict, link: Link) -> int:
+    """Load the app described by `spec` and serve until stopped; the exit code."""
     speedups.install()
     sessions.install()
-    _setup_logging(spec.get("log_level", "INFO"), spec["slot"])
-    # The master decides when we stop: Ctrl-C in a terminal reaches the whole
-    # process group, and the master's graceful stop must not be pre-empted.
-    # Likewise a terminal hangup, and TTIN/TTOU sent to the group (they are
-    # the master's scale signals; their default would stop a worker).
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-        signal.signal(sig, signal.SIG_IGN)
     _raise_fd_limit()
-    w = Worker(spec)
+    w = Worker(spec, link)
     signal.signal(signal.SIGTERM, lambda *_: w.stop("SIGTERM"))
     try:
         w.load()
