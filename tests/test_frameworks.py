@@ -1,0 +1,190 @@
+"""Apps as people write them: Flask-SocketIO, a Flask app factory, a ProxyFix-wrapped
+app, Django with python-socketio, served by name as a user would give it.
+
+Real clusters of 3 workers, through the relay and Redis, driven by python-socketio
+clients on polling, WebSocket and the default (polling then upgrade). The apps are
+in tests/apps; Flask, Flask-SocketIO and Django are test dependencies only.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+import requests
+from conftest import ROOT, wait_for
+from pyclients import Client
+
+from imcluster.workers import app as appmod
+
+APPS = ROOT / "tests" / "apps"
+TRANSPORTS = ("polling", "websocket", "default")
+
+
+# ---- the walker, in process ------------------------------------------------------
+
+@pytest.fixture
+def apps_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(APPS))
+    yield
+    for name in [m for m in sys.modules if m.split(".")[0] in (
+            "flask_sio_app", "flask_factory", "proxyfix_app", "threading_app",
+            "django_project", "plain_flask")]:
+        del sys.modules[name]
+
+
+@pytest.mark.parametrize("attr, expected", [
+    ("app", (["app"], None, {})),
+    ("socketio.server", (["socketio", "server"], None, {})),
+    ("create_app()", (["create_app"], (), {})),
+    ("factories.make('x', 2, debug=True, opts={'a': [1]})",
+     (["factories", "make"], ("x", 2), {"debug": True, "opts": {"a": [1]}})),
+])
+def test_attr_names_and_factory_calls_parse(attr, expected):
+    assert appmod.parse_attr(attr) == expected
+
+
+@pytest.mark.parametrize("attr", [
+    "create_app(__import__('os').system('true'))",  # arguments are never evaluated as code
+    "create_app(x)", "create_app(**opts)", "app[0]", "1 + 2", "app(", "",
+])
+def test_anything_but_names_and_literal_calls_is_refused(attr):
+    with pytest.raises(appmod.AppError):
+        appmod.parse_attr(attr)
+
+
+@pytest.mark.parametrize("spec, served", [
+    ("flask_sio_app:app", "Flask"),
+    ("flask_sio_app:socketio", "Flask"),          # the SocketIO object: its Flask app
+    ("flask_sio_app:socketio.server", "Flask"),   # Flask-SocketIO's server: its Flask app
+    ("flask_factory:create_app('hi', debug=True)", "Flask"),
+    ("proxyfix_app:app", "Flask"),
+    ("django_project.wsgi:application", "WSGIApp"),
+])
+def test_walker_finds_the_server_and_serves_the_outermost_callable(apps_on_path, spec, served):
+    app = appmod.load(spec, str(APPS))
+    assert type(app.wsgi).__name__ == served
+    assert app.sio is not None and app.eio is app.sio.eio
+
+
+def test_walker_is_cycle_safe_and_bounded():
+    import socketio
+
+    class Middleware:
+        def __init__(self, app):
+            self.app = app
+
+        def __call__(self, environ, start_response):
+            return self.app(environ, start_response)
+
+    sio = socketio.Server(async_mode="eventlet")
+    loop = Middleware(None)
+    loop.app = loop  # a chain that points back at itself
+    outer = Middleware(Middleware(loop))
+    with pytest.raises(appmod.AppError, match="no socketio.Server"):
+        appmod.find(outer, "m:outer")
+    chain = socketio.WSGIApp(sio)
+    for _ in range(appmod.MAX_DEPTH - 1):
+        chain = Middleware(chain)
+    assert appmod.find(chain, "m:chain").wsgi is chain  # deep, still found, outermost served
+    with pytest.raises(appmod.AppError, match="no socketio.Server"):
+        appmod.find(Middleware(Middleware(chain)), "m:deeper")  # past MAX_DEPTH
+
+
+# ---- real clusters ---------------------------------------------------------------
+
+def _converse(url: str, room: str = "members", per_transport: int = 3,
+              headers: dict | None = None) -> dict:
+    """Members of `room` on every transport plus outsiders in another room; one `say`.
+
+    Returns how many members heard it (and how many twice), whether any
+    outsider heard it, and which worker pids served the clients.
+    """
+    members: list[Client] = []
+    outsiders: list[Client] = []
+    try:
+        for transport in TRANSPORTS:
+            for _ in range(per_transport):
+                c = Client(url, transport)
+                members.append(c)
+                assert c.join(room) is True
+            o = Client(url, transport)
+            outsiders.append(o)
+            assert o.join(room + "-not") is True
+        pids = {c.whoami() for c in members + outsiders}
+        text = f"hello-{time.monotonic()}"
+        members[0].sio.emit("say", {"room": room, "text": text, "ts": time.time()})
+        heard = lambda c: sum(m.get("text") == text for m in c.said)  # noqa: E731
+        wait_for(lambda: all(heard(c) for c in members), 15, what="every member heard it")
+        # Whatever else was coming has had time to arrive: a later probe message
+        # from the same sender reaches everyone after the first (message order).
+        probe = text + "-after"
+        members[0].sio.emit("say", {"room": room, "text": probe, "ts": time.time()})
+        wait_for(lambda: all(any(m.get("text") == probe for m in c.said) for c in members),
+                 15, what="the probe")
+        return {"members": len(members), "heard": sum(heard(c) == 1 for c in members),
+                "twice": sum(heard(c) > 1 for c in members),
+                "outsiders_heard": sum(heard(o) for o in outsiders), "pids": pids}
+    finally:
+        for c in members + outsiders:
+            c.close()
+
+
+# Each style once; the backends alternate so both are covered without running
+# every style twice (the relay and Redis paths are the same for every app).
+STYLES = [
+    pytest.param("flask_sio_app:app", None, "chat served by pid", id="flask-socketio-app"),
+    pytest.param("flask_sio_app:socketio", "redis", "chat served by pid",
+                 id="flask-socketio-object-redis"),
+    pytest.param("flask_factory:create_app('hi', debug=True)", "redis", "hi from pid",
+                 id="flask-factory-redis"),
+    pytest.param("proxyfix_app:app", None, "behind a proxy", id="proxyfix"),
+    pytest.param("django_project.wsgi:application", "redis", "django page",
+                 id="django-redis"),
+]
+
+
+@pytest.mark.parametrize("spec, backend, page", STYLES)
+def test_each_style_serves_its_page_and_rooms_across_workers(cluster_factory, request,
+                                                             spec, backend, page):
+    redis = request.getfixturevalue("redis_server") if backend else None
+    c = cluster_factory(app=spec, workers=3, redis=redis, cwd=APPS)
+    ready = c.wait_ready()
+    r = requests.get(c.url + "/", timeout=10)
+    assert r.status_code == 200 and page in r.text, r.text[:200]
+    got = _converse(c.url)
+    assert got["pids"] == {w["pid"] for w in ready}, got  # clients on all 3 workers
+    assert got["heard"] == got["members"] and got["twice"] == 0, got
+    assert got["outsiders_heard"] == 0, got
+    assert "Traceback" not in c.log(), c.log()
+
+
+def test_requests_enter_through_the_outermost_middleware(cluster_factory, relay_or_redis):
+    """ProxyFix wraps Flask-SocketIO's middleware: every Socket.IO request goes
+    through both, so handlers see the forwarded address and Flask's app."""
+    c = cluster_factory(app="proxyfix_app:app", workers=3, redis=relay_or_redis, cwd=APPS)
+    c.wait_ready()
+    clients = []
+    try:
+        for i, transport in enumerate(TRANSPORTS):
+            cl = Client(c.url, transport, headers={"X-Forwarded-For": f"203.0.113.{i}"})
+            clients.append(cl)
+            assert cl.call("whereami") == {"remote_addr": f"203.0.113.{i}", "flask_app": True}
+    finally:
+        for cl in clients:
+            cl.close()
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("threading_app:app", "uses async_mode='threading'; imcluster workers run eventlet"),
+    ("flask_sio_app:index", "is a function with no socketio.Server in it"),
+    ("django_project.wsgi:django_app", "is a django.WSGIHandler with no socketio.Server"),
+])
+def test_an_app_that_cannot_be_served_stops_the_master_with_one_line(cluster_factory, spec,
+                                                                     says):
+    c = cluster_factory(app=spec, workers=1, cwd=APPS)
+    assert c.proc.wait(30) == 3, c.log()
+    log = c.log()
+    assert says in log, log
+    assert "Traceback" not in log, log
