@@ -247,7 +247,9 @@ class Master:
         os.set_inheritable(worker_end.fileno(), True)
         argv = [sys.executable, "-m", "imcluster.workers", json.dumps(spec)]
         try:
-            pid = os.posix_spawn(sys.executable, argv, os.environ,
+            # Like pm2's NODE_APP_INSTANCE: an app can run a task in one slot only.
+            env = {**os.environ, "IMCLUSTER_SLOT": str(w.slot), "IMCLUSTER_WORKER_ID": str(wid)}
+            pid = os.posix_spawn(sys.executable, argv, env,
                                  setsigdef=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                                             signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU))
         except OSError as e:

@@ -8,6 +8,8 @@ in tests/apps; Flask, Flask-SocketIO and Django are test dependencies only.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 
@@ -188,3 +190,66 @@ def test_an_app_that_cannot_be_served_stops_the_master_with_one_line(cluster_fac
     log = c.log()
     assert says in log, log
     assert "Traceback" not in log, log
+
+
+# ---- once per cluster: IMCLUSTER_SLOT and IMCLUSTER_WORKER_ID ------------------------
+
+def _worker_env(pid: int) -> dict:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv]
+    return {k.decode(): v.decode() for k, v in pairs if k.startswith(b"IMCLUSTER_")}
+
+
+def test_every_worker_knows_its_slot_and_id_and_a_replacement_keeps_the_slot(cluster_factory):
+    c = cluster_factory(app="ticker_app:app", workers=3, cwd=APPS)
+    ready = c.wait_ready()
+    envs = {w["slot"]: _worker_env(w["pid"]) for w in ready}
+    assert {s: e["IMCLUSTER_SLOT"] for s, e in envs.items()} == {0: "0", 1: "1", 2: "2"}
+    ids = {e["IMCLUSTER_WORKER_ID"] for e in envs.values()}
+    assert len(ids) == 3 and all(i.isdigit() for i in ids), envs
+    # A client asks its worker: the app reads the same values.
+    cl = Client(c.url, "websocket")
+    try:
+        here = cl.call("where")
+    finally:
+        cl.close()
+    slot = next(w["slot"] for w in ready if w["pid"] == here["pid"])
+    assert here["slot"] == str(slot) and here["worker_id"] == envs[slot]["IMCLUSTER_WORKER_ID"]
+    # Slot 1's worker dies: its replacement has slot 1 and a new worker id.
+    old = next(w for w in ready if w["slot"] == 1)
+    os.kill(old["pid"], signal.SIGKILL)
+    new = wait_for(lambda: next((w for w in c.ready_workers()
+                                 if w["slot"] == 1 and w["pid"] != old["pid"]), None),
+                   30, what="slot 1 replaced")
+    env = _worker_env(new["pid"])
+    assert env["IMCLUSTER_SLOT"] == "1", env
+    assert env["IMCLUSTER_WORKER_ID"] not in ids, env
+
+
+def test_a_task_started_in_slot_0_only_ticks_once_for_every_client(cluster_factory,
+                                                                  relay_or_redis):
+    c = cluster_factory(app="ticker_app:app", workers=3, redis=relay_or_redis, cwd=APPS)
+    ready = c.wait_ready()
+    clients: list[Client] = []
+    try:
+        for transport in TRANSPORTS:
+            for _ in range(2):
+                cl = Client(c.url, transport)
+                cl.ticks = []
+                cl.sio.on("tick", cl.ticks.append)
+                clients.append(cl)
+        assert {cl.whoami() for cl in clients} == {w["pid"] for w in ready}
+        # Count from a tick every client heard, so a slow connect is no gap.
+        wait_for(lambda: all(len(cl.ticks) >= 3 for cl in clients), 20, what="ticks")
+        start = max(cl.ticks[0]["n"] for cl in clients)
+        wait_for(lambda: all(cl.ticks[-1]["n"] >= start + 5 for cl in clients), 20,
+                 what="5 more ticks")
+        tickers = {t["pid"] for cl in clients for t in cl.ticks}
+        slot0 = next(w["pid"] for w in ready if w["slot"] == 0)
+        assert tickers == {slot0}
+        for cl in clients:
+            ns = [t["n"] for t in cl.ticks if start <= t["n"] <= start + 5]
+            assert ns == list(range(start, start + 6)), (cl.sio.transport(), ns)
+    finally:
+        for cl in clients:
+            cl.close()
