@@ -253,3 +253,25 @@ def test_a_task_started_in_slot_0_only_ticks_once_for_every_client(cluster_facto
     finally:
         for cl in clients:
             cl.close()
+
+
+# ---- logging -----------------------------------------------------------------------
+
+def test_logger_true_prints_each_line_once_with_the_worker_prefix(cluster_factory):
+    c = cluster_factory(app="logger_app:app", workers=3, cwd=APPS)
+    c.wait_ready()
+    token = f"tok{time.monotonic_ns()}"
+    cl = Client(c.url, "websocket")
+    try:
+        assert cl.call("echo", token) == token
+    finally:
+        cl.close()
+    lines = lambda: [ln for ln in c.log().splitlines() if token in ln]  # noqa: E731
+    # engineio's logger: the event received, and the ack sent.
+    wait_for(lambda: len(lines()) >= 2, 10, what="engineio's log lines")
+    got = lines()
+    assert len(got) == 2, got
+    assert all("[worker " in ln for ln in got), got
+    # socketio's logger: the event, once (no token in it: one client, one call).
+    said = [ln for ln in c.log().splitlines() if 'received event "echo"' in ln]
+    assert len(said) == 1 and "[worker " in said[0], said

@@ -74,6 +74,7 @@ class Worker:
             self._install_manager(app.sio)
         if not self.spec.get("ws_compression"):
             app.wsgi = _without_ws_compression(app.wsgi)
+        _one_handler_per_line()
         self.app = app
 
     def _install_manager(self, sio: socketio.Server) -> None:
@@ -247,6 +248,23 @@ def _setup_logging(level: str, slot: int) -> None:
     # python-socketio logs every emit at INFO when given a logger; keep ours quiet.
     logging.getLogger("socketio").setLevel(logging.WARNING)
     logging.getLogger("engineio").setLevel(logging.WARNING)
+
+
+def _one_handler_per_line() -> None:
+    """Drop the bare StreamHandler python-socketio/engineio add to their loggers.
+
+    A Server built with logger=True (or False, for errors) adds
+    `logging.StreamHandler()` to 'socketio.server' / 'engineio.server' when
+    that logger has no level yet (python-socketio 5.x base_server.py,
+    python-engineio 4.x base_server.py). Its records also reach our root
+    handler, so every line was printed twice, once without the worker's
+    prefix. Without it each line is printed once, by ours.
+    """
+    for name in ("socketio.server", "engineio.server", "socketio.client", "engineio.client"):
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            if type(h) is logging.StreamHandler and h.formatter is None:
+                logger.removeHandler(h)
 
 
 def _raise_fd_limit() -> None:
