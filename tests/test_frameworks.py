@@ -275,3 +275,63 @@ def test_logger_true_prints_each_line_once_with_the_worker_prefix(cluster_factor
     # socketio's logger: the event, once (no token in it: one client, one call).
     said = [ln for ln in c.log().splitlines() if 'received event "echo"' in ln]
     assert len(said) == 1 and "[worker " in said[0], said
+
+
+# ---- sio.instrument(): the Admin UI's server side ----------------------------------
+
+ADMIN_AUTH = {"username": "admin", "password": "test only"}
+
+
+class Admin:
+    """What the Admin UI does on the wire: connect to /admin with auth and listen."""
+
+    def __init__(self, url: str, auth: dict):
+        import socketio
+
+        self.heard: list[tuple[str, tuple]] = []
+        self.sio = socketio.Client(reconnection=False, request_timeout=10)
+        for ev in ("config", "all_sockets", "server_stats", "socket_connected",
+                   "room_joined", "socket_disconnected"):
+            self.sio.on(ev, lambda *a, ev=ev: self.heard.append((ev, a)), namespace="/admin")
+        self.sio.connect(url, namespaces=["/admin"], transports=["websocket"], auth=auth,
+                         wait_timeout=10)
+
+    def of(self, kind: str) -> list[tuple]:
+        return [a for k, a in self.heard if k == kind]
+
+
+def test_an_instrumented_app_serves_and_reports_every_worker(cluster_factory, relay_or_redis):
+    import socketio
+
+    c = cluster_factory(app="instrumented_app:sio", workers=3, redis=relay_or_redis, cwd=APPS)
+    ready = c.wait_ready()
+    pids = {w["pid"] for w in ready}
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        Admin(c.url, {"username": "admin", "password": "wrong"})
+    admin = Admin(c.url, ADMIN_AUTH)
+    clients: list[Client] = []
+    try:
+        for transport in TRANSPORTS:
+            for _ in range(2):
+                cl = Client(c.url, transport)
+                clients.append(cl)
+                assert cl.join("watched") is True
+        assert {cl.whoami() for cl in clients} == pids  # on every worker
+        # Each worker reports as its own server: its pid and a server id of its own.
+        stats = lambda: {(s[0]["pid"], s[0]["serverId"])  # noqa: E731
+                         for s in admin.of("server_stats")}
+        wait_for(lambda: {p for p, _ in stats()} == pids, 15, what="stats of every worker")
+        assert len({sid for _, sid in stats()}) == 3, stats()
+        # The admin hears every worker's connections and room joins.
+        sids = {cl.sio.get_sid("/") for cl in clients}
+        wait_for(lambda: sids <= {a[0]["id"] for a in admin.of("socket_connected")}, 15,
+                 what="socket_connected for every client")
+        wait_for(lambda: sids <= {a[2] for a in admin.of("room_joined") if a[1] == "watched"},
+                 15, what="room_joined for every client")
+        assert ("config" in {k for k, _ in admin.heard})
+    finally:
+        for cl in clients:
+            cl.close()
+        admin.sio.disconnect()
+    log = c.log()
+    assert "Traceback" not in log and "_timestamps" not in log, log
