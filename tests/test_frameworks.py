@@ -32,7 +32,7 @@ def apps_on_path(monkeypatch):
     yield
     for name in [m for m in sys.modules if m.split(".")[0] in (
             "flask_sio_app", "flask_factory", "proxyfix_app", "threading_app",
-            "django_project", "plain_flask")]:
+            "django_project", "flask_wsgiapp")]:
         del sys.modules[name]
 
 
@@ -62,6 +62,7 @@ def test_anything_but_names_and_literal_calls_is_refused(attr):
     ("flask_sio_app:socketio.server", "Flask"),   # Flask-SocketIO's server: its Flask app
     ("flask_factory:create_app('hi', debug=True)", "Flask"),
     ("proxyfix_app:app", "Flask"),
+    ("flask_wsgiapp:app", "Flask"),               # socketio.WSGIApp in its wsgi_app chain
     ("django_project.wsgi:application", "WSGIApp"),
 ])
 def test_walker_finds_the_server_and_serves_the_outermost_callable(apps_on_path, spec, served):
@@ -142,6 +143,7 @@ STYLES = [
     pytest.param("flask_factory:create_app('hi', debug=True)", "redis", "hi from pid",
                  id="flask-factory-redis"),
     pytest.param("proxyfix_app:app", None, "behind a proxy", id="proxyfix"),
+    pytest.param("flask_wsgiapp:app", None, "flask and python-socketio", id="flask-wsgiapp"),
     pytest.param("django_project.wsgi:application", "redis", "django page",
                  id="django-redis"),
 ]
