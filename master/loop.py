@@ -265,7 +265,9 @@ class Master:
         argv = [sys.executable, "-m", "imcluster.workers", "--channel-fd", str(fd),
                 "--slot", str(w.slot), "--worker-id", str(wid)]
         try:
-            pid = os.posix_spawn(sys.executable, argv, os.environ,
+            # Like pm2's NODE_APP_INSTANCE: an app can run a task in one slot only.
+            env = {**os.environ, "IMCLUSTER_SLOT": str(w.slot), "IMCLUSTER_WORKER_ID": str(wid)}
+            pid = os.posix_spawn(sys.executable, argv, env,
                                  setsigdef=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                                             signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU))
         except OSError as e:

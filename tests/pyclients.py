@@ -44,7 +44,7 @@ class Client:
     """One python-socketio client that records what it hears."""
 
     def __init__(self, url: str, transport: str = "default", reconnection: bool = False,
-                 room: str | None = None):
+                 room: str | None = None, headers: dict | None = None):
         self.said: list[dict] = []
         self.disconnects = 0
         self.connects = 0
@@ -54,7 +54,8 @@ class Client:
         self.sio.on("said", self.said.append)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
-        self.sio.connect(url, transports=TRANSPORTS[transport], wait_timeout=10)
+        self.sio.connect(url, transports=TRANSPORTS[transport], headers=headers or {},
+                         wait_timeout=10)
 
     def _on_connect(self):
         self.connects += 1

@@ -56,6 +56,7 @@ class Worker:
         self.stopping = False
         self.app: appmod.App | None = None
         self.relay: MasterRelayManager | None = None
+        self.default_manager: socketio.PubSubManager | None = None
         self.pool = eventlet.GreenPool(MAX_CONNECTIONS)
         self.joiner = ch.Joiner()
         self.idle: set = set()  # kept-alive sockets waiting for their next request
@@ -64,7 +65,11 @@ class Worker:
     # ---- start ---------------------------------------------------------------
 
     def load(self) -> None:
-        app = appmod.load(self.spec.get("app"), self.spec.get("cwd") or os.getcwd())
+        restore = self._default_manager()
+        try:
+            app = appmod.load(self.spec.get("app"), self.spec.get("cwd") or os.getcwd())
+        finally:
+            restore()
         wid = self.worker_id
         # Every sid this worker makes names it, so the master can route by sid alone.
         app.eio.generate_id = lambda: sidcodec.make_sid(wid)
@@ -76,21 +81,62 @@ class Worker:
             self._install_manager(app.sio)
         if not self.spec.get("ws_compression"):
             app.wsgi = _without_ws_compression(app.wsgi)
+        _one_handler_per_line()
         self.app = app
+
+    def _cluster_manager(self) -> socketio.PubSubManager:
+        if self.spec.get("redis"):
+            return ClusterRedisManager(self.spec["redis"],
+                                       silence_timeout=self.spec["redis_silence_timeout"])
+        mgr = self.relay = MasterRelayManager(self.link)
+        return mgr
+
+    def _default_manager(self):
+        """While the app imports, a socketio.Server built without a
+        client_manager gets the cluster's; returns the undo.
+
+        Whatever the app does to its manager while it imports then happens to
+        ours: `sio.instrument()` (the Admin UI) patches the manager instance it
+        finds, and swapping managers after the import left its patches on the
+        discarded one ('MasterRelayManager' object has no attribute
+        '_timestamps'). The hook wraps the one public argument
+        (`client_manager`) of python-socketio 5.x's Server constructor; only
+        the first server built gets the cluster manager (one relay per
+        worker); should the app serve a later one, _install_manager swaps its
+        manager as before.
+        """
+        cls = socketio.Server
+        had_own = "__init__" in cls.__dict__
+        original = cls.__init__
+        worker = self
+
+        def __init__(self, client_manager=None, *args, **kwargs):
+            if client_manager is None and worker.default_manager is None:
+                client_manager = worker.default_manager = worker._cluster_manager()
+            original(self, client_manager, *args, **kwargs)
+
+        cls.__init__ = __init__
+
+        def restore():
+            if had_own:
+                cls.__init__ = original
+            else:
+                del cls.__init__
+
+        return restore
 
     def _install_manager(self, sio: socketio.Server) -> None:
         current = sio.manager
-        if type(current) is not socketio.Manager:
+        if current is not None and current is self.default_manager:
+            mgr = current  # built with the server (see _default_manager)
+        elif type(current) is not socketio.Manager:
             # The app brought its own manager (its own Redis, say): keep it.
             if self.spec.get("redis"):
                 log.warning("the app sets its own client_manager (%s); --redis is ignored",
                             type(current).__name__)
             mgr = current
-        elif self.spec.get("redis"):
-            mgr = ClusterRedisManager(self.spec["redis"],
-                                      silence_timeout=self.spec["redis_silence_timeout"])
         else:
-            mgr = self.relay = MasterRelayManager(self.link)
+            mgr = self._cluster_manager()
         if mgr is not current:
             mgr.set_server(sio)
             sio.manager = mgr
@@ -241,6 +287,23 @@ def _print_user_traceback(e: BaseException) -> None:
     if frames:
         print("Traceback (the app's frames):", file=sys.stderr)
         print("".join(traceback.format_list(frames)), end="", file=sys.stderr)
+
+
+def _one_handler_per_line() -> None:
+    """Drop the bare StreamHandler python-socketio/engineio add to their loggers.
+
+    A Server built with logger=True (or False, for errors) adds
+    `logging.StreamHandler()` to 'socketio.server' / 'engineio.server' when
+    that logger has no level yet (python-socketio 5.x base_server.py,
+    python-engineio 4.x base_server.py). Its records also reach our root
+    handler, so every line was printed twice, once without the worker's
+    prefix. Without it each line is printed once, by ours.
+    """
+    for name in ("socketio.server", "engineio.server", "socketio.client", "engineio.client"):
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            if type(h) is logging.StreamHandler and h.formatter is None:
+                logger.removeHandler(h)
 
 
 def _raise_fd_limit() -> None:

@@ -323,6 +323,12 @@ class ClusterSocket(_ORIGINAL_SOCKET):
             return super().send(pkt)
         if self.check_ping_timeout():
             writer.write(frame_of(pkt))
+            # As python-engineio's send(), for apps built with engineio_logger=True.
+            logger = self.server.logger
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%s: Sending packet %s data %s", self.sid,
+                            eio_packet.packet_names[pkt.packet_type],
+                            pkt.data if not isinstance(pkt.data, bytes) else "<binary>")
 
     def close(self, wait=True, abort=False, reason=None):
         writer = self.writer

@@ -1,0 +1,37 @@
+"""A Flask app factory with Flask-SocketIO's init_app, named as
+`flask_factory:create_app('hi', debug=True)` (gunicorn's factory spelling)."""
+
+import os
+
+from flask import Flask
+from flask_socketio import SocketIO, emit, join_room
+
+socketio = SocketIO()
+
+
+def create_app(greeting="hello", debug=False):
+    app = Flask(__name__)
+    app.debug = debug
+
+    @app.route("/")
+    def index():
+        return f"<!doctype html><h1>{greeting} from pid {os.getpid()}</h1>"
+
+    socketio.init_app(app)
+    return app
+
+
+@socketio.on("whoami")
+def whoami(data=None):
+    return os.getpid()
+
+
+@socketio.on("join")
+def join(data):
+    join_room(data["room"])
+    return True
+
+
+@socketio.on("say")
+def say(data):
+    emit("said", data, to=data["room"])

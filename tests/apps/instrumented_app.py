@@ -1,0 +1,24 @@
+"""python-socketio with the Socket.IO Admin UI's instrumentation, as its docs set it up."""
+
+import os
+
+import socketio
+
+sio = socketio.Server(async_mode="eventlet")
+sio.instrument(auth={"username": "admin", "password": "test only"}, server_stats_interval=0.5)
+
+
+@sio.on("whoami")
+def whoami(sid, data=None):
+    return os.getpid()
+
+
+@sio.on("join")
+def join(sid, data):
+    sio.enter_room(sid, data["room"])
+    return True
+
+
+@sio.on("say")
+def say(sid, data):
+    sio.emit("said", data, to=data["room"])
