@@ -25,6 +25,7 @@ class Flow:
     def __init__(self, client: socket.socket, upstream: socket.socket):
         self.ends = (client, upstream)
         self.frozen = False
+        self.closed = False
 
     def peer(self, sock: socket.socket) -> socket.socket:
         return self.ends[1] if sock is self.ends[0] else self.ends[0]
@@ -60,7 +61,7 @@ class FreezingProxy:
         return self._do("thaw", None)
 
     def close(self) -> None:
-        if self._running:
+        if self._thread.is_alive():
             self._do("stop", None)
             self._thread.join(10)
         for f in self.flows:
@@ -72,6 +73,8 @@ class FreezingProxy:
         self._wake_w.close()
 
     def _do(self, what: str, arg):
+        if not self._thread.is_alive():
+            raise AssertionError("the proxy's thread died (its traceback is in the output)")
         done: queue.Queue = queue.Queue()
         self._commands.put((what, arg, done))
         self._wake_w.send(b"x")
@@ -87,7 +90,7 @@ class FreezingProxy:
                 elif key.fileobj is self._wake_r:
                     self._wake_r.recv(64)
                     self._command()
-                else:
+                elif not key.data.closed:  # its other end may have closed it this round
                     self._forward(key.fileobj, key.data)
 
     def _command(self) -> None:
@@ -147,6 +150,7 @@ class FreezingProxy:
         except OSError:
             pass
         # One end closed or failed: close both, as a NAT does when it sees a FIN.
+        f.closed = True
         for s in f.ends:
             self.sel.unregister(s)
             s.close()
