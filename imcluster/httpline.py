@@ -96,13 +96,17 @@ def _check_prefix(partial: bytes) -> None:
 
 
 def sid_from_target(target: str) -> str | None:
-    """The value of the first `sid` query parameter of a request target."""
+    """The value of the first non-empty `sid` query parameter of a request target.
+
+    The one python-engineio reads: it parses the query with `parse_qs`, which
+    drops blank values, so `?sid=&sid=X` names session X there too.
+    """
     q = target.find("?")
     if q < 0:
         return None
     frag = target.find("#", q)
     query = target[q + 1:] if frag < 0 else target[q + 1:frag]
     for pair in query.split("&"):
-        if pair.startswith("sid="):
+        if pair.startswith("sid=") and len(pair) > 4:
             return unquote(pair[4:]) or None
     return None

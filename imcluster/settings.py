@@ -181,6 +181,12 @@ SETTINGS: tuple[Setting, ...] = (
             "origins allowed to connect from a browser, comma-separated, or '*'; "
             "default: the app's own setting (python-socketio's default is the "
             "server's own origin only)", metavar="ORIGINS"),
+    Setting("allow_untested_versions", _bool, False,
+            "let workers run python-socketio, python-engineio, eventlet, redis, psutil or "
+            "prometheus_client "
+            "newer than the versions imcluster is tested with (setup.cfg), with a warning; "
+            "without it a worker refuses them at start. Older ones are always refused",
+            metavar="yes|no"),
     Setting("control", _socket_path, None,
             "path of the control socket (default: imcluster-PORT.sock in $XDG_RUNTIME_DIR or "
             "/tmp)", metavar="PATH"),

@@ -42,6 +42,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 # Exit code a worker uses when the user's app cannot be imported or is not a
 # Socket.IO app: respawning it will not help, so the master must not loop.
 APP_LOAD_ERROR = 4
+# Exit code a worker uses when an installed library is outside the tested
+# range (workers/versions.py): likewise not fixed by a respawn.
+DEPENDENCY_ERROR = 5
 # A worker that was READY for less than this still counts as failing to start.
 MIN_HEALTHY_SECONDS = 5.0
 MAX_START_FAILURES = 5

@@ -24,7 +24,7 @@ import psutil
 from imcluster import channel as ch
 from imcluster import httpline
 from imcluster.master.control import ControlServer
-from imcluster.master.lifecycle import APP_LOAD_ERROR, State, Worker
+from imcluster.master.lifecycle import APP_LOAD_ERROR, DEPENDENCY_ERROR, State, Worker
 from imcluster.master.metrics import MetricsServer
 from imcluster.master.rolling import Reload, replacement_failed
 from imcluster.master.router import Router
@@ -256,6 +256,7 @@ class Master:
             "graceful_timeout": self.cfg.graceful_timeout,
             "cors_origins": self.cfg.cors_origins,
             "ws_compression": self.cfg.ws_compression,
+            "allow_untested_versions": self.cfg.allow_untested_versions,
         }
         fd = worker_end.fileno()
         os.set_inheritable(fd, True)
@@ -332,11 +333,13 @@ class Master:
                 continue
             log.error("slot %d: worker pid %d died (%s)%s", w.slot, pid, how,
                       f": {w.last_error}" if w.last_error else "")
-            if code == APP_LOAD_ERROR and not self.ever_ready:
-                # The app cannot load and nothing ever served: respawning will
-                # not fix a typo. Say why, once, and stop.
-                self._give_up(f"the app {self.app or '(chat demo)'} failed to load: "
-                              f"{w.last_error or 'see the worker error above'}")
+            if code in (APP_LOAD_ERROR, DEPENDENCY_ERROR) and not self.ever_ready:
+                # The app cannot load, or the libraries are not the tested ones,
+                # and nothing ever served: respawning will not fix a typo or an
+                # install. Say why, once, and stop.
+                what = (f"the app {self.app or '(chat demo)'} failed to load"
+                        if code == APP_LOAD_ERROR else "workers refuse to start")
+                self._give_up(f"{what}: {w.last_error or 'see the worker error above'}")
                 return
             if w.state is State.FATAL:
                 log.error("slot %d: FATAL after %d failed starts; not respawning",

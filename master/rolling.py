@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from imcluster.master.lifecycle import State, Worker
+from imcluster.master.lifecycle import DEPENDENCY_ERROR, State, Worker
 
 
 @dataclass
@@ -49,6 +49,8 @@ class Reload:
 def replacement_failed(new: Worker, now: float, deadline: float) -> str | None:
     """Why a starting replacement has failed, or None while it may still succeed."""
     if new.pid == 0 or new.state not in (State.STARTING, State.READY):
+        if new.last_error and new.exit_status == DEPENDENCY_ERROR:
+            return f"the new worker refused to start: {new.last_error}"
         if new.last_error:
             return f"the new worker could not load the app: {new.last_error}"
         return f"the new worker exited (status {new.exit_status}) before it was READY"

@@ -126,3 +126,25 @@ def room_roundtrip(url: str, transport: str, n: int = 30, room: str = "r") -> di
     finally:
         for c in clients:
             c.close()
+
+
+def one_per_worker(url: str, transport: str, room: str, workers: int = 3) -> list[Client]:
+    """One client on each of `workers` workers (found by `whoami`), each in `room`;
+    the spares connected on the way are closed."""
+    by_pid: dict[int, Client] = {}
+    spare = []
+    for _ in range(6 * workers):
+        c = Client(url, transport)
+        pid = c.whoami()
+        if pid in by_pid:
+            spare.append(c)
+            continue
+        by_pid[pid] = c
+        if len(by_pid) == workers:
+            break
+    for c in spare:
+        c.close()
+    assert len(by_pid) == workers, f"sessions reached only {len(by_pid)} workers"
+    for c in by_pid.values():
+        assert c.join(room) is True
+    return list(by_pid.values())

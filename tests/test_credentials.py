@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 from conftest import RedisProcess, wait_for
-from test_ordering import one_per_worker
+from pyclients import one_per_worker
 
 from imcluster.redact import RedactingFormatter, redact, redact_url
 

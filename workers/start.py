@@ -3,7 +3,9 @@
 The master spawns `python -m imcluster.workers --channel-fd N --slot S
 --worker-id W`: the command line, which every user of the host can read
 (`ps`), names the worker and nothing secret. The spec (the app, the Redis URL
-with its password, the settings) is the first message on the channel.
+with its password, the settings) is the first message on the channel. Then
+the installed library versions are checked against the tested ranges, and
+only then are the libraries and the app imported (`main.run`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import signal
 import sys
 
 from imcluster import channel as ch
+from imcluster.master.lifecycle import DEPENDENCY_ERROR
 from imcluster.redact import setup_logging
+from imcluster.workers import versions
 from imcluster.workers.link import Link
 
 log = logging.getLogger("imcluster.worker")
@@ -55,6 +59,13 @@ def main(argv: list[str]) -> int:
         return 1
     spec = json.loads(payload)
     _setup_logging(spec.get("log_level", "INFO"), spec["slot"])
+    try:
+        for warning in versions.check_installed(bool(spec.get("allow_untested_versions"))):
+            log.warning("running untested: %s", warning)
+    except versions.Outside as e:
+        log.error("refusing to start: %s", e)
+        link.send(ch.ERROR, str(e).encode())
+        return DEPENDENCY_ERROR
     from imcluster.workers.main import run  # python-socketio and eventlet's servers
 
     return run(spec, link)
