@@ -73,6 +73,7 @@ def test_parse_finds_the_sid():
     ("/x?sidx=1", None),
     ("/x#sid=1", None),
     ("/x?sid=", None),
+    ("/x?sid=&sid=ab", "ab"),  # python-engineio (parse_qs) skips the blank one too
 ])
 def test_sid_from_target(target, expected):
     assert httpline.sid_from_target(target) == expected
