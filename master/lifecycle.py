@@ -1,17 +1,17 @@
-"""One worker slot's lifecycle: a small state machine, after supervisor's.
+"""One worker's lifecycle: a small state machine with its timers, after supervisor's.
 
 A `Worker` persists for its slot across respawns (like supervisor's
-Subprocess); each spawn gives it a new pid and a new worker id. A worker
-retired by a reload or a scale-down is never respawned.
+Subprocess); each spawn gives it a new worker id and, once started, a new pid.
+Every timed transition (respawn after backoff, the ready and heartbeat
+timeouts, the drain deadline, KILL after TERM) is decided by `Worker.due`,
+here beside the edges it takes. Pure: no clock, no processes; times are
+time.monotonic() values passed in.
 """
 
 from __future__ import annotations
 
 import enum
-import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 
 class State(enum.Enum):
@@ -26,7 +26,7 @@ class State(enum.Enum):
 
 # Every allowed edge. Anything else is a bug in the master and raises.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    # Died while importing the app, or stopped before it was ready.
+    # Died while importing the app (or could not be started), or stopped before it was ready.
     State.STARTING: frozenset({State.READY, State.STOPPING, State.EXITED}),
     State.READY: frozenset({State.DRAINING, State.STOPPING, State.EXITED}),
     State.DRAINING: frozenset({State.STOPPING, State.EXITED}),
@@ -39,6 +39,26 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.FATAL: frozenset({State.STARTING, State.EXITED}),
 }
 
+# States in which the worker has (or is about to have) a process.
+LIVE = frozenset({State.STARTING, State.READY, State.DRAINING, State.STOPPING})
+
+
+class Role(enum.Enum):
+    """Where a worker stands in the cluster; orthogonal to its State."""
+    SLOT = "slot"  # holds its slot: gets new sessions when READY, respawned when it dies
+    REPLACEMENT = "replacement"  # a reload's new worker, starting; takes the slot once READY
+    RETIRED = "retired"  # out of service for good (scaled away, replaced, reload abandoned)
+
+
+class Timer(enum.Enum):
+    """A timed transition that is due (see `Worker.due`)."""
+    RESPAWN = "respawn"  # BACKOFF delay over: start it again
+    READY_TIMEOUT = "ready timeout"  # STARTING too long: replace it
+    SILENT = "silent"  # no frame within the heartbeat timeout: replace it
+    DRAIN_TIMEOUT = "drain timeout"  # DRAINING past the graceful timeout: stop it
+    KILL = "kill"  # TERM sent KILL_GRACE ago and the process is still there
+
+
 # Exit code a worker uses when the user's app cannot be imported or is not a
 # Socket.IO app: respawning it will not help, so the master must not loop.
 APP_LOAD_ERROR = 4
@@ -49,6 +69,8 @@ DEPENDENCY_ERROR = 5
 MIN_HEALTHY_SECONDS = 5.0
 MAX_START_FAILURES = 5
 MAX_BACKOFF_SECONDS = 30.0
+# TERM first; KILL this long after if the process is still there.
+KILL_GRACE = 5.0
 
 
 class TransitionError(RuntimeError):
@@ -66,25 +88,22 @@ def backoff_delay(failures: int) -> float:
 class Worker:
     slot: int
     state: State = State.EXITED
+    role: Role = Role.SLOT
     worker_id: int = -1
-    pid: int = 0
-    channel: Any = None  # master end of the socketpair while it is open
+    pid: int = 0  # 0 until the shell reports it spawned, and after the exit
+    channel_open: bool = False  # the master's end of its channel is open
     started_at: float = 0.0
     ready_at: float = 0.0
     restarts: int = 0
     failures: int = 0  # consecutive starts that did not become healthy
-    retired: bool = False
     exit_status: int | None = None
     last_error: str = ""
     respawn_at: float = 0.0
     drain_deadline: float = 0.0  # DRAINING: when to stop waiting and terminate
     kill_at: float = 0.0  # sent TERM: when to send KILL
     last_heard: float = 0.0  # last frame from the worker (its heartbeat)
-    unresponsive: bool = False  # silent past the heartbeat timeout: being replaced
-    outq: deque = field(default_factory=deque)  # (frame, client socket or None)
-    out_bytes: int = 0
-    handoffs_sent: int = 0  # queued for it, in the master or the kernel
-    handoffs_delivered: int = 0  # written to its channel
+    unresponsive: bool = False  # silent past a timeout: being replaced
+    handoffs_sent: int = 0  # connections passed to it, in the master's queue or the kernel's
     stats: dict = field(default_factory=dict)
 
     def to(self, new: State) -> None:
@@ -92,12 +111,16 @@ class Worker:
         if new not in TRANSITIONS[self.state]:
             raise TransitionError(f"slot {self.slot}: {self.state.value} -> {new.value}")
         self.state = new
-        if new is State.READY:
-            self.ready_at = time.monotonic()
+
+    @property
+    def live(self) -> bool:
+        """It has a process (starting, serving, draining or stopping)."""
+        return self.state in LIVE
 
     @property
     def accepts_new(self) -> bool:
-        return self.state is State.READY and self.channel is not None and not self.unresponsive
+        return self.role is Role.SLOT and self.state is State.READY and self.channel_open \
+            and not self.unresponsive
 
     @property
     def serves_own(self) -> bool:
@@ -107,13 +130,8 @@ class Worker:
         their clients re-handshake instead of waiting on a process that will
         never answer.
         """
-        return self.channel is not None and not self.unresponsive and self.state in (
+        return self.channel_open and not self.unresponsive and self.state in (
             State.STARTING, State.READY, State.DRAINING)
-
-    @property
-    def unconfirmed(self) -> int:
-        """Hand-offs in the kernel's queue that the worker has not confirmed."""
-        return self.handoffs_delivered - int(self.stats.get("handoffs", 0))
 
     @property
     def load(self) -> int:
@@ -121,15 +139,31 @@ class Worker:
         unseen = self.handoffs_sent - int(self.stats.get("handoffs", 0))
         return int(self.stats.get("sessions", 0)) + max(unseen, 0)
 
+    def started(self, worker_id: int, now: float) -> None:
+        """STARTING under a new worker id (from EXITED, BACKOFF or FATAL)."""
+        self.to(State.STARTING)
+        self.worker_id, self.pid, self.channel_open = worker_id, 0, False
+        self.started_at = self.last_heard = now
+        self.exit_status, self.stats, self.last_error = None, {}, ""
+        self.handoffs_sent = 0
+        self.unresponsive = False
+        self.kill_at = 0.0
+
+    def ready(self, now: float) -> None:
+        self.to(State.READY)
+        self.ready_at = now
+
     def on_exit(self, status: int, now: float) -> None:
-        """Record an exit and decide BACKOFF or FATAL for an unexpected one."""
+        """Record an exit (or a start that never got a process, status -1) and,
+        for a slot's unexpected exit, decide BACKOFF or FATAL."""
         was = self.state
         self.exit_status = status
         self.pid = 0
+        self.channel_open = False
         self.kill_at = 0.0
         self.unresponsive = False
         self.to(State.EXITED)
-        if self.retired or was is State.STOPPING:
+        if self.role is not Role.SLOT or was is State.STOPPING:
             return
         healthy = was in (State.READY, State.DRAINING) and \
             now - self.ready_at >= MIN_HEALTHY_SECONDS
@@ -140,3 +174,30 @@ class Worker:
         else:
             self.respawn_at = now + backoff_delay(self.failures)
             self.to(State.BACKOFF)
+
+    def due(self, now: float, ready_timeout: float, heartbeat_timeout: float) -> list[Timer]:
+        """The timed transitions due at `now`, in the order to take them.
+
+        The ready and heartbeat timeouts fire once (the worker is then marked
+        unresponsive and terminated); a STOPPING worker is past caring about
+        either. KILL fires when a TERM went unanswered for KILL_GRACE.
+        """
+        due: list[Timer] = []
+        if self.state is State.BACKOFF:
+            if now >= self.respawn_at:
+                due.append(Timer.RESPAWN)
+            return due
+        if not self.pid:
+            return due
+        if not self.unresponsive:
+            if self.state is State.STARTING:
+                if now - self.started_at > ready_timeout:
+                    due.append(Timer.READY_TIMEOUT)
+            elif self.state in (State.READY, State.DRAINING) and \
+                    now - self.last_heard > heartbeat_timeout:
+                due.append(Timer.SILENT)
+        if self.state is State.DRAINING and now >= self.drain_deadline:
+            due.append(Timer.DRAIN_TIMEOUT)
+        if self.kill_at and now >= self.kill_at:
+            due.append(Timer.KILL)
+        return due

@@ -1,9 +1,13 @@
-"""The master: one thread, one selectors loop.
+"""The master's shell: one thread, one selectors loop, and all of its I/O.
 
-It accepts on the port, lets the Router find each request's worker, passes
-the fd over that worker's channel and closes its own copy. It spawns and
-reaps workers, relays pub/sub messages between them, and serves the control
-socket. Signal handlers only record the signal; the loop acts on it.
+It owns the listening socket, the connections held until their request line
+is read (`pending`), each worker's channel (fd passing, relay, the hand-off
+queue with its bound and window), the control socket, the metrics endpoint,
+the signals and the processes. Every decision (who gets a connection, when a
+worker is respawned, replaced, drained or killed, how a reload or a scale
+proceeds) is the decision core's (`core.Core`): the shell turns what happens
+into events, feeds them to the core and carries out the actions it returns.
+Signal handlers only record the signal; the loop acts on it.
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ import psutil
 
 from imcluster import channel as ch
 from imcluster import httpline
+from imcluster.master import events as ev
 from imcluster.master.control import ControlServer
-from imcluster.master.lifecycle import APP_LOAD_ERROR, DEPENDENCY_ERROR, State, Worker
+from imcluster.master.core import Core
 from imcluster.master.metrics import MetricsServer
-from imcluster.master.rolling import Reload, replacement_failed
-from imcluster.master.router import Router
+from imcluster.master.pending import PendingConnections
 from imcluster.redact import redact_url
 from imcluster.settings import Config
 
@@ -37,13 +41,29 @@ TICK = 0.25
 # Relay bytes queued for one worker before the master drops further relay
 # messages to it (a worker that stops reading must not grow the master).
 MAX_RELAY_BACKLOG = 64 << 20
-# TERM first; KILL this long after if the process is still there.
-KILL_GRACE = 5.0
 MEMORY_CHECK_INTERVAL = 2.0
-MAX_WORKERS = 256
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_NO_WORKER = 3
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
+           signal.SIGTTIN, signal.SIGTTOU)
+
+
+class Link:
+    """The master's end of one worker's channel, and what is queued on it."""
+
+    __slots__ = ("worker_id", "slot", "pid", "channel", "outq", "out_bytes", "delivered",
+                 "confirmed", "joiner")
+
+    def __init__(self, worker_id: int, slot: int, pid: int, channel: socket.socket):
+        self.worker_id, self.slot, self.pid, self.channel = worker_id, slot, pid, channel
+        self.outq: deque = deque()  # (frame, client socket or None)
+        self.out_bytes = 0
+        self.delivered = 0  # hand-offs written to the channel
+        self.confirmed = 0  # hand-offs the worker reported receiving (STATS)
+        self.joiner = ch.Joiner()
+
+    @property
+    def unconfirmed(self) -> int:
+        """Hand-offs in the kernel's queue that the worker has not confirmed."""
+        return self.delivered - self.confirmed
 
 
 class Master:
@@ -51,29 +71,24 @@ class Master:
         self.cfg = cfg
         self.app = app
         self.selector = selectors.DefaultSelector()
-        self.router = Router(self.selector, cfg.header_timeout, cfg.max_pending, self._deliver)
-        self.slots: list[Worker] = []
-        self.by_id: dict[int, Worker] = {}
-        self.by_pid: dict[int, Worker] = {}
-        self.retiring: list[Worker] = []
-        self.next_worker_id = 1
+        self.core = Core(cfg, app, wall_offset=time.time() - time.monotonic())
+        self.pending = PendingConnections(self.selector, cfg.header_timeout, cfg.max_pending,
+                                          self._deliver)
+        self.links: dict[int, Link] = {}  # by worker id, while the channel is open
         self.listener: socket.socket | None = None
         self.accepting = False
         self.queued_socks = 0
         self.signals: deque[int] = deque()
-        self.stopping = False
-        self.stop_deadline = 0.0
-        self.exit_code = EXIT_OK
-        self.ever_ready = False
         self.started_at = time.time()
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
-        self.reloading: Reload | None = None
-        self.deferred_scale: int | None = None
-        self.last_reload: dict | None = None
         self.next_memory_check = 0.0
         self.counters = {"accepted": 0, "handoffs": 0, "handbacks": 0, "rerouted": 0,
                          "relayed": 0, "relay_dropped": 0}
+
+    @property
+    def exit_code(self) -> int:
+        return self.core.exit_code
 
     # ---- start and the loop -------------------------------------------------
 
@@ -89,17 +104,14 @@ class Master:
                 raise SystemExit("imcluster: cannot serve metrics on {}:{}: {}".format(
                     *self.cfg.metrics, e.strerror or e)) from None
             log.info("metrics at http://%s:%d/metrics", *self.cfg.metrics)
-        for slot in range(self.cfg.workers):
-            w = Worker(slot=slot)
-            self.slots.append(w)
-            self.spawn(w)
+        self._apply(self.core.start(time.monotonic()))
         log.info("listening on http://%s:%d with %d workers (%s), control socket %s",
                  *self.cfg.bind, self.cfg.workers,
                  "redis " + redact_url(self.cfg.redis) if self.cfg.redis else "master relay",
                  self.cfg.control)
         try:
             next_tick = 0.0
-            while not (self.stopping and self._all_exited()):
+            while not self.core.done:
                 for key, mask in self.selector.select(TICK):
                     key.data(key, mask)
                 self._handle_signals()
@@ -146,8 +158,7 @@ class Master:
         def record(signum: int, frame: object) -> None:
             self.signals.append(signum)
 
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
-                    signal.SIGTTIN, signal.SIGTTOU):
+        for sig in SIGNALS:
             signal.signal(sig, record)
         self.selector.register(rfd, selectors.EVENT_READ, self._on_wakeup)
 
@@ -163,93 +174,72 @@ class Master:
             sig = self.signals.popleft()
             if sig == signal.SIGCHLD:
                 self.reap()
-            elif sig in (signal.SIGTERM, signal.SIGINT):
-                if self.stopping:
-                    log.warning("second %s: stopping now", signal.Signals(sig).name)
-                    self.stop_deadline = 0.0
-                else:
-                    log.info("%s: stopping gracefully", signal.Signals(sig).name)
-                    self.stop()
-            elif self.stopping:
-                log.warning("%s ignored while stopping", signal.Signals(sig).name)
-            elif sig == signal.SIGHUP:
-                self.reload("SIGHUP")
-            elif sig == signal.SIGTTIN:
-                self.scale(len(self.slots) + 1)
-            elif sig == signal.SIGTTOU:
-                self.scale(len(self.slots) - 1)
+            else:
+                self._feed(ev.Signal(sig))
 
     def manage(self, now: float) -> None:
-        """Timers: held connections, respawns, reloads, health checks, escalation."""
-        self.router.expire(now)
+        """Once a tick: expire held connections, reap, measure, run the core's timers."""
+        self.pending.expire(now)
         if self.control is not None:
             self.control.expire()
         if self.metrics is not None:
             self.metrics.expire()
         self.reap()
-        if not self.stopping:
-            for w in self.slots:
-                if w.state is State.BACKOFF and now >= w.respawn_at:
-                    self.spawn(w)
-            self._check_health(now)
-            if self.reloading is not None:
-                self._advance_reload(now)
-        for w in self._processes():
-            if not w.pid:
-                continue
-            if w.state is State.DRAINING and now >= w.drain_deadline:
-                log.warning("slot %d: worker pid %d still draining after %.0fs; stopping it",
-                            w.slot, w.pid, self.cfg.graceful_timeout)
-                self._terminate(w, stopping=True)
-            if w.kill_at and now >= w.kill_at:
-                log.warning("slot %d: worker pid %d ignored SIGTERM; killing it", w.slot, w.pid)
-                self._kill(w, signal.SIGKILL)
-                w.kill_at = 0.0
-        if self.stopping and now >= self.stop_deadline:
-            for w in self._processes():
-                if w.pid:
-                    self._kill(w, signal.SIGKILL)
-        if self.queued_socks < self.cfg.max_queued // 2 and not self.stopping:
+        if self.cfg.max_memory and now >= self.next_memory_check and not self.core.stopping:
+            self.next_memory_check = now + MEMORY_CHECK_INTERVAL
+            rss = {w.worker_id: r for w in self.core.slots
+                   if w.accepts_new and (r := _rss(w.pid))}
+            self._feed(ev.Memory(rss))
+        self._feed(ev.Tick())
+        if self.queued_socks < self.cfg.max_queued // 2 and not self.core.stopping:
             self._accepting(True)
 
-    def _check_health(self, now: float) -> None:
-        """Replace hung workers (silent channel) and, gracefully, bloated ones."""
-        for w in self._processes():
-            if not w.pid or w.unresponsive or w.state is State.STOPPING:
-                continue
-            if w.state is State.STARTING:
-                if now - w.started_at > self.cfg.ready_timeout:
-                    log.error("slot %d: worker pid %d not READY after %.0fs; stopping it",
-                              w.slot, w.pid, self.cfg.ready_timeout)
-                    w.unresponsive = True
-                    self._terminate(w)
-            elif now - w.last_heard > self.cfg.heartbeat_timeout:
-                log.error("slot %d: worker pid %d silent for %.1fs (event loop blocked?); "
-                          "replacing it", w.slot, w.pid, now - w.last_heard)
-                w.unresponsive = True
-                self._terminate(w)
-        if self.cfg.max_memory and now >= self.next_memory_check:
-            self.next_memory_check = now + MEMORY_CHECK_INTERVAL
-            limit = self.cfg.max_memory * 2**20
-            for w in self.slots:
-                if w.accepts_new and (rss := _rss(w.pid)) and rss > limit:
-                    busy = self.reloading is not None and (
-                        w.slot == self.reloading.slot or w.slot in self.reloading.queue)
-                    if not busy:
-                        log.warning("slot %d: worker pid %d uses %.0f MiB (limit %d); "
-                                    "replacing it gracefully", w.slot, w.pid, rss / 2**20,
-                                    self.cfg.max_memory)
-                        self.reload(f"memory limit (slot {w.slot})", [w.slot])
+    # ---- events in, actions out ------------------------------------------------------
 
-    # ---- workers: spawn, reap, stop ----------------------------------------------
+    def _feed(self, event: object) -> list:
+        """Give the core one event and carry out its actions; returns them."""
+        actions = self.core.handle(event, time.monotonic())
+        self._apply(actions)
+        return actions
 
-    def spawn(self, w: Worker) -> None:
-        """Start a fresh process for slot `w` with a new worker id."""
-        wid = self._new_worker_id()
+    def _apply(self, actions: list) -> None:
+        for a in actions:
+            kind = type(a)
+            if kind is ev.HandOff:
+                self._hand_off(a.conn, a.worker_id)
+            elif kind is ev.Send:
+                link = self.links.get(a.worker_id)
+                if link is not None:
+                    self._send(link, a.kind, a.payload)
+            elif kind is ev.Kill:
+                try:
+                    os.kill(a.pid, a.signum)
+                except ProcessLookupError:
+                    pass
+            elif kind is ev.Spawn:
+                self._spawn(a.worker_id, a.slot)
+            elif kind is ev.CloseChannel:
+                link = self.links.get(a.worker_id)
+                if link is not None:
+                    self._close_link(link)
+            elif kind is ev.RetryHeld:
+                self.pending.retry_waiting()
+            elif kind is ev.StopListening:
+                self._accepting(False)
+                if self.listener is not None:
+                    self.listener.close()
+                    self.listener = None
+                self.pending.close_all()
+            # Hold and Answer are results for the caller, nothing to do here.
+
+    # ---- processes -----------------------------------------------------------------
+
+    def _spawn(self, wid: int, slot: int) -> None:
+        """Start the process for worker `wid`; the core hears Spawned or SpawnFailed."""
         master_end, worker_end = ch.socketpair()
         master_end.setblocking(False)
         spec = {
-            "app": self.app, "worker_id": wid, "slot": w.slot,
+            "app": self.app, "worker_id": wid, "slot": slot,
             "redis": self.cfg.redis, "redis_silence_timeout": self.cfg.redis_silence_timeout,
             "keepalive": self.cfg.keepalive,
             "log_level": self.cfg.log_level, "cwd": os.getcwd(),
@@ -264,43 +254,23 @@ class Master:
         # worker and nothing else. The spec, Redis password and all, is the
         # first message on the channel.
         argv = [sys.executable, "-m", "imcluster.workers", "--channel-fd", str(fd),
-                "--slot", str(w.slot), "--worker-id", str(wid)]
+                "--slot", str(slot), "--worker-id", str(wid)]
         try:
             # Like pm2's NODE_APP_INSTANCE: an app can run a task in one slot only.
-            env = {**os.environ, "IMCLUSTER_SLOT": str(w.slot), "IMCLUSTER_WORKER_ID": str(wid)}
-            pid = os.posix_spawn(sys.executable, argv, env,
-                                 setsigdef=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
-                                            signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU))
+            env = {**os.environ, "IMCLUSTER_SLOT": str(slot), "IMCLUSTER_WORKER_ID": str(wid)}
+            pid = os.posix_spawn(sys.executable, argv, env, setsigdef=SIGNALS)
         except OSError as e:
             master_end.close()
-            worker_end.close()
-            log.error("slot %d: cannot spawn a worker: %s", w.slot, e)
-            w.to(State.STARTING)
-            w.on_exit(-1, time.monotonic())  # counts as a failed start: backoff
+            self._feed(ev.SpawnFailed(wid, str(e)))
             return
         finally:
             # Closing the child's end here is what lets us see EOF when it dies.
-            if worker_end.fileno() >= 0:
-                worker_end.close()
-        w.to(State.STARTING)
-        w.worker_id, w.pid, w.channel = wid, pid, master_end
-        w.started_at = w.last_heard = time.monotonic()
-        w.exit_status, w.stats, w.last_error = None, {}, ""
-        w.handoffs_sent = w.handoffs_delivered = 0
-        self.by_id[wid] = w
-        self.by_pid[pid] = w
-        self.selector.register(master_end, selectors.EVENT_READ, self._channel_handler(w))
-        # First on the new channel (the queue of a dead predecessor was emptied
-        # when its channel closed): the worker reads nothing else before it.
-        self._send(w, ch.SPEC, ch.encode_json(spec))
-        log.info("slot %d: spawned worker %d, pid %d", w.slot, wid, pid)
-
-    def _new_worker_id(self) -> int:
-        while True:
-            wid = self.next_worker_id
-            self.next_worker_id = self.next_worker_id % 0xFFFF + 1
-            if wid not in self.by_id:
-                return wid
+            worker_end.close()
+        link = self.links[wid] = Link(wid, slot, pid, master_end)
+        self.selector.register(master_end, selectors.EVENT_READ, self._channel_handler(link))
+        # First on the new channel: the worker reads nothing else before it.
+        self._send(link, ch.SPEC, ch.encode_json(spec))
+        self._feed(ev.Spawned(wid, pid))
 
     def reap(self) -> None:
         while True:
@@ -310,292 +280,115 @@ class Master:
                 return
             if pid == 0:
                 return
-            w = self.by_pid.pop(pid, None)
-            if w is None:
-                continue
-            code = os.waitstatus_to_exitcode(status)
-            self._close_channel(w)
-            self.by_id.pop(w.worker_id, None)
-            was = w.state
-            now = time.monotonic()
-            w.on_exit(code, now)
-            how = f"signal {-code}" if code < 0 else f"code {code}"
-            if w in self.retiring:
-                self.retiring.remove(w)
-                log.info("slot %d: retired worker pid %d exited (%s)", w.slot, pid, how)
-                continue
-            if self.reloading is not None and w is self.reloading.new:
-                log.error("slot %d: replacement worker pid %d exited (%s)%s", w.slot, pid, how,
-                          f": {w.last_error}" if w.last_error else "")
-                continue  # _advance_reload abandons the reload
-            if self.stopping or was is State.STOPPING:
-                log.info("slot %d: worker pid %d exited (%s)", w.slot, pid, how)
-                continue
-            log.error("slot %d: worker pid %d died (%s)%s", w.slot, pid, how,
-                      f": {w.last_error}" if w.last_error else "")
-            if code in (APP_LOAD_ERROR, DEPENDENCY_ERROR) and not self.ever_ready:
-                # The app cannot load, or the libraries are not the tested ones,
-                # and nothing ever served: respawning will not fix a typo or an
-                # install. Say why, once, and stop.
-                what = (f"the app {self.app or '(chat demo)'} failed to load"
-                        if code == APP_LOAD_ERROR else "workers refuse to start")
-                self._give_up(f"{what}: {w.last_error or 'see the worker error above'}")
-                return
-            if w.state is State.FATAL:
-                log.error("slot %d: FATAL after %d failed starts; not respawning",
-                          w.slot, w.failures)
-                if all(s.state is State.FATAL for s in self.slots):
-                    self._give_up("no worker can start: every slot is FATAL"
-                                  + (f" ({w.last_error})" if w.last_error else ""))
-            else:
-                log.info("slot %d: respawning in %.1fs", w.slot,
-                         max(0.0, w.respawn_at - now))
-
-    def _give_up(self, why: str) -> None:
-        log.critical("%s; exiting", why)
-        self.exit_code = EXIT_NO_WORKER
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop accepting, ask every worker to exit, force it after the timeout."""
-        if self.stopping:
-            return
-        self.stopping = True
-        self.stop_deadline = time.monotonic() + self.cfg.graceful_timeout
-        self._accepting(False)
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
-        self.router.close_all()
-        for w in self._processes():
-            if w.state in (State.BACKOFF, State.FATAL):
-                w.to(State.EXITED)
-            elif w.pid and w.state is not State.STOPPING:
-                self._ask_stop(w)
-
-    def _ask_stop(self, w: Worker) -> None:
-        w.to(State.STOPPING)
-        self._kill(w, signal.SIGTERM)
-
-    def _terminate(self, w: Worker, stopping: bool = False) -> None:
-        """TERM now, KILL after KILL_GRACE. With `stopping`, the slot is not refilled."""
-        if stopping and w.state is not State.STOPPING:
-            w.to(State.STOPPING)
-        self._kill(w, signal.SIGTERM)
-        w.kill_at = time.monotonic() + KILL_GRACE
-
-    def _retire(self, w: Worker, now: float) -> None:
-        """Take a worker out of service for good: no new sessions, drain, exit."""
-        w.retired = True
-        if not w.pid:
-            if w.state in (State.BACKOFF, State.FATAL):
-                w.to(State.EXITED)
-            return
-        self.retiring.append(w)
-        if w.state is State.READY:
-            w.to(State.DRAINING)
-            w.drain_deadline = now + self.cfg.graceful_timeout
-            self._send(w, ch.STOP)
-        elif w.state is not State.DRAINING:
-            self._terminate(w, stopping=True)
-
-    def _send(self, w: Worker, kind: bytes, payload: bytes = b"") -> None:
-        for f in ch.frames(kind, payload):
-            w.outq.append((f, None))
-            w.out_bytes += len(f)
-        self._flush(w)
-
-    # ---- operations: reload and scale ----------------------------------------------
-
-    def reload(self, reason: str, slots: list[int] | None = None) -> dict:
-        """Start (or extend) a rolling reload of `slots` (default: all)."""
-        if self.stopping:
-            return {"error": "the master is stopping"}
-        slots = list(range(len(self.slots))) if slots is None else slots
-        if self.reloading is None:
-            self.reloading = Reload(reason)
-            log.info("reload (%s): replacing %d worker(s), one at a time", reason, len(slots))
-        self.reloading.add(slots)
-        self._advance_reload(time.monotonic())
-        return {"ok": True, "reload": self.reloading.describe() if self.reloading else None}
-
-    def _advance_reload(self, now: float) -> None:
-        r = self.reloading
-        while r is not None:
-            if r.new is not None:
-                why = replacement_failed(r.new, now, r.deadline)
-                if why is not None:
-                    self._abandon_reload(r, why)
-                    return
-                if r.new.state is not State.READY:
-                    return
-                old, new = r.old, r.new
-                new.retired = False
-                self.slots[r.slot] = new
-                r.new = None
-                r.replaced += 1
-                log.info("slot %d: worker pid %d replaced by pid %d; draining the old one",
-                         r.slot, old.pid, new.pid)
-                self._retire(old, now)
-                self.router.retry_waiting()
-            if r.old is not None:
-                if r.old.pid:
-                    return  # still draining
-                r.old = None
-            if not r.queue:
-                log.info("reload (%s) complete: %d worker(s) replaced", r.reason, r.replaced)
-                self.last_reload = {"ok": True, "reason": r.reason, "replaced": r.replaced,
-                                    "finished": time.time()}
-                self._end_reload()
-                return
-            slot = r.queue.popleft()
-            if slot >= len(self.slots):
-                continue  # scaled away meanwhile
-            old = self.slots[slot]
-            r.slot = slot
-            if not old.pid:  # BACKOFF or FATAL: nothing to drain, start it now
-                old.failures = 0
-                self.spawn(old)
-                continue
-            new = Worker(slot=slot, restarts=old.restarts, retired=True)
-            self.spawn(new)
-            if not new.pid:
-                self._abandon_reload(r, "cannot spawn a new worker")
-                return
-            r.new, r.old = new, old
-            r.deadline = now + self.cfg.ready_timeout
-
-    def _abandon_reload(self, r: Reload, why: str) -> None:
-        msg = f"slot {r.slot}: {why}"
-        log.error("reload (%s) abandoned: %s; the old workers keep serving", r.reason, msg)
-        if r.new is not None and r.new.pid:
-            self._terminate(r.new, stopping=True)
-            self.retiring.append(r.new)  # reaped like any retired worker
-        self.last_reload = {"ok": False, "reason": r.reason, "error": msg,
-                            "replaced": r.replaced, "finished": time.time()}
-        self._end_reload()
-
-    def _end_reload(self) -> None:
-        self.reloading = None
-        if self.deferred_scale is not None:
-            self.scale(self.deferred_scale)
-
-    def scale(self, target: int) -> dict:
-        """Grow or shrink to `target` workers; removed workers drain first."""
-        if self.stopping:
-            return {"error": "the master is stopping"}
-        target = max(1, min(int(target), MAX_WORKERS))
-        if target < len(self.slots) and self.reloading is not None:
-            # Slots being replaced must not vanish under the reload: shrink after it.
-            self.deferred_scale = target
-            log.info("scale to %d deferred until the reload ends", target)
-            return {"ok": True, "workers": target, "deferred": True}
-        self.deferred_scale = None
-        now = time.monotonic()
-        before = len(self.slots)
-        while len(self.slots) < target:
-            w = Worker(slot=len(self.slots))
-            self.slots.append(w)
-            self.spawn(w)
-        while len(self.slots) > target:
-            self._retire(self.slots.pop(), now)
-        if target != before:
-            log.info("scaled from %d to %d workers", before, target)
-        return {"ok": True, "workers": target}
-
-    def _kill(self, w: Worker, sig: int) -> None:
-        try:
-            os.kill(w.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def _processes(self) -> list[Worker]:
-        extra = [self.reloading.new] if self.reloading and self.reloading.new else []
-        return self.slots + self.retiring + extra
-
-    def _all_exited(self) -> bool:
-        return all(w.pid == 0 for w in self._processes())
+            self._feed(ev.Exited(pid, os.waitstatus_to_exitcode(status)))
 
     # ---- the channel ---------------------------------------------------------
 
-    def _channel_handler(self, w: Worker):
-        joiner = ch.Joiner()
-
+    def _channel_handler(self, link: Link):
         def on_event(key: selectors.SelectorKey, mask: int) -> None:
             if mask & selectors.EVENT_WRITE:
-                self._flush(w)
-            if mask & selectors.EVENT_READ and w.channel is not None:
-                self._read_channel(w, joiner)
+                self._flush(link)
+            if mask & selectors.EVENT_READ and link.channel is not None:
+                self._read_channel(link)
 
         return on_event
 
-    def _read_channel(self, w: Worker, joiner: ch.Joiner) -> None:
-        for _ in range(64):  # bounded: one busy worker must not starve the loop
-            try:
-                frame = ch.recv_frame(w.channel)
-            except (BlockingIOError, InterruptedError):
-                return
-            except (ConnectionResetError, ValueError, OSError) as e:
-                log.warning("slot %d: channel error: %s", w.slot, e)
-                frame = None
-            if frame is None:
-                self._close_channel(w)
-                return
-            w.last_heard = time.monotonic()
-            kind, flags, payload, fds = frame
-            if kind == ch.HANDBACK:
-                for fd in fds:
-                    self.counters["handbacks"] += 1
-                    self.router.add(socket.socket(fileno=fd), time.monotonic())
-                continue
-            for fd in fds:  # fds on any other frame are a protocol error
-                os.close(fd)
-            whole = joiner.feed(kind, flags, payload)
-            if whole is None:
-                continue
-            if kind == ch.PUBLISH:
-                self._relay(w, whole)
-            elif kind == ch.STATS:
+    def _read_channel(self, link: Link) -> None:
+        wid = link.worker_id
+        heard = False
+        try:
+            for _ in range(64):  # bounded: one busy worker must not starve the loop
+                if link.channel is None:
+                    return
                 try:
-                    w.stats = json.loads(whole)
-                except ValueError:
-                    pass
-                if w.outq:
-                    self._flush(w)  # the hand-off window may have opened
-            elif kind == ch.READY:
-                if w.state is State.STARTING:
-                    w.to(State.READY)
-                    self.ever_ready = True
-                    log.info("slot %d: worker pid %d READY", w.slot, w.pid)
-                    self.router.retry_waiting()
-            elif kind == ch.ERROR:
-                w.last_error = whole.decode(errors="replace")[:2000]
+                    frame = ch.recv_frame(link.channel)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except (ConnectionResetError, ValueError, OSError) as e:
+                    log.warning("slot %d: channel error: %s", link.slot, e)
+                    frame = None
+                if frame is None:
+                    self._close_link(link, tell_core=True)
+                    return
+                heard = True
+                kind, flags, payload, fds = frame
+                if kind == ch.HANDBACK:
+                    for fd in fds:
+                        self.counters["handbacks"] += 1
+                        self.pending.add(socket.socket(fileno=fd), time.monotonic())
+                    continue
+                for fd in fds:  # fds on any other frame are a protocol error
+                    os.close(fd)
+                whole = link.joiner.feed(kind, flags, payload)
+                if whole is None:
+                    continue
+                if kind == ch.PUBLISH:
+                    self._relay(link, whole)
+                elif kind == ch.STATS:
+                    try:
+                        stats = json.loads(whole)
+                    except ValueError:
+                        continue
+                    if not isinstance(stats, dict):
+                        continue
+                    link.confirmed = int(stats.get("handoffs", 0))
+                    self._feed(ev.Stats(wid, stats))
+                    if link.outq:
+                        self._flush(link)  # the hand-off window may have opened
+                elif kind == ch.READY:
+                    self._feed(ev.Ready(wid))
+                elif kind == ch.ERROR:
+                    self._feed(ev.WorkerError(wid, whole.decode(errors="replace")))
+        finally:
+            if heard:
+                self._feed(ev.Heard(wid))
 
-    def _relay(self, source: Worker, payload: bytes) -> None:
+    def _relay(self, source: Link, payload: bytes) -> None:
         frames = list(ch.frames(ch.RELAY, payload))
-        for w in self._processes():
-            if w is source or w.channel is None:
+        for link in list(self.links.values()):
+            if link is source or link.channel is None:
                 continue
-            if w.out_bytes > MAX_RELAY_BACKLOG:
+            if link.out_bytes > MAX_RELAY_BACKLOG:
                 self.counters["relay_dropped"] += 1
                 if self.counters["relay_dropped"] in (1, 100, 10000):
                     log.warning("slot %d: worker is not reading its channel; relay "
-                                "messages dropped (%d so far)", w.slot,
+                                "messages dropped (%d so far)", link.slot,
                                 self.counters["relay_dropped"])
                 continue
             for f in frames:
-                w.outq.append((f, None))
-                w.out_bytes += len(f)
+                link.outq.append((f, None))
+                link.out_bytes += len(f)
             self.counters["relayed"] += 1
-            self._flush(w)
+            self._flush(link)
 
-    def _flush(self, w: Worker) -> None:
-        chan = w.channel
+    def _send(self, link: Link, kind: bytes, payload: bytes = b"") -> None:
+        for f in ch.frames(kind, payload):
+            link.outq.append((f, None))
+            link.out_bytes += len(f)
+        self._flush(link)
+
+    def _hand_off(self, sock: socket.socket, wid: int) -> None:
+        link = self.links.get(wid)
+        if link is None:  # the core only names workers whose channel is open
+            log.error("hand-off to worker %d, which has no channel; closing the connection",
+                      wid)
+            sock.close()
+            return
+        link.outq.append((ch.HANDOFF + b"\x00", sock))
+        link.out_bytes += 2
+        self.queued_socks += 1
+        self.counters["handoffs"] += 1
+        self._flush(link)
+        if self.queued_socks >= self.cfg.max_queued:
+            self._accepting(False)
+
+    def _flush(self, link: Link) -> None:
+        chan = link.channel
         if chan is None:
             return
-        while w.outq:
-            frame, sock = w.outq[0]
-            if sock is not None and w.unconfirmed >= self.cfg.handoff_window:
+        while link.outq:
+            frame, sock = link.outq[0]
+            if sock is not None and link.unconfirmed >= self.cfg.handoff_window:
                 # The kernel's queue dies with the worker; ours can be re-routed.
                 # Wait for the worker to confirm what it has (STATS) first.
                 break
@@ -610,47 +403,57 @@ class Master:
                 return
             except OSError as e:
                 if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
-                    log.warning("slot %d: channel send failed: %s", w.slot, e)
-                self._close_channel(w)
+                    log.warning("slot %d: channel send failed: %s", link.slot, e)
+                self._close_link(link, tell_core=True)
                 return
-            w.outq.popleft()
-            w.out_bytes -= len(frame)
+            link.outq.popleft()
+            link.out_bytes -= len(frame)
             if sock is not None:
-                w.handoffs_delivered += 1
+                link.delivered += 1
                 sock.close()
                 self.queued_socks -= 1
         key = self.selector.get_key(chan)
         if key.events & selectors.EVENT_WRITE:
             self.selector.modify(chan, selectors.EVENT_READ, key.data)
 
-    def _close_channel(self, w: Worker) -> None:
-        """The worker is gone (or going): stop using it and rescue what it was sent."""
-        if w.channel is None:
+    def _close_link(self, link: Link, tell_core: bool = False, reroute: bool = True) -> None:
+        """The worker is gone (or going): stop using its channel and re-route the
+        connections queued for it (never delivered, so nothing was read from them)."""
+        if link.channel is None:
             return
         try:
-            self.selector.unregister(w.channel)
+            self.selector.unregister(link.channel)
         except (KeyError, ValueError):
             pass
-        w.channel.close()
-        w.channel = None
+        link.channel.close()
+        link.channel = None
+        self.links.pop(link.worker_id, None)
+        if tell_core:
+            # Before the re-route, so that none of them is routed back to it.
+            self._feed(ev.ChannelClosed(link.worker_id))
         rescued = 0
-        while w.outq:
-            _, sock = w.outq.popleft()
+        while link.outq:
+            _, sock = link.outq.popleft()
             if sock is not None:
                 self.queued_socks -= 1
-                rescued += 1
-                self.router.add(sock, time.monotonic())
-        w.out_bytes = 0
+                if reroute:
+                    rescued += 1
+                    self.pending.add(sock, time.monotonic())
+                else:
+                    sock.close()
+        link.out_bytes = 0
         if rescued:
             self.counters["rerouted"] += rescued
             log.warning("slot %d: re-routed %d connections queued for a dead worker",
-                        w.slot, rescued)
+                        link.slot, rescued)
 
-    # ---- routing -------------------------------------------------------------
+    # ---- connections -----------------------------------------------------------
 
     def _on_accept(self, key: selectors.SelectorKey, mask: int) -> None:
         now = time.monotonic()
         for _ in range(64):
+            if self.listener is None:
+                return
             try:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -664,84 +467,39 @@ class Master:
                     return
                 continue  # ECONNABORTED and friends: that client is gone
             self.counters["accepted"] += 1
-            self.router.add(sock, now)
+            self.pending.add(sock, now)
 
     def _deliver(self, sock: socket.socket, line: httpline.RequestLine) -> bool:
-        """Queue `sock` for the worker that owns its sid, or the least loaded READY one."""
-        wid = line.worker_id
-        w = self.by_id.get(wid) if wid is not None else None
-        if w is None or not w.serves_own:
-            ready = [x for x in self.slots if x.accepts_new]
-            if not ready:
-                return False
-            w = min(ready, key=lambda x: (x.load, x.handoffs_sent))
-        w.outq.append((ch.HANDOFF + b"\x00", sock))
-        w.out_bytes += 2
-        w.handoffs_sent += 1
-        self.queued_socks += 1
-        self.counters["handoffs"] += 1
-        self._flush(w)
-        if self.queued_socks >= self.cfg.max_queued:
-            self._accepting(False)
-        return True
+        """Hand `sock` to the worker the core chooses; False if it is to be held."""
+        actions = self._feed(ev.Request(sock, line.worker_id))
+        return any(type(a) is ev.HandOff for a in actions)
 
-    # ---- control -------------------------------------------------------------
+    # ---- control and status -------------------------------------------------------
 
     def _control(self, request: dict) -> dict:
-        cmd = request.get("cmd")
-        if cmd == "status":
+        if request.get("cmd") == "status":
             return self.status()
-        if cmd == "stop":
-            log.info("stop asked on the control socket: stopping gracefully")
-            self.stop()
-            return {"ok": True}
-        if cmd == "reload":
-            return self.reload("control socket")
-        if cmd == "scale":
-            return self._scale_request(str(request.get("to", "")))
-        return {"error": f"unknown command {cmd!r}"}
-
-    def _scale_request(self, spec: str) -> dict:
-        try:
-            n = int(spec)
-        except ValueError:
-            return {"error": f"scale takes N, +N or -N, not {spec!r}"}
-        if spec[:1] in "+-":
-            n += len(self.slots)
-        if n < 1:
-            return {"error": "at least one worker must remain"}
-        return self.scale(n)
+        for a in self._feed(ev.Command(request)):
+            if type(a) is ev.Answer:
+                return a.answer
+        return {"error": "no answer"}  # the core answers every command
 
     def status(self) -> dict:
-        now = time.monotonic()
-        workers = []
-        for w in self._processes():
-            cpu = rss = cpu_time = None
-            if w.pid:
-                cpu, rss, cpu_time = _proc_usage(w.pid)
-            workers.append({
-                "slot": w.slot, "pid": w.pid or None, "worker_id": w.worker_id,
-                "state": w.state.value, "retired": w in self.retiring,
-                "uptime": round(now - w.started_at, 1) if w.pid else None,
-                "restarts": w.restarts, "cpu": cpu, "cpu_time": cpu_time, "rss": rss,
-                "connections": w.stats.get("connections"),
-                "sessions": w.stats.get("sessions"),
-                "handoffs": w.handoffs_sent, "last_error": w.last_error or None,
-                "exit_status": w.exit_status, "unresponsive": w.unresponsive,
-                "replacement": self.reloading is not None and w is self.reloading.new,
-            })
+        st = self.core.describe(time.monotonic())
+        for w in st["workers"]:
+            if w["pid"]:
+                w["cpu"], w["rss"], w["cpu_time"] = _proc_usage(w["pid"])
         return {
             "master": {
                 "pid": os.getpid(), "uptime": round(time.time() - self.started_at, 1),
                 "fds": _count_fds(), "bind": "{}:{}".format(*self.cfg.bind),
-                "pending": len(self.router), "queued": self.queued_socks,
-                "stopping": self.stopping, "broadcast": "redis" if self.cfg.redis else "relay",
+                "pending": len(self.pending), "queued": self.queued_socks,
+                "stopping": self.core.stopping,
+                "broadcast": "redis" if self.cfg.redis else "relay",
                 "redis": redact_url(self.cfg.redis),
-                "counters": {**self.counters, **self.router.counters},
+                "counters": {**self.counters, **self.pending.counters},
             },
-            "reload": self.reloading.describe() if self.reloading else None,
-            "last_reload": self.last_reload,
-            "workers": workers,
+            **st,
         }
 
     def _cleanup(self) -> None:
@@ -749,11 +507,11 @@ class Master:
             self.control.close()
         if self.metrics is not None:
             self.metrics.close()
-        self.router.close_all()
+        self.pending.close_all()
         if self.listener is not None:
             self.listener.close()
-        for w in self._processes():
-            self._close_channel(w)
+        for link in list(self.links.values()):
+            self._close_link(link, reroute=False)
         log.info("master exiting (code %d)", self.exit_code)
 
 

@@ -167,15 +167,21 @@ def test_an_older_library_is_refused_even_when_untested_versions_are_allowed(
 
 
 def test_a_reload_onto_untested_libraries_is_abandoned_saying_why():
-    from imcluster.master.lifecycle import DEPENDENCY_ERROR, State, Worker
-    from imcluster.master.rolling import replacement_failed
+    # The master's decision core, fed as data (tests/test_master_core.py).
+    from test_master_core import serving
 
-    new = Worker(slot=0, retired=True)  # a reload's replacement
-    new.to(State.STARTING)
-    new.pid = 123
-    assert replacement_failed(new, 1.0, 30.0) is None
-    new.last_error = "python-socketio 99.0.0 is outside the tested range >=5.16.1,<5.19"
-    new.on_exit(DEPENDENCY_ERROR, 2.0)
-    assert replacement_failed(new, 2.0, 30.0) == (
-        "the new worker refused to start: python-socketio 99.0.0 is outside the tested "
-        "range >=5.16.1,<5.19")
+    from imcluster.master import events as ev
+    from imcluster.master.lifecycle import DEPENDENCY_ERROR, State
+
+    m = serving()
+    m.command(cmd="reload")
+    new = m.core.reloading.new
+    m.feed(ev.WorkerError(new.worker_id, "python-socketio 99.0.0 is outside the tested "
+                                         "range >=5.16.1,<5.19"))
+    m.exit(new, DEPENDENCY_ERROR)  # from a replacement: stops the reload, not the master
+    m.tick()
+    assert m.core.reloading is None and not m.core.stopping
+    assert m.core.last_reload["error"] == (
+        "slot 0: the new worker refused to start: python-socketio 99.0.0 is outside the "
+        "tested range >=5.16.1,<5.19")
+    assert [w.state for w in m.core.slots] == [State.READY, State.READY]

@@ -1,0 +1,433 @@
+"""The master's decisions, as data: events in, actions out (no I/O).
+
+`Core` holds the slots and every worker's lifecycle, the rolling reload, scale,
+crash-loop backoff, graceful stop and the routing choice. The shell
+(`loop.py`) owns the selector, the sockets and the processes: it feeds each
+event to `Core.handle(event, now)` and carries out the actions returned, in
+order (see `events.py` for both). The core never reads a clock, a socket or
+the process table, so a test can drive it through a crash loop or a reload in
+microseconds (tests/test_master_core.py). It logs, as the master always has:
+operators and tests read those lines.
+
+Routing follows design.md: stateless by sid (`router.choose`), new sessions
+only to READY workers that hold a slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+
+from imcluster import channel as ch
+from imcluster.master import events as ev
+from imcluster.master import router
+from imcluster.master.lifecycle import (
+    APP_LOAD_ERROR,
+    DEPENDENCY_ERROR,
+    KILL_GRACE,
+    Role,
+    State,
+    Timer,
+    Worker,
+)
+from imcluster.master.rolling import RollingReload
+from imcluster.settings import Config
+
+MAX_WORKERS = 256
+EXIT_OK = 0
+EXIT_NO_WORKER = 3
+
+
+class Core:
+    log = logging.getLogger("imcluster.master")
+
+    def __init__(self, cfg: Config, app: str | None, wall_offset: float = 0.0):
+        """`wall_offset` turns a `now` into wall-clock seconds (time.time() -
+        time.monotonic() at start) for the timestamps in status answers."""
+        self.cfg = cfg
+        self.app = app
+        self.wall_offset = wall_offset
+        self.slots: list[Worker] = []  # index = slot; each holds Role.SLOT
+        self.retiring: list[Worker] = []  # Role.RETIRED, until reaped
+        self.by_id: dict[int, Worker] = {}  # every worker spawned and not yet reaped
+        self.by_pid: dict[int, Worker] = {}
+        self.reloading: RollingReload | None = None
+        self.deferred_scale: int | None = None
+        self.last_reload: dict | None = None
+        self.next_worker_id = 1
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.exit_code = EXIT_OK
+        self.ever_ready = False
+        self._out: list = []
+        self._handlers: dict[type, Callable] = {
+            ev.Tick: self._on_tick, ev.Signal: self._on_signal,
+            ev.Spawned: self._on_spawned, ev.SpawnFailed: self._on_spawn_failed,
+            ev.Exited: self._on_exited, ev.ChannelClosed: self._on_channel_closed,
+            ev.Heard: self._on_heard, ev.Ready: self._on_ready, ev.Stats: self._on_stats,
+            ev.WorkerError: self._on_worker_error, ev.Memory: self._on_memory,
+            ev.Command: self._on_command, ev.Request: self._on_request,
+        }
+
+    # ---- the interface -------------------------------------------------------------
+
+    def start(self, now: float) -> list:
+        """Fill the configured number of slots."""
+        for slot in range(self.cfg.workers):
+            w = Worker(slot=slot)
+            self.slots.append(w)
+            self.spawn(w, now)
+        return self._take()
+
+    def handle(self, event: object, now: float) -> list:
+        """Apply one event; return the actions it calls for, in order."""
+        self._handlers[type(event)](event, now)
+        return self._take()
+
+    @property
+    def done(self) -> bool:
+        """Stopping, and every process has exited: the master may exit."""
+        return self.stopping and all(not w.live for w in self.processes())
+
+    def processes(self) -> list[Worker]:
+        """Every worker the master tracks: the slots, the retiring ones, and a
+        reload's replacement while it starts."""
+        extra = [self.reloading.new] if self.reloading and self.reloading.new else []
+        return self.slots + self.retiring + extra
+
+    def wall(self, now: float) -> float:
+        return now + self.wall_offset
+
+    def describe(self, now: float) -> dict:
+        """The core's part of the status answer (imcluster.control reads the keys);
+        the shell adds the master's own figures and each process's cpu and rss."""
+        workers = []
+        for w in self.processes():
+            workers.append({
+                "slot": w.slot, "pid": w.pid or None, "worker_id": w.worker_id,
+                "state": w.state.value, "retired": w.role is Role.RETIRED,
+                "uptime": round(now - w.started_at, 1) if w.pid else None,
+                "restarts": w.restarts, "cpu": None, "cpu_time": None, "rss": None,
+                "connections": w.stats.get("connections"),
+                "sessions": w.stats.get("sessions"),
+                "handoffs": w.handoffs_sent, "last_error": w.last_error or None,
+                "exit_status": w.exit_status, "unresponsive": w.unresponsive,
+                "replacement": w.role is Role.REPLACEMENT,
+            })
+        return {"reload": self.reloading.describe() if self.reloading else None,
+                "last_reload": self.last_reload, "workers": workers}
+
+    def _take(self) -> list:
+        out, self._out = self._out, []
+        return out
+
+    # ---- verbs (also used by rolling.RollingReload) ---------------------------------
+
+    def spawn(self, w: Worker, now: float) -> None:
+        """Start a fresh process for `w` under a new worker id."""
+        wid = self._new_worker_id()
+        w.started(wid, now)
+        self.by_id[wid] = w
+        self._out.append(ev.Spawn(wid, w.slot))
+
+    def _new_worker_id(self) -> int:
+        while True:
+            wid = self.next_worker_id
+            self.next_worker_id = self.next_worker_id % 0xFFFF + 1
+            if wid not in self.by_id:
+                return wid
+
+    def terminate(self, w: Worker, now: float, stopping: bool = False) -> None:
+        """TERM now, KILL after KILL_GRACE. With `stopping`, the slot is not refilled."""
+        if stopping and w.state is not State.STOPPING:
+            w.to(State.STOPPING)
+        self._kill(w, signal.SIGTERM)
+        w.kill_at = now + KILL_GRACE
+
+    def retire(self, w: Worker, now: float) -> None:
+        """Take a worker out of service for good: no new sessions, drain, exit."""
+        w.role = Role.RETIRED
+        if not w.live:
+            if w.state in (State.BACKOFF, State.FATAL):
+                w.to(State.EXITED)
+            return
+        self.retiring.append(w)
+        if w.state is State.READY:
+            w.to(State.DRAINING)
+            w.drain_deadline = now + self.cfg.graceful_timeout
+            self._out.append(ev.Send(w.worker_id, ch.STOP))
+        elif w.state is not State.DRAINING:
+            self.terminate(w, now, stopping=True)
+
+    def retry_held(self) -> None:
+        self._out.append(ev.RetryHeld())
+
+    def stop(self, now: float) -> None:
+        """Stop accepting, ask every worker to exit, force it after the timeout."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_deadline = now + self.cfg.graceful_timeout
+        self._out.append(ev.StopListening())
+        for w in self.processes():
+            if w.state in (State.BACKOFF, State.FATAL):
+                w.to(State.EXITED)
+            elif w.live and w.state is not State.STOPPING:
+                w.to(State.STOPPING)
+                self._kill(w, signal.SIGTERM)
+
+    def reload(self, reason: str, now: float, slots: list[int] | None = None) -> dict:
+        """Start (or extend) a rolling reload of `slots` (default: all)."""
+        if self.stopping:
+            return {"error": "the master is stopping"}
+        slots = list(range(len(self.slots))) if slots is None else slots
+        if self.reloading is None:
+            self.reloading = RollingReload(reason)
+            self.log.info("reload (%s): replacing %d worker(s), one at a time",
+                          reason, len(slots))
+        self.reloading.add(slots)
+        self.reloading.advance(self, now)
+        return {"ok": True, "reload": self.reloading.describe() if self.reloading else None}
+
+    def abandon_reload(self, why: str, now: float) -> None:
+        r = self.reloading
+        msg = f"slot {r.slot}: {why}"
+        self.log.error("reload (%s) abandoned: %s; the old workers keep serving", r.reason, msg)
+        if r.new is not None and r.new.live:
+            r.new.role = Role.RETIRED
+            self.retiring.append(r.new)  # reaped like any retired worker
+            self.terminate(r.new, now, stopping=True)
+        r.new = None
+        self.end_reload({"ok": False, "reason": r.reason, "error": msg,
+                         "replaced": r.replaced, "finished": self.wall(now)}, now)
+
+    def end_reload(self, result: dict, now: float) -> None:
+        self.last_reload = result
+        self.reloading = None
+        if self.deferred_scale is not None:
+            self.scale(self.deferred_scale, now)
+
+    def scale(self, target: int, now: float) -> dict:
+        """Grow or shrink to `target` workers; removed workers drain first."""
+        if self.stopping:
+            return {"error": "the master is stopping"}
+        target = max(1, min(int(target), MAX_WORKERS))
+        if target < len(self.slots) and self.reloading is not None:
+            # Slots being replaced must not vanish under the reload: shrink after it.
+            self.deferred_scale = target
+            self.log.info("scale to %d deferred until the reload ends", target)
+            return {"ok": True, "workers": target, "deferred": True}
+        self.deferred_scale = None
+        before = len(self.slots)
+        while len(self.slots) < target:
+            w = Worker(slot=len(self.slots))
+            self.slots.append(w)
+            self.spawn(w, now)
+        while len(self.slots) > target:
+            self.retire(self.slots.pop(), now)
+        if target != before:
+            self.log.info("scaled from %d to %d workers", before, target)
+        return {"ok": True, "workers": target}
+
+    def _give_up(self, why: str, now: float) -> None:
+        self.log.critical("%s; exiting", why)
+        self.exit_code = EXIT_NO_WORKER
+        self.stop(now)
+
+    def _kill(self, w: Worker, signum: int) -> None:
+        if w.pid:
+            self._out.append(ev.Kill(w.pid, signum))
+
+    # ---- events ---------------------------------------------------------------------
+
+    def _on_tick(self, e: ev.Tick, now: float) -> None:
+        cfg = self.cfg
+        for w in self.processes():
+            for timer in w.due(now, cfg.ready_timeout, cfg.heartbeat_timeout):
+                self._timer(w, timer, now)
+        if self.reloading is not None and not self.stopping:
+            self.reloading.advance(self, now)
+        if self.stopping and now >= self.stop_deadline:
+            for w in self.processes():
+                self._kill(w, signal.SIGKILL)
+
+    def _timer(self, w: Worker, timer: Timer, now: float) -> None:
+        if timer is Timer.RESPAWN:
+            if not self.stopping and w.role is Role.SLOT:
+                self.spawn(w, now)
+        elif timer is Timer.READY_TIMEOUT:
+            self.log.error("slot %d: worker pid %d not READY after %.0fs; stopping it",
+                           w.slot, w.pid, self.cfg.ready_timeout)
+            w.unresponsive = True
+            self.terminate(w, now)
+        elif timer is Timer.SILENT:
+            self.log.error("slot %d: worker pid %d silent for %.1fs (event loop blocked?); "
+                           "replacing it", w.slot, w.pid, now - w.last_heard)
+            w.unresponsive = True
+            self.terminate(w, now)
+        elif timer is Timer.DRAIN_TIMEOUT:
+            self.log.warning("slot %d: worker pid %d still draining after %.0fs; stopping it",
+                             w.slot, w.pid, self.cfg.graceful_timeout)
+            self.terminate(w, now, stopping=True)
+        elif timer is Timer.KILL:
+            self.log.warning("slot %d: worker pid %d ignored SIGTERM; killing it",
+                             w.slot, w.pid)
+            self._kill(w, signal.SIGKILL)
+            w.kill_at = 0.0
+
+    def _on_signal(self, e: ev.Signal, now: float) -> None:
+        sig = e.signum
+        name = signal.Signals(sig).name
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            if self.stopping:
+                self.log.warning("second %s: stopping now", name)
+                self.stop_deadline = 0.0
+            else:
+                self.log.info("%s: stopping gracefully", name)
+                self.stop(now)
+        elif self.stopping:
+            self.log.warning("%s ignored while stopping", name)
+        elif sig == signal.SIGHUP:
+            self.reload("SIGHUP", now)
+        elif sig == signal.SIGTTIN:
+            self.scale(len(self.slots) + 1, now)
+        elif sig == signal.SIGTTOU:
+            self.scale(len(self.slots) - 1, now)
+
+    def _on_spawned(self, e: ev.Spawned, now: float) -> None:
+        w = self.by_id.get(e.worker_id)
+        if w is None or w.state is not State.STARTING or w.pid:
+            return
+        w.pid = e.pid
+        w.channel_open = True
+        self.by_pid[e.pid] = w
+        self.log.info("slot %d: spawned worker %d, pid %d", w.slot, e.worker_id, e.pid)
+
+    def _on_spawn_failed(self, e: ev.SpawnFailed, now: float) -> None:
+        w = self.by_id.pop(e.worker_id, None)
+        if w is None:
+            return
+        self.log.error("slot %d: cannot spawn a worker: %s", w.slot, e.reason)
+        # The start failed before there was a process: STARTING -> EXITED, and a
+        # slot's failed start counts towards its backoff like any other.
+        w.on_exit(-1, now)
+        if self.reloading is not None and w is self.reloading.new:
+            self.abandon_reload("cannot spawn a new worker", now)
+
+    def _on_exited(self, e: ev.Exited, now: float) -> None:
+        w = self.by_pid.pop(e.pid, None)
+        if w is None:
+            return
+        self.by_id.pop(w.worker_id, None)
+        self._out.append(ev.CloseChannel(w.worker_id))
+        was = w.state
+        w.on_exit(e.code, now)
+        code = e.code
+        how = f"signal {-code}" if code < 0 else f"code {code}"
+        error = f": {w.last_error}" if w.last_error else ""
+        if w.role is Role.RETIRED:
+            if w in self.retiring:
+                self.retiring.remove(w)
+            self.log.info("slot %d: retired worker pid %d exited (%s)", w.slot, e.pid, how)
+            return
+        if w.role is Role.REPLACEMENT:
+            self.log.error("slot %d: replacement worker pid %d exited (%s)%s",
+                           w.slot, e.pid, how, error)
+            return  # the reload's next step abandons it
+        if self.stopping or was is State.STOPPING:
+            self.log.info("slot %d: worker pid %d exited (%s)", w.slot, e.pid, how)
+            return
+        self.log.error("slot %d: worker pid %d died (%s)%s", w.slot, e.pid, how, error)
+        if code in (APP_LOAD_ERROR, DEPENDENCY_ERROR) and not self.ever_ready:
+            # The app cannot load, or the libraries are not the tested ones,
+            # and nothing ever served: respawning will not fix a typo or an
+            # install. Say why, once, and stop.
+            what = (f"the app {self.app or '(chat demo)'} failed to load"
+                    if code == APP_LOAD_ERROR else "workers refuse to start")
+            self._give_up(f"{what}: {w.last_error or 'see the worker error above'}", now)
+            return
+        if w.state is State.FATAL:
+            self.log.error("slot %d: FATAL after %d failed starts; not respawning",
+                           w.slot, w.failures)
+            if all(s.state is State.FATAL for s in self.slots):
+                self._give_up("no worker can start: every slot is FATAL"
+                              + (f" ({w.last_error})" if w.last_error else ""), now)
+        else:
+            self.log.info("slot %d: respawning in %.1fs", w.slot, max(0.0, w.respawn_at - now))
+
+    def _on_channel_closed(self, e: ev.ChannelClosed, now: float) -> None:
+        w = self.by_id.get(e.worker_id)
+        if w is not None:
+            w.channel_open = False
+
+    def _on_heard(self, e: ev.Heard, now: float) -> None:
+        w = self.by_id.get(e.worker_id)
+        if w is not None:
+            w.last_heard = now
+
+    def _on_ready(self, e: ev.Ready, now: float) -> None:
+        w = self.by_id.get(e.worker_id)
+        if w is None or w.state is not State.STARTING:
+            return
+        w.ready(now)
+        w.last_heard = now
+        self.ever_ready = True
+        self.log.info("slot %d: worker pid %d READY", w.slot, w.pid)
+        self.retry_held()
+
+    def _on_stats(self, e: ev.Stats, now: float) -> None:
+        w = self.by_id.get(e.worker_id)
+        if w is not None:
+            w.stats = e.stats
+            w.last_heard = now
+
+    def _on_worker_error(self, e: ev.WorkerError, now: float) -> None:
+        w = self.by_id.get(e.worker_id)
+        if w is not None:
+            w.last_error = e.text[:2000]
+
+    def _on_memory(self, e: ev.Memory, now: float) -> None:
+        limit = self.cfg.max_memory * 2**20
+        for w in list(self.slots):
+            rss = e.rss.get(w.worker_id)
+            if not (w.accepts_new and rss and rss > limit):
+                continue
+            if self.reloading is not None and self.reloading.busy_with(w.slot):
+                continue
+            self.log.warning("slot %d: worker pid %d uses %.0f MiB (limit %d); "
+                             "replacing it gracefully", w.slot, w.pid, rss / 2**20,
+                             self.cfg.max_memory)
+            self.reload(f"memory limit (slot {w.slot})", now, [w.slot])
+
+    def _on_command(self, e: ev.Command, now: float) -> None:
+        self._out.append(ev.Answer(self._command(e.request, now)))
+
+    def _command(self, request: dict, now: float) -> dict:
+        cmd = request.get("cmd")
+        if cmd == "stop":
+            self.log.info("stop asked on the control socket: stopping gracefully")
+            self.stop(now)
+            return {"ok": True}
+        if cmd == "reload":
+            return self.reload("control socket", now)
+        if cmd == "scale":
+            spec = str(request.get("to", ""))
+            try:
+                n = int(spec)
+            except ValueError:
+                return {"error": f"scale takes N, +N or -N, not {spec!r}"}
+            if spec[:1] in "+-":
+                n += len(self.slots)
+            if n < 1:
+                return {"error": "at least one worker must remain"}
+            return self.scale(n, now)
+        return {"error": f"unknown command {cmd!r}"}
+
+    def _on_request(self, e: ev.Request, now: float) -> None:
+        w = router.choose(self.slots, self.by_id, e.worker_id)
+        if w is None:
+            self._out.append(ev.Hold(e.conn))
+            return
+        w.handoffs_sent += 1
+        self._out.append(ev.HandOff(e.conn, w.worker_id))

@@ -1,0 +1,224 @@
+"""Connections the master holds until their request line says where they go.
+
+Each connection is peeked at (MSG_PEEK: no byte is consumed) until a whole
+request line is queued, then offered to the master for delivery (the choice
+of worker is `router.choose`'s). A client that is slow, silent, or sends
+something that is not HTTP gets a short error answer and a close; a partial
+line never makes the loop spin, because SO_RCVLOWAT keeps the socket
+unreadable until more bytes arrive.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from imcluster import httpline
+
+log = logging.getLogger("imcluster.master")
+
+REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    414: "URI Too Long",
+    503: "Service Unavailable",
+}
+# After an error answer we read and drop what the client still sends, so the
+# close does not turn into a reset that could destroy the answer in flight.
+LINGER_SECONDS = 2.0
+
+
+def error_response(status: int, detail: str = "") -> bytes:
+    body = (detail or REASONS[status]).encode() + b"\n"
+    return (f"HTTP/1.1 {status} {REASONS[status]}\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode() + body
+
+
+class Pending:
+    __slots__ = ("sock", "deadline", "seen", "line", "closing")
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self.sock = sock
+        self.deadline = deadline
+        self.seen = 0  # bytes seen by the last peek
+        self.line: httpline.RequestLine | None = None  # parsed, waiting for a worker
+        self.closing = False  # answered with an error; lingering before close
+
+
+class PendingConnections:
+    """Owns every client socket between accept (or hand-back) and hand-off."""
+
+    def __init__(self, selector: selectors.BaseSelector, header_timeout: float,
+                 max_pending: int, deliver: Callable[[socket.socket, httpline.RequestLine], bool]):
+        self.selector = selector
+        self.header_timeout = header_timeout
+        self.max_pending = max_pending
+        # deliver(sock, line) -> True if taken (this table forgets the socket),
+        # False if no worker can take it now (this table keeps it waiting).
+        self.deliver = deliver
+        self.pending: OrderedDict[int, Pending] = OrderedDict()
+        self.waiting: OrderedDict[int, Pending] = OrderedDict()
+        self.counters = {"routed": 0, "bad_request": 0, "too_long": 0, "timeout": 0,
+                         "evicted": 0, "unavailable": 0}
+
+    def __len__(self) -> int:
+        return len(self.pending) + len(self.waiting)
+
+    def add(self, sock: socket.socket, now: float) -> None:
+        """Take a fresh client socket (accepted, or handed back by a worker)."""
+        sock.setblocking(False)
+        if len(self.pending) >= self.max_pending:
+            # Slowloris and idle floods fill this table; the oldest entry is the
+            # likeliest abuser, since honest clients send their line at once.
+            # It gets a best-effort 408 and an immediate close: no lingering,
+            # so the table really shrinks.
+            _, oldest = next(iter(self.pending.items()))
+            self.counters["evicted"] += 1
+            if not oldest.closing:
+                try:
+                    oldest.sock.send(error_response(408, "too many pending connections"))
+                except OSError:
+                    pass
+            self._drop(oldest)
+        p = Pending(sock, now + self.header_timeout)
+        self.pending[sock.fileno()] = p
+        self.selector.register(sock, selectors.EVENT_READ, self._on_readable)
+        self._examine(p, now)
+
+    def _on_readable(self, key: selectors.SelectorKey, mask: int) -> None:
+        p = self.pending.get(key.fd)
+        if p is not None:
+            self._examine(p, time.monotonic())
+
+    def _examine(self, p: Pending, now: float) -> None:
+        if p.closing:
+            self._linger(p)
+            return
+        try:
+            data = p.sock.recv(httpline.MAX_REQUEST_LINE + 2, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(p)
+            return
+        if not data:
+            self._drop(p)  # the client went away before saying anything
+            return
+        try:
+            line = httpline.parse(data)
+        except httpline.Incomplete:
+            p.seen = len(data)
+            # Readable again only once a byte more than we have seen arrives.
+            _set_lowat(p.sock, p.seen + 1)
+            return
+        except httpline.BadRequest as e:
+            self.counters["too_long" if e.status == 414 else "bad_request"] += 1
+            self._fail(p, e.status, e.reason, now)
+            return
+        if p.seen:
+            _set_lowat(p.sock, 1)  # the option travels with the fd to the worker
+        self._route(p, line)
+
+    def _route(self, p: Pending, line: httpline.RequestLine) -> None:
+        fd = self._forget(p)
+        if self.deliver(p.sock, line):
+            self.counters["routed"] += 1
+            return
+        # No READY worker right now (all starting or restarting): hold it until
+        # one is, or until its deadline. It is unregistered meanwhile, so a
+        # client sending more bytes costs nothing.
+        p.line = line
+        self.waiting[fd] = p
+
+    def retry_waiting(self) -> None:
+        """Offer held connections again; call when a worker became READY."""
+        for p in list(self.waiting.values()):
+            fd = p.sock.fileno()
+            if self.deliver(p.sock, p.line):
+                self.waiting.pop(fd, None)
+                self.counters["routed"] += 1
+            else:
+                break
+
+    def expire(self, now: float) -> None:
+        """Answer or close every connection past its deadline."""
+        for p in list(self.pending.values()):
+            if p.deadline > now:
+                continue
+            if p.closing:
+                self._drop(p)
+            else:
+                self.counters["timeout"] += 1
+                self._fail(p, 408, "request line not received in time", now)
+        for p in list(self.waiting.values()):
+            if p.deadline > now:
+                continue
+            self.waiting.pop(p.sock.fileno(), None)
+            self.counters["unavailable"] += 1
+            self._fail(p, 503, "no worker is ready; try again", now, registered=False)
+
+    def close_all(self) -> None:
+        for p in list(self.pending.values()) + list(self.waiting.values()):
+            self._drop(p)
+
+    def _fail(self, p: Pending, status: int, reason: str, now: float,
+              registered: bool = True) -> None:
+        try:
+            p.sock.send(error_response(status, reason))
+            p.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._drop(p)
+            return
+        _set_lowat(p.sock, 1)
+        fd = p.sock.fileno()
+        self.pending.pop(fd, None)
+        if not registered:
+            self.selector.register(p.sock, selectors.EVENT_READ, self._on_readable)
+        p.closing = True
+        p.deadline = now + LINGER_SECONDS
+        self.pending[fd] = p
+        self._linger(p)
+
+    def _linger(self, p: Pending) -> None:
+        try:
+            # Bounded, so a client that keeps sending cannot hold the loop.
+            for _ in range(16):
+                if not p.sock.recv(65536):
+                    break
+            else:
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._drop(p)
+
+    def _forget(self, p: Pending) -> int:
+        """Stop tracking and watching `p`; returns its fd."""
+        fd = p.sock.fileno()
+        self.pending.pop(fd, None)
+        self.waiting.pop(fd, None)
+        try:
+            self.selector.unregister(p.sock)
+        except (KeyError, ValueError):
+            pass
+        return fd
+
+    def _drop(self, p: Pending) -> None:
+        self._forget(p)
+        p.sock.close()
+
+
+def _set_lowat(sock: socket.socket, n: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+    except OSError as e:
+        if e.errno not in (errno.EBADF, errno.ENOTCONN):
+            log.debug("SO_RCVLOWAT: %s", e)

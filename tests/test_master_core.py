@@ -1,0 +1,600 @@
+"""The master's decisions as data: events fed to `Core`, actions asserted; no processes.
+
+The middle tier of our tests (after gunicorn's test_arbiter.py): every edge of
+the worker state machine taken through the events that cause it, crash loops
+and backoff to FATAL, rolling reloads that succeed, are abandoned or meet a
+scale, hung-worker replacement, and where requests naming dead, draining and
+replaced workers go. A fake process table gives each Spawn a pid at once; time
+is a number the test moves.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import pytest
+
+from imcluster import channel as ch
+from imcluster import settings as cfgmod
+from imcluster.master import events as ev
+from imcluster.master.core import Core
+from imcluster.master.lifecycle import Role, State, Worker
+
+T0 = 1000.0
+TERM, KILL = signal.SIGTERM, signal.SIGKILL
+
+
+def config(**kw) -> cfgmod.Config:
+    env = {f"IMCLUSTER_{k.upper()}": str(v) for k, v in kw.items()}
+    return cfgmod.resolve(None, environ=env)
+
+
+class Master:
+    """A Core and a fake process table: every Spawn is answered at once with a
+    pid (or, while `fail_spawns` > 0, with SpawnFailed)."""
+
+    def __init__(self, workers: int = 2, **cfg):
+        cfg.setdefault("graceful_timeout", 10)
+        cfg.setdefault("ready_timeout", 30)
+        cfg.setdefault("heartbeat_timeout", 10)
+        self.core = Core(config(workers=workers, **cfg), "app:sio")
+        self.now = T0
+        self.next_pid = 100
+        self.fail_spawns = 0
+        self.actions = self._run(self.core.start(self.now))
+
+    def _run(self, actions: list) -> list:
+        out = []
+        for a in actions:
+            out.append(a)
+            if type(a) is ev.Spawn:
+                if self.fail_spawns:
+                    self.fail_spawns -= 1
+                    reply = ev.SpawnFailed(a.worker_id, "[Errno 12] Cannot allocate memory")
+                else:
+                    reply = ev.Spawned(a.worker_id, self.next_pid)
+                    self.next_pid += 1
+                out += self._run(self.core.handle(reply, self.now))
+        return out
+
+    def feed(self, event: object, after: float = 0.0) -> list:
+        self.now += after
+        return self._run(self.core.handle(event, self.now))
+
+    def tick(self, after: float = 0.0) -> list:
+        return self.feed(ev.Tick(), after)
+
+    def slot(self, i: int) -> Worker:
+        return self.core.slots[i]
+
+    def ready(self, *workers: Worker) -> list:
+        out = []
+        for w in workers or [w for w in self.core.processes() if w.state is State.STARTING]:
+            out += self.feed(ev.Ready(w.worker_id))
+        return out
+
+    def exit(self, w: Worker, code: int = 0, after: float = 0.0) -> list:
+        return self.feed(ev.Exited(w.pid, code), after)
+
+    def route(self, worker_id: int | None) -> int | None:
+        """The worker id a request naming `worker_id` is handed to (None: held)."""
+        [a] = self.feed(ev.Request(object(), worker_id))
+        return a.worker_id if type(a) is ev.HandOff else None
+
+    def command(self, **request) -> dict:
+        [a] = [a for a in self.feed(ev.Command(request)) if type(a) is ev.Answer]
+        return a.answer
+
+
+def of(actions: list, kind: type) -> list:
+    return [a for a in actions if type(a) is kind]
+
+
+def kills(actions: list) -> list[tuple[int, int]]:
+    return [(a.pid, a.signum) for a in of(actions, ev.Kill)]
+
+
+def serving() -> Master:
+    """Two workers, READY ten seconds ago (so an exit counts as a healthy run's end)."""
+    m = Master(workers=2)
+    m.ready()
+    for w in m.core.slots:
+        w.ready_at = T0 - 10
+    return m
+
+
+# ---- start -------------------------------------------------------------------------
+
+
+def test_start_spawns_each_slot_with_its_own_worker_id():
+    m = Master(workers=3)
+    assert [(a.worker_id, a.slot) for a in of(m.actions, ev.Spawn)] == [(1, 0), (2, 1), (3, 2)]
+    # EXITED -> STARTING
+    assert [(w.state, w.pid, w.channel_open) for w in m.core.slots] == \
+        [(State.STARTING, 100, True), (State.STARTING, 101, True), (State.STARTING, 102, True)]
+
+
+def test_ready_takes_new_sessions_and_releases_held_connections():
+    m = Master(workers=1)
+    assert m.route(None) is None  # STARTING only: the connection is held
+    actions = m.ready()  # STARTING -> READY
+    assert m.slot(0).state is State.READY and m.slot(0).ready_at == T0
+    assert of(actions, ev.RetryHeld) == [ev.RetryHeld()]
+    assert m.route(None) == 1
+
+
+def test_a_second_ready_changes_nothing():
+    m = serving()
+    assert m.feed(ev.Ready(1)) == [] and m.slot(0).state is State.READY
+
+
+# ---- exits, backoff, FATAL ------------------------------------------------------------
+
+
+def test_crash_while_starting_backs_off():
+    m = Master(workers=2)
+    m.exit(m.slot(0), 1, after=1.0)  # STARTING -> EXITED -> BACKOFF
+    w = m.slot(0)
+    assert (w.state, w.pid, w.failures, w.restarts, w.exit_status) == (State.BACKOFF, 0, 1, 1, 1)
+    assert w.respawn_at == T0 + 1.0 + 0.5
+    assert of(m.tick(after=0.4), ev.Spawn) == []  # not yet
+    spawned = of(m.tick(after=0.2), ev.Spawn)  # BACKOFF -> STARTING
+    assert spawned == [ev.Spawn(3, 0)] and w.state is State.STARTING and w.pid == 102
+
+
+def test_crash_of_a_healthy_worker_respawns_at_once():
+    m = serving()
+    actions = m.exit(m.slot(1), -9)  # READY -> EXITED -> BACKOFF
+    assert of(actions, ev.CloseChannel) == [ev.CloseChannel(2)]
+    w = m.slot(1)
+    assert (w.state, w.failures, w.restarts, w.respawn_at) == (State.BACKOFF, 0, 1, T0 + 0.1)
+    assert of(m.tick(after=0.1), ev.Spawn) == [ev.Spawn(3, 1)]
+
+
+def test_a_worker_that_dies_soon_after_ready_still_counts_as_failing():
+    m = Master(workers=2)
+    m.ready()
+    m.exit(m.slot(0), 1, after=4.0)  # READY for 4 s < 5 s: not healthy
+    assert m.slot(0).failures == 1 and m.slot(0).respawn_at == T0 + 4.0 + 0.5
+
+
+def test_crash_loop_backs_off_longer_each_time_then_goes_fatal():
+    m = Master(workers=2)
+    m.ready(m.slot(1))
+    delays = []
+    for _ in range(4):
+        m.exit(m.slot(0), 1, after=0.1)
+        w = m.slot(0)
+        assert w.state is State.BACKOFF
+        delays.append(round(w.respawn_at - m.now, 3))
+        m.tick(after=w.respawn_at - m.now)
+        assert w.state is State.STARTING
+    assert delays == [0.5, 1.0, 2.0, 4.0]
+    m.exit(m.slot(0), 1, after=0.1)  # the fifth failed start: EXITED -> FATAL
+    assert m.slot(0).state is State.FATAL
+    m.feed(ev.Heard(2), after=60)
+    assert of(m.tick(), ev.Spawn) == []  # never respawned on its own
+    assert not m.core.stopping  # the other slot still serves
+    assert m.route(None) == m.slot(1).worker_id
+
+
+def test_every_slot_fatal_gives_up_with_exit_code_3(caplog):
+    m = Master(workers=1)
+    for _ in range(5):
+        m.tick(after=60)  # respawn whenever due
+        actions = m.exit(m.slot(0), 1)
+    assert m.slot(0).state is State.EXITED  # FATAL, then EXITED by the stop
+    assert m.core.stopping and m.core.exit_code == 3 and m.core.done
+    assert of(actions, ev.StopListening) == [ev.StopListening()]
+    assert "every slot is FATAL" in caplog.text
+
+
+def test_an_app_that_cannot_load_stops_the_master_at_once(caplog):
+    m = Master(workers=2)
+    m.feed(ev.WorkerError(1, "SyntaxError: invalid syntax"))
+    actions = m.exit(m.slot(0), 4)  # APP_LOAD_ERROR, and no worker was ever READY
+    assert m.core.exit_code == 3 and m.core.stopping
+    assert kills(actions) == [(101, TERM)]  # the other one is asked to stop
+    assert of(m.tick(after=60), ev.Spawn) == []
+    assert "the app app:sio failed to load: SyntaxError" in caplog.text
+
+
+def test_an_app_load_error_after_something_served_is_an_ordinary_crash():
+    m = serving()
+    m.exit(m.slot(0), 4)
+    assert not m.core.stopping and m.slot(0).state is State.BACKOFF
+
+
+def test_a_spawn_that_fails_is_a_failed_start_not_a_crash_of_a_process():
+    m = Master(workers=1)
+    m.exit(m.slot(0), 1)
+    m.fail_spawns = 1
+    actions = m.tick(after=0.5)
+    assert of(actions, ev.Spawn) == [ev.Spawn(2, 0)]  # tried...
+    w = m.slot(0)  # ...and STARTING -> EXITED -> BACKOFF, without a pid ever
+    assert (w.state, w.pid, w.exit_status, w.failures) == (State.BACKOFF, 0, -1, 2)
+    assert 2 not in m.core.by_id  # its worker id is free again
+
+
+# ---- stop ------------------------------------------------------------------------------
+
+
+def test_sigterm_stops_every_worker_then_the_master_is_done(caplog):
+    m = Master(workers=3)
+    m.ready(m.slot(0), m.slot(1))  # slot 2 still STARTING
+    actions = m.feed(ev.Signal(TERM))
+    assert of(actions, ev.StopListening) == [ev.StopListening()]
+    # READY -> STOPPING and STARTING -> STOPPING
+    assert kills(actions) == [(100, TERM), (101, TERM), (102, TERM)]
+    assert [w.state for w in m.core.slots] == [State.STOPPING] * 3
+    for w in list(m.core.slots):
+        assert not m.core.done
+        m.exit(w, 0)  # STOPPING -> EXITED
+        assert w.state is State.EXITED
+    assert m.core.done and m.core.exit_code == 0
+    assert "SIGTERM: stopping gracefully" in caplog.text
+    assert caplog.text.count("exited (code 0)") == 3
+
+
+def test_stop_during_backoff_and_fatal_leaves_those_slots_exited():
+    m = Master(workers=3)
+    m.ready(m.slot(0))
+    m.exit(m.slot(1), 1)  # BACKOFF
+    m.slot(2).state = State.FATAL  # as after a crash loop
+    m.slot(2).pid = 0
+    m.feed(ev.Signal(signal.SIGINT))  # BACKOFF -> EXITED, FATAL -> EXITED
+    assert [w.state for w in m.core.slots] == [State.STOPPING, State.EXITED, State.EXITED]
+    assert of(m.tick(after=60), ev.Spawn) == []
+    m.exit(m.slot(0))
+    assert m.core.done
+
+
+def test_workers_that_ignore_term_are_killed_at_the_graceful_timeout():
+    m = serving()
+    m.feed(ev.Signal(TERM))
+    assert kills(m.tick(after=9.9)) == []
+    assert kills(m.tick(after=0.1)) == [(100, KILL), (101, KILL)]
+
+
+def test_a_second_sigterm_kills_at_the_next_tick(caplog):
+    m = serving()
+    m.feed(ev.Signal(TERM))
+    m.feed(ev.Signal(TERM))
+    assert kills(m.tick()) == [(100, KILL), (101, KILL)]
+    assert "second SIGTERM: stopping now" in caplog.text
+
+
+def test_while_stopping_reload_and_scale_are_refused():
+    m = serving()
+    m.command(cmd="stop")
+    assert m.command(cmd="reload") == {"error": "the master is stopping"}
+    assert m.command(cmd="scale", to="3") == {"error": "the master is stopping"}
+    assert of(m.feed(ev.Signal(signal.SIGHUP)), ev.Spawn) == []
+
+
+# ---- hung workers -----------------------------------------------------------------------
+
+
+def test_a_silent_worker_is_replaced():
+    m = serving()
+    m.feed(ev.Stats(2, {"sessions": 0, "handoffs": 0}), after=9.0)  # slot 1 reports; slot 0 not
+    actions = m.tick(after=1.5)
+    assert kills(actions) == [(100, TERM)]
+    w = m.slot(0)
+    assert w.unresponsive and w.state is State.READY and not w.accepts_new
+    # Its own sessions go elsewhere (and get "unknown session"); so do new ones.
+    assert m.route(1) == 2 and m.route(None) == 2
+    assert kills(m.tick(after=0.25)) == []  # TERM once, not every tick
+    assert kills(m.tick(after=5.0)) == [(100, KILL)]  # it ignored TERM
+    m.exit(w, -9)
+    assert w.state is State.BACKOFF and not w.unresponsive
+    assert of(m.tick(after=0.5), ev.Spawn) == [ev.Spawn(3, 0)]
+
+
+def test_any_frame_is_a_heartbeat():
+    m = serving()
+    for _ in range(5):
+        m.feed(ev.Heard(1), after=5.0)
+        m.feed(ev.Heard(2))
+        assert kills(m.tick()) == []
+
+
+def test_a_worker_not_ready_in_time_is_replaced():
+    m = Master(workers=1, ready_timeout=30)
+    assert kills(m.tick(after=30)) == []
+    assert kills(m.tick(after=0.1)) == [(100, TERM)]
+    m.exit(m.slot(0), -15)
+    assert m.slot(0).state is State.BACKOFF and m.slot(0).failures == 1
+
+
+# ---- scale --------------------------------------------------------------------------------
+
+
+def test_scale_up_spawns_new_slots_and_down_drains_the_last():
+    m = serving()
+    actions = m.feed(ev.Command({"cmd": "scale", "to": "+1"}))
+    assert of(actions, ev.Answer) == [ev.Answer({"ok": True, "workers": 3})]
+    assert of(actions, ev.Spawn) == [ev.Spawn(3, 2)]
+    assert [w.slot for w in m.core.slots] == [0, 1, 2]
+    m.ready(m.slot(2))
+    doomed = m.slot(2)
+    actions = m.feed(ev.Signal(signal.SIGTTOU))  # READY -> DRAINING
+    assert len(m.core.slots) == 2 and doomed.state is State.DRAINING
+    assert doomed.role is Role.RETIRED and m.core.retiring == [doomed]
+    assert of(actions, ev.Send) == [ev.Send(3, ch.STOP)]
+    assert kills(actions) == []  # it drains first
+    # New sessions avoid it; its own sessions still reach it while it drains.
+    assert {m.route(None) for _ in range(4)} == {1, 2}
+    assert m.route(3) == 3
+    status = m.core.describe(m.now)["workers"]
+    assert [(w["slot"], w["state"], w["retired"]) for w in status] == \
+        [(0, "READY", False), (1, "READY", False), (2, "DRAINING", True)]
+    m.exit(doomed, 0)  # DRAINING -> EXITED, and not respawned
+    assert doomed.state is State.EXITED and m.core.retiring == []
+    assert of(m.tick(after=60), ev.Spawn) == []
+
+
+def test_a_worker_still_draining_at_the_graceful_timeout_is_stopped():
+    m = serving()
+    m.command(cmd="scale", to="1")
+    doomed = m.core.retiring[0]
+    assert kills(m.tick(after=9.9)) == []
+    # DRAINING -> STOPPING: TERM, then KILL if it ignores that too.
+    m.feed(ev.Heard(2))
+    m.feed(ev.Heard(1))
+    assert kills(m.tick(after=0.1)) == [(101, TERM)] and doomed.state is State.STOPPING
+    assert kills(m.tick(after=5.0)) == [(101, KILL)]
+
+
+def test_scale_commands_are_checked():
+    m = serving()
+    assert m.command(cmd="scale", to="-5") == {"error": "at least one worker must remain"}
+    assert m.command(cmd="scale", to="many") == \
+        {"error": "scale takes N, +N or -N, not 'many'"}
+    assert m.command(cmd="scale", to="1000") == {"ok": True, "workers": 256}
+    assert m.command(cmd="nap") == {"error": "unknown command 'nap'"}
+
+
+def test_scaling_away_a_slot_in_backoff_leaves_nothing_to_drain():
+    m = serving()
+    m.exit(m.slot(1), 1)
+    backing_off = m.slot(1)
+    m.command(cmd="scale", to="1")  # BACKOFF -> EXITED
+    assert backing_off.state is State.EXITED and m.core.retiring == []
+    assert of(m.tick(after=60), ev.Spawn) == []
+
+
+# ---- rolling reload -------------------------------------------------------------------------
+
+
+def reload_step(m: Master, slot: int) -> Worker:
+    """Let the reload's replacement for `slot` become READY and its old worker exit."""
+    new = m.core.reloading.new
+    assert new.slot == slot and new.role is Role.REPLACEMENT and new.state is State.STARTING
+    old = m.slot(slot)
+    m.ready(new)
+    m.tick()
+    assert m.slot(slot) is new and new.role is Role.SLOT
+    assert old.state is State.DRAINING and old.role is Role.RETIRED
+    m.exit(old, 0, after=1.0)
+    return new
+
+
+def test_reload_replaces_one_slot_at_a_time(caplog):
+    m = serving()
+    answer = m.command(cmd="reload")
+    assert answer["ok"] and answer["reload"]["phase"] == "starting"
+    assert answer["reload"]["slot"] == 0 and answer["reload"]["queued"] == [1]
+    new0 = m.core.reloading.new
+    # The replacement gets no new sessions until it is READY and holds the slot.
+    assert {m.route(None) for _ in range(3)} == {1, 2}
+    assert [w["replacement"] for w in m.core.describe(m.now)["workers"]] == [False, False, True]
+    m.ready(new0)
+    assert {m.route(None) for _ in range(3)} == {1, 2}  # still not: the swap is at the tick
+    actions = m.tick()
+    assert m.slot(0) is new0 and of(actions, ev.Send) == [ev.Send(1, ch.STOP)]
+    assert of(actions, ev.RetryHeld) == [ev.RetryHeld()]
+    assert m.route(1) == 1  # the old worker's sessions stay with it while it drains
+    assert m.core.reloading.phase == "draining"
+    assert of(m.tick(), ev.Spawn) == []  # the next slot waits for the drain
+    m.exit(m.core.retiring[0], 0)
+    assert of(m.tick(), ev.Spawn) == [ev.Spawn(4, 1)]
+    reload_step(m, 1)
+    m.tick()
+    assert m.core.reloading is None
+    assert m.core.last_reload == {"ok": True, "reason": "control socket", "replaced": 2,
+                                  "finished": m.now}
+    assert [w.worker_id for w in m.core.slots] == [3, 4]
+    assert [w.state for w in m.core.slots] == [State.READY, State.READY]
+    assert m.slot(0).restarts == 0  # a reload is not a restart
+    assert "reload (control socket) complete: 2 worker(s) replaced" in caplog.text
+
+
+def test_reload_with_an_app_that_no_longer_loads_is_abandoned():
+    m = serving()
+    m.feed(ev.Signal(signal.SIGHUP))
+    new = m.core.reloading.new
+    m.feed(ev.WorkerError(new.worker_id, "SyntaxError: '(' was never closed"))
+    m.exit(new, 4)  # APP_LOAD_ERROR from a replacement stops nothing but the reload
+    assert new.state is State.EXITED  # not respawned: it is no slot's worker
+    actions = m.tick()
+    assert m.core.reloading is None and not m.core.stopping
+    assert m.core.last_reload == {
+        "ok": False, "reason": "SIGHUP", "replaced": 0, "finished": m.now,
+        "error": "slot 0: the new worker could not load the app: "
+                 "SyntaxError: '(' was never closed"}
+    assert kills(actions) == [] and of(actions, ev.Spawn) == []
+    assert [(w.worker_id, w.state) for w in m.core.processes()] == \
+        [(1, State.READY), (2, State.READY)]
+
+
+def test_reload_whose_replacement_is_never_ready_is_abandoned_and_the_replacement_stopped():
+    m = serving()
+    m.command(cmd="reload")
+    new = m.core.reloading.new
+    for _ in range(29):
+        m.feed(ev.Heard(1))
+        m.feed(ev.Heard(2))
+        m.tick(after=1.0)
+    assert m.core.reloading is not None
+    actions = m.tick(after=1.0)
+    assert m.core.last_reload["error"] == "slot 0: the new worker did not become READY in time"
+    assert kills(actions) == [(new.pid, TERM)]
+    assert new.role is Role.RETIRED and new.state is State.STOPPING
+    assert m.core.retiring == [new] and m.slot(0).worker_id == 1
+    m.exit(new, -15)
+    assert m.core.retiring == [] and of(m.tick(after=60), ev.Spawn) == []
+
+
+def test_reload_that_cannot_spawn_is_abandoned_at_once():
+    m = serving()
+    m.fail_spawns = 1
+    m.command(cmd="reload")
+    assert m.core.reloading is None and m.core.last_reload["ok"] is False
+    assert m.core.last_reload["error"] == "slot 0: cannot spawn a new worker"
+
+
+def test_reload_restarts_a_fatal_slot_directly():
+    m = Master(workers=2)
+    m.ready(m.slot(1))
+    for _ in range(5):
+        m.tick(after=60)
+        m.exit(m.slot(0), 1)
+    assert m.slot(0).state is State.FATAL
+    m.command(cmd="reload")
+    w = m.slot(0)
+    assert w.state is State.STARTING and w.failures == 0  # FATAL -> STARTING, same slot
+    r = m.core.reloading
+    assert r.slot == 1 and r.new is not None  # and slot 1 gets a replacement
+
+
+def test_scale_down_during_a_reload_waits_for_it():
+    m = serving()
+    m.command(cmd="reload")
+    assert m.command(cmd="scale", to="1") == {"ok": True, "workers": 1, "deferred": True}
+    assert len(m.core.slots) == 2
+    reload_step(m, 0)
+    m.tick()
+    reload_step(m, 1)
+    m.tick()  # the reload ends, and the scale it held back happens
+    assert m.core.last_reload["ok"] and len(m.core.slots) == 1
+    assert [w.state for w in m.core.retiring] == [State.DRAINING]
+
+
+def test_scale_up_during_a_reload_happens_at_once():
+    m = serving()
+    m.command(cmd="reload")
+    assert m.command(cmd="scale", to="3") == {"ok": True, "workers": 3}
+    assert len(m.core.slots) == 3 and m.slot(2).state is State.STARTING
+    assert list(m.core.reloading.queue) == [1]  # the new slot starts with the new code anyway
+
+
+def test_a_slot_scaled_away_while_queued_for_reload_is_skipped():
+    m = Master(workers=3)
+    m.ready()
+    m.command(cmd="reload")
+    m.core.deferred_scale = None
+    m.core.reloading.queue.clear()
+    m.core.reloading.add([2])
+    m.core.slots.pop()  # as if it had been scaled away meanwhile
+    reload_step(m, 0)
+    m.tick()
+    assert m.core.last_reload == {"ok": True, "reason": "control socket", "replaced": 1,
+                                  "finished": m.now}
+
+
+def test_memory_limit_replaces_only_that_worker_gracefully():
+    m = Master(workers=2, max_memory=100)
+    m.ready()
+    m.feed(ev.Memory({1: 50 * 2**20, 2: 150 * 2**20}))
+    r = m.core.reloading
+    assert r.reason == "memory limit (slot 1)" and r.slot == 1 and list(r.queue) == []
+    # Measured again while being replaced: no second reload.
+    m.feed(ev.Memory({1: 50 * 2**20, 2: 150 * 2**20}))
+    assert m.core.reloading is r and list(r.queue) == []
+
+
+# ---- routing by sid ----------------------------------------------------------------------------
+
+
+def test_new_sessions_go_to_the_least_loaded_ready_worker():
+    m = Master(workers=3)
+    m.ready()
+    m.feed(ev.Stats(1, {"sessions": 5, "handoffs": 0}))
+    m.feed(ev.Stats(2, {"sessions": 2, "handoffs": 0}))
+    m.feed(ev.Stats(3, {"sessions": 3, "handoffs": 0}))
+    # Hand-offs not yet reported count as load: 2, then 3/3/5 ties by fewer hand-offs.
+    assert [m.route(None) for _ in range(4)] == [2, 3, 2, 3]
+    assert [w.handoffs_sent for w in m.core.slots] == [0, 2, 2]
+
+
+def test_requests_go_to_the_worker_their_sid_names():
+    m = serving()
+    m.feed(ev.Stats(1, {"sessions": 100, "handoffs": 0}))
+    assert [m.route(1) for _ in range(3)] == [1, 1, 1]  # load does not matter
+    assert m.route(None) == 2
+
+
+def test_a_sid_of_a_dead_worker_goes_to_a_ready_one():
+    m = serving()
+    m.exit(m.slot(0), -9)
+    assert m.route(1) == 2  # which answers "unknown session"; the client re-handshakes
+    m.tick(after=0.1)
+    assert m.slot(0).worker_id == 3  # the replacement has a new id, not the dead one's
+    m.ready(m.slot(0))
+    m.feed(ev.Stats(2, {"sessions": 9, "handoffs": 0}))
+    assert m.route(1) == 3
+
+
+def test_a_sid_of_a_worker_whose_channel_closed_goes_elsewhere_before_the_reap():
+    m = serving()
+    m.feed(ev.ChannelClosed(1))
+    assert m.route(1) == 2 and m.route(None) == 2
+
+
+def test_a_forged_sid_goes_to_a_ready_worker():
+    m = serving()
+    assert m.route(0xFFFF) in (1, 2)
+
+
+def test_sids_of_a_replaced_worker_reach_it_until_it_exits():
+    m = serving()
+    m.command(cmd="reload")
+    new = m.core.reloading.new
+    assert m.route(new.worker_id) == new.worker_id  # its own (hand-backs) reach it
+    m.ready(new)
+    m.tick()
+    assert m.route(1) == 1  # old, draining
+    m.exit(m.core.retiring[0], 0)
+    m.feed(ev.Stats(2, {"sessions": 9, "handoffs": 0}))
+    assert m.route(1) == new.worker_id  # gone: a READY worker answers (the least loaded)
+
+
+def test_with_no_ready_worker_connections_are_held_until_one_is():
+    m = serving()
+    m.exit(m.slot(0), -9)
+    m.exit(m.slot(1), -9)
+    assert m.route(None) is None and m.route(2) is None
+    m.tick(after=0.1)
+    assert of(m.ready(m.slot(1)), ev.RetryHeld) == [ev.RetryHeld()]
+    assert m.route(None) == m.slot(1).worker_id
+
+
+def test_worker_ids_skip_those_still_in_use_when_they_wrap():
+    m = serving()
+    m.core.next_worker_id = 0xFFFF
+    m.exit(m.slot(0), -9)
+    m.tick(after=0.1)
+    assert m.slot(0).worker_id == 0xFFFF
+    m.exit(m.slot(0), -9)
+    m.tick(after=0.5)
+    assert m.slot(0).worker_id == 1  # freed by slot 0's first worker; 2 is slot 1's
+    m.exit(m.slot(0), -9)
+    m.tick(after=1.0)
+    assert m.slot(0).worker_id == 3
+
+
+@pytest.fixture(autouse=True)
+def _master_log(caplog):
+    caplog.set_level(logging.INFO, logger="imcluster.master")
