@@ -29,12 +29,13 @@ def imcluster(request, tmp_path):
     cluster (apps are imported from the current folder unless `cwd=` says otherwise)
     and returns it once every worker is READY."""
     started: list[Cluster] = []
-    request.node._imcluster_clusters = started
+    shown = request.node.__dict__.setdefault("_imcluster_clusters", [])
 
     def start(app: str | None = None, workers: int = 3, **settings) -> Cluster:
         settings.setdefault("log_dir", tmp_path)
         cluster = Cluster(app, workers, **settings)
         started.append(cluster)
+        shown.append(cluster)
         return cluster.start()
 
     yield start

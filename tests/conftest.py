@@ -121,13 +121,16 @@ def relay_or_redis(request) -> str | None:
 
 
 @pytest.fixture
-def cluster_factory(tmp_path):
-    """Start clusters on demand; every one is stopped (and its workers with it) at the end."""
+def cluster_factory(request, tmp_path):
+    """Start clusters on demand; every one is stopped (and its workers with it) at the end,
+    and a failed test shows their logs (the imcluster pytest plugin's report hook)."""
     started: list[Cluster] = []
+    shown = request.node.__dict__.setdefault("_imcluster_clusters", [])
 
     def start(**kw) -> Cluster:
         c = Cluster(tmp_path, **kw)
         started.append(c)
+        shown.append(c.cluster)
         return c
 
     yield start
