@@ -266,7 +266,9 @@ class Master:
                 "--slot", str(w.slot), "--worker-id", str(wid)]
         try:
             # Like pm2's NODE_APP_INSTANCE: an app can run a task in one slot only.
-            env = {**os.environ, "IMCLUSTER_SLOT": str(w.slot), "IMCLUSTER_WORKER_ID": str(wid)}
+            # IMCLUSTER_CONTROL names the cluster (imcluster.run_once locks beside it).
+            env = {**os.environ, "IMCLUSTER_SLOT": str(w.slot), "IMCLUSTER_WORKER_ID": str(wid),
+                   "IMCLUSTER_CONTROL": self.cfg.control}
             pid = os.posix_spawn(sys.executable, argv, env,
                                  setsigdef=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                                             signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU))
