@@ -66,12 +66,21 @@ def _assert_each_tick_once(clients) -> None:
 
 
 def _five_more_from(clients, pid: int) -> None:
-    """Every client hears 5 consecutive ticks of `pid`, counted from one all heard."""
+    """Every client hears 5 consecutive ticks of `pid`, all sent after every client
+    was connected (a client that is reconnecting meanwhile misses ticks, as it
+    would on one server)."""
+    wait_for(lambda: all(c.sio.connected for c in clients), 20, what="every client connected")
     ns = lambda c: {n for p, n, _ in c.seen() if p == pid}  # noqa: E731
-    wait_for(lambda: all(ns(c) for c in clients), 20, what=f"every client hears pid {pid}")
-    start = max(min(ns(c)) for c in clients) + 1
-    wait_for(lambda: all(set(range(start, start + 5)) <= ns(c) for c in clients), 20,
-             what=f"5 consecutive ticks of pid {pid} at every client")
+    # The tick after the latest one anyone heard may already be on its way.
+    start = max((max(ns(c), default=0) for c in clients), default=0) + 2
+    try:
+        wait_for(lambda: all(set(range(start, start + 5)) <= ns(c) for c in clients), 20,
+                 what=f"5 consecutive ticks of pid {pid} at every client")
+    except AssertionError as e:
+        missing = [(c.connects, c.disconnects, sorted(set(range(start, start + 5)) - ns(c)))
+                   for c in clients]
+        raise AssertionError(f"{e}; from {start}: (connects, disconnects, missing) per "
+                             f"client: {missing}") from None
 
 
 def test_one_worker_ticks_and_another_takes_over_when_it_dies_or_is_replaced(
