@@ -5,3 +5,7 @@ its Engine.IO session; see docs/ and the README.
 """
 
 __version__ = "0.1.0"
+
+from imcluster.once import run_once  # noqa: E402  (the one API an app imports)
+
+__all__ = ["run_once"]

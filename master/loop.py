@@ -257,7 +257,9 @@ class Master:
                 "--slot", str(slot), "--worker-id", str(wid)]
         try:
             # Like pm2's NODE_APP_INSTANCE: an app can run a task in one slot only.
-            env = {**os.environ, "IMCLUSTER_SLOT": str(slot), "IMCLUSTER_WORKER_ID": str(wid)}
+            # IMCLUSTER_CONTROL names the cluster (imcluster.run_once locks beside it).
+            env = {**os.environ, "IMCLUSTER_SLOT": str(slot), "IMCLUSTER_WORKER_ID": str(wid),
+                   "IMCLUSTER_CONTROL": self.cfg.control}
             pid = os.posix_spawn(sys.executable, argv, env, setsigdef=SIGNALS)
         except OSError as e:
             master_end.close()

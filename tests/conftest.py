@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import chromium
 import hypothesis
 import pytest
 
@@ -118,6 +119,13 @@ def relay_or_redis(request) -> str | None:
     """Run the test twice: broadcasts through the master relay (None), then
     through a private Redis (its URL), for `cluster_factory(redis=...)`."""
     return request.getfixturevalue("redis_server") if request.param == "redis" else None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's, driven by playwright), one per test module."""
+    with chromium.launched() as b:
+        yield b
 
 
 @pytest.fixture

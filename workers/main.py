@@ -27,8 +27,8 @@ import socketio
 from imcluster import channel as ch
 from imcluster import sid as sidcodec
 from imcluster.master.lifecycle import APP_LOAD_ERROR
+from imcluster.workers import admin, protocol, sessions, speedups
 from imcluster.workers import app as appmod
-from imcluster.workers import protocol, sessions, speedups
 from imcluster.workers.http import FdListener, make_protocol, serve_connection
 from imcluster.workers.link import Link
 from imcluster.workers.redis_manager import ClusterRedisManager
@@ -319,6 +319,7 @@ def run(spec: dict, link: Link) -> int:
     """Load the app described by `spec` and serve until stopped; the exit code."""
     speedups.install()
     sessions.install()
+    admin.install()
     _raise_fd_limit()
     w = Worker(spec, link)
     signal.signal(signal.SIGTERM, lambda *_: w.stop("SIGTERM"))

@@ -145,7 +145,7 @@ class ClusterRedisManager(ClusterPubSubManager):
                         self.dropped)
             self.dropped = 0
 
-    def _listen(self):
+    def _receive(self):
         """Yield each message published on the channel, for ever: through Redis
         going away (reconnect with backoff) and through a silent connection
         (reconnect after `silence_timeout`). Each is logged when it starts and

@@ -29,6 +29,6 @@ class MasterRelayManager(ClusterPubSubManager):
         """Called by the channel reader for every relayed message."""
         self.inbox.put(payload)
 
-    def _listen(self):
+    def _receive(self):
         while True:
             yield self.inbox.get()
