@@ -49,9 +49,22 @@ class RequestLine:
         return self.sid is None and ("?EIO=" in self.target or "&EIO=" in self.target)
 
     @property
+    def owner(self) -> tuple[int, int] | None:
+        """(host id, worker id) this request's sid names, or None (new session, or
+        not one of our sids)."""
+        return sidcodec.owner_of(self.sid) if self.sid else None
+
+    @property
     def worker_id(self) -> int | None:
         """The worker this request's sid names, or None (new session, or not ours)."""
-        return sidcodec.worker_of(self.sid) if self.sid else None
+        owner = self.owner
+        return None if owner is None else owner[1]
+
+    @property
+    def host_id(self) -> int | None:
+        """The host this request's sid names, or None (new session, or not ours)."""
+        owner = self.owner
+        return None if owner is None else owner[0]
 
 
 def parse(data: bytes, limit: int = MAX_REQUEST_LINE) -> RequestLine:

@@ -10,7 +10,7 @@ microseconds (tests/test_master_core.py). It logs, as the master always has:
 operators and tests read those lines.
 
 Routing follows design.md: stateless by sid (`router.choose`), new sessions
-only to READY workers that hold a slot.
+only to READY workers that hold a slot; a sid naming another host is refused.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from imcluster.master.lifecycle import (
 )
 from imcluster.master.rolling import RollingReload
 from imcluster.settings import Config
+from imcluster.sid import MAX_WORKER_ID
 
 MAX_WORKERS = 256
 EXIT_OK = 0
@@ -134,7 +135,7 @@ class Core:
     def _new_worker_id(self) -> int:
         while True:
             wid = self.next_worker_id
-            self.next_worker_id = self.next_worker_id % 0xFFFF + 1
+            self.next_worker_id = self.next_worker_id % MAX_WORKER_ID + 1
             if wid not in self.by_id:
                 return wid
 
@@ -425,6 +426,16 @@ class Core:
         return {"error": f"unknown command {cmd!r}"}
 
     def _on_request(self, e: ev.Request, now: float) -> None:
+        if e.host_id is not None and e.host_id != self.cfg.host_id:
+            # Another host's session (the router in front sent it here because that
+            # host is down, draining out or unknown to it): no worker here knows
+            # it, so say so at once, as Engine.IO does for any unknown session
+            # (400); the client then makes a fresh handshake, which lands on a
+            # live host.
+            self._out.append(ev.Refuse(
+                e.conn, 400, f"Invalid session: it belongs to host {e.host_id}, "
+                f"this is host {self.cfg.host_id}", "other_host"))
+            return
         w = router.choose(self.slots, self.by_id, e.worker_id)
         if w is None:
             self._out.append(ev.Hold(e.conn))

@@ -101,9 +101,11 @@ class Command:
 @dataclass(frozen=True)
 class Request:
     """A held client connection whose request line was parsed: `conn` is the
-    shell's (opaque to the core), `worker_id` the one its sid names, if any."""
+    shell's (opaque to the core), `worker_id` and `host_id` the ones its sid
+    names, if any (both or neither)."""
     conn: Any
     worker_id: int | None
+    host_id: int | None = None
 
 
 # ---- actions: the core asks the shell --------------------------------------------
@@ -144,6 +146,16 @@ class HandOff:
     """Pass the client connection to this worker."""
     conn: Any
     worker_id: int
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Answer the connection `status` (with `reason` as the body) and close it;
+    no worker sees it. `cause` names the counter it adds to."""
+    conn: Any
+    status: int
+    reason: str
+    cause: str
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ class Master:
                     self.listener.close()
                     self.listener = None
                 self.pending.close_all()
-            # Hold and Answer are results for the caller, nothing to do here.
+            # Hold, Refuse and Answer are results for the caller, nothing to do here.
 
     # ---- processes -----------------------------------------------------------------
 
@@ -239,7 +239,7 @@ class Master:
         master_end, worker_end = ch.socketpair()
         master_end.setblocking(False)
         spec = {
-            "app": self.app, "worker_id": wid, "slot": slot,
+            "app": self.app, "worker_id": wid, "slot": slot, "host_id": self.cfg.host_id,
             "redis": self.cfg.redis, "redis_silence_timeout": self.cfg.redis_silence_timeout,
             "keepalive": self.cfg.keepalive,
             "log_level": self.cfg.log_level, "cwd": os.getcwd(),
@@ -469,10 +469,18 @@ class Master:
             self.counters["accepted"] += 1
             self.pending.add(sock, now)
 
-    def _deliver(self, sock: socket.socket, line: httpline.RequestLine) -> bool:
-        """Hand `sock` to the worker the core chooses; False if it is to be held."""
-        actions = self._feed(ev.Request(sock, line.worker_id))
-        return any(type(a) is ev.HandOff for a in actions)
+    def _deliver(self, sock: socket.socket,
+                 line: httpline.RequestLine) -> bool | tuple[str, int, str]:
+        """Hand `sock` to the worker the core chooses; False if it is to be held,
+        (cause, status, reason) if it is to be refused."""
+        owner = line.owner
+        actions = self._feed(ev.Request(sock, *(owner[::-1] if owner else (None, None))))
+        for a in actions:
+            if type(a) is ev.HandOff:
+                return True
+            if type(a) is ev.Refuse:
+                return a.cause, a.status, a.reason
+        return False
 
     # ---- control and status -------------------------------------------------------
 
