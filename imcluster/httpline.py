@@ -14,6 +14,9 @@ from urllib.parse import unquote
 from imcluster import sid as sidcodec
 
 MAX_REQUEST_LINE = 8192
+# The master answers this path itself, before routing: the host's readiness
+# for the router in front of several hosts (HAProxy's `option httpchk`).
+READY_PATH = "/_imcluster/ready"
 
 # RFC 9110 token characters for the method; the target is any run of visible
 # ASCII; the version is HTTP/1.0 or HTTP/1.1 (HTTP/0.9 and 2.0 are not
@@ -47,6 +50,11 @@ class RequestLine:
     def is_handshake(self) -> bool:
         """An Engine.IO request that starts a new session (it names no sid)."""
         return self.sid is None and ("?EIO=" in self.target or "&EIO=" in self.target)
+
+    @property
+    def is_readiness(self) -> bool:
+        """A health check of this host (READY_PATH, any query), answered by the master."""
+        return self.target.split("?", 1)[0] == READY_PATH
 
     @property
     def owner(self) -> tuple[int, int] | None:

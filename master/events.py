@@ -106,6 +106,7 @@ class Request:
     conn: Any
     worker_id: int | None
     host_id: int | None = None
+    readiness: bool = False  # the router's health check (httpline.READY_PATH)
 
 
 # ---- actions: the core asks the shell --------------------------------------------
@@ -149,13 +150,14 @@ class HandOff:
 
 
 @dataclass(frozen=True)
-class Refuse:
-    """Answer the connection `status` (with `reason` as the body) and close it;
-    no worker sees it. `cause` names the counter it adds to."""
+class Reply:
+    """The master answers the connection itself, `status` with `reason` as the
+    body, and closes it; no worker sees it. `cause` names the counter a refusal
+    adds to (None: not counted)."""
     conn: Any
     status: int
     reason: str
-    cause: str
+    cause: str | None = None
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ class Master:
                     self.listener.close()
                     self.listener = None
                 self.pending.close_all()
-            # Hold, Refuse and Answer are results for the caller, nothing to do here.
+            # Hold, Reply and Answer are results for the caller, nothing to do here.
 
     # ---- processes -----------------------------------------------------------------
 
@@ -470,15 +470,16 @@ class Master:
             self.pending.add(sock, now)
 
     def _deliver(self, sock: socket.socket,
-                 line: httpline.RequestLine) -> bool | tuple[str, int, str]:
+                 line: httpline.RequestLine) -> bool | tuple[str | None, int, str]:
         """Hand `sock` to the worker the core chooses; False if it is to be held,
-        (cause, status, reason) if it is to be refused."""
+        (cause, status, reason) if the master answers it itself."""
         owner = line.owner
-        actions = self._feed(ev.Request(sock, *(owner[::-1] if owner else (None, None))))
+        worker, host = owner[::-1] if owner else (None, None)
+        actions = self._feed(ev.Request(sock, worker, host, line.is_readiness))
         for a in actions:
             if type(a) is ev.HandOff:
                 return True
-            if type(a) is ev.Refuse:
+            if type(a) is ev.Reply:
                 return a.cause, a.status, a.reason
         return False
 
@@ -502,7 +503,8 @@ class Master:
                 "pid": os.getpid(), "uptime": round(time.time() - self.started_at, 1),
                 "fds": _count_fds(), "bind": "{}:{}".format(*self.cfg.bind),
                 "pending": len(self.pending), "queued": self.queued_socks,
-                "stopping": self.core.stopping,
+                "stopping": self.core.stopping, "host_id": self.cfg.host_id,
+                "drained": self.core.drained, "readiness": self.core.readiness()[0],
                 "broadcast": "redis" if self.cfg.redis else "relay",
                 "redis": redact_url(self.cfg.redis),
                 "counters": {**self.counters, **self.pending.counters},

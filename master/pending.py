@@ -23,7 +23,9 @@ from imcluster import httpline
 log = logging.getLogger("imcluster.master")
 
 REASONS = {
+    200: "OK",
     400: "Bad Request",
+    404: "Not Found",
     408: "Request Timeout",
     414: "URI Too Long",
     503: "Service Unavailable",
@@ -57,13 +59,14 @@ class PendingConnections:
 
     def __init__(self, selector: selectors.BaseSelector, header_timeout: float,
                  max_pending: int, deliver: Callable[[socket.socket, httpline.RequestLine],
-                                                     bool | tuple[str, int, str]]):
+                                                     bool | tuple[str | None, int, str]]):
         self.selector = selector
         self.header_timeout = header_timeout
         self.max_pending = max_pending
         # deliver(sock, line) -> True if taken (this table forgets the socket),
         # False if no worker can take it now (this table keeps it waiting), or
-        # (cause, status, reason) to answer it that error (counted under cause).
+        # (cause, status, reason) to answer it that (a refusal counted under cause,
+        # or the readiness answer, cause None).
         self.deliver = deliver
         self.pending: OrderedDict[int, Pending] = OrderedDict()
         self.waiting: OrderedDict[int, Pending] = OrderedDict()
@@ -156,9 +159,10 @@ class PendingConnections:
             else:
                 self._refuse(p, verdict)
 
-    def _refuse(self, p: Pending, verdict: tuple[str, int, str]) -> None:
+    def _refuse(self, p: Pending, verdict: tuple[str | None, int, str]) -> None:
         cause, status, reason = verdict
-        self.counters[cause] = self.counters.get(cause, 0) + 1
+        if cause is not None:
+            self.counters[cause] = self.counters.get(cause, 0) + 1
         self._fail(p, status, reason, time.monotonic(), registered=False)
 
     def expire(self, now: float) -> None:

@@ -569,7 +569,7 @@ def test_a_sid_of_another_host_is_refused_at_once_and_reaches_no_worker(host):
     for other in (host + 1, 0xFFF):
         conn = object()
         [a] = m.feed(ev.Request(conn, 1, other))
-        assert a == ev.Refuse(conn, 400, f"Invalid session: it belongs to host {other}, "
+        assert a == ev.Reply(conn, 400, f"Invalid session: it belongs to host {other}, "
                                          f"this is host {host}", "other_host")
     assert [w.handoffs_sent for w in m.core.slots] == [1, 2] or \
         [w.handoffs_sent for w in m.core.slots] == [2, 1]
@@ -615,3 +615,30 @@ def test_worker_ids_skip_those_still_in_use_when_they_wrap():
 @pytest.fixture(autouse=True)
 def _master_log(caplog):
     caplog.set_level(logging.INFO, logger="imcluster.master")
+
+
+def readiness(m: Master) -> int:
+    [a] = m.feed(ev.Request(object(), None, None, readiness=True))
+    assert type(a) is ev.Reply and a.cause is None
+    return a.status
+
+
+def test_readiness_is_200_ready_404_drained_503_without_a_ready_worker():
+    m = Master(workers=2)
+    assert readiness(m) == 503  # none READY yet
+    m.ready()
+    assert readiness(m) == 200
+    assert m.command(cmd="drain") == {"ok": True, "drained": True, "readiness": 404}
+    assert readiness(m) == 404
+    # Drained tells the router only: a request that still arrives is served.
+    assert m.route(None) in (1, 2) and m.route(1) == 1
+    assert m.command(cmd="undrain") == {"ok": True, "drained": False, "readiness": 200}
+    assert readiness(m) == 200
+    m.exit(m.slot(0), -9)
+    m.exit(m.slot(1), -9)
+    assert readiness(m) == 503
+    m.tick(after=0.1)
+    m.ready()
+    m.command(cmd="stop")
+    assert readiness(m) == 503
+    assert "error" in m.command(cmd="drain")

@@ -448,3 +448,17 @@ def test_buffered_receive_returns_the_stream_in_order(chunks, sizes):
         got += d
     assert bytes(got) == want
     assert r.buf == b"" and r.pos == 0  # nothing held once the stream is read
+
+
+# ---- HAProxy config helpers ------------------------------------------------------
+
+
+def test_haproxy_host_specs():
+    from imcluster import haproxy
+
+    h = haproxy.parse_host("3=10.0.0.3:8000")
+    assert (h.id, h.address, h.server, h.prefix) == (3, "10.0.0.3:8000", "host3", "AD")
+    for bad in ("0=a:1", "4096=a:1", "x=a:1", "3=a", "3", "3=:80", "3=a:0"):
+        with pytest.raises(ValueError):
+            haproxy.parse_host(bad)
+    assert haproxy.runtime_commands("remove", h, "/m")[0] == "del map /m AD"
