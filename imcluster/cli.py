@@ -165,7 +165,7 @@ def _haproxy_host(args: argparse.Namespace) -> int:
         if args.action == "add":
             host = haproxy.parse_host(args.host)
         else:
-            host = haproxy.parse_host(args.host.split("=", 1)[0] + "=-:1")
+            host = haproxy.parse_host_id(args.host)
         commands = haproxy.runtime_commands(args.action, host, args.map)
     except ValueError as e:
         print(f"imcluster: {e}", file=sys.stderr)

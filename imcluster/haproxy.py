@@ -53,6 +53,15 @@ def parse_host(spec: str) -> Host:
     return Host(n, address)
 
 
+def parse_host_id(spec: str) -> Host:
+    """`ID` (or `ID=HOST:PORT`, the address ignored) -> Host without an address, for
+    the runtime actions that need only the id; ValueError says why."""
+    ident = spec.partition("=")[0]
+    if not ident.isdigit() or not 1 <= int(ident) <= MAX_HOST_ID:
+        raise ValueError(f"{spec!r}: expected a host id 1..{MAX_HOST_ID}")
+    return Host(int(ident), "")
+
+
 def check_hosts(hosts: list[Host]) -> None:
     """ValueError when two hosts share an id or an address."""
     for attr in ("id", "address"):

@@ -462,3 +462,7 @@ def test_haproxy_host_specs():
         with pytest.raises(ValueError):
             haproxy.parse_host(bad)
     assert haproxy.runtime_commands("remove", h, "/m")[0] == "del map /m AD"
+    assert haproxy.parse_host_id("3").prefix == "AD"
+    for bad in ("0", "x", "4096"):
+        with pytest.raises(ValueError):
+            haproxy.parse_host_id(bad)
