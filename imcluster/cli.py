@@ -34,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("status", "show the master and every worker"),
                        ("reload", "replace every worker, one at a time, with no downtime"),
                        ("scale", "change the number of workers: N, +N or -N"),
-                       ("stop", "stop gracefully")):
+                       ("stop", "stop gracefully"),
+                       ("drain", "tell the router in front (HAProxy) to send this host no "
+                                 "new sessions; its sessions stay"),
+                       ("undrain", "end a drain: the host takes new sessions again")):
         c = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         c.add_argument("--control", metavar="PATH", help="control socket path (as given to run)")
         c.add_argument("--bind", metavar="HOST:PORT", help="find the default control socket "
@@ -49,11 +52,48 @@ def _parser() -> argparse.ArgumentParser:
                            help="give up waiting after this long (default 600)")
         if name == "scale":
             c.add_argument("to", metavar="N|+N|-N")
+
+    hc = sub.add_parser(
+        "haproxy-config", help="print a haproxy.cfg that routes several hosts by sid",
+        description="Print a complete, commented haproxy.cfg for several imcluster hosts "
+                    "behind one address, and write the map file it reads (sid prefix -> "
+                    "host). Each host runs `imcluster run --host-id ID`.")
+    hc.add_argument("--bind", required=True, metavar="HOST:PORT",
+                    help="where HAProxy listens for clients")
+    hc.add_argument("hosts", nargs="+", metavar="ID=HOST:PORT",
+                    help="each host: its --host-id and the address of its master")
+    _haproxy_paths(hc)
+    hc.add_argument("--cert", metavar="PEM", help="end TLS at HAProxy with this certificate "
+                    "(certificate and key in one PEM file): clients use https:// and wss://")
+    hc.add_argument("--maxconn", type=int, default=100_000, metavar="N",
+                    help="connections one HAProxy holds at once (default 100000)")
+    hh = sub.add_parser(
+        "haproxy-host", help="add, drain, ready or remove a host in a running HAProxy",
+        description="Change the hosts of a running HAProxy (configured by haproxy-config) "
+                    "through its runtime API, without a reload, and keep the map file in "
+                    "step.")
+    hh.add_argument("action", choices=("add", "drain", "ready", "remove"))
+    hh.add_argument("host", metavar="ID[=HOST:PORT]", help="the host (add needs its address)")
+    _haproxy_paths(hh)
+    hh.add_argument("--dry-run", action="store_true",
+                    help="print the runtime-API commands instead of sending them")
     return p
+
+
+def _haproxy_paths(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--map", default="/etc/haproxy/imcluster-hosts.map", metavar="FILE",
+                   help="the map file (default /etc/haproxy/imcluster-hosts.map)")
+    p.add_argument("--socket", default="/run/haproxy/imcluster-admin.sock", metavar="PATH",
+                   help="HAProxy's runtime-API socket (default "
+                        "/run/haproxy/imcluster-admin.sock)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "haproxy-config":
+        return _haproxy_config(args, argv if argv is not None else sys.argv[1:])
+    if args.command == "haproxy-host":
+        return _haproxy_host(args)
     try:
         cfg = settings.resolve(args)
     except settings.SettingError as e:
@@ -69,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             return _reload(ctl, args.no_wait, args.timeout)
         if args.command == "scale":
             print(f"scaling to {ctl.scale(args.to)} workers")
+            return 0
+        if args.command in ("drain", "undrain"):
+            code = ctl.drain(args.command == "drain")
+            print(f"{'drained' if args.command == 'drain' else 'drain ended'}: "
+                  f"the readiness check answers {code}")
             return 0
         ctl.stop()
         print("stopping")
@@ -87,6 +132,77 @@ def _run(args: argparse.Namespace, cfg: settings.Config) -> int:
     from imcluster.master.loop import Master  # not needed by the other verbs
 
     return Master(cfg, args.app).run()
+
+
+def _haproxy_config(args: argparse.Namespace, argv: list[str]) -> int:
+    from imcluster import haproxy
+
+    try:
+        hosts = [haproxy.parse_host(h) for h in args.hosts]
+        haproxy.check_hosts(hosts)
+        settings.BY_NAME["bind"].parse(args.bind)
+    except ValueError as e:
+        print(f"imcluster: {e}", file=sys.stderr)
+        return 2
+    try:
+        with open(args.map, "w") as f:
+            f.write(haproxy.host_map(hosts))
+    except OSError as e:
+        print(f"imcluster: cannot write the map file {args.map}: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
+    shown = " ".join(a for a in argv[1:])
+    sys.stdout.write(haproxy.config(args.bind, hosts, args.map, args.socket, args.cert,
+                                    args.maxconn, shown))
+    print(f"imcluster: wrote {args.map} ({len(hosts)} hosts)", file=sys.stderr)
+    return 0
+
+
+def _haproxy_host(args: argparse.Namespace) -> int:
+    from imcluster import haproxy
+
+    try:
+        if args.action == "add":
+            host = haproxy.parse_host(args.host)
+        else:
+            host = haproxy.parse_host_id(args.host)
+        commands = haproxy.runtime_commands(args.action, host, args.map)
+    except ValueError as e:
+        print(f"imcluster: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for c in commands:
+            print(f"echo '{c}' | socat stdio {args.socket}")
+        return 0
+    for c in commands:
+        try:
+            answer = haproxy.apply(args.socket, c)
+        except (OSError, RuntimeError) as e:
+            print(f"imcluster: {c}: {e}", file=sys.stderr)
+            return 1
+        print(f"{c}: {answer or 'done'}")
+    if args.action in ("add", "remove"):
+        _update_map_file(args.map, host, args.action == "add")
+        print(f"{args.map} updated; regenerate haproxy.cfg with the new list of hosts "
+              "before HAProxy's next reload")
+    return 0
+
+
+def _update_map_file(path: str, host, add: bool) -> None:
+    """Keep the map file in step with the runtime map (a reload reads the file)."""
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError:
+        lines = []
+    lines = [ln for ln in lines if ln.split()[:1] != [host.prefix]]
+    if add:
+        lines.append(f"{host.prefix} {host.server}\n")
+    try:
+        with open(path, "w") as f:
+            f.writelines(lines)
+    except OSError as e:
+        print(f"imcluster: cannot update {path}: {e.strerror or e}", file=sys.stderr)
 
 
 def _reload(ctl: Control, no_wait: bool, timeout: float) -> int:
@@ -117,6 +233,8 @@ def _status(ctl: Control, as_json: bool) -> int:
     broadcasts = m["broadcast"] + (f" {m['redis']}" if m.get("redis") else "")
     print(f"master  pid {m['pid']}  up {_dur(m['uptime'])}  fds {m['fds']}  "
           f"bind {m['bind']}  broadcasts {broadcasts}  pending {m['pending']}"
+          + (f"  host {m['host_id']}" if m.get("host_id") else "")
+          + ("  DRAINED" if m.get("drained") else "")
           + ("  STOPPING" if m["stopping"] else ""))
     cols = ("slot", "pid", "state", "uptime", "restarts", "cpu", "rss", "conns", "sessions")
     rows = [cols]

@@ -127,7 +127,8 @@ class ReloadResult:
 class Status:
     """The whole cluster: the master (`master`, as the JSON gives it: pid, uptime
     in seconds, fds, bind, pending and queued connections, stopping, broadcast
-    backend, counters), its workers, and the reload in progress or last ended."""
+    backend, counters, host_id, drained, and the status its readiness check
+    answers), its workers, and the reload in progress or last ended."""
 
     master: dict
     workers: tuple[WorkerStatus, ...]
@@ -184,6 +185,14 @@ class Control:
     def stop(self) -> None:
         """Ask for a graceful stop (like SIGTERM); returns at once."""
         self.request("stop")
+
+    def drain(self, on: bool = True) -> int:
+        """Drain this host (`on`) or end its drain. Drained, the host's readiness
+        check (GET /_imcluster/ready on its port) answers 404, so HAProxy
+        (`http-check disable-on-404`) sends it no new sessions while requests of
+        its sessions still reach it; nothing else changes. Returns the status
+        the readiness check now answers (200, 404 or 503)."""
+        return int(self.request("drain" if on else "undrain")["readiness"])
 
     def reload(self, wait: bool = True, timeout: float = 600.0,
                poll: float = 0.2) -> ReloadResult | None:

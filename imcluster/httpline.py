@@ -14,6 +14,9 @@ from urllib.parse import unquote
 from imcluster import sid as sidcodec
 
 MAX_REQUEST_LINE = 8192
+# The master answers this path itself, before routing: the host's readiness
+# for the router in front of several hosts (HAProxy's `option httpchk`).
+READY_PATH = "/_imcluster/ready"
 
 # RFC 9110 token characters for the method; the target is any run of visible
 # ASCII; the version is HTTP/1.0 or HTTP/1.1 (HTTP/0.9 and 2.0 are not
@@ -49,9 +52,27 @@ class RequestLine:
         return self.sid is None and ("?EIO=" in self.target or "&EIO=" in self.target)
 
     @property
+    def is_readiness(self) -> bool:
+        """A health check of this host (READY_PATH, any query), answered by the master."""
+        return self.target.split("?", 1)[0] == READY_PATH
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """(host id, worker id) this request's sid names, or None (new session, or
+        not one of our sids)."""
+        return sidcodec.owner_of(self.sid) if self.sid else None
+
+    @property
     def worker_id(self) -> int | None:
         """The worker this request's sid names, or None (new session, or not ours)."""
-        return sidcodec.worker_of(self.sid) if self.sid else None
+        owner = self.owner
+        return None if owner is None else owner[1]
+
+    @property
+    def host_id(self) -> int | None:
+        """The host this request's sid names, or None (new session, or not ours)."""
+        owner = self.owner
+        return None if owner is None else owner[0]
 
 
 def parse(data: bytes, limit: int = MAX_REQUEST_LINE) -> RequestLine:

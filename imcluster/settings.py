@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from imcluster.sid import MAX_HOST_ID
+
 
 class SettingError(ValueError):
     """A setting has a value we refuse; the message names the setting and its source."""
@@ -39,6 +41,13 @@ def _positive_float(v: Any) -> float:
     if not x > 0:
         raise ValueError("must be greater than 0")
     return x
+
+
+def _host_id(v: Any) -> int:
+    n = int(v)
+    if not 0 <= n <= MAX_HOST_ID:
+        raise ValueError(f"must be 0 (one host) or a host number 1..{MAX_HOST_ID}")
+    return n
 
 
 def _bind(v: Any) -> tuple[str, int]:
@@ -139,6 +148,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bind", _bind, "127.0.0.1:8000",
             "HOST:PORT the master listens on (default 127.0.0.1:8000; use 0.0.0.0 to serve "
             "beyond this host)", metavar="HOST:PORT"),
+    Setting("host_id", _host_id, 0,
+            "this host's number among several behind one router (1..4095, unique per "
+            "host); every sid names it, and a request whose sid names another host gets "
+            "400. 0 (the default): one host, no router", metavar="N"),
     Setting("redis", _optional_str, None,
             "Redis URL for cross-worker and cross-host broadcasts; without it the master "
             "relays broadcasts between its own workers", metavar="URL"),

@@ -1,8 +1,16 @@
-"""Engine.IO session ids that name the worker which made them.
+"""Engine.IO session ids that name the host and the worker which made them.
 
-A sid is 15 bytes, base64url-encoded to Engine.IO's usual 20 characters:
-2 bytes of worker id (big-endian) followed by 13 random bytes (104 bits).
-The worker id is unique per worker process for the master's lifetime (not per
+A sid is 15 bytes, base64url-encoded to Engine.IO's usual 20 characters: a
+24-bit prefix `host_id << 12 | worker_id` (big-endian), then 12 random bytes
+(96 bits; design.md, invariant 8). Three bytes are exactly four base64
+characters, so the prefix never shares a character with the random part:
+the first two characters name the host alone (`host_prefix`) and the next two
+the worker. A router in front of several hosts (HAProxy, with a map from the
+first two characters to a server) matches a host as a plain string, and the
+master of each host matches the worker. Host 0 is the single host of a
+cluster run without `--host-id`; its sids start with "AA".
+
+The worker id is unique per worker process while the master runs (not per
 slot), so a worker that replaced another in the same slot never receives the
 old worker's sessions: it answers them "unknown session" like any stranger,
 and a draining worker keeps its own sessions until it exits.
@@ -15,20 +23,36 @@ import binascii
 import secrets
 
 SID_LENGTH = 20
-RANDOM_BYTES = 13
-MAX_WORKER_ID = 0xFFFF
+PREFIX_LENGTH = 2  # characters of a sid that name its host
+RANDOM_BYTES = 12
+HOST_BITS = WORKER_BITS = 12
+MAX_HOST_ID = (1 << HOST_BITS) - 1
+MAX_WORKER_ID = (1 << WORKER_BITS) - 1
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
-def make_sid(worker_id: int) -> str:
-    """Return a fresh URL-safe sid that routes to `worker_id`."""
+def make_sid(worker_id: int, host_id: int = 0) -> str:
+    """Return a fresh URL-safe sid that routes to `worker_id` on `host_id`.
+
+    ValueError when either is outside 0..4095.
+    """
     if not 0 <= worker_id <= MAX_WORKER_ID:
-        raise ValueError(f"worker id out of range: {worker_id}")
-    raw = worker_id.to_bytes(2, "big") + secrets.token_bytes(RANDOM_BYTES)
-    return base64.urlsafe_b64encode(raw).decode("ascii")
+        raise ValueError(f"worker id out of range 0..{MAX_WORKER_ID}: {worker_id}")
+    if not 0 <= host_id <= MAX_HOST_ID:
+        raise ValueError(f"host id out of range 0..{MAX_HOST_ID}: {host_id}")
+    prefix = (host_id << WORKER_BITS | worker_id).to_bytes(3, "big")
+    return base64.urlsafe_b64encode(prefix + secrets.token_bytes(RANDOM_BYTES)).decode("ascii")
 
 
-def worker_of(sid: str | bytes) -> int | None:
-    """Return the worker id a sid names, or None if it is not one of ours.
+def host_prefix(host_id: int) -> str:
+    """The two characters every sid of `host_id` starts with (host 1: "AB")."""
+    if not 0 <= host_id <= MAX_HOST_ID:
+        raise ValueError(f"host id out of range 0..{MAX_HOST_ID}: {host_id}")
+    return _ALPHABET[host_id >> 6] + _ALPHABET[host_id & 63]
+
+
+def owner_of(sid: str | bytes) -> tuple[int, int] | None:
+    """Return (host id, worker id) that a sid names, or None if it is not one of ours.
 
     Never raises: any input that is not exactly 20 base64url characters
     (forged, truncated, another server's sid) gives None.
@@ -46,6 +70,19 @@ def worker_of(sid: str | bytes) -> int | None:
         return None
     # b64decode tolerates characters outside the alphabet in some modes;
     # a round trip proves the sid is canonical.
-    if len(raw) != 2 + RANDOM_BYTES or base64.urlsafe_b64encode(raw) != sid:
+    if len(raw) != 3 + RANDOM_BYTES or base64.urlsafe_b64encode(raw) != sid:
         return None
-    return int.from_bytes(raw[:2], "big")
+    prefix = int.from_bytes(raw[:3], "big")
+    return prefix >> WORKER_BITS, prefix & MAX_WORKER_ID
+
+
+def worker_of(sid: str | bytes) -> int | None:
+    """The worker id a sid names (whatever its host), or None; never raises."""
+    owner = owner_of(sid)
+    return None if owner is None else owner[1]
+
+
+def host_of(sid: str | bytes) -> int | None:
+    """The host id a sid names, or None; never raises."""
+    owner = owner_of(sid)
+    return None if owner is None else owner[0]

@@ -10,7 +10,7 @@ microseconds (tests/test_master_core.py). It logs, as the master always has:
 operators and tests read those lines.
 
 Routing follows design.md: stateless by sid (`router.choose`), new sessions
-only to READY workers that hold a slot.
+only to READY workers that hold a slot; a sid naming another host is refused.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from imcluster.master.lifecycle import (
 )
 from imcluster.master.rolling import RollingReload
 from imcluster.settings import Config
+from imcluster.sid import MAX_WORKER_ID
 
 MAX_WORKERS = 256
 EXIT_OK = 0
@@ -57,6 +58,9 @@ class Core:
         self.last_reload: dict | None = None
         self.next_worker_id = 1
         self.stopping = False
+        # Drained: the router in front (HAProxy) is told, by the readiness answer,
+        # to send this host no new sessions; its sessions are still served here.
+        self.drained = False
         self.stop_deadline = 0.0
         self.exit_code = EXIT_OK
         self.ever_ready = False
@@ -96,6 +100,21 @@ class Core:
         extra = [self.reloading.new] if self.reloading and self.reloading.new else []
         return self.slots + self.retiring + extra
 
+    def readiness(self) -> tuple[int, str]:
+        """This host's answer to the router's health check (httpline.READY_PATH):
+        200 while it takes new sessions; 404 while drained (HAProxy's
+        `http-check disable-on-404`: no new sessions, sids still routed here);
+        503 while stopping or with no READY worker (HAProxy marks it down, and
+        its sids fall through to hosts that answer them 400)."""
+        if self.stopping:
+            return 503, "stopping"
+        ready = sum(w.accepts_new for w in self.slots)
+        if self.drained:
+            return 404, f"drained: no new sessions, {ready} of {len(self.slots)} workers READY"
+        if not ready:
+            return 503, f"no worker is READY (of {len(self.slots)})"
+        return 200, f"ready: {ready} of {len(self.slots)} workers READY"
+
     def wall(self, now: float) -> float:
         return now + self.wall_offset
 
@@ -134,7 +153,7 @@ class Core:
     def _new_worker_id(self) -> int:
         while True:
             wid = self.next_worker_id
-            self.next_worker_id = self.next_worker_id % 0xFFFF + 1
+            self.next_worker_id = self.next_worker_id % MAX_WORKER_ID + 1
             if wid not in self.by_id:
                 return wid
 
@@ -411,6 +430,14 @@ class Core:
             return {"ok": True}
         if cmd == "reload":
             return self.reload("control socket", now)
+        if cmd in ("drain", "undrain"):
+            if self.stopping:
+                return {"error": "the master is stopping"}
+            if self.drained != (cmd == "drain"):
+                self.drained = cmd == "drain"
+                self.log.info("%s: the readiness check now answers %d", cmd,
+                              self.readiness()[0])
+            return {"ok": True, "drained": self.drained, "readiness": self.readiness()[0]}
         if cmd == "scale":
             spec = str(request.get("to", ""))
             try:
@@ -425,6 +452,19 @@ class Core:
         return {"error": f"unknown command {cmd!r}"}
 
     def _on_request(self, e: ev.Request, now: float) -> None:
+        if e.readiness:
+            self._out.append(ev.Reply(e.conn, *self.readiness()))
+            return
+        if e.host_id is not None and e.host_id != self.cfg.host_id:
+            # Another host's session (the router in front sent it here because that
+            # host is down, draining out or unknown to it): no worker here knows
+            # it, so say so at once, as Engine.IO does for any unknown session
+            # (400); the client then makes a fresh handshake, which lands on a
+            # live host.
+            self._out.append(ev.Reply(
+                e.conn, 400, f"Invalid session: it belongs to host {e.host_id}, "
+                f"this is host {self.cfg.host_id}", "other_host"))
+            return
         w = router.choose(self.slots, self.by_id, e.worker_id)
         if w is None:
             self._out.append(ev.Hold(e.conn))

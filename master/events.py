@@ -101,9 +101,12 @@ class Command:
 @dataclass(frozen=True)
 class Request:
     """A held client connection whose request line was parsed: `conn` is the
-    shell's (opaque to the core), `worker_id` the one its sid names, if any."""
+    shell's (opaque to the core), `worker_id` and `host_id` the ones its sid
+    names, if any (both or neither)."""
     conn: Any
     worker_id: int | None
+    host_id: int | None = None
+    readiness: bool = False  # the router's health check (httpline.READY_PATH)
 
 
 # ---- actions: the core asks the shell --------------------------------------------
@@ -144,6 +147,17 @@ class HandOff:
     """Pass the client connection to this worker."""
     conn: Any
     worker_id: int
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The master answers the connection itself, `status` with `reason` as the
+    body, and closes it; no worker sees it. `cause` names the counter a refusal
+    adds to (None: not counted)."""
+    conn: Any
+    status: int
+    reason: str
+    cause: str | None = None
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ class Master:
                     self.listener.close()
                     self.listener = None
                 self.pending.close_all()
-            # Hold and Answer are results for the caller, nothing to do here.
+            # Hold, Reply and Answer are results for the caller, nothing to do here.
 
     # ---- processes -----------------------------------------------------------------
 
@@ -239,7 +239,7 @@ class Master:
         master_end, worker_end = ch.socketpair()
         master_end.setblocking(False)
         spec = {
-            "app": self.app, "worker_id": wid, "slot": slot,
+            "app": self.app, "worker_id": wid, "slot": slot, "host_id": self.cfg.host_id,
             "redis": self.cfg.redis, "redis_silence_timeout": self.cfg.redis_silence_timeout,
             "keepalive": self.cfg.keepalive,
             "log_level": self.cfg.log_level, "cwd": os.getcwd(),
@@ -471,10 +471,19 @@ class Master:
             self.counters["accepted"] += 1
             self.pending.add(sock, now)
 
-    def _deliver(self, sock: socket.socket, line: httpline.RequestLine) -> bool:
-        """Hand `sock` to the worker the core chooses; False if it is to be held."""
-        actions = self._feed(ev.Request(sock, line.worker_id))
-        return any(type(a) is ev.HandOff for a in actions)
+    def _deliver(self, sock: socket.socket,
+                 line: httpline.RequestLine) -> bool | tuple[str | None, int, str]:
+        """Hand `sock` to the worker the core chooses; False if it is to be held,
+        (cause, status, reason) if the master answers it itself."""
+        owner = line.owner
+        worker, host = owner[::-1] if owner else (None, None)
+        actions = self._feed(ev.Request(sock, worker, host, line.is_readiness))
+        for a in actions:
+            if type(a) is ev.HandOff:
+                return True
+            if type(a) is ev.Reply:
+                return a.cause, a.status, a.reason
+        return False
 
     # ---- control and status -------------------------------------------------------
 
@@ -496,7 +505,8 @@ class Master:
                 "pid": os.getpid(), "uptime": round(time.time() - self.started_at, 1),
                 "fds": _count_fds(), "bind": "{}:{}".format(*self.cfg.bind),
                 "pending": len(self.pending), "queued": self.queued_socks,
-                "stopping": self.core.stopping,
+                "stopping": self.core.stopping, "host_id": self.cfg.host_id,
+                "drained": self.core.drained, "readiness": self.core.readiness()[0],
                 "broadcast": "redis" if self.cfg.redis else "relay",
                 "redis": redact_url(self.cfg.redis),
                 "counters": {**self.counters, **self.pending.counters},

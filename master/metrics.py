@@ -29,7 +29,7 @@ from imcluster.master.oneshot import OneShotServer
 log = logging.getLogger("imcluster.master")
 
 # The router's rejections, by cause, as `imcluster status --json` counts them.
-REJECTIONS = ("bad_request", "too_long", "timeout", "unavailable", "evicted")
+REJECTIONS = ("bad_request", "too_long", "timeout", "unavailable", "evicted", "other_host")
 
 
 class ClusterCollector:

@@ -23,7 +23,9 @@ from imcluster import httpline
 log = logging.getLogger("imcluster.master")
 
 REASONS = {
+    200: "OK",
     400: "Bad Request",
+    404: "Not Found",
     408: "Request Timeout",
     414: "URI Too Long",
     503: "Service Unavailable",
@@ -56,17 +58,20 @@ class PendingConnections:
     """Owns every client socket between accept (or hand-back) and hand-off."""
 
     def __init__(self, selector: selectors.BaseSelector, header_timeout: float,
-                 max_pending: int, deliver: Callable[[socket.socket, httpline.RequestLine], bool]):
+                 max_pending: int, deliver: Callable[[socket.socket, httpline.RequestLine],
+                                                     bool | tuple[str | None, int, str]]):
         self.selector = selector
         self.header_timeout = header_timeout
         self.max_pending = max_pending
         # deliver(sock, line) -> True if taken (this table forgets the socket),
-        # False if no worker can take it now (this table keeps it waiting).
+        # False if no worker can take it now (this table keeps it waiting), or
+        # (cause, status, reason) to answer it that (a refusal counted under cause,
+        # or the readiness answer, cause None).
         self.deliver = deliver
         self.pending: OrderedDict[int, Pending] = OrderedDict()
         self.waiting: OrderedDict[int, Pending] = OrderedDict()
         self.counters = {"routed": 0, "bad_request": 0, "too_long": 0, "timeout": 0,
-                         "evicted": 0, "unavailable": 0}
+                         "evicted": 0, "unavailable": 0, "other_host": 0}
 
     def __len__(self) -> int:
         return len(self.pending) + len(self.waiting)
@@ -128,8 +133,12 @@ class PendingConnections:
 
     def _route(self, p: Pending, line: httpline.RequestLine) -> None:
         fd = self._forget(p)
-        if self.deliver(p.sock, line):
+        verdict = self.deliver(p.sock, line)
+        if verdict is True:
             self.counters["routed"] += 1
+            return
+        if verdict:
+            self._refuse(p, verdict)
             return
         # No READY worker right now (all starting or restarting): hold it until
         # one is, or until its deadline. It is unregistered meanwhile, so a
@@ -141,11 +150,20 @@ class PendingConnections:
         """Offer held connections again; call when a worker became READY."""
         for p in list(self.waiting.values()):
             fd = p.sock.fileno()
-            if self.deliver(p.sock, p.line):
-                self.waiting.pop(fd, None)
+            verdict = self.deliver(p.sock, p.line)
+            if not verdict:
+                break
+            self.waiting.pop(fd, None)
+            if verdict is True:
                 self.counters["routed"] += 1
             else:
-                break
+                self._refuse(p, verdict)
+
+    def _refuse(self, p: Pending, verdict: tuple[str | None, int, str]) -> None:
+        cause, status, reason = verdict
+        if cause is not None:
+            self.counters[cause] = self.counters.get(cause, 0) + 1
+        self._fail(p, status, reason, time.monotonic(), registered=False)
 
     def expire(self, now: float) -> None:
         """Answer or close every connection past its deadline."""

@@ -58,7 +58,7 @@ class Cluster:
 
     def __init__(self, tmp: Path, app: str | None = "imcluster.examples.bench:sio",
                  workers: int = 3, redis: str | None = None, args: tuple = (),
-                 cwd: Path | None = None, env: dict | None = None):
+                 cwd: Path | None = None, env: dict | None = None, **settings):
         args = list(args)
         control = None
         if "--control" in args:  # the cluster's own control path: it must know it
@@ -66,7 +66,8 @@ class Cluster:
             control = args[i + 1]
             del args[i:i + 2]
         self.cluster = testing.Cluster(app, workers, cwd=cwd or tmp, env=env, log_dir=tmp,
-                                       redis=redis, control=control, extra_args=args)
+                                       redis=redis, control=control, extra_args=args,
+                                       **settings)
         self.workers = workers
         self.port = self.cluster.port
         self.url = self.cluster.url

@@ -11,9 +11,9 @@ import socket
 
 
 class Conn:
-    def __init__(self, port: int, timeout: float = 10.0):
+    def __init__(self, port: int, timeout: float = 10.0, host: str = "127.0.0.1"):
         self.port = port
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout)
+        self.sock = socket.create_connection((host, port), timeout)
         self.f = self.sock.makefile("rb")
 
     def close(self) -> None:
@@ -111,9 +111,9 @@ def handshake(port: int, target: str = EIO) -> dict:
         return json.loads(body[1:])
 
 
-def open_session(port: int) -> str:
+def open_session(port: int, host: str = "127.0.0.1") -> str:
     """Handshake on a fresh connection and connect the default namespace; returns the sid."""
-    with Conn(port) as c:
+    with Conn(port, host=host) as c:
         status, _, body = c.request("GET", EIO)
         assert status == 200, body
         assert body[:1] == b"0", body

@@ -77,9 +77,12 @@ class Master:
     def exit(self, w: Worker, code: int = 0, after: float = 0.0) -> list:
         return self.feed(ev.Exited(w.pid, code), after)
 
-    def route(self, worker_id: int | None) -> int | None:
-        """The worker id a request naming `worker_id` is handed to (None: held)."""
-        [a] = self.feed(ev.Request(object(), worker_id))
+    def route(self, worker_id: int | None, host_id: int | None = None) -> int | None:
+        """The worker id a request naming `worker_id` (on this master's host, unless
+        `host_id` says otherwise) is handed to (None: held)."""
+        if worker_id is not None and host_id is None:
+            host_id = self.core.cfg.host_id
+        [a] = self.feed(ev.Request(object(), worker_id, host_id))
         return a.worker_id if type(a) is ev.HandOff else None
 
     def command(self, **request) -> dict:
@@ -555,7 +558,21 @@ def test_a_sid_of_a_worker_whose_channel_closed_goes_elsewhere_before_the_reap()
 
 def test_a_forged_sid_goes_to_a_ready_worker():
     m = serving()
-    assert m.route(0xFFFF) in (1, 2)
+    assert m.route(0xFFF) in (1, 2)
+
+
+@pytest.mark.parametrize("host", [0, 2])
+def test_a_sid_of_another_host_is_refused_at_once_and_reaches_no_worker(host):
+    m = Master(workers=2, host_id=host)
+    m.ready()
+    assert m.route(1) == 1 and m.route(2, host) == 2 and m.route(None) in (1, 2)
+    for other in (host + 1, 0xFFF):
+        conn = object()
+        [a] = m.feed(ev.Request(conn, 1, other))
+        assert a == ev.Reply(conn, 400, f"Invalid session: it belongs to host {other}, "
+                                         f"this is host {host}", "other_host")
+    assert [w.handoffs_sent for w in m.core.slots] == [1, 2] or \
+        [w.handoffs_sent for w in m.core.slots] == [2, 1]
 
 
 def test_sids_of_a_replaced_worker_reach_it_until_it_exits():
@@ -583,10 +600,10 @@ def test_with_no_ready_worker_connections_are_held_until_one_is():
 
 def test_worker_ids_skip_those_still_in_use_when_they_wrap():
     m = serving()
-    m.core.next_worker_id = 0xFFFF
+    m.core.next_worker_id = 0xFFF  # 12 bits of the sid name the worker
     m.exit(m.slot(0), -9)
     m.tick(after=0.1)
-    assert m.slot(0).worker_id == 0xFFFF
+    assert m.slot(0).worker_id == 0xFFF
     m.exit(m.slot(0), -9)
     m.tick(after=0.5)
     assert m.slot(0).worker_id == 1  # freed by slot 0's first worker; 2 is slot 1's
@@ -598,3 +615,30 @@ def test_worker_ids_skip_those_still_in_use_when_they_wrap():
 @pytest.fixture(autouse=True)
 def _master_log(caplog):
     caplog.set_level(logging.INFO, logger="imcluster.master")
+
+
+def readiness(m: Master) -> int:
+    [a] = m.feed(ev.Request(object(), None, None, readiness=True))
+    assert type(a) is ev.Reply and a.cause is None
+    return a.status
+
+
+def test_readiness_is_200_ready_404_drained_503_without_a_ready_worker():
+    m = Master(workers=2)
+    assert readiness(m) == 503  # none READY yet
+    m.ready()
+    assert readiness(m) == 200
+    assert m.command(cmd="drain") == {"ok": True, "drained": True, "readiness": 404}
+    assert readiness(m) == 404
+    # Drained tells the router only: a request that still arrives is served.
+    assert m.route(None) in (1, 2) and m.route(1) == 1
+    assert m.command(cmd="undrain") == {"ok": True, "drained": False, "readiness": 200}
+    assert readiness(m) == 200
+    m.exit(m.slot(0), -9)
+    m.exit(m.slot(1), -9)
+    assert readiness(m) == 503
+    m.tick(after=0.1)
+    m.ready()
+    m.command(cmd="stop")
+    assert readiness(m) == 503
+    assert "error" in m.command(cmd="drain")

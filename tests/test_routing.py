@@ -95,7 +95,7 @@ def test_forged_and_stale_sids_get_unknown_session(cluster, kind):
         others = {w["worker_id"] for w in cluster.status()["workers"]} - {worker_of(real)}
         sid = make_sid(others.pop())  # right worker id, random rest: a guess
     elif kind == "no-such-worker":
-        sid = make_sid(60000)
+        sid = make_sid(4000)  # a worker id this master never made
     elif kind == "not-ours":
         sid = "x" * 7
     else:

@@ -24,46 +24,63 @@ from imcluster.master.lifecycle import (
 # ---- sid codec ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("wid", [0, 1, 255, 256, 0xFFFF])
-def test_sid_names_its_worker_and_is_engineio_shaped(wid):
-    s = sid.make_sid(wid)
+@pytest.mark.parametrize("wid", [0, 1, 255, 256, 0xFFF])
+@pytest.mark.parametrize("host", [0, 1, 63, 64, 0xFFF])
+def test_sid_names_its_host_and_worker_and_is_engineio_shaped(wid, host):
+    s = sid.make_sid(wid, host)
     assert len(s) == 20 and re.fullmatch(r"[A-Za-z0-9_-]{20}", s)
-    assert sid.worker_of(s) == wid
+    assert sid.owner_of(s) == (host, wid)
+    assert sid.worker_of(s) == wid and sid.host_of(s) == host
 
 
-def test_sids_are_random_beyond_the_worker_id():
-    sids = {sid.make_sid(5) for _ in range(2000)}
+def test_a_hosts_sids_share_a_two_character_prefix_no_other_host_has():
+    """design.md invariant 8: a router matches the host as a plain string."""
+    prefixes = {}
+    for host in range(0, 0x1000):
+        p = sid.host_prefix(host)
+        assert len(p) == 2 and p not in prefixes
+        prefixes[p] = host
+        for wid in (1, 0xFFF):
+            assert sid.make_sid(wid, host)[:2] == p
+    assert sid.host_prefix(0) == "AA" and sid.host_prefix(1) == "AB"
+
+
+def test_sids_are_random_beyond_host_and_worker():
+    sids = {sid.make_sid(5, 7) for _ in range(2000)}
     assert len(sids) == 2000
-    # 13 random bytes: every position after the worker id varies.
-    assert all(len({s[i] for s in sids}) > 20 for i in range(3, 20))
+    # 12 random bytes (96 bits): every position after the 4-character prefix varies.
+    assert {s[:4] for s in sids} == {sid.make_sid(5, 7)[:4]}
+    assert all(len({s[i] for s in sids}) > 20 for i in range(4, 20))
 
 
-def test_make_sid_rejects_out_of_range():
+@pytest.mark.parametrize("wid,host", [(0x1000, 0), (-1, 0), (1, 0x1000), (1, -1)])
+def test_make_sid_rejects_out_of_range(wid, host):
     with pytest.raises(ValueError):
-        sid.make_sid(0x10000)
+        sid.make_sid(wid, host)
 
 
 @given(st.one_of(st.text(max_size=40), st.binary(max_size=40)))
 @settings(max_examples=500)
-def test_worker_of_never_raises(value):
-    wid = sid.worker_of(value)
-    assert wid is None or 0 <= wid <= 0xFFFF
+def test_owner_of_never_raises(value):
+    owner = sid.owner_of(value)
+    assert owner is None or (0 <= owner[0] <= 0xFFF and 0 <= owner[1] <= 0xFFF)
 
 
 @pytest.mark.parametrize("bad", ["", "abc", "A" * 19, "A" * 21, "+" * 20, "/" * 20,
                                  "AAAAAAAAAAAAAAAAAAA=", "é" * 20])
 def test_worker_of_refuses_non_canonical(bad):
-    assert sid.worker_of(bad) is None
+    assert sid.worker_of(bad) is None and sid.owner_of(bad) is None
 
 
 # ---- request line --------------------------------------------------------------
 
 
 def test_parse_finds_the_sid():
-    s = sid.make_sid(42)
+    s = sid.make_sid(42, 3)
     line = httpline.parse(f"GET /socket.io/?EIO=4&transport=polling&t=N&sid={s} HTTP/1.1\r\n"
                           "Host: x\r\n".encode())
     assert (line.method, line.version, line.sid, line.worker_id) == ("GET", "HTTP/1.1", s, 42)
+    assert line.host_id == 3 and line.owner == (3, 42)
 
 
 @pytest.mark.parametrize("target,expected", [
@@ -111,19 +128,19 @@ def test_parse_arbitrary_bytes_never_escapes(data):
         line = httpline.parse(data)
     except (httpline.Incomplete, httpline.BadRequest):
         return
-    wid = line.worker_id
-    assert wid is None or 0 <= wid <= 0xFFFF
+    owner = line.owner
+    assert owner is None or (0 <= owner[0] <= 0xFFF and 0 <= owner[1] <= 0xFFF)
 
 
 @given(st.sampled_from(["GET", "POST", "OPTIONS"]),
        st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1,
                max_size=60),
-       st.integers(0, 0xFFFF))
-def test_parse_routes_well_formed_lines_to_their_worker(method, junk, wid):
-    s = sid.make_sid(wid)
+       st.integers(0, 0xFFF), st.integers(0, 0xFFF))
+def test_parse_routes_well_formed_lines_to_their_host_and_worker(method, junk, wid, host):
+    s = sid.make_sid(wid, host)
     target = f"/socket.io/?{junk.replace('&', '').replace('#', '')}&sid={s}"
     line = httpline.parse(f"{method} {target} HTTP/1.1\r\n".encode())
-    assert line.worker_id == wid
+    assert (line.host_id, line.worker_id) == (host, wid)
 
 
 # ---- channel framing ------------------------------------------------------------
@@ -255,6 +272,8 @@ def test_precedence_cli_env_file_default(tmp_path):
     ({"log_level": "loud"}, {}, "--log-level='loud'"),
     ({}, {"IMCLUSTER_REDIS_SILENCE_TIMEOUT": "0"},
      "IMCLUSTER_REDIS_SILENCE_TIMEOUT='0': must be greater than 0"),
+    ({"host_id": "4096"}, {}, "--host-id='4096': must be 0 (one host) or a host number 1..4095"),
+    ({}, {"IMCLUSTER_HOST_ID": "-1"}, "IMCLUSTER_HOST_ID='-1': must be 0"),
 ])
 def test_bad_values_name_their_source(kw, env, msg):
     with pytest.raises(cfgmod.SettingError, match=re.escape(msg)):
@@ -272,6 +291,11 @@ def test_redis_silence_timeout_defaults_to_15s_and_reads_the_environment():
     assert cfgmod.resolve(_args(), {}).redis_silence_timeout == 15.0
     cfg = cfgmod.resolve(_args(), {"IMCLUSTER_REDIS_SILENCE_TIMEOUT": "2.5"})
     assert cfg.redis_silence_timeout == 2.5
+
+
+def test_host_id_defaults_to_0_one_host():
+    assert cfgmod.resolve(_args(), {}).host_id == 0
+    assert cfgmod.resolve(_args(host_id="4095"), {}).host_id == 4095
 
 
 def test_default_bind_is_loopback():
@@ -424,3 +448,21 @@ def test_buffered_receive_returns_the_stream_in_order(chunks, sizes):
         got += d
     assert bytes(got) == want
     assert r.buf == b"" and r.pos == 0  # nothing held once the stream is read
+
+
+# ---- HAProxy config helpers ------------------------------------------------------
+
+
+def test_haproxy_host_specs():
+    from imcluster import haproxy
+
+    h = haproxy.parse_host("3=10.0.0.3:8000")
+    assert (h.id, h.address, h.server, h.prefix) == (3, "10.0.0.3:8000", "host3", "AD")
+    for bad in ("0=a:1", "4096=a:1", "x=a:1", "3=a", "3", "3=:80", "3=a:0"):
+        with pytest.raises(ValueError):
+            haproxy.parse_host(bad)
+    assert haproxy.runtime_commands("remove", h, "/m")[0] == "del map /m AD"
+    assert haproxy.parse_host_id("3").prefix == "AD"
+    for bad in ("0", "x", "4096"):
+        with pytest.raises(ValueError):
+            haproxy.parse_host_id(bad)

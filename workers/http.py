@@ -202,7 +202,7 @@ def peek_request_line(sock: socket.socket, timeout: float) -> httpline.RequestLi
                 pass
 
 
-def make_protocol(worker_id: int, hand_back: Callable[[socket.socket], bool],
+def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.socket], bool],
                   keepalive: float, idle: set):
     """An eventlet HttpProtocol that serves only this worker's requests.
 
@@ -248,13 +248,14 @@ def make_protocol(worker_id: int, hand_back: Callable[[socket.socket], bool],
                 idle.discard(self.connection)
             if line is None:
                 return False
-            wid = line.worker_id
-            if wid == worker_id:
+            owner = line.owner
+            if owner == (host_id, worker_id):
                 return True
-            if wid is None and not line.is_handshake:
+            if owner is None and not line.is_handshake:
                 return True  # a page or a file: any worker serves it
-            # Another worker's session, or a new session: the master places
-            # those (least loaded), whatever connection they arrive on.
+            # Another worker's session, a new session, or another host's session:
+            # the master places the first two (least loaded) whatever connection
+            # they arrive on, and refuses the last.
             # Flush before the fd leaves: the answer to the previous request
             # must reach the client before the next owner's answer.
             try:

@@ -49,6 +49,7 @@ class Worker:
     def __init__(self, spec: dict, link: Link):
         self.spec = spec
         self.worker_id = int(spec["worker_id"])
+        self.host_id = int(spec.get("host_id", 0))
         self.slot = int(spec["slot"])
         self.link = link
         self.connections = 0
@@ -70,9 +71,11 @@ class Worker:
             app = appmod.load(self.spec.get("app"), self.spec.get("cwd") or os.getcwd())
         finally:
             restore()
-        wid = self.worker_id
-        # Every sid this worker makes names it, so the master can route by sid alone.
-        app.eio.generate_id = lambda: sidcodec.make_sid(wid)
+        wid, host = self.worker_id, self.host_id
+        # Every sid this worker makes names its host and it, so a router in front of
+        # several hosts and the master can route by sid alone. python-socketio 5.x
+        # makes each namespace's sid with the same eio.generate_id (base_manager.connect).
+        app.eio.generate_id = lambda: sidcodec.make_sid(wid, host)
         if self.spec.get("cors_origins") is not None:
             app.eio.cors_allowed_origins = self.spec["cors_origins"]
         # Engine.IO v4 / Socket.IO v5 as written, where the libraries differ.
@@ -149,8 +152,8 @@ class Worker:
     # ---- serve ---------------------------------------------------------------
 
     def serve(self) -> None:
-        protocol = make_protocol(self.worker_id, self._hand_back, self.spec["keepalive"],
-                                 self.idle)
+        protocol = make_protocol(self.worker_id, self.host_id, self._hand_back,
+                                 self.spec["keepalive"], self.idle)
         self.server = eventlet.wsgi.Server(
             FdListener(("127.0.0.1", 0)), ("127.0.0.1", 0), self.app.wsgi,
             protocol=protocol, keepalive=self.spec["keepalive"], log_output=False,
