@@ -296,9 +296,9 @@ def test_is_handshake(target, expected):
        st.integers(0, 700))
 @settings(max_examples=500)
 def test_fast_websocket_mask_matches_eventlet(data, mask, offset, length):
-    from imcluster.workers import speedups
+    from imcluster.workers import internals, speedups
 
-    original = speedups._ORIGINAL_APPLY_MASK
+    original = internals.ORIGINAL_APPLY_MASK
     n = min(length, len(data))
     assert speedups.apply_mask(data, mask, n, offset) == original(data, mask, n, offset)
     assert speedups.apply_mask(bytearray(data), mask, offset=offset) == \

@@ -72,11 +72,12 @@ class Worker:
             restore()
         wid = self.worker_id
         # Every sid this worker makes names it, so the master can route by sid alone.
-        app.eio.generate_id = lambda: sidcodec.make_sid(wid)
+        app.eio.generate_id = lambda: sidcodec.make_sid(wid)  # internals: engineio-generate-id
         if self.spec.get("cors_origins") is not None:
+            # internals: engineio-cors-origins
             app.eio.cors_allowed_origins = self.spec["cors_origins"]
         # Engine.IO v4 / Socket.IO v5 as written, where the libraries differ.
-        protocol.adapt(app.eio, app.sio)
+        protocol.adapt(app.eio, app.sio)  # internals: socketio-server-attrs
         if app.sio is not None:
             self._install_manager(app.sio)
         if not self.spec.get("ws_compression"):
@@ -104,6 +105,8 @@ class Worker:
         the first server built gets the cluster manager (one relay per
         worker); should the app serve a later one, _install_manager swaps its
         manager as before.
+
+        internals: socketio-server-init, socketio-server-init-params
         """
         cls = socketio.Server
         had_own = "__init__" in cls.__dict__
@@ -125,6 +128,7 @@ class Worker:
 
         return restore
 
+    # internals: socketio-manager-swap, socketio-server-init (the default manager's class)
     def _install_manager(self, sio: socketio.Server) -> None:
         current = sio.manager
         if current is not None and current is self.default_manager:
@@ -151,7 +155,7 @@ class Worker:
     def serve(self) -> None:
         protocol = make_protocol(self.worker_id, self._hand_back, self.spec["keepalive"],
                                  self.idle)
-        self.server = eventlet.wsgi.Server(
+        self.server = eventlet.wsgi.Server(  # internals: eventlet-wsgi-server
             FdListener(("127.0.0.1", 0)), ("127.0.0.1", 0), self.app.wsgi,
             protocol=protocol, keepalive=self.spec["keepalive"], log_output=False,
             # Never send a Python traceback to a client.
@@ -188,6 +192,7 @@ class Worker:
         return self.link.send(ch.HANDBACK, fd=sock.fileno())
 
     def _send_stats(self) -> None:
+        # internals: engineio-server-attrs (sockets)
         stats = {"sessions": len(self.app.eio.sockets), "connections": self.connections,
                  "handoffs": self.handoffs}
         self.link.send(ch.STATS, ch.encode_json(stats))
@@ -253,7 +258,7 @@ def _close_session(s, flush_seconds: float) -> None:
     close(wait=True) would wait for ever).
     """
     deadline = time.monotonic() + flush_seconds
-    try:
+    try:  # internals: engineio-socket-attrs (queue)
         while s.queue.qsize() and time.monotonic() < deadline:
             eventlet.sleep(0.02)
         s.close(wait=False, abort=True)
@@ -298,6 +303,8 @@ def _one_handler_per_line() -> None:
     python-engineio 4.x base_server.py). Its records also reach our root
     handler, so every line was printed twice, once without the worker's
     prefix. Without it each line is printed once, by ours.
+
+    internals: socketio-log-handler, engineio-log-handler
     """
     for name in ("socketio.server", "engineio.server", "socketio.client", "engineio.client"):
         logger = logging.getLogger(name)

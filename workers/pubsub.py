@@ -28,11 +28,13 @@ import socketio
 from socketio.packet import Packet
 
 
+# internals: socketio-manager-attrs, socketio-binary
 class ClusterPubSubManager(socketio.PubSubManager):
     """python-socketio's PubSubManager whose cross-worker acks carry bytes."""
 
     # Overrides python-socketio 5.18's private PubSubManager._return_callback,
     # which the receiving worker calls when a client acks a remote emit.
+    # internals: socketio-return-callback, socketio-return-callback-use
     def _return_callback(self, host_id, sid, namespace, callback_id, *args):
         if host_id == self.host_id:
             self.trigger_callback(sid, callback_id, args)
@@ -50,6 +52,7 @@ class ClusterPubSubManager(socketio.PubSubManager):
 
     # Overrides python-socketio 5.18's private PubSubManager._handle_callback,
     # which the sending worker calls for every "callback" message.
+    # internals: socketio-handle-callback
     def _handle_callback(self, message):
         if message.get("host_id") != self.host_id:
             return

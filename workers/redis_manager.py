@@ -63,6 +63,8 @@ class SubscriptionSilent(Exception):
     """The subscription answered nothing, not even a PING, for this many seconds."""
 
 
+# internals: socketio-manager-name, socketio-publish, socketio-listen,
+# socketio-manager-attrs (self.json)
 class ClusterRedisManager(ClusterPubSubManager):
     name = "imcluster-redis"
 

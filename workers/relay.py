@@ -14,6 +14,8 @@ from imcluster import channel as ch
 from imcluster.workers.pubsub import ClusterPubSubManager
 
 
+# internals: socketio-manager-name, socketio-publish, socketio-listen,
+# socketio-manager-attrs (self.json)
 class MasterRelayManager(ClusterPubSubManager):
     name = "imcluster-relay"
 
