@@ -65,7 +65,8 @@ class Core:
             ev.Tick: self._on_tick, ev.Signal: self._on_signal,
             ev.Spawned: self._on_spawned, ev.SpawnFailed: self._on_spawn_failed,
             ev.Exited: self._on_exited, ev.ChannelClosed: self._on_channel_closed,
-            ev.Heard: self._on_heard, ev.Ready: self._on_ready, ev.Stats: self._on_stats,
+            ev.Heard: self._on_heard, ev.Ready: self._on_ready, ev.Load: self._on_load,
+            ev.Acked: self._on_acked,
             ev.WorkerError: self._on_worker_error, ev.Memory: self._on_memory,
             ev.Command: self._on_command, ev.Request: self._on_request,
         }
@@ -109,8 +110,7 @@ class Core:
                 "state": w.state.value, "retired": w.role is Role.RETIRED,
                 "uptime": round(now - w.started_at, 1) if w.pid else None,
                 "restarts": w.restarts, "cpu": None, "cpu_time": None, "rss": None,
-                "connections": w.stats.get("connections"),
-                "sessions": w.stats.get("sessions"),
+                "connections": w.connections, "sessions": w.sessions,
                 "handoffs": w.handoffs_sent, "last_error": w.last_error or None,
                 "exit_status": w.exit_status, "unresponsive": w.unresponsive,
                 "replacement": w.role is Role.REPLACEMENT,
@@ -376,11 +376,15 @@ class Core:
         self.log.info("slot %d: worker pid %d READY", w.slot, w.pid)
         self.retry_held()
 
-    def _on_stats(self, e: ev.Stats, now: float) -> None:
+    def _on_load(self, e: ev.Load, now: float) -> None:
         w = self.by_id.get(e.worker_id)
         if w is not None:
-            w.stats = e.stats
-            w.last_heard = now
+            w.sessions, w.connections = e.sessions, e.connections
+
+    def _on_acked(self, e: ev.Acked, now: float) -> None:
+        w = self.by_id.get(e.worker_id)
+        if w is not None:
+            w.handoffs_acked = e.handoffs
 
     def _on_worker_error(self, e: ev.WorkerError, now: float) -> None:
         w = self.by_id.get(e.worker_id)

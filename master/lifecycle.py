@@ -11,7 +11,7 @@ time.monotonic() values passed in.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class State(enum.Enum):
@@ -104,7 +104,9 @@ class Worker:
     last_heard: float = 0.0  # last frame from the worker (its heartbeat)
     unresponsive: bool = False  # silent past a timeout: being replaced
     handoffs_sent: int = 0  # connections passed to it, in the master's queue or the kernel's
-    stats: dict = field(default_factory=dict)
+    handoffs_acked: int = 0  # of those, how many it acknowledged receiving (ACK)
+    sessions: int | None = None  # Engine.IO sessions it holds (its last LOAD)
+    connections: int | None = None  # TCP connections it serves (its last LOAD)
 
     def to(self, new: State) -> None:
         """Move to `new`, refusing any edge not in TRANSITIONS."""
@@ -135,17 +137,17 @@ class Worker:
 
     @property
     def load(self) -> int:
-        """Sessions it reported, plus hand-offs it has not yet reported receiving."""
-        unseen = self.handoffs_sent - int(self.stats.get("handoffs", 0))
-        return int(self.stats.get("sessions", 0)) + max(unseen, 0)
+        """Sessions it reported, plus hand-offs it has not yet acknowledged."""
+        return (self.sessions or 0) + max(self.handoffs_sent - self.handoffs_acked, 0)
 
     def started(self, worker_id: int, now: float) -> None:
         """STARTING under a new worker id (from EXITED, BACKOFF or FATAL)."""
         self.to(State.STARTING)
         self.worker_id, self.pid, self.channel_open = worker_id, 0, False
         self.started_at = self.last_heard = now
-        self.exit_status, self.stats, self.last_error = None, {}, ""
-        self.handoffs_sent = 0
+        self.exit_status, self.last_error = None, ""
+        self.sessions = self.connections = None
+        self.handoffs_sent = self.handoffs_acked = 0
         self.unresponsive = False
         self.kill_at = 0.0
 

@@ -278,7 +278,7 @@ def test_while_stopping_reload_and_scale_are_refused():
 
 def test_a_silent_worker_is_replaced():
     m = serving()
-    m.feed(ev.Stats(2, {"sessions": 0, "handoffs": 0}), after=9.0)  # slot 1 reports; slot 0 not
+    m.feed(ev.Heard(2), after=9.0)  # slot 1 is heard from; slot 0 not
     actions = m.tick(after=1.5)
     assert kills(actions) == [(100, TERM)]
     w = m.slot(0)
@@ -521,17 +521,28 @@ def test_memory_limit_replaces_only_that_worker_gracefully():
 def test_new_sessions_go_to_the_least_loaded_ready_worker():
     m = Master(workers=3)
     m.ready()
-    m.feed(ev.Stats(1, {"sessions": 5, "handoffs": 0}))
-    m.feed(ev.Stats(2, {"sessions": 2, "handoffs": 0}))
-    m.feed(ev.Stats(3, {"sessions": 3, "handoffs": 0}))
+    m.feed(ev.Load(1, sessions=5, connections=5))
+    m.feed(ev.Load(2, sessions=2, connections=2))
+    m.feed(ev.Load(3, sessions=3, connections=3))
     # Hand-offs not yet reported count as load: 2, then 3/3/5 ties by fewer hand-offs.
     assert [m.route(None) for _ in range(4)] == [2, 3, 2, 3]
     assert [w.handoffs_sent for w in m.core.slots] == [0, 2, 2]
 
 
+def test_acknowledged_handoffs_stop_counting_as_load():
+    m = Master(workers=2)
+    m.ready()
+    m.feed(ev.Load(1, sessions=3, connections=3))
+    m.feed(ev.Load(2, sessions=4, connections=4))
+    assert m.route(None) == 1  # now 3 sessions + 1 unacknowledged hand-off: 4 each
+    m.feed(ev.Acked(1, 1))  # received, and no session of it reported yet
+    assert m.route(None) == 1
+    assert [w.handoffs_acked for w in m.core.slots] == [1, 0]
+
+
 def test_requests_go_to_the_worker_their_sid_names():
     m = serving()
-    m.feed(ev.Stats(1, {"sessions": 100, "handoffs": 0}))
+    m.feed(ev.Load(1, sessions=100, connections=100))
     assert [m.route(1) for _ in range(3)] == [1, 1, 1]  # load does not matter
     assert m.route(None) == 2
 
@@ -543,7 +554,7 @@ def test_a_sid_of_a_dead_worker_goes_to_a_ready_one():
     m.tick(after=0.1)
     assert m.slot(0).worker_id == 3  # the replacement has a new id, not the dead one's
     m.ready(m.slot(0))
-    m.feed(ev.Stats(2, {"sessions": 9, "handoffs": 0}))
+    m.feed(ev.Load(2, sessions=9, connections=9))
     assert m.route(1) == 3
 
 
@@ -567,7 +578,7 @@ def test_sids_of_a_replaced_worker_reach_it_until_it_exits():
     m.tick()
     assert m.route(1) == 1  # old, draining
     m.exit(m.core.retiring[0], 0)
-    m.feed(ev.Stats(2, {"sessions": 9, "handoffs": 0}))
+    m.feed(ev.Load(2, sessions=9, connections=9))
     assert m.route(1) == new.worker_id  # gone: a READY worker answers (the least loaded)
 
 

@@ -129,6 +129,19 @@ def test_parse_routes_well_formed_lines_to_their_worker(method, junk, wid):
 # ---- channel framing ------------------------------------------------------------
 
 
+def test_every_channel_message_kind_has_a_byte_of_its_own():
+    """One message per purpose: no two kinds share a byte, whatever their direction."""
+    kinds = {name: value for name, value in vars(ch).items()
+             if name.isupper() and isinstance(value, bytes) and len(value) == 1}
+    assert {"HEARTBEAT", "LOAD", "ACK", "RELAY", "PUBLISH"} <= set(kinds)
+    by_byte: dict[bytes, list[str]] = {}
+    for name, value in kinds.items():
+        by_byte.setdefault(value, []).append(name)
+    assert not [names for names in by_byte.values() if len(names) > 1]
+    for name in kinds:  # and the module's table documents each
+        assert f"\n    {name} " in ch.__doc__, name
+
+
 def test_frames_roundtrip_large_payload_over_a_real_socketpair():
     a, b = ch.socketpair()
     payload = bytes(range(256)) * 1000  # 256 KB: several fragments
@@ -223,7 +236,7 @@ def test_stopped_and_retired_workers_are_not_respawned():
 
 
 def test_load_counts_handoffs_not_yet_reported():
-    w = Worker(slot=0, stats={"sessions": 3, "handoffs": 10}, handoffs_sent=12)
+    w = Worker(slot=0, sessions=3, handoffs_acked=10, handoffs_sent=12)
     assert w.load == 5
 
 

@@ -36,10 +36,11 @@ from imcluster.workers.relay import MasterRelayManager
 
 log = logging.getLogger("imcluster.worker")
 
-STATS_INTERVAL = 1.0
-# Confirm hand-offs this often (besides the periodic report), so the master's
+# HEARTBEAT this often; LOAD and ACK go with it when they changed (imcluster/channel.py).
+HEARTBEAT_INTERVAL = 1.0
+# Acknowledge hand-offs this often (besides with the heartbeat), so the master's
 # hand-off window never throttles a busy but healthy worker.
-CONFIRM_EVERY = 16
+ACK_EVERY = 16
 # How long a draining worker lets each session's queued packets go out.
 FLUSH_SECONDS = 2.0
 MAX_CONNECTIONS = 100_000
@@ -53,6 +54,8 @@ class Worker:
         self.link = link
         self.connections = 0
         self.handoffs = 0
+        self.load_sent: tuple[int, int] | None = None  # (sessions, connections) of the last LOAD
+        self.handoffs_acked = 0  # the count in the last ACK
         self.stopping = False
         self.app: appmod.App | None = None
         self.relay: MasterRelayManager | None = None
@@ -160,7 +163,7 @@ class Worker:
             protocol=protocol, keepalive=self.spec["keepalive"], log_output=False,
             # Never send a Python traceback to a client.
             debug=False, socket_timeout=None)
-        eventlet.spawn(self._report_stats)
+        eventlet.spawn(self._heartbeat)
         reader = eventlet.spawn(self.link.receive_forever, self._on_frame)
         reader.link(lambda _: self.stop("the master closed the channel"))
         self.link.send(ch.READY)
@@ -172,8 +175,8 @@ class Worker:
             self.handoffs += 1
             self.connections += 1
             self.pool.spawn(serve_connection, self.server, sock, self._closed_one)
-            if self.handoffs % CONFIRM_EVERY == 0:
-                self._send_stats()  # confirms receipt: the master's window reopens
+            if self.handoffs % ACK_EVERY == 0:
+                self._report()  # the ACK reopens the master's hand-off window
             return
         for fd in fds:
             os.close(fd)
@@ -191,16 +194,23 @@ class Worker:
     def _hand_back(self, sock: socket.socket) -> bool:
         return self.link.send(ch.HANDBACK, fd=sock.fileno())
 
-    def _send_stats(self) -> None:
+    def _report(self) -> None:
+        """LOAD and ACK, each when it changed since last sent."""
         # internals: engineio-server-attrs (sockets)
-        stats = {"sessions": len(self.app.eio.sockets), "connections": self.connections,
-                 "handoffs": self.handoffs}
-        self.link.send(ch.STATS, ch.encode_json(stats))
+        load = (len(self.app.eio.sockets), self.connections)
+        if load != self.load_sent:
+            self.load_sent = load
+            self.link.send(ch.LOAD, ch.encode_json({"sessions": load[0],
+                                                    "connections": load[1]}))
+        if self.handoffs != self.handoffs_acked:
+            self.handoffs_acked = self.handoffs
+            self.link.send(ch.ACK, str(self.handoffs).encode())
 
-    def _report_stats(self) -> None:
+    def _heartbeat(self) -> None:
         while not self.link.closed:
-            self._send_stats()
-            eventlet.sleep(STATS_INTERVAL)
+            self.link.send(ch.HEARTBEAT)
+            self._report()
+            eventlet.sleep(HEARTBEAT_INTERVAL)
 
     # ---- stop ----------------------------------------------------------------
 
