@@ -29,7 +29,7 @@ from imcluster.master.lifecycle import (
     Role,
     State,
     Timer,
-    Worker,
+    WorkerProcess,
 )
 from imcluster.master.rolling import RollingReload
 from imcluster.settings import Config
@@ -48,10 +48,10 @@ class Core:
         self.cfg = cfg
         self.app = app
         self.wall_offset = wall_offset
-        self.slots: list[Worker] = []  # index = slot; each holds Role.SLOT
-        self.retiring: list[Worker] = []  # Role.RETIRED, until reaped
-        self.by_id: dict[int, Worker] = {}  # every worker spawned and not yet reaped
-        self.by_pid: dict[int, Worker] = {}
+        self.slots: list[WorkerProcess] = []  # index = slot; each holds Role.SLOT
+        self.retiring: list[WorkerProcess] = []  # Role.RETIRED, until reaped
+        self.by_id: dict[int, WorkerProcess] = {}  # every worker spawned and not yet reaped
+        self.by_pid: dict[int, WorkerProcess] = {}
         self.reloading: RollingReload | None = None
         self.deferred_scale: int | None = None
         self.last_reload: dict | None = None
@@ -76,7 +76,7 @@ class Core:
     def start(self, now: float) -> list:
         """Fill the configured number of slots."""
         for slot in range(self.cfg.workers):
-            w = Worker(slot=slot)
+            w = WorkerProcess(slot=slot)
             self.slots.append(w)
             self.spawn(w, now)
         return self._take()
@@ -91,7 +91,7 @@ class Core:
         """Stopping, and every process has exited: the master may exit."""
         return self.stopping and all(not w.live for w in self.processes())
 
-    def processes(self) -> list[Worker]:
+    def processes(self) -> list[WorkerProcess]:
         """Every worker the master tracks: the slots, the retiring ones, and a
         reload's replacement while it starts."""
         extra = [self.reloading.new] if self.reloading and self.reloading.new else []
@@ -124,7 +124,7 @@ class Core:
 
     # ---- verbs (also used by rolling.RollingReload) ---------------------------------
 
-    def spawn(self, w: Worker, now: float) -> None:
+    def spawn(self, w: WorkerProcess, now: float) -> None:
         """Start a fresh process for `w` under a new worker id."""
         wid = self._new_worker_id()
         w.started(wid, now)
@@ -138,14 +138,14 @@ class Core:
             if wid not in self.by_id:
                 return wid
 
-    def terminate(self, w: Worker, now: float, stopping: bool = False) -> None:
+    def terminate(self, w: WorkerProcess, now: float, stopping: bool = False) -> None:
         """TERM now, KILL after KILL_GRACE. With `stopping`, the slot is not refilled."""
         if stopping and w.state is not State.STOPPING:
             w.to(State.STOPPING)
         self._kill(w, signal.SIGTERM)
         w.kill_at = now + KILL_GRACE
 
-    def retire(self, w: Worker, now: float) -> None:
+    def retire(self, w: WorkerProcess, now: float) -> None:
         """Take a worker out of service for good: no new sessions, drain, exit."""
         w.role = Role.RETIRED
         if not w.live:
@@ -221,7 +221,7 @@ class Core:
         self.deferred_scale = None
         before = len(self.slots)
         while len(self.slots) < target:
-            w = Worker(slot=len(self.slots))
+            w = WorkerProcess(slot=len(self.slots))
             self.slots.append(w)
             self.spawn(w, now)
         while len(self.slots) > target:
@@ -235,7 +235,7 @@ class Core:
         self.exit_code = EXIT_NO_WORKER
         self.stop(now)
 
-    def _kill(self, w: Worker, signum: int) -> None:
+    def _kill(self, w: WorkerProcess, signum: int) -> None:
         if w.pid:
             self._out.append(ev.Kill(w.pid, signum))
 
@@ -252,7 +252,7 @@ class Core:
             for w in self.processes():
                 self._kill(w, signal.SIGKILL)
 
-    def _timer(self, w: Worker, timer: Timer, now: float) -> None:
+    def _timer(self, w: WorkerProcess, timer: Timer, now: float) -> None:
         if timer is Timer.RESPAWN:
             if not self.stopping and w.role is Role.SLOT:
                 self.spawn(w, now)

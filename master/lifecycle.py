@@ -1,9 +1,9 @@
 """One worker's lifecycle: a small state machine with its timers, after supervisor's.
 
-A `Worker` persists for its slot across respawns (like supervisor's
+A `WorkerProcess` persists for its slot across respawns (like supervisor's
 Subprocess); each spawn gives it a new worker id and, once started, a new pid.
 Every timed transition (respawn after backoff, the ready and heartbeat
-timeouts, the drain deadline, KILL after TERM) is decided by `Worker.due`,
+timeouts, the drain deadline, KILL after TERM) is decided by `WorkerProcess.due`,
 here beside the edges it takes. Pure: no clock, no processes; times are
 time.monotonic() values passed in.
 """
@@ -51,7 +51,7 @@ class Role(enum.Enum):
 
 
 class Timer(enum.Enum):
-    """A timed transition that is due (see `Worker.due`)."""
+    """A timed transition that is due (see `WorkerProcess.due`)."""
     RESPAWN = "respawn"  # BACKOFF delay over: start it again
     READY_TIMEOUT = "ready timeout"  # STARTING too long: replace it
     SILENT = "silent"  # no frame within the heartbeat timeout: replace it
@@ -85,7 +85,10 @@ def backoff_delay(failures: int) -> float:
 
 
 @dataclass(eq=False)
-class Worker:
+class WorkerProcess:
+    """The master's record of one worker process and its slot (the worker's own
+    side is workers/main.py's WorkerServer)."""
+
     slot: int
     state: State = State.EXITED
     role: Role = Role.SLOT

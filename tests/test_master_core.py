@@ -19,7 +19,7 @@ from imcluster import channel as ch
 from imcluster import settings as cfgmod
 from imcluster.master import events as ev
 from imcluster.master.core import Core
-from imcluster.master.lifecycle import Role, State, Worker
+from imcluster.master.lifecycle import Role, State, WorkerProcess
 
 T0 = 1000.0
 TERM, KILL = signal.SIGTERM, signal.SIGKILL
@@ -65,16 +65,16 @@ class Master:
     def tick(self, after: float = 0.0) -> list:
         return self.feed(ev.Tick(), after)
 
-    def slot(self, i: int) -> Worker:
+    def slot(self, i: int) -> WorkerProcess:
         return self.core.slots[i]
 
-    def ready(self, *workers: Worker) -> list:
+    def ready(self, *workers: WorkerProcess) -> list:
         out = []
         for w in workers or [w for w in self.core.processes() if w.state is State.STARTING]:
             out += self.feed(ev.Ready(w.worker_id))
         return out
 
-    def exit(self, w: Worker, code: int = 0, after: float = 0.0) -> list:
+    def exit(self, w: WorkerProcess, code: int = 0, after: float = 0.0) -> list:
         return self.feed(ev.Exited(w.pid, code), after)
 
     def route(self, worker_id: int | None) -> int | None:
@@ -368,7 +368,7 @@ def test_scaling_away_a_slot_in_backoff_leaves_nothing_to_drain():
 # ---- rolling reload -------------------------------------------------------------------------
 
 
-def reload_step(m: Master, slot: int) -> Worker:
+def reload_step(m: Master, slot: int) -> WorkerProcess:
     """Let the reload's replacement for `slot` become READY and its old worker exit."""
     new = m.core.reloading.new
     assert new.slot == slot and new.role is Role.REPLACEMENT and new.state is State.STARTING

@@ -17,7 +17,7 @@ from imcluster.master.lifecycle import (
     Role,
     State,
     TransitionError,
-    Worker,
+    WorkerProcess,
     backoff_delay,
 )
 
@@ -193,7 +193,7 @@ ALLOWED_EDGES = {
 
 @pytest.mark.parametrize("src,dst", [(s, d) for s in State for d in State])
 def test_every_edge_is_allowed_or_refused(src, dst):
-    w = Worker(slot=0, state=src)
+    w = WorkerProcess(slot=0, state=src)
     if (src.value, dst.value) in ALLOWED_EDGES:
         w.to(dst)
         assert w.state is dst
@@ -204,14 +204,14 @@ def test_every_edge_is_allowed_or_refused(src, dst):
 
 
 def test_exit_of_a_healthy_worker_respawns_quickly():
-    w = Worker(slot=0, state=State.READY)
+    w = WorkerProcess(slot=0, state=State.READY)
     w.ready_at = 0.0
     w.on_exit(-9, now=100.0)
     assert w.state is State.BACKOFF and w.failures == 0 and w.respawn_at == 100.0 + 0.1
 
 
 def test_start_failures_back_off_then_go_fatal():
-    w = Worker(slot=0, state=State.STARTING)
+    w = WorkerProcess(slot=0, state=State.STARTING)
     delays = []
     for i in range(MAX_START_FAILURES):
         w.on_exit(1, now=float(i))
@@ -224,19 +224,19 @@ def test_start_failures_back_off_then_go_fatal():
 
 
 def test_stopped_and_retired_workers_are_not_respawned():
-    w = Worker(slot=0, state=State.STOPPING)
+    w = WorkerProcess(slot=0, state=State.STOPPING)
     w.on_exit(0, now=1.0)
     assert w.state is State.EXITED
-    r = Worker(slot=0, state=State.DRAINING, role=Role.RETIRED)
+    r = WorkerProcess(slot=0, state=State.DRAINING, role=Role.RETIRED)
     r.on_exit(0, now=1.0)
     assert r.state is State.EXITED
-    n = Worker(slot=0, state=State.STARTING, role=Role.REPLACEMENT)
+    n = WorkerProcess(slot=0, state=State.STARTING, role=Role.REPLACEMENT)
     n.on_exit(4, now=1.0)
     assert n.state is State.EXITED
 
 
 def test_load_counts_handoffs_not_yet_reported():
-    w = Worker(slot=0, sessions=3, handoffs_acked=10, handoffs_sent=12)
+    w = WorkerProcess(slot=0, sessions=3, handoffs_acked=10, handoffs_sent=12)
     assert w.load == 5
 
 

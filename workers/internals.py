@@ -244,11 +244,11 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         adds=("_imcluster_pinger",))),
     ("engineio-cors-origins", Reach(
         _EIO, "engineio.base_server:BaseServer._cors_allowed_origins", "read",
-        "workers/main.py Worker.load", "cors_allowed_origins set after the server is built "
+        "workers/main.py WorkerServer.load", "cors_allowed_origins set after the server is built "
         "still applies: it is read per request",
         source=("self.cors_allowed_origins",))),
     ("engineio-generate-id", Reach(
-        _EIO, "engineio:Server.generate_id", "replace", "workers/main.py Worker.load",
+        _EIO, "engineio:Server.generate_id", "replace", "workers/main.py WorkerServer.load",
         "the server makes every sid with self.generate_id(), so an instance attribute "
         "(ours names the worker) takes its place",
         params=(), source=("sid = self.generate_id()",),
@@ -298,7 +298,8 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
                "namespaces", "packet_class"),
         adds=("_imcluster_holds",))),
     ("socketio-server-init", Reach(
-        _SIO, "socketio:Server.__init__", "replace", "workers/main.py Worker._default_manager",
+        _SIO, "socketio:Server.__init__", "replace",
+        "workers/main.py WorkerServer._default_manager",
         "we wrap the constructor while the app imports; its first parameter is "
         "client_manager, and without one the server makes a plain socketio.Manager",
         source=("if client_manager is None:", "client_manager = manager.Manager()",
@@ -306,11 +307,11 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         source_in="socketio.base_server:BaseServer.__init__")),
     ("socketio-server-init-params", Reach(
         _SIO, "socketio.base_server:BaseServer.__init__", "call",
-        "workers/main.py Worker._default_manager", "client_manager is the first parameter",
+        "workers/main.py WorkerServer._default_manager", "client_manager is the first parameter",
         params=("client_manager",), positional=1)),
     ("socketio-manager-swap", Reach(
         _SIO, "socketio:Server._handle_eio_connect", "read",
-        "workers/main.py Worker._install_manager", "the server initialises its manager "
+        "workers/main.py WorkerServer._install_manager", "the server initialises its manager "
         "once, on the first Engine.IO connect, unless manager_initialized is set: we set "
         "sio.manager and initialise it ourselves",
         source=("if not self.manager_initialized:", "self.manager_initialized = True",

@@ -46,7 +46,11 @@ FLUSH_SECONDS = 2.0
 MAX_CONNECTIONS = 100_000
 
 
-class Worker:
+class WorkerServer:
+    """This worker process: loads the app, serves the connections the master hands
+    it, reports on its channel and drains when asked (the master's record of it is
+    master/lifecycle.py's WorkerProcess)."""
+
     def __init__(self, spec: dict, link: Link):
         self.spec = spec
         self.worker_id = int(spec["worker_id"])
@@ -337,7 +341,7 @@ def run(spec: dict, link: Link) -> int:
     speedups.install()
     sessions.install()
     _raise_fd_limit()
-    w = Worker(spec, link)
+    w = WorkerServer(spec, link)
     signal.signal(signal.SIGTERM, lambda *_: w.stop("SIGTERM"))
     try:
         w.load()

@@ -8,7 +8,7 @@ suites published beside them, which settle what the prose leaves open. The
 session-level rules (heartbeat, duplicate polls, second WebSockets) live in
 `sessions.ClusterSocket`; the HTTP-level and namespace rules live here.
 
-`adapt()` is applied by `Worker.load()` to the app's servers once the app is
+`adapt()` is applied by `WorkerServer.load()` to the app's servers once the app is
 imported. It swaps each instance's class for a subclass of that same class
 with the rules mixed in (`obj.__class__ = ...`), rather than setting wrapper
 functions on the instance: the library calls these methods on itself
