@@ -609,3 +609,43 @@ def test_worker_ids_skip_those_still_in_use_when_they_wrap():
 @pytest.fixture(autouse=True)
 def _master_log(caplog):
     caplog.set_level(logging.INFO, logger="imcluster.master")
+
+
+# ---- the status answer ------------------------------------------------------------------
+
+
+def _keys(value, prefix: str = "") -> set[str]:
+    """Every key path of a JSON value: "master.counters.routed", "workers[].pid"."""
+    if isinstance(value, dict):
+        out = set()
+        for k, v in value.items():
+            path = f"{prefix}.{k}" if prefix else k
+            out |= {path} | _keys(v, path)
+        return out
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return set().union(*(_keys(v, f"{prefix}[]") for v in value))
+    return set()
+
+
+def test_the_status_answer_has_exactly_the_documented_keys():
+    """imcluster/control.py's table lists every key of `status`, and nothing it lacks."""
+    import re
+
+    import imcluster.control
+    from imcluster.master.loop import Master as Shell
+
+    m = serving()
+    m.feed(ev.Signal(signal.SIGHUP))
+    m.exit(m.core.reloading.new, 4)  # abandoned: a last_reload with its error
+    m.tick()
+    m.command(cmd="reload")  # and one in progress
+    m.feed(ev.Load(1, sessions=1, connections=1))
+    shell = Shell(config(workers=2), None)
+    try:
+        shell.core = m.core
+        answer = shell.status()
+    finally:
+        shell.selector.close()
+    documented = set(re.findall(r"^    ((?:master|workers|reload|last_reload)\S*)\s",
+                                imcluster.control.__doc__, re.M))
+    assert _keys(answer) == documented
