@@ -5,7 +5,39 @@ A hand-off frame carries exactly one client fd (SCM_RIGHTS). Payloads larger
 than FRAGMENT are split into frames flagged MORE; the receiver joins them.
 Seqpacket keeps frame boundaries and fds together, which a stream socket
 does not. Both sides use the same codec; the I/O loops differ (selectors in
-the master, eventlet in the workers).
+the master, eventlet in the workers). One message per purpose, each kind a
+byte of its own in both directions (M: master, W: worker):
+
+    kind       byte  from  payload                            sent
+    SPEC       C     M     JSON object (1)                    first, once: nothing is read before it
+    HANDOFF    H     M     empty, with one client fd          per connection routed to it (2)
+    RELAY      M     M     a pub/sub message (3)              per PUBLISH, to every other worker
+    STOP       S     M     empty                              to drain and exit (retire, scale down)
+    READY      R     W     empty                              once: app imported, serving
+    HANDBACK   B     W     empty, with one client fd          a kept-alive connection's next request
+                                                              is another worker's (or a new session)
+    PUBLISH    P     W     a pub/sub message (3)              per broadcast (relay mode)
+    HEARTBEAT  T     W     empty                              every HEARTBEAT_INTERVAL (1 s)
+    LOAD       L     W     JSON object (4)                    with the heartbeat, when it changed
+    ACK        A     W     ASCII decimal integer (5)          every 16 hand-offs, and with the
+                                                              heartbeat when it changed
+    ERROR      E     W     UTF-8 text: why it exits           once, before exiting on an error (6)
+
+1. What the worker serves and how: app, cwd, worker_id, slot, log_level,
+   keepalive (s), graceful_timeout (s), cors_origins, ws_compression, redis (a
+   URL, password included: never on a command line), redis_silence_timeout
+   (s), allow_untested_versions.
+2. The worker serves the connection's first request whatever sid it names.
+3. python-socketio's pub/sub JSON, as PubSubManager._publish is given it.
+4. `{"sessions": Engine.IO sessions held, "connections": TCP connections
+   served}`, both counts as of sending.
+5. Hand-offs received since the worker started, cumulative: the master keeps
+   at most `--handoff-window` unacknowledged in the kernel's queue (what is
+   there dies with the worker; what the master still holds can be re-routed).
+6. The app failed to import, or a library is outside the tested range.
+
+The master counts any frame as a sign of life (`--heartbeat-timeout`); it
+routes new sessions by LOAD's sessions plus the hand-offs not yet acknowledged.
 """
 
 from __future__ import annotations
@@ -16,16 +48,18 @@ import socket
 from collections.abc import Iterator
 
 # master -> worker
-SPEC = b"C"  # JSON: what the worker serves and how (Redis URL included); always the first message
-HANDOFF = b"H"  # one client fd; the worker serves its first request whatever it names
-RELAY = b"P"  # a pub/sub message published by another worker
-STOP = b"S"  # drain and exit
+SPEC = b"C"
+HANDOFF = b"H"
+RELAY = b"M"
+STOP = b"S"
 # worker -> master
-READY = b"R"  # app imported, serving
-HANDBACK = b"B"  # one client fd whose next request belongs to another worker
-PUBLISH = b"P"  # a pub/sub message for every other worker
-STATS = b"T"  # JSON load report; also the worker's heartbeat
-ERROR = b"E"  # why the worker is about to exit (e.g. the app failed to import)
+READY = b"R"
+HANDBACK = b"B"
+PUBLISH = b"P"
+HEARTBEAT = b"T"
+LOAD = b"L"
+ACK = b"A"
+ERROR = b"E"
 
 MORE = 0x01
 

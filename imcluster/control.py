@@ -13,6 +13,78 @@ master's event loop: one JSON request per connection (`{"cmd": "status"}`,
 `{"cmd": "scale", "to": "+1"}`, `"reload"`, `"stop"`), one JSON answer line.
 Every call raises `ControlError` (its text says why, for an operator) when
 the master cannot be reached, does not answer in time, or refuses.
+
+Answers: `{"error": TEXT}` for a refusal; `stop` answers `{"ok": true}`;
+`reload` `{"ok": true, "reload": RELOAD}`; `scale` `{"ok": true, "workers": N}`
+(with `"deferred": true` when a shrink waits for a reload to end). `status`
+answers the whole cluster, these keys and no others. Clocks: "monotonic" is
+measured on the master's (or worker's) monotonic clock, immune to clock steps;
+"wall" on the system clock. Counts are cumulative since the master started
+unless said otherwise.
+
+    key                      type         unit, clock: meaning
+    master                   obj          the master process:
+    master.pid               int          the master's pid
+    master.uptime            float        s, wall: since the master started (a clock step shows)
+    master.fds               int|null     descriptors the master holds (null: /proc unreadable)
+    master.bind              str          "HOST:PORT" it listens on
+    master.pending           int          connections held before routing (request line not yet
+                                          read, or no READY worker)
+    master.queued            int          connections routed but not yet passed to their worker
+    master.stopping          bool         a graceful stop is under way
+    master.broadcast         str          "relay" (through the master) or "redis"
+    master.redis             str|null     the Redis URL, password masked as ***
+    master.counters          obj          what the master counted:
+    master.counters.accepted     int      connections accepted
+    master.counters.routed       int      connections whose request line was read and routed
+    master.counters.bad_request  int      answered 400 (not HTTP, a bad request line)
+    master.counters.too_long     int      answered 414 (request line too long)
+    master.counters.timeout      int      answered 408 (no request line within --header-timeout)
+    master.counters.unavailable  int      answered 503 (no READY worker in time)
+    master.counters.evicted      int      answered 408 to make room (too many pending)
+    master.counters.handoffs     int      client sockets passed to workers
+    master.counters.handbacks    int      sockets workers passed back (another worker's request)
+    master.counters.rerouted     int      queued for a worker that died, routed again
+    master.counters.relayed      int      broadcasts relayed (one per receiving worker)
+    master.counters.relay_dropped int     relayed broadcasts dropped for a worker not reading
+    workers                  list         every process the master tracks: slots, retiring
+                                          workers, a reload's replacement
+    workers[].slot           int          0..N-1; a replacement keeps its predecessor's
+    workers[].pid            int|null     null while the slot has no process
+    workers[].worker_id      int          unique for the master's life; its sids name it
+    workers[].state          str          STARTING READY DRAINING STOPPING EXITED BACKOFF FATAL
+    workers[].retired        bool         out of service for good (draining, then exits)
+    workers[].replacement    bool         a reload's new worker, not yet in its slot
+    workers[].uptime         float|null   s, monotonic: since this process was spawned
+    workers[].restarts       int          times the slot's process was replaced after exiting
+    workers[].cpu            float|null   % of one core since the previous status (psutil;
+                                          0.0 at the first)
+    workers[].cpu_time       float|null   s of CPU (user + system) since the process started
+    workers[].rss            int|null     bytes of resident memory
+    workers[].connections    int|null     TCP connections it serves, from its last LOAD
+                                          (at most 1 s old; null before the first)
+    workers[].sessions       int|null     Engine.IO sessions it holds, from its last LOAD
+    workers[].handoffs       int          client sockets the master routed to this process
+    workers[].last_error     str|null     why it last failed (app import error, exit...)
+    workers[].exit_status    int|null     its last exit code (negative: killed by that signal)
+    workers[].unresponsive   bool         silent past --heartbeat-timeout or --ready-timeout;
+                                          being replaced
+    reload                   obj|null     the rolling reload in progress:
+    reload.reason            str          who asked: "SIGHUP", "control socket", "memory limit..."
+    reload.slot              int|null     the slot being replaced now
+    reload.phase             str          "starting" (the new worker), "draining" (the old),
+                                          "next"
+    reload.queued            list[int]    slots still to replace, in order
+    reload.replaced          int          workers replaced so far
+    reload.new_pid           int|null     the replacement's pid
+    reload.old_pid           int|null     the pid being drained
+    last_reload              obj|null     how the last reload ended:
+    last_reload.ok           bool         every slot was replaced
+    last_reload.reason       str          as reload.reason
+    last_reload.replaced     int          workers replaced before it ended
+    last_reload.error        str          (only when not ok) why it stopped
+    last_reload.finished     float        s, wall: Unix time it ended (the master's monotonic
+                                          clock plus the wall offset taken at its start)
 """
 
 from __future__ import annotations

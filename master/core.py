@@ -29,7 +29,7 @@ from imcluster.master.lifecycle import (
     Role,
     State,
     Timer,
-    Worker,
+    WorkerProcess,
 )
 from imcluster.master.rolling import RollingReload
 from imcluster.settings import Config
@@ -49,10 +49,10 @@ class Core:
         self.cfg = cfg
         self.app = app
         self.wall_offset = wall_offset
-        self.slots: list[Worker] = []  # index = slot; each holds Role.SLOT
-        self.retiring: list[Worker] = []  # Role.RETIRED, until reaped
-        self.by_id: dict[int, Worker] = {}  # every worker spawned and not yet reaped
-        self.by_pid: dict[int, Worker] = {}
+        self.slots: list[WorkerProcess] = []  # index = slot; each holds Role.SLOT
+        self.retiring: list[WorkerProcess] = []  # Role.RETIRED, until reaped
+        self.by_id: dict[int, WorkerProcess] = {}  # every worker spawned and not yet reaped
+        self.by_pid: dict[int, WorkerProcess] = {}
         self.reloading: RollingReload | None = None
         self.deferred_scale: int | None = None
         self.last_reload: dict | None = None
@@ -69,7 +69,8 @@ class Core:
             ev.Tick: self._on_tick, ev.Signal: self._on_signal,
             ev.Spawned: self._on_spawned, ev.SpawnFailed: self._on_spawn_failed,
             ev.Exited: self._on_exited, ev.ChannelClosed: self._on_channel_closed,
-            ev.Heard: self._on_heard, ev.Ready: self._on_ready, ev.Stats: self._on_stats,
+            ev.Heard: self._on_heard, ev.Ready: self._on_ready, ev.Load: self._on_load,
+            ev.Acked: self._on_acked,
             ev.WorkerError: self._on_worker_error, ev.Memory: self._on_memory,
             ev.Command: self._on_command, ev.Request: self._on_request,
         }
@@ -79,7 +80,7 @@ class Core:
     def start(self, now: float) -> list:
         """Fill the configured number of slots."""
         for slot in range(self.cfg.workers):
-            w = Worker(slot=slot)
+            w = WorkerProcess(slot=slot)
             self.slots.append(w)
             self.spawn(w, now)
         return self._take()
@@ -94,7 +95,7 @@ class Core:
         """Stopping, and every process has exited: the master may exit."""
         return self.stopping and all(not w.live for w in self.processes())
 
-    def processes(self) -> list[Worker]:
+    def processes(self) -> list[WorkerProcess]:
         """Every worker the master tracks: the slots, the retiring ones, and a
         reload's replacement while it starts."""
         extra = [self.reloading.new] if self.reloading and self.reloading.new else []
@@ -128,8 +129,7 @@ class Core:
                 "state": w.state.value, "retired": w.role is Role.RETIRED,
                 "uptime": round(now - w.started_at, 1) if w.pid else None,
                 "restarts": w.restarts, "cpu": None, "cpu_time": None, "rss": None,
-                "connections": w.stats.get("connections"),
-                "sessions": w.stats.get("sessions"),
+                "connections": w.connections, "sessions": w.sessions,
                 "handoffs": w.handoffs_sent, "last_error": w.last_error or None,
                 "exit_status": w.exit_status, "unresponsive": w.unresponsive,
                 "replacement": w.role is Role.REPLACEMENT,
@@ -143,7 +143,7 @@ class Core:
 
     # ---- verbs (also used by rolling.RollingReload) ---------------------------------
 
-    def spawn(self, w: Worker, now: float) -> None:
+    def spawn(self, w: WorkerProcess, now: float) -> None:
         """Start a fresh process for `w` under a new worker id."""
         wid = self._new_worker_id()
         w.started(wid, now)
@@ -157,14 +157,14 @@ class Core:
             if wid not in self.by_id:
                 return wid
 
-    def terminate(self, w: Worker, now: float, stopping: bool = False) -> None:
+    def terminate(self, w: WorkerProcess, now: float, stopping: bool = False) -> None:
         """TERM now, KILL after KILL_GRACE. With `stopping`, the slot is not refilled."""
         if stopping and w.state is not State.STOPPING:
             w.to(State.STOPPING)
         self._kill(w, signal.SIGTERM)
         w.kill_at = now + KILL_GRACE
 
-    def retire(self, w: Worker, now: float) -> None:
+    def retire(self, w: WorkerProcess, now: float) -> None:
         """Take a worker out of service for good: no new sessions, drain, exit."""
         w.role = Role.RETIRED
         if not w.live:
@@ -240,7 +240,7 @@ class Core:
         self.deferred_scale = None
         before = len(self.slots)
         while len(self.slots) < target:
-            w = Worker(slot=len(self.slots))
+            w = WorkerProcess(slot=len(self.slots))
             self.slots.append(w)
             self.spawn(w, now)
         while len(self.slots) > target:
@@ -254,7 +254,7 @@ class Core:
         self.exit_code = EXIT_NO_WORKER
         self.stop(now)
 
-    def _kill(self, w: Worker, signum: int) -> None:
+    def _kill(self, w: WorkerProcess, signum: int) -> None:
         if w.pid:
             self._out.append(ev.Kill(w.pid, signum))
 
@@ -271,7 +271,7 @@ class Core:
             for w in self.processes():
                 self._kill(w, signal.SIGKILL)
 
-    def _timer(self, w: Worker, timer: Timer, now: float) -> None:
+    def _timer(self, w: WorkerProcess, timer: Timer, now: float) -> None:
         if timer is Timer.RESPAWN:
             if not self.stopping and w.role is Role.SLOT:
                 self.spawn(w, now)
@@ -395,11 +395,15 @@ class Core:
         self.log.info("slot %d: worker pid %d READY", w.slot, w.pid)
         self.retry_held()
 
-    def _on_stats(self, e: ev.Stats, now: float) -> None:
+    def _on_load(self, e: ev.Load, now: float) -> None:
         w = self.by_id.get(e.worker_id)
         if w is not None:
-            w.stats = e.stats
-            w.last_heard = now
+            w.sessions, w.connections = e.sessions, e.connections
+
+    def _on_acked(self, e: ev.Acked, now: float) -> None:
+        w = self.by_id.get(e.worker_id)
+        if w is not None:
+            w.handoffs_acked = e.handoffs
 
     def _on_worker_error(self, e: ev.WorkerError, now: float) -> None:
         w = self.by_id.get(e.worker_id)

@@ -61,7 +61,7 @@ class ChannelClosed:
 
 @dataclass(frozen=True)
 class Heard:
-    """Any frame arrived from the worker: its heartbeat."""
+    """Any frame arrived from the worker (HEARTBEAT or another): it is alive."""
     worker_id: int
 
 
@@ -72,10 +72,19 @@ class Ready:
 
 
 @dataclass(frozen=True)
-class Stats:
-    """The worker's load report (JSON object: sessions, connections, handoffs...)."""
+class Load:
+    """The worker's load report (LOAD): Engine.IO sessions it holds, TCP
+    connections it serves."""
     worker_id: int
-    stats: dict
+    sessions: int
+    connections: int
+
+
+@dataclass(frozen=True)
+class Acked:
+    """The worker acknowledged receiving `handoffs` hand-offs in all (ACK)."""
+    worker_id: int
+    handoffs: int
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """One worker's lifecycle: a small state machine with its timers, after supervisor's.
 
-A `Worker` persists for its slot across respawns (like supervisor's
+A `WorkerProcess` persists for its slot across respawns (like supervisor's
 Subprocess); each spawn gives it a new worker id and, once started, a new pid.
 Every timed transition (respawn after backoff, the ready and heartbeat
-timeouts, the drain deadline, KILL after TERM) is decided by `Worker.due`,
+timeouts, the drain deadline, KILL after TERM) is decided by `WorkerProcess.due`,
 here beside the edges it takes. Pure: no clock, no processes; times are
 time.monotonic() values passed in.
 """
@@ -11,7 +11,7 @@ time.monotonic() values passed in.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class State(enum.Enum):
@@ -51,7 +51,7 @@ class Role(enum.Enum):
 
 
 class Timer(enum.Enum):
-    """A timed transition that is due (see `Worker.due`)."""
+    """A timed transition that is due (see `WorkerProcess.due`)."""
     RESPAWN = "respawn"  # BACKOFF delay over: start it again
     READY_TIMEOUT = "ready timeout"  # STARTING too long: replace it
     SILENT = "silent"  # no frame within the heartbeat timeout: replace it
@@ -85,7 +85,10 @@ def backoff_delay(failures: int) -> float:
 
 
 @dataclass(eq=False)
-class Worker:
+class WorkerProcess:
+    """The master's record of one worker process and its slot (the worker's own
+    side is workers/main.py's WorkerServer)."""
+
     slot: int
     state: State = State.EXITED
     role: Role = Role.SLOT
@@ -104,7 +107,9 @@ class Worker:
     last_heard: float = 0.0  # last frame from the worker (its heartbeat)
     unresponsive: bool = False  # silent past a timeout: being replaced
     handoffs_sent: int = 0  # connections passed to it, in the master's queue or the kernel's
-    stats: dict = field(default_factory=dict)
+    handoffs_acked: int = 0  # of those, how many it acknowledged receiving (ACK)
+    sessions: int | None = None  # Engine.IO sessions it holds (its last LOAD)
+    connections: int | None = None  # TCP connections it serves (its last LOAD)
 
     def to(self, new: State) -> None:
         """Move to `new`, refusing any edge not in TRANSITIONS."""
@@ -135,17 +140,17 @@ class Worker:
 
     @property
     def load(self) -> int:
-        """Sessions it reported, plus hand-offs it has not yet reported receiving."""
-        unseen = self.handoffs_sent - int(self.stats.get("handoffs", 0))
-        return int(self.stats.get("sessions", 0)) + max(unseen, 0)
+        """Sessions it reported, plus hand-offs it has not yet acknowledged."""
+        return (self.sessions or 0) + max(self.handoffs_sent - self.handoffs_acked, 0)
 
     def started(self, worker_id: int, now: float) -> None:
         """STARTING under a new worker id (from EXITED, BACKOFF or FATAL)."""
         self.to(State.STARTING)
         self.worker_id, self.pid, self.channel_open = worker_id, 0, False
         self.started_at = self.last_heard = now
-        self.exit_status, self.stats, self.last_error = None, {}, ""
-        self.handoffs_sent = 0
+        self.exit_status, self.last_error = None, ""
+        self.sessions = self.connections = None
+        self.handoffs_sent = self.handoffs_acked = 0
         self.unresponsive = False
         self.kill_at = 0.0
 

@@ -57,7 +57,7 @@ class Link:
         self.outq: deque = deque()  # (frame, client socket or None)
         self.out_bytes = 0
         self.delivered = 0  # hand-offs written to the channel
-        self.confirmed = 0  # hand-offs the worker reported receiving (STATS)
+        self.confirmed = 0  # hand-offs the worker acknowledged receiving (ACK)
         self.joiner = ch.Joiner()
 
     @property
@@ -326,17 +326,19 @@ class Master:
                     continue
                 if kind == ch.PUBLISH:
                     self._relay(link, whole)
-                elif kind == ch.STATS:
-                    try:
-                        stats = json.loads(whole)
-                    except ValueError:
-                        continue
-                    if not isinstance(stats, dict):
-                        continue
-                    link.confirmed = int(stats.get("handoffs", 0))
-                    self._feed(ev.Stats(wid, stats))
-                    if link.outq:
-                        self._flush(link)  # the hand-off window may have opened
+                elif kind == ch.HEARTBEAT:
+                    pass  # heard, like every frame
+                elif kind == ch.LOAD:
+                    load = _load(whole)
+                    if load is not None:
+                        self._feed(ev.Load(wid, *load))
+                elif kind == ch.ACK:
+                    acked = _count(whole)
+                    if acked is not None:
+                        link.confirmed = acked
+                        self._feed(ev.Acked(wid, acked))
+                        if link.outq:
+                            self._flush(link)  # the hand-off window may have opened
                 elif kind == ch.READY:
                     self._feed(ev.Ready(wid))
                 elif kind == ch.ERROR:
@@ -392,7 +394,7 @@ class Master:
             frame, sock = link.outq[0]
             if sock is not None and link.unconfirmed >= self.cfg.handoff_window:
                 # The kernel's queue dies with the worker; ours can be re-routed.
-                # Wait for the worker to confirm what it has (STATS) first.
+                # Wait for the worker to acknowledge what it has (ACK) first.
                 break
             try:
                 if sock is None:
@@ -525,6 +527,25 @@ class Master:
         for link in list(self.links.values()):
             self._close_link(link, reroute=False)
         log.info("master exiting (code %d)", self.exit_code)
+
+
+def _count(payload: bytes) -> int | None:
+    """An ACK's count (ASCII decimal); None for anything else."""
+    try:
+        n = int(payload)
+    except ValueError:
+        return None
+    return n if n >= 0 else None
+
+
+def _load(payload: bytes) -> tuple[int, int] | None:
+    """A LOAD report's (sessions, connections); None when it is not one."""
+    try:
+        load = json.loads(payload)
+        sessions, connections = int(load["sessions"]), int(load["connections"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    return sessions, connections
 
 
 def _count_fds() -> int | None:

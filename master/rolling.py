@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from imcluster.master.lifecycle import DEPENDENCY_ERROR, Role, State, Worker
+from imcluster.master.lifecycle import DEPENDENCY_ERROR, Role, State, WorkerProcess
 
 if TYPE_CHECKING:
     from imcluster.master.core import Core
@@ -29,8 +29,8 @@ class RollingReload:
     reason: str
     queue: deque = field(default_factory=deque)  # slots still to replace
     slot: int | None = None
-    new: Worker | None = None  # the replacement while it starts
-    old: Worker | None = None  # the worker being drained
+    new: WorkerProcess | None = None  # the replacement while it starts
+    old: WorkerProcess | None = None  # the worker being drained
     deadline: float = 0.0  # when the replacement must be READY
     replaced: int = 0
 
@@ -96,13 +96,13 @@ class RollingReload:
                 old.failures = 0
                 core.spawn(old, now)
                 continue
-            new = Worker(slot=slot, restarts=old.restarts, role=Role.REPLACEMENT)
+            new = WorkerProcess(slot=slot, restarts=old.restarts, role=Role.REPLACEMENT)
             self.new, self.old = new, old
             self.deadline = now + core.cfg.ready_timeout
             core.spawn(new, now)
 
 
-def replacement_failed(new: Worker, now: float, deadline: float) -> str | None:
+def replacement_failed(new: WorkerProcess, now: float, deadline: float) -> str | None:
     """Why a starting replacement has failed, or None while it may still succeed."""
     if new.state not in (State.STARTING, State.READY):
         if new.last_error and new.exit_status == DEPENDENCY_ERROR:

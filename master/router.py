@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from imcluster.master.lifecycle import Worker
+from imcluster.master.lifecycle import WorkerProcess
 
 
-def choose(slots: Iterable[Worker], by_id: Mapping[int, Worker],
-           worker_id: int | None) -> Worker | None:
+def choose(slots: Iterable[WorkerProcess], by_id: Mapping[int, WorkerProcess],
+           worker_id: int | None) -> WorkerProcess | None:
     """The worker for a request naming `worker_id` (None: no sid), or None if no
     worker can take it now (the connection is held until one is READY)."""
     owner = by_id.get(worker_id) if worker_id is not None else None

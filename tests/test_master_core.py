@@ -19,7 +19,7 @@ from imcluster import channel as ch
 from imcluster import settings as cfgmod
 from imcluster.master import events as ev
 from imcluster.master.core import Core
-from imcluster.master.lifecycle import Role, State, Worker
+from imcluster.master.lifecycle import Role, State, WorkerProcess
 
 T0 = 1000.0
 TERM, KILL = signal.SIGTERM, signal.SIGKILL
@@ -65,16 +65,16 @@ class Master:
     def tick(self, after: float = 0.0) -> list:
         return self.feed(ev.Tick(), after)
 
-    def slot(self, i: int) -> Worker:
+    def slot(self, i: int) -> WorkerProcess:
         return self.core.slots[i]
 
-    def ready(self, *workers: Worker) -> list:
+    def ready(self, *workers: WorkerProcess) -> list:
         out = []
         for w in workers or [w for w in self.core.processes() if w.state is State.STARTING]:
             out += self.feed(ev.Ready(w.worker_id))
         return out
 
-    def exit(self, w: Worker, code: int = 0, after: float = 0.0) -> list:
+    def exit(self, w: WorkerProcess, code: int = 0, after: float = 0.0) -> list:
         return self.feed(ev.Exited(w.pid, code), after)
 
     def route(self, worker_id: int | None, host_id: int | None = None) -> int | None:
@@ -281,7 +281,7 @@ def test_while_stopping_reload_and_scale_are_refused():
 
 def test_a_silent_worker_is_replaced():
     m = serving()
-    m.feed(ev.Stats(2, {"sessions": 0, "handoffs": 0}), after=9.0)  # slot 1 reports; slot 0 not
+    m.feed(ev.Heard(2), after=9.0)  # slot 1 is heard from; slot 0 not
     actions = m.tick(after=1.5)
     assert kills(actions) == [(100, TERM)]
     w = m.slot(0)
@@ -371,7 +371,7 @@ def test_scaling_away_a_slot_in_backoff_leaves_nothing_to_drain():
 # ---- rolling reload -------------------------------------------------------------------------
 
 
-def reload_step(m: Master, slot: int) -> Worker:
+def reload_step(m: Master, slot: int) -> WorkerProcess:
     """Let the reload's replacement for `slot` become READY and its old worker exit."""
     new = m.core.reloading.new
     assert new.slot == slot and new.role is Role.REPLACEMENT and new.state is State.STARTING
@@ -524,17 +524,28 @@ def test_memory_limit_replaces_only_that_worker_gracefully():
 def test_new_sessions_go_to_the_least_loaded_ready_worker():
     m = Master(workers=3)
     m.ready()
-    m.feed(ev.Stats(1, {"sessions": 5, "handoffs": 0}))
-    m.feed(ev.Stats(2, {"sessions": 2, "handoffs": 0}))
-    m.feed(ev.Stats(3, {"sessions": 3, "handoffs": 0}))
+    m.feed(ev.Load(1, sessions=5, connections=5))
+    m.feed(ev.Load(2, sessions=2, connections=2))
+    m.feed(ev.Load(3, sessions=3, connections=3))
     # Hand-offs not yet reported count as load: 2, then 3/3/5 ties by fewer hand-offs.
     assert [m.route(None) for _ in range(4)] == [2, 3, 2, 3]
     assert [w.handoffs_sent for w in m.core.slots] == [0, 2, 2]
 
 
+def test_acknowledged_handoffs_stop_counting_as_load():
+    m = Master(workers=2)
+    m.ready()
+    m.feed(ev.Load(1, sessions=3, connections=3))
+    m.feed(ev.Load(2, sessions=4, connections=4))
+    assert m.route(None) == 1  # now 3 sessions + 1 unacknowledged hand-off: 4 each
+    m.feed(ev.Acked(1, 1))  # received, and no session of it reported yet
+    assert m.route(None) == 1
+    assert [w.handoffs_acked for w in m.core.slots] == [1, 0]
+
+
 def test_requests_go_to_the_worker_their_sid_names():
     m = serving()
-    m.feed(ev.Stats(1, {"sessions": 100, "handoffs": 0}))
+    m.feed(ev.Load(1, sessions=100, connections=100))
     assert [m.route(1) for _ in range(3)] == [1, 1, 1]  # load does not matter
     assert m.route(None) == 2
 
@@ -546,7 +557,7 @@ def test_a_sid_of_a_dead_worker_goes_to_a_ready_one():
     m.tick(after=0.1)
     assert m.slot(0).worker_id == 3  # the replacement has a new id, not the dead one's
     m.ready(m.slot(0))
-    m.feed(ev.Stats(2, {"sessions": 9, "handoffs": 0}))
+    m.feed(ev.Load(2, sessions=9, connections=9))
     assert m.route(1) == 3
 
 
@@ -584,7 +595,7 @@ def test_sids_of_a_replaced_worker_reach_it_until_it_exits():
     m.tick()
     assert m.route(1) == 1  # old, draining
     m.exit(m.core.retiring[0], 0)
-    m.feed(ev.Stats(2, {"sessions": 9, "handoffs": 0}))
+    m.feed(ev.Load(2, sessions=9, connections=9))
     assert m.route(1) == new.worker_id  # gone: a READY worker answers (the least loaded)
 
 
@@ -642,3 +653,43 @@ def test_readiness_is_200_ready_404_drained_503_without_a_ready_worker():
     m.command(cmd="stop")
     assert readiness(m) == 503
     assert "error" in m.command(cmd="drain")
+
+
+# ---- the status answer ------------------------------------------------------------------
+
+
+def _keys(value, prefix: str = "") -> set[str]:
+    """Every key path of a JSON value: "master.counters.routed", "workers[].pid"."""
+    if isinstance(value, dict):
+        out = set()
+        for k, v in value.items():
+            path = f"{prefix}.{k}" if prefix else k
+            out |= {path} | _keys(v, path)
+        return out
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return set().union(*(_keys(v, f"{prefix}[]") for v in value))
+    return set()
+
+
+def test_the_status_answer_has_exactly_the_documented_keys():
+    """imcluster/control.py's table lists every key of `status`, and nothing it lacks."""
+    import re
+
+    import imcluster.control
+    from imcluster.master.loop import Master as Shell
+
+    m = serving()
+    m.feed(ev.Signal(signal.SIGHUP))
+    m.exit(m.core.reloading.new, 4)  # abandoned: a last_reload with its error
+    m.tick()
+    m.command(cmd="reload")  # and one in progress
+    m.feed(ev.Load(1, sessions=1, connections=1))
+    shell = Shell(config(workers=2), None)
+    try:
+        shell.core = m.core
+        answer = shell.status()
+    finally:
+        shell.selector.close()
+    documented = set(re.findall(r"^    ((?:master|workers|reload|last_reload)\S*)\s",
+                                imcluster.control.__doc__, re.M))
+    assert _keys(answer) == documented

@@ -17,7 +17,7 @@ from imcluster.master.lifecycle import (
     Role,
     State,
     TransitionError,
-    Worker,
+    WorkerProcess,
     backoff_delay,
 )
 
@@ -146,6 +146,19 @@ def test_parse_routes_well_formed_lines_to_their_host_and_worker(method, junk, w
 # ---- channel framing ------------------------------------------------------------
 
 
+def test_every_channel_message_kind_has_a_byte_of_its_own():
+    """One message per purpose: no two kinds share a byte, whatever their direction."""
+    kinds = {name: value for name, value in vars(ch).items()
+             if name.isupper() and isinstance(value, bytes) and len(value) == 1}
+    assert {"HEARTBEAT", "LOAD", "ACK", "RELAY", "PUBLISH"} <= set(kinds)
+    by_byte: dict[bytes, list[str]] = {}
+    for name, value in kinds.items():
+        by_byte.setdefault(value, []).append(name)
+    assert not [names for names in by_byte.values() if len(names) > 1]
+    for name in kinds:  # and the module's table documents each
+        assert f"\n    {name} " in ch.__doc__, name
+
+
 def test_frames_roundtrip_large_payload_over_a_real_socketpair():
     a, b = ch.socketpair()
     payload = bytes(range(256)) * 1000  # 256 KB: several fragments
@@ -197,7 +210,7 @@ ALLOWED_EDGES = {
 
 @pytest.mark.parametrize("src,dst", [(s, d) for s in State for d in State])
 def test_every_edge_is_allowed_or_refused(src, dst):
-    w = Worker(slot=0, state=src)
+    w = WorkerProcess(slot=0, state=src)
     if (src.value, dst.value) in ALLOWED_EDGES:
         w.to(dst)
         assert w.state is dst
@@ -208,14 +221,14 @@ def test_every_edge_is_allowed_or_refused(src, dst):
 
 
 def test_exit_of_a_healthy_worker_respawns_quickly():
-    w = Worker(slot=0, state=State.READY)
+    w = WorkerProcess(slot=0, state=State.READY)
     w.ready_at = 0.0
     w.on_exit(-9, now=100.0)
     assert w.state is State.BACKOFF and w.failures == 0 and w.respawn_at == 100.0 + 0.1
 
 
 def test_start_failures_back_off_then_go_fatal():
-    w = Worker(slot=0, state=State.STARTING)
+    w = WorkerProcess(slot=0, state=State.STARTING)
     delays = []
     for i in range(MAX_START_FAILURES):
         w.on_exit(1, now=float(i))
@@ -228,19 +241,19 @@ def test_start_failures_back_off_then_go_fatal():
 
 
 def test_stopped_and_retired_workers_are_not_respawned():
-    w = Worker(slot=0, state=State.STOPPING)
+    w = WorkerProcess(slot=0, state=State.STOPPING)
     w.on_exit(0, now=1.0)
     assert w.state is State.EXITED
-    r = Worker(slot=0, state=State.DRAINING, role=Role.RETIRED)
+    r = WorkerProcess(slot=0, state=State.DRAINING, role=Role.RETIRED)
     r.on_exit(0, now=1.0)
     assert r.state is State.EXITED
-    n = Worker(slot=0, state=State.STARTING, role=Role.REPLACEMENT)
+    n = WorkerProcess(slot=0, state=State.STARTING, role=Role.REPLACEMENT)
     n.on_exit(4, now=1.0)
     assert n.state is State.EXITED
 
 
 def test_load_counts_handoffs_not_yet_reported():
-    w = Worker(slot=0, stats={"sessions": 3, "handoffs": 10}, handoffs_sent=12)
+    w = WorkerProcess(slot=0, sessions=3, handoffs_acked=10, handoffs_sent=12)
     assert w.load == 5
 
 
@@ -320,9 +333,9 @@ def test_is_handshake(target, expected):
        st.integers(0, 700))
 @settings(max_examples=500)
 def test_fast_websocket_mask_matches_eventlet(data, mask, offset, length):
-    from imcluster.workers import speedups
+    from imcluster.workers import internals, speedups
 
-    original = speedups._ORIGINAL_APPLY_MASK
+    original = internals.ORIGINAL_APPLY_MASK
     n = min(length, len(data))
     assert speedups.apply_mask(data, mask, n, offset) == original(data, mask, n, offset)
     assert speedups.apply_mask(bytearray(data), mask, offset=offset) == \

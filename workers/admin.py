@@ -55,6 +55,8 @@ from imcluster.workers.pubsub import ClusterPubSubManager
 _UPSTREAM = socketio.admin.InstrumentedServer
 
 
+# internals: socketio-admin-server, socketio-admin-actions, socketio-admin-leave,
+# socketio-admin-disconnect, socketio-admin-emit, socketio-admin-stats
 class ClusterInstrumentedServer(_UPSTREAM):
     """python-socketio 5.18's InstrumentedServer, acting on every worker."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 import eventlet
@@ -21,6 +22,7 @@ import eventlet.wsgi
 from eventlet.hubs import trampoline
 
 from imcluster import httpline
+from imcluster.workers import internals
 
 log = logging.getLogger("imcluster.worker")
 
@@ -165,11 +167,12 @@ def peek_request_line(sock: socket.socket, timeout: float) -> httpline.RequestLi
     handling answer it).
     """
     lowat = False
-    deadline = eventlet.hubs.get_hub().clock() + timeout
+    deadline = time.monotonic() + timeout
+    raw = internals.raw_socket(sock)  # internals: eventlet-green-fd
     try:
         while True:
             try:
-                data = sock.fd.recv(httpline.MAX_REQUEST_LINE + 2, socket.MSG_PEEK)
+                data = raw.recv(httpline.MAX_REQUEST_LINE + 2, socket.MSG_PEEK)
             except BlockingIOError:
                 data = None
             if data == b"":
@@ -182,13 +185,13 @@ def peek_request_line(sock: socket.socket, timeout: float) -> httpline.RequestLi
                 except httpline.Incomplete:
                     # Stay asleep until a byte more than we have seen arrives;
                     # otherwise a slow client would wake us in a tight loop.
-                    sock.fd.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, len(data) + 1)
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, len(data) + 1)
                     lowat = True
-            remaining = deadline - eventlet.hubs.get_hub().clock()
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             try:
-                trampoline(sock.fd, read=True, timeout=remaining,
+                trampoline(raw, read=True, timeout=remaining,
                            timeout_exc=socket.timeout)
             except TimeoutError:
                 return None
@@ -197,7 +200,7 @@ def peek_request_line(sock: socket.socket, timeout: float) -> httpline.RequestLi
     finally:
         if lowat:
             try:
-                sock.fd.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
             except OSError:
                 pass
 
@@ -210,9 +213,11 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
     `idle`, so a draining worker can close exactly those (no request in flight).
     """
 
+    # internals: eventlet-wsgi-conn-state (self.request, self.conn_state)
     class ClusterProtocol(eventlet.wsgi.HttpProtocol):
         handed_back = False
 
+        # internals: eventlet-wsgi-setup
         def setup(self) -> None:
             conn = self.connection = self.request
             try:
@@ -222,6 +227,7 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
             self.rfile = ExactReader(conn)
             self.wfile = GatherWriter(conn)
 
+        # internals: eventlet-wsgi-handle (a copy of eventlet's loop, with the peek)
         def handle(self) -> None:
             # The master routed the first request here; it is ours whatever it names.
             self.close_connection = True
@@ -231,10 +237,10 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
                     break
                 first = False
                 self.handle_one_request()
-                if self.conn_state[2] == eventlet.wsgi.STATE_CLOSE:
+                if internals.conn_status(self.conn_state) == internals.WSGI_STATE_CLOSE:
                     self.close_connection = 1
                 else:
-                    self.conn_state[2] = eventlet.wsgi.STATE_IDLE
+                    internals.set_conn_status(self.conn_state, internals.WSGI_STATE_IDLE)
                 if self.close_connection:
                     break
 
@@ -264,9 +270,10 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
                 return False
             if hand_back(self.connection):
                 self.handed_back = True
-                self.conn_state[2] = STATE_HANDED
+                internals.set_conn_status(self.conn_state, STATE_HANDED)
             return False
 
+        # internals: eventlet-wsgi-finish
         def finish(self) -> None:
             if self.handed_back:
                 # Never shutdown(): it would end the connection for its new owner too.
@@ -303,16 +310,16 @@ def serve_connection(server: eventlet.wsgi.Server, sock: socket.socket,
         addr = sock.getpeername()
     except OSError:
         addr = ("?", 0)
-    conn = [addr, sock, eventlet.wsgi.STATE_IDLE]
+    conn = internals.new_conn_state(addr, sock)  # internals: eventlet-wsgi-conn-state
     try:
-        server.process_request(conn)
+        server.process_request(conn)  # internals: eventlet-wsgi-process-request
     except OSError as e:
         if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
             log.exception("connection from %s failed", addr)
     except Exception:
         log.exception("connection from %s failed", addr)
     finally:
-        if conn[2] != STATE_HANDED:
+        if internals.conn_status(conn) != STATE_HANDED:
             eventlet.greenio.shutdown_safe(sock)
         sock.close()
         on_close()

@@ -36,16 +36,21 @@ from imcluster.workers.relay import MasterRelayManager
 
 log = logging.getLogger("imcluster.worker")
 
-STATS_INTERVAL = 1.0
-# Confirm hand-offs this often (besides the periodic report), so the master's
+# HEARTBEAT this often; LOAD and ACK go with it when they changed (imcluster/channel.py).
+HEARTBEAT_INTERVAL = 1.0
+# Acknowledge hand-offs this often (besides with the heartbeat), so the master's
 # hand-off window never throttles a busy but healthy worker.
-CONFIRM_EVERY = 16
+ACK_EVERY = 16
 # How long a draining worker lets each session's queued packets go out.
 FLUSH_SECONDS = 2.0
 MAX_CONNECTIONS = 100_000
 
 
-class Worker:
+class WorkerServer:
+    """This worker process: loads the app, serves the connections the master hands
+    it, reports on its channel and drains when asked (the master's record of it is
+    master/lifecycle.py's WorkerProcess)."""
+
     def __init__(self, spec: dict, link: Link):
         self.spec = spec
         self.worker_id = int(spec["worker_id"])
@@ -54,6 +59,8 @@ class Worker:
         self.link = link
         self.connections = 0
         self.handoffs = 0
+        self.load_sent: tuple[int, int] | None = None  # (sessions, connections) of the last LOAD
+        self.handoffs_acked = 0  # the count in the last ACK
         self.stopping = False
         self.app: appmod.App | None = None
         self.relay: MasterRelayManager | None = None
@@ -75,11 +82,13 @@ class Worker:
         # Every sid this worker makes names its host and it, so a router in front of
         # several hosts and the master can route by sid alone. python-socketio 5.x
         # makes each namespace's sid with the same eio.generate_id (base_manager.connect).
+        # internals: engineio-generate-id
         app.eio.generate_id = lambda: sidcodec.make_sid(wid, host)
         if self.spec.get("cors_origins") is not None:
+            # internals: engineio-cors-origins
             app.eio.cors_allowed_origins = self.spec["cors_origins"]
         # Engine.IO v4 / Socket.IO v5 as written, where the libraries differ.
-        protocol.adapt(app.eio, app.sio)
+        protocol.adapt(app.eio, app.sio)  # internals: socketio-server-attrs
         if app.sio is not None:
             self._install_manager(app.sio)
         if not self.spec.get("ws_compression"):
@@ -107,6 +116,8 @@ class Worker:
         the first server built gets the cluster manager (one relay per
         worker); should the app serve a later one, _install_manager swaps its
         manager as before.
+
+        internals: socketio-server-init, socketio-server-init-params
         """
         cls = socketio.Server
         had_own = "__init__" in cls.__dict__
@@ -128,6 +139,7 @@ class Worker:
 
         return restore
 
+    # internals: socketio-manager-swap, socketio-server-init (the default manager's class)
     def _install_manager(self, sio: socketio.Server) -> None:
         current = sio.manager
         if current is not None and current is self.default_manager:
@@ -154,12 +166,12 @@ class Worker:
     def serve(self) -> None:
         protocol = make_protocol(self.worker_id, self.host_id, self._hand_back,
                                  self.spec["keepalive"], self.idle)
-        self.server = eventlet.wsgi.Server(
+        self.server = eventlet.wsgi.Server(  # internals: eventlet-wsgi-server
             FdListener(("127.0.0.1", 0)), ("127.0.0.1", 0), self.app.wsgi,
             protocol=protocol, keepalive=self.spec["keepalive"], log_output=False,
             # Never send a Python traceback to a client.
             debug=False, socket_timeout=None)
-        eventlet.spawn(self._report_stats)
+        eventlet.spawn(self._heartbeat)
         reader = eventlet.spawn(self.link.receive_forever, self._on_frame)
         reader.link(lambda _: self.stop("the master closed the channel"))
         self.link.send(ch.READY)
@@ -171,8 +183,8 @@ class Worker:
             self.handoffs += 1
             self.connections += 1
             self.pool.spawn(serve_connection, self.server, sock, self._closed_one)
-            if self.handoffs % CONFIRM_EVERY == 0:
-                self._send_stats()  # confirms receipt: the master's window reopens
+            if self.handoffs % ACK_EVERY == 0:
+                self._report()  # the ACK reopens the master's hand-off window
             return
         for fd in fds:
             os.close(fd)
@@ -190,15 +202,23 @@ class Worker:
     def _hand_back(self, sock: socket.socket) -> bool:
         return self.link.send(ch.HANDBACK, fd=sock.fileno())
 
-    def _send_stats(self) -> None:
-        stats = {"sessions": len(self.app.eio.sockets), "connections": self.connections,
-                 "handoffs": self.handoffs}
-        self.link.send(ch.STATS, ch.encode_json(stats))
+    def _report(self) -> None:
+        """LOAD and ACK, each when it changed since last sent."""
+        # internals: engineio-server-attrs (sockets)
+        load = (len(self.app.eio.sockets), self.connections)
+        if load != self.load_sent:
+            self.load_sent = load
+            self.link.send(ch.LOAD, ch.encode_json({"sessions": load[0],
+                                                    "connections": load[1]}))
+        if self.handoffs != self.handoffs_acked:
+            self.handoffs_acked = self.handoffs
+            self.link.send(ch.ACK, str(self.handoffs).encode())
 
-    def _report_stats(self) -> None:
+    def _heartbeat(self) -> None:
         while not self.link.closed:
-            self._send_stats()
-            eventlet.sleep(STATS_INTERVAL)
+            self.link.send(ch.HEARTBEAT)
+            self._report()
+            eventlet.sleep(HEARTBEAT_INTERVAL)
 
     # ---- stop ----------------------------------------------------------------
 
@@ -256,7 +276,7 @@ def _close_session(s, flush_seconds: float) -> None:
     close(wait=True) would wait for ever).
     """
     deadline = time.monotonic() + flush_seconds
-    try:
+    try:  # internals: engineio-socket-attrs (queue)
         while s.queue.qsize() and time.monotonic() < deadline:
             eventlet.sleep(0.02)
         s.close(wait=False, abort=True)
@@ -301,6 +321,8 @@ def _one_handler_per_line() -> None:
     python-engineio 4.x base_server.py). Its records also reach our root
     handler, so every line was printed twice, once without the worker's
     prefix. Without it each line is printed once, by ours.
+
+    internals: socketio-log-handler, engineio-log-handler
     """
     for name in ("socketio.server", "engineio.server", "socketio.client", "engineio.client"):
         logger = logging.getLogger(name)
@@ -324,7 +346,7 @@ def run(spec: dict, link: Link) -> int:
     sessions.install()
     admin.install()
     _raise_fd_limit()
-    w = Worker(spec, link)
+    w = WorkerServer(spec, link)
     signal.signal(signal.SIGTERM, lambda *_: w.stop("SIGTERM"))
     try:
         w.load()

@@ -8,15 +8,15 @@ suites published beside them, which settle what the prose leaves open. The
 session-level rules (heartbeat, duplicate polls, second WebSockets) live in
 `sessions.ClusterSocket`; the HTTP-level and namespace rules live here.
 
-`adapt()` is applied by `Worker.load()` to the app's servers once the app is
+`adapt()` is applied by `WorkerServer.load()` to the app's servers once the app is
 imported. It swaps each instance's class for a subclass of that same class
 with the rules mixed in (`obj.__class__ = ...`), rather than setting wrapper
 functions on the instance: the library calls these methods on itself
 (`self._ok`, `self._handle_connect`), `isinstance` and an app's own subclass
 keep working (its overrides are reached through `super()`), and nothing new
 sits in the instance's `__dict__` where tools like `sio.instrument()` put
-their own wrappers. Every method overridden below is private to the library
-and was read in the versions named above.
+their own wrappers. Every method overridden below is listed, with what we
+rely on, in workers/internals.py (`# internals: KEY` at each).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from typing import Any
 import engineio
 import socketio
 from socketio import packet as sio_packet
+
+from imcluster.workers import internals
 
 # Engine.IO v4, "Sending data" and the test suite: the answer to a POST.
 POST_ANSWER = b"ok"
@@ -49,13 +51,14 @@ class EngineRules:
       (python-engineio answers a POST for one with a KeyError, a 500).
     """
 
+    # internals: engineio-handle-request
     def handle_request(self, environ: dict, start_response) -> list[bytes]:
         why = self._protocol_refusal(environ)
         if why is not None:
-            # python-engineio 4.15: _bad_request() and _cors_headers() are how
-            # it builds its own 400s.
-            r = self._bad_request(why)
-            start_response(r["status"], r["headers"] + self._cors_headers(environ))
+            # Built as python-engineio builds its own 400s.
+            # internals: engineio-bad-request, engineio-cors-headers
+            r = internals.bad_request(self, why)
+            start_response(r["status"], r["headers"] + internals.cors_headers(self, environ))
             return [r["response"]]
         return super().handle_request(environ, start_response)
 
@@ -69,7 +72,7 @@ class EngineRules:
         if "transport" not in query:
             return "Invalid transport"
         sid = query.get("sid", [None])[0]
-        s = self.sockets.get(sid) if sid else None
+        s = self.sockets.get(sid) if sid else None  # internals: engineio-server-attrs
         if s is not None:
             if s.connected and not s.closed:
                 s.check_ping_timeout()  # closes the session if its PONG is late
@@ -78,6 +81,7 @@ class EngineRules:
                 self.sockets.pop(sid, None)
         return None
 
+    # internals: engineio-ok
     def _ok(self, packets=None, headers=None, jsonp_index=None) -> dict:
         # python-engineio 4.15 answers every packet-less 200 (POST, OPTIONS) "OK".
         r = super()._ok(packets, headers=headers, jsonp_index=jsonp_index)
@@ -118,10 +122,12 @@ class SocketRules:
     _imcluster_holds: dict[str, _Hold]
 
     def _serves(self, namespace: str) -> bool:
-        # python-socketio 5.18's own test in Server._handle_connect.
+        # python-socketio 5.18's own test in Server._handle_connect (a copy).
+        # internals: socketio-handle-connect, socketio-server-attrs
         return (namespace in self.handlers or namespace in self.namespace_handlers
                 or self.namespaces == "*" or namespace in self.namespaces)
 
+    # internals: socketio-handle-connect
     def _handle_connect(self, eio_sid, namespace, data):
         namespace = namespace or "/"
         if not self._serves(namespace):
@@ -154,6 +160,7 @@ class SocketRules:
             else:
                 super()._send_eio_packet(eio_sid, pkt)
 
+    # internals: socketio-send-packet
     def _send_packet(self, eio_sid, pkt):
         hold = self._imcluster_holds.get(eio_sid)
         if hold is None:
@@ -170,8 +177,8 @@ class SocketRules:
                 hold.starts[ns] = i + 1
         return None
 
+    # internals: socketio-send-eio-packet (python-socketio's Manager.emit sends through it)
     def _send_eio_packet(self, eio_sid, eio_pkt):
-        # python-socketio 5.18's Manager.emit sends through this one.
         hold = self._imcluster_holds.get(eio_sid)
         if hold is None:
             return super()._send_eio_packet(eio_sid, eio_pkt)

@@ -72,6 +72,7 @@ log = logging.getLogger("imcluster.worker")
 RoomFilter = str | list[str] | None
 
 
+# internals: socketio-manager-attrs, socketio-binary
 class ClusterPubSubManager(socketio.PubSubManager):
     """python-socketio's PubSubManager whose cross-worker acks carry bytes, and
     which acts on every socket in a room on every worker (see the module)."""
@@ -153,6 +154,7 @@ class ClusterPubSubManager(socketio.PubSubManager):
         """Yield each message published on the channel (JSON text, bytes or a dict)."""
         raise NotImplementedError
 
+    # internals: socketio-listen
     def _listen(self):
         """What python-socketio's listener (`PubSubManager._thread`) reads: every
         message `_receive` yields, decoded, except our own kinds, handled here."""
@@ -178,6 +180,7 @@ class ClusterPubSubManager(socketio.PubSubManager):
 
     # Overrides python-socketio 5.18's private PubSubManager._return_callback,
     # which the receiving worker calls when a client acks a remote emit.
+    # internals: socketio-return-callback, socketio-return-callback-use
     def _return_callback(self, host_id, sid, namespace, callback_id, *args):
         if host_id == self.host_id:
             self.trigger_callback(sid, callback_id, args)
@@ -195,6 +198,7 @@ class ClusterPubSubManager(socketio.PubSubManager):
 
     # Overrides python-socketio 5.18's private PubSubManager._handle_callback,
     # which the sending worker calls for every "callback" message.
+    # internals: socketio-handle-callback
     def _handle_callback(self, message):
         if message.get("host_id") != self.host_id:
             return

@@ -63,6 +63,7 @@ class SubscriptionSilent(Exception):
     """The subscription answered nothing, not even a PING, for this many seconds."""
 
 
+# internals: socketio-manager-name, socketio-publish, socketio-manager-attrs (self.json)
 class ClusterRedisManager(ClusterPubSubManager):
     name = "imcluster-redis"
 

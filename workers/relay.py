@@ -14,6 +14,7 @@ from imcluster import channel as ch
 from imcluster.workers.pubsub import ClusterPubSubManager
 
 
+# internals: socketio-manager-name, socketio-publish, socketio-manager-attrs (self.json)
 class MasterRelayManager(ClusterPubSubManager):
     name = "imcluster-relay"
 

@@ -39,16 +39,16 @@ import time
 import engineio.socket
 import eventlet
 import eventlet.greenio
-from engineio import exceptions as eio_exceptions
+from engineio import exceptions as eio_exceptions  # internals: engineio-exceptions
 from engineio import packet as eio_packet
+
+from imcluster.workers import internals
 
 log = logging.getLogger("imcluster.worker")
 
 # A client this far behind (bytes written for it but not yet taken by its
 # socket) is disconnected; it reconnects and starts afresh.
 WRITE_BACKLOG_LIMIT = 8 * 1024 * 1024
-
-_ORIGINAL_SOCKET = engineio.socket.Socket
 
 
 def ws_frame(payload: str | bytes) -> bytes:
@@ -68,7 +68,7 @@ def ws_frame(payload: str | bytes) -> bytes:
 def frame_of(pkt: eio_packet.Packet) -> bytes:
     """The WebSocket frame of an Engine.IO packet, built once per packet object."""
     try:
-        return pkt._imcluster_ws_frame
+        return pkt._imcluster_ws_frame  # internals: engineio-packet
     except AttributeError:
         frame = pkt._imcluster_ws_frame = ws_frame(pkt.encode())
         return frame
@@ -83,7 +83,7 @@ def shut_down(ws, close_data=None) -> None:
     until its timeout (a drain or a stop would hang on it).
     """
     try:
-        ws._send_closing_frame(ignore_send_errors=True, close_data=close_data)
+        internals.send_closing_frame(ws, close_data)  # internals: eventlet-ws-closing-frame
     except OSError:
         pass
     try:
@@ -100,14 +100,15 @@ class FrameWriter:
 
     def __init__(self, ws):
         self.ws = ws
-        self.sock = ws.socket            # eventlet GreenSocket
-        self.raw = ws.socket.fd          # the non-blocking socket under it
+        self.sock = ws.socket  # eventlet GreenSocket (internals: eventlet-ws-socket)
+        self.raw = internals.raw_socket(ws.socket)  # internals: eventlet-green-fd
         self.backlog: collections.deque | None = None  # set while a flusher owns the socket
         self.backlog_bytes = 0
         self.flusher = None
         self.closing = False
         self.broken = False
-        ws._send = self.write  # eventlet's own frames (pongs, close) go the same way
+        # eventlet's own frames (pongs, close) go the same way.
+        internals.route_ws_writes(ws, self.write)  # internals: eventlet-ws-send
 
     def write(self, frame: bytes) -> None:
         if self.broken:
@@ -286,7 +287,8 @@ class Pinger:
             s.close_on_ping_timeout()
 
 
-class ClusterSocket(_ORIGINAL_SOCKET):
+# internals: engineio-socket-attrs (every attribute of the session read below)
+class ClusterSocket(internals.ENGINE_SOCKET):
     """python-engineio's Socket, with the direct WebSocket writer and the shared
     pinger, and the session rules of Engine.IO v4 where python-engineio 4.15
     differs (docs/engine.io-protocol/v4-current.md in socketio/socket.io, and
@@ -311,10 +313,12 @@ class ClusterSocket(_ORIGINAL_SOCKET):
     probe_noop = None  # the NOOP that ends the pending poll when an upgrade begins
     polling = False  # a GET poll is waiting for packets
     ws_claimed = False  # a WebSocket is open or opening for this session
+    ping_scheduled = False  # the first PING was scheduled (after the handshake)
 
     def _eventlet(self) -> bool:
         return self.server.async_mode == "eventlet"
 
+    # internals: engineio-socket-send, engineio-open-packet
     def send(self, pkt):
         if pkt.packet_type == eio_packet.OPEN and isinstance(pkt.data, dict):
             pkt.data.update(handshake_timings(self.server))
@@ -330,6 +334,7 @@ class ClusterSocket(_ORIGINAL_SOCKET):
                             eio_packet.packet_names[pkt.packet_type],
                             pkt.data if not isinstance(pkt.data, bytes) else "<binary>")
 
+    # internals: engineio-socket-close
     def close(self, wait=True, abort=False, reason=None):
         writer = self.writer
         if writer is None:
@@ -340,6 +345,7 @@ class ClusterSocket(_ORIGINAL_SOCKET):
         if wait:
             writer.join()
 
+    # internals: engineio-socket-poll (a copy, changed)
     def poll(self):
         """python-engineio's poll, except that a poll ended by an upgrade's probe
         takes nothing queued after the probe's NOOP: that goes out on the
@@ -384,6 +390,7 @@ class ClusterSocket(_ORIGINAL_SOCKET):
             self.queue.task_done()
             yield pkt
 
+    # internals: engineio-socket-check-ping-timeout (a copy)
     def check_ping_timeout(self):
         """python-engineio 4.15's check, closing through close_on_ping_timeout."""
         if self.closed:
@@ -405,6 +412,7 @@ class ClusterSocket(_ORIGINAL_SOCKET):
         self.last_ping = None
         self.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT)
 
+    # internals: engineio-socket-receive
     def receive(self, pkt):
         if pkt.packet_type == eio_packet.CLOSE and not self.upgraded:
             # The GET a polling client may have pending ends with a NOOP (the
@@ -412,13 +420,15 @@ class ClusterSocket(_ORIGINAL_SOCKET):
             self.queue.put(eio_packet.Packet(eio_packet.NOOP))
         return super().receive(pkt)
 
+    # internals: engineio-socket-upgrade-websocket
     def _upgrade_websocket(self, environ, start_response):
         # python-engineio 4.15 refuses a second WebSocket only once the first
         # has upgraded; while the first is still probing, a second one would
         # run the probe beside it. Claim the session before any yield.
         if self.ws_claimed or self.upgraded:
             self.server.logger.info("%s: a second WebSocket for the session, refused", self.sid)
-            return self.server._bad_request("Session already has a WebSocket")
+            # internals: engineio-bad-request
+            return internals.bad_request(self.server, "Session already has a WebSocket")
         self.ws_claimed = True
         try:
             return super()._upgrade_websocket(environ, start_response)
@@ -426,24 +436,34 @@ class ClusterSocket(_ORIGINAL_SOCKET):
             if not self.upgraded:
                 self.ws_claimed = False  # the upgrade failed: the client may try again
 
+    # internals: engineio-socket-schedule-ping
     def schedule_ping(self):
+        """Called once after the handshake and on every PONG: the next PING is due.
+
+        Like python-engineio, a PONG schedules one only when it answers a PING
+        (last_ping set). The first call does not depend on last_ping: python-engineio
+        4.15 sets it when the session is made, 4.11 leaves it None, and under
+        4.11 no session was ever pinged.
+        """
         if not self._eventlet():
             return super().schedule_ping()
-        # Like engineio: only after the previous ping was answered.
-        if self.last_ping:
+        if self.last_ping or not self.ping_scheduled:
+            self.ping_scheduled = True
             self.last_ping = None
+            # internals: engineio-server-attrs (an attribute of ours on the server)
             pinger = self.server.__dict__.get("_imcluster_pinger")
             if pinger is None:
                 pinger = self.server._imcluster_pinger = Pinger()
             pinger.add(self)
 
+    # internals: engineio-socket-websocket-handler (a copy, changed), eventlet-ws-socket
     def _websocket_handler(self, ws):
         if not self._eventlet() or "permessage-deflate" in ws.extensions:
             # Compressed frames cannot be shared (one compressor per
             # connection), and compressing eagerly for members that cannot
             # keep up costs more than python-engineio's writer, which
             # compresses only what a client takes.
-            ws.close = functools.partial(shut_down, ws)
+            ws.close = functools.partial(shut_down, ws)  # internals: eventlet-ws-close
             return super()._websocket_handler(ws)
         ws.close = functools.partial(shut_down, ws)
         server = self.server
@@ -541,4 +561,4 @@ def handshake_timings(server) -> dict:
 
 def install() -> None:
     """Make every Engine.IO server in this process create ClusterSockets."""
-    engineio.socket.Socket = ClusterSocket
+    internals.install_socket_class(ClusterSocket)  # internals: engineio-socket-class

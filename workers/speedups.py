@@ -6,7 +6,7 @@ tests/test_units.py, and installed by `install()` at worker start.
 
 from __future__ import annotations
 
-import eventlet.websocket
+from imcluster.workers import internals
 
 
 def apply_mask(data, mask, length: int | None = None, offset: int = 0) -> bytes:
@@ -26,8 +26,5 @@ def apply_mask(data, mask, length: int | None = None, offset: int = 0) -> bytes:
     return x.to_bytes(length, "little")
 
 
-_ORIGINAL_APPLY_MASK = eventlet.websocket.RFC6455WebSocket._apply_mask
-
-
 def install() -> None:
-    eventlet.websocket.RFC6455WebSocket._apply_mask = staticmethod(apply_mask)
+    internals.install_apply_mask(apply_mask)  # internals: eventlet-apply-mask

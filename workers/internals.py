@@ -1,0 +1,482 @@
+"""Every reach of a worker into private parts of eventlet, python-engineio and python-socketio.
+
+A worker depends on more of these libraries than their documented API: it
+overrides private methods in subclasses (its Engine.IO socket, the protocol
+rules, the pub/sub manager, eventlet's HTTP protocol), replaces a few
+attributes and methods (a WebSocket's frame writer and mask, the module's
+Socket class, socketio.Server's constructor), calls private helpers, and
+stores attributes of its own on library objects. A minor release may change
+any of it without notice, and most such changes would not fail at import but
+per connection, silently (a session never pinged, a broadcast dropped).
+
+So each reach is listed here once, in `REACHES`, with what we rely on, and
+tests/test_internals.py checks every entry against the installed library:
+the target exists, its signature has the parameters we pass or receive, the
+attributes we read exist on a freshly made object, the attributes we add are
+free, and the upstream source still contains the lines our code copies or
+depends on. A change fails that test with one line naming the library, the
+version, the reach and the file of ours that uses it. The test runs on the
+newest releases (scripts/test) and on the lowest that setup.cfg admits
+(scripts/test-min); setup.cfg's upper bounds are the next minor release after
+`CHECKED_WITH`, which the test also checks.
+
+Code elsewhere gets a reach through this module: a named function or
+constant below, or, for an override in a subclass or a replaced attribute,
+a comment `# internals: KEY` beside it naming its entry. The test also
+checks that every library method our classes override has an entry, and
+that the file an entry names mentions its key.
+
+Upgrading a library: run tests/test_internals.py on the new version, read
+the upstream change for each entry it names, adapt the code, then raise
+`CHECKED_WITH` and the bound in setup.cfg together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import engineio.socket
+import eventlet.websocket
+import eventlet.wsgi
+
+# The newest minor release of each library every entry was read against.
+# setup.cfg admits versions below the next minor (tests/test_internals.py).
+CHECKED_WITH = {"eventlet": "0.41", "python-engineio": "4.15", "python-socketio": "5.18"}
+
+
+@dataclass(frozen=True)
+class Reach:
+    """One dependency on a library's private parts.
+
+    `target` is "module:Qualified.name" (the upstream object reached); `how`
+    is override (a subclass method of ours replaces it), replace (we assign
+    it, on a class, a module or an instance), call, read (attributes) or copy
+    (our code repeats upstream lines); `where` is our file and class or
+    function; `why` what we rely on, for the person reading a failure.
+    """
+
+    library: str
+    target: str
+    how: str
+    where: str
+    why: str
+    # Parameter names (after self, "*args" for a star parameter). For an
+    # override or a replacement, the upstream signature must be exactly this
+    # (upstream calls it with them); for a call, it must accept these, in order.
+    params: tuple[str, ...] | None = None
+    # For a call: how many of `params` we pass by position (they must lead the signature).
+    positional: int = 0
+    # Lines the upstream source must still contain (compared without whitespace),
+    # in the function `source_in` ("module:Qualified.name"; default: target).
+    source: tuple[str, ...] = ()
+    source_in: str | None = None
+    # Attributes a freshly made instance of `target` (a class) must have, or
+    # the module/class itself when it is not instantiated by the test.
+    attrs: tuple[str, ...] = ()
+    # Attributes we add to instances of `target`: they must be free, and settable.
+    adds: tuple[str, ...] = ()
+
+
+_EIO, _SIO, _EV = "python-engineio", "python-socketio", "eventlet"
+
+REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
+    # ---- eventlet --------------------------------------------------------------------
+    ("eventlet-apply-mask", Reach(
+        _EV, "eventlet.websocket:RFC6455WebSocket._apply_mask", "replace",
+        "workers/speedups.py install", "a static method that unmasks every client frame; "
+        "we install a faster one with the same arguments",
+        params=("data", "mask", "length", "offset"),
+        source=("self._apply_mask(d, mask, length=dlen, offset=received)",),
+        source_in="eventlet.websocket:RFC6455WebSocket._recv_frame")),
+    ("eventlet-ws-send", Reach(
+        _EV, "eventlet.websocket:RFC6455WebSocket._send", "replace",
+        "workers/sessions.py FrameWriter", "every frame eventlet writes (a message, a pong, "
+        "the close frame) goes through self._send(frame), one whole frame per call; "
+        "our writer takes its place per connection",
+        params=("frame",), source=("self._send(payload)",),
+        source_in="eventlet.websocket:RFC6455WebSocket.send")),
+    ("eventlet-ws-closing-frame", Reach(
+        _EV, "eventlet.websocket:RFC6455WebSocket._send_closing_frame", "call",
+        "workers/sessions.py shut_down", "sends the close frame without closing the fd",
+        params=("ignore_send_errors", "close_data"))),
+    ("eventlet-ws-close", Reach(
+        _EV, "eventlet.websocket:RFC6455WebSocket.close", "replace",
+        "workers/sessions.py ClusterSocket._websocket_handler", "eventlet and python-engineio "
+        "close a WebSocket through ws.close(close_data=...); ours shuts the socket down "
+        "instead of closing its fd under a waiting reader",
+        params=("close_data",), source=("self.close(close_data=(status, ''))",),
+        source_in="eventlet.websocket:RFC6455WebSocket._handle_control_frame")),
+    ("eventlet-ws-socket", Reach(
+        _EV, "eventlet.websocket:RFC6455WebSocket", "read",
+        "workers/sessions.py FrameWriter, BufferedReceive, ClusterSocket._websocket_handler",
+        "a WebSocket's green socket is ws.socket and every read is self.socket.recv(n), so "
+        "a buffered reader can take its place; ws.extensions holds the negotiated ones",
+        attrs=("socket", "extensions"), source=("self.socket.recv(length - received)",),
+        source_in="eventlet.websocket:RFC6455WebSocket._recv_frame")),
+    ("eventlet-green-fd", Reach(
+        _EV, "eventlet.greenio.base:GreenSocket", "read",
+        "workers/sessions.py FrameWriter; workers/http.py peek_request_line",
+        "a green socket's .fd is the non-blocking socket under it (a send or a MSG_PEEK "
+        "that must not wait in the hub)", attrs=("fd",))),
+    ("eventlet-wsgi-setup", Reach(
+        _EV, "eventlet.wsgi:HttpProtocol.setup", "override",
+        "workers/http.py ClusterProtocol", "setup() sets self.connection, rfile and wfile; "
+        "eventlet then reads requests through rfile.readline(limit) and read(n), and checks "
+        "rfile.closed", params=(),
+        source=("self.rfile.readline(self.server.url_length_limit)", "if self.rfile.closed:"),
+        source_in="eventlet.wsgi:HttpProtocol._read_request_line")),
+    ("eventlet-wsgi-handle", Reach(
+        _EV, "eventlet.wsgi:HttpProtocol.handle", "copy",
+        "workers/http.py ClusterProtocol.handle", "our handle() repeats eventlet's request "
+        "loop, with a peek before each further request", params=(),
+        # (0.36+ also marks the connection idle between requests; ours does too.)
+        source=("self.handle_one_request()", "if self.conn_state[2] == STATE_CLOSE:",
+                "self.close_connection = 1"))),
+    ("eventlet-wsgi-finish", Reach(
+        _EV, "eventlet.wsgi:HttpProtocol.finish", "override",
+        "workers/http.py ClusterProtocol", "eventlet's finish() shuts the socket down, which "
+        "would end a handed-back connection for its next owner too", params=(),
+        source=("greenio.shutdown_safe(self.connection)",))),
+    ("eventlet-wsgi-conn-state", Reach(
+        _EV, "eventlet.wsgi:HttpProtocol.__init__", "read",
+        "workers/http.py ClusterProtocol, serve_connection",
+        "a connection's state is the list [client address, socket, status] with status "
+        "eventlet.wsgi.STATE_IDLE / STATE_REQUEST / STATE_CLOSE",
+        params=("conn_state", "server"),
+        source=("self.request = conn_state[1]", "self.client_address = conn_state[0]",
+                "self.conn_state = conn_state"))),
+    ("eventlet-wsgi-states", Reach(
+        _EV, "eventlet.wsgi", "read", "workers/internals.py WSGI_STATE_IDLE, WSGI_STATE_CLOSE",
+        "the status values of a connection's state", attrs=("STATE_IDLE", "STATE_CLOSE"))),
+    ("eventlet-wsgi-server", Reach(
+        _EV, "eventlet.wsgi:Server.__init__", "call", "workers/main.py serve",
+        "the class under eventlet.wsgi.server(), built directly to serve fds we receive: "
+        "it only stores the listener (our FdListener) and reads its arguments",
+        params=("socket", "address", "app", "protocol", "keepalive", "log_output", "debug",
+                "socket_timeout"), positional=3,
+        source=("self.socket = socket",))),
+    ("eventlet-wsgi-process-request", Reach(
+        _EV, "eventlet.wsgi:Server.process_request", "call", "workers/http.py serve_connection",
+        "serves one connection given its state list, by making the protocol with it "
+        "(0.41: self.protocol(conn_state, self); 0.35: proto.__init__(conn_state, self))",
+        params=("conn_state",), source=("(conn_state, self)",))),
+
+    # ---- python-engineio -------------------------------------------------------------
+    ("engineio-socket-class", Reach(
+        _EIO, "engineio.socket:Socket", "replace", "workers/sessions.py install",
+        "the server makes each session with socket.Socket(self, sid), looked up in the "
+        "module at that moment, so replacing the module attribute makes ClusterSockets",
+        source=("s = socket.Socket(self, sid)",),
+        source_in="engineio.server:Server._handle_connect")),
+    ("engineio-socket-attrs", Reach(
+        _EIO, "engineio.socket:Socket", "read",
+        "workers/sessions.py ClusterSocket, Pinger; workers/main.py _close_session",
+        "the session's state, read and set by our Socket subclass and pinger",
+        attrs=("server", "sid", "queue", "last_ping", "connected", "upgrading", "upgraded",
+               "closing", "closed"))),
+    ("engineio-socket-send", Reach(
+        _EIO, "engineio.socket:Socket.send", "override", "workers/sessions.py ClusterSocket",
+        "every packet to a session, the OPEN packet included, goes through send(pkt); it "
+        "drops the packet when check_ping_timeout() is False",
+        params=("pkt",), source=("if not self.check_ping_timeout():",))),
+    ("engineio-socket-close", Reach(
+        _EIO, "engineio.socket:Socket.close", "override", "workers/sessions.py ClusterSocket",
+        "close puts None in the queue (the close mark our writer and poll look for) and "
+        "waits for the queue only with wait=True",
+        params=("wait", "abort", "reason"),
+        source=("self.queue.put(None)", "if wait:", "self.queue.join()"))),
+    ("engineio-socket-poll", Reach(
+        _EIO, "engineio.socket:Socket.poll", "copy", "workers/sessions.py ClusterSocket.poll",
+        "our poll repeats upstream's: one blocking get bounded by interval + timeout, then "
+        "what is queued, keeping the None close mark for the next poll", params=(),
+        source=("timeout=self.server.ping_interval + self.server.ping_timeout)",
+                "raise exceptions.QueueEmpty()", "if pkt is None:", "self.queue.put(None)"))),
+    ("engineio-socket-check-ping-timeout", Reach(
+        _EIO, "engineio.socket:Socket.check_ping_timeout", "copy",
+        "workers/sessions.py ClusterSocket.check_ping_timeout",
+        "our check repeats upstream's (closed: SocketIsClosedError; a PING unanswered past "
+        "ping_timeout: close with abort=False, return False)", params=(),
+        source=("raise exceptions.SocketIsClosedError()",
+                "> self.server.ping_timeout:",
+                "self.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT)",
+                "return False"))),
+    ("engineio-socket-receive", Reach(
+        _EIO, "engineio.socket:Socket.receive", "override", "workers/sessions.py ClusterSocket",
+        "a client's packets arrive through receive(pkt); a PONG calls schedule_ping(), a "
+        "CLOSE closes the session",
+        params=("pkt",), source=("self.schedule_ping()",
+                                 "reason=self.server.reason.CLIENT_DISCONNECT)"))),
+    ("engineio-socket-schedule-ping", Reach(
+        _EIO, "engineio.socket:Socket.schedule_ping", "override",
+        "workers/sessions.py ClusterSocket", "called once after the handshake and on every "
+        "PONG; ours puts the session in the shared pinger instead of a greenlet of its own",
+        params=(), source=("s.send(pkt)", "s.schedule_ping()"),
+        source_in="engineio.server:Server._handle_connect")),
+    ("engineio-socket-upgrade-websocket", Reach(
+        _EIO, "engineio.socket:Socket._upgrade_websocket", "override",
+        "workers/sessions.py ClusterSocket", "a WebSocket request for the session, upgrade "
+        "or direct, comes through _upgrade_websocket(environ, start_response), which "
+        "answers with the server's _bad_request",
+        params=("environ", "start_response"),
+        source=("self._websocket_handler, self.server)",))),
+    ("engineio-socket-websocket-handler", Reach(
+        _EIO, "engineio.socket:Socket._websocket_handler", "copy",
+        "workers/sessions.py ClusterSocket._websocket_handler", "ours repeats upstream's "
+        "probe exchange (PING probe, PONG probe, NOOP to end the poll, UPGRADE) and read "
+        "loop, with the direct writer in place of the writer greenlet",
+        params=("ws",),
+        source=("if self.connected:", "self.upgrading = True",
+                "if decoded_pkt.packet_type != packet.PING or decoded_pkt.data != 'probe':",
+                "ws.send(packet.Packet(packet.PONG, data='probe').encode())",
+                "self.queue.put(packet.Packet(packet.NOOP))",
+                "if decoded_pkt.packet_type != packet.UPGRADE:",
+                "self.upgraded = True", "self.connected = True", "ws.close()",
+                "except exceptions.UnknownPacketError:",
+                "except exceptions.SocketIsClosedError:"))),
+    ("engineio-server-attrs", Reach(
+        _EIO, "engineio:Server", "read",
+        "workers/sessions.py, workers/protocol.py, workers/main.py",
+        "the server's settings and sessions as our code reads them",
+        attrs=("sockets", "ping_interval", "ping_timeout", "ping_interval_grace_period",
+               "max_http_buffer_size", "logger", "async_mode", "cors_allowed_origins",
+               "get_queue_empty_exception", "reason.PING_TIMEOUT", "reason.TRANSPORT_ERROR",
+               "reason.TRANSPORT_CLOSE"),
+        adds=("_imcluster_pinger",))),
+    ("engineio-cors-origins", Reach(
+        _EIO, "engineio.base_server:BaseServer._cors_allowed_origins", "read",
+        "workers/main.py WorkerServer.load", "cors_allowed_origins set after the server is built "
+        "still applies: it is read per request",
+        source=("self.cors_allowed_origins",))),
+    ("engineio-generate-id", Reach(
+        _EIO, "engineio:Server.generate_id", "replace", "workers/main.py WorkerServer.load",
+        "the server makes every sid with self.generate_id(), so an instance attribute "
+        "(ours names the worker) takes its place",
+        params=(), source=("sid = self.generate_id()",),
+        source_in="engineio.server:Server._handle_connect")),
+    ("engineio-open-packet", Reach(
+        _EIO, "engineio.server:Server._handle_connect", "read",
+        "workers/sessions.py ClusterSocket.send, handshake_timings",
+        "the OPEN packet's data is a dict with pingInterval and pingTimeout, sent with "
+        "s.send(pkt), where we correct them",
+        source=("pkt = packet.Packet(packet.OPEN, {", "'pingTimeout':", "'pingInterval':"))),
+    ("engineio-ok", Reach(
+        _EIO, "engineio:Server._ok", "override", "workers/protocol.py EngineRules",
+        "every 200 answer is built by _ok(packets, headers, jsonp_index); without packets "
+        "(an accepted POST, a preflight) its body is b'OK'",
+        params=("packets", "headers", "jsonp_index"), source=("'response': b'OK'",))),
+    ("engineio-handle-request", Reach(
+        _EIO, "engineio:Server.handle_request", "override", "workers/protocol.py EngineRules",
+        "the WSGI entry of every Engine.IO request", params=("environ", "start_response"))),
+    ("engineio-bad-request", Reach(
+        _EIO, "engineio:Server._bad_request", "call",
+        "workers/internals.py bad_request (workers/protocol.py, workers/sessions.py)",
+        "builds upstream's 400 answer as {status, headers, response}", params=("message",),
+        source=("'status': '400 BAD REQUEST'",))),
+    ("engineio-cors-headers", Reach(
+        _EIO, "engineio:Server._cors_headers", "call",
+        "workers/internals.py cors_headers (workers/protocol.py)",
+        "the CORS headers upstream adds to its own answers", params=("environ",))),
+    ("engineio-packet", Reach(
+        _EIO, "engineio.packet:Packet", "read", "workers/sessions.py frame_of",
+        "an Engine.IO packet object takes an attribute of ours: its WebSocket frame, built "
+        "once for all the members of a broadcast", adds=("_imcluster_ws_frame",))),
+    ("engineio-exceptions", Reach(
+        _EIO, "engineio.exceptions", "read", "workers/sessions.py ClusterSocket",
+        "the exceptions upstream's session code raises and catches",
+        attrs=("EngineIOError", "QueueEmpty", "SocketIsClosedError", "UnknownPacketError"))),
+    ("engineio-log-handler", Reach(
+        _EIO, "engineio.base_server:BaseServer.__init__", "read",
+        "workers/main.py _one_handler_per_line", "a server built with logger=True/False adds "
+        "a bare logging.StreamHandler() to the 'engineio.server' logger, which we remove",
+        source=("self.logger.addHandler(logging.StreamHandler())",))),
+
+    # ---- python-socketio -------------------------------------------------------------
+    ("socketio-server-attrs", Reach(
+        _SIO, "socketio:Server", "read", "workers/protocol.py SocketRules; workers/main.py",
+        "the server's engine, manager and handler tables",
+        attrs=("eio", "manager", "manager_initialized", "handlers", "namespace_handlers",
+               "namespaces", "packet_class"),
+        adds=("_imcluster_holds",))),
+    ("socketio-server-init", Reach(
+        _SIO, "socketio:Server.__init__", "replace",
+        "workers/main.py WorkerServer._default_manager",
+        "we wrap the constructor while the app imports; its first parameter is "
+        "client_manager, and without one the server makes a plain socketio.Manager",
+        source=("if client_manager is None:", "client_manager = manager.Manager()",
+                "self.manager = client_manager"),
+        source_in="socketio.base_server:BaseServer.__init__")),
+    ("socketio-server-init-params", Reach(
+        _SIO, "socketio.base_server:BaseServer.__init__", "call",
+        "workers/main.py WorkerServer._default_manager", "client_manager is the first parameter",
+        params=("client_manager",), positional=1)),
+    ("socketio-manager-swap", Reach(
+        _SIO, "socketio:Server._handle_eio_connect", "read",
+        "workers/main.py WorkerServer._install_manager", "the server initialises its manager "
+        "once, on the first Engine.IO connect, unless manager_initialized is set: we set "
+        "sio.manager and initialise it ourselves",
+        source=("if not self.manager_initialized:", "self.manager_initialized = True",
+                "self.manager.initialize()"))),
+    ("socketio-handle-connect", Reach(
+        _SIO, "socketio:Server._handle_connect", "override", "workers/protocol.py SocketRules",
+        "a CONNECT packet arrives as _handle_connect(eio_sid, namespace, data); our "
+        "_serves repeats its test of whether a namespace is served",
+        params=("eio_sid", "namespace", "data"),
+        source=("namespace = namespace or '/'",
+                "if namespace in self.handlers or namespace in self.namespace_handlers "
+                "or self.namespaces == '*' or namespace in self.namespaces:"))),
+    ("socketio-send-packet", Reach(
+        _SIO, "socketio:Server._send_packet", "override", "workers/protocol.py SocketRules",
+        "every Socket.IO packet to a client goes through _send_packet(eio_sid, pkt) (an "
+        "emit with a callback among them)",
+        params=("eio_sid", "pkt"), source=("self.server._send_packet(eio_sid, pkt)",),
+        source_in="socketio.manager:Manager.emit")),
+    ("socketio-send-eio-packet", Reach(
+        _SIO, "socketio:Server._send_eio_packet", "override", "workers/protocol.py SocketRules",
+        "an emit without a callback sends its encoded packet through "
+        "_send_eio_packet(eio_sid, eio_pkt)",
+        params=("eio_sid", "eio_pkt"), source=("self.server._send_eio_packet(eio_sid, p)",),
+        source_in="socketio.manager:Manager.emit")),
+    ("socketio-log-handler", Reach(
+        _SIO, "socketio.base_server:BaseServer.__init__", "read",
+        "workers/main.py _one_handler_per_line", "a server built with logger=True/False adds "
+        "a bare logging.StreamHandler() to the 'socketio.server' logger, which we remove",
+        source=("self.logger.addHandler(logging.StreamHandler())",))),
+    ("socketio-return-callback", Reach(
+        _SIO, "socketio:PubSubManager._return_callback", "override",
+        "workers/pubsub.py ClusterPubSubManager", "a remote emit's ack is returned through "
+        "_return_callback(host_id, sid, namespace, callback_id, *args), which publishes "
+        "{'method': 'callback', ..., 'args': args}",
+        params=("host_id", "sid", "namespace", "callback_id", "*args"),
+        source=("'id': callback_id, 'args': args})",))),
+    ("socketio-return-callback-use", Reach(
+        _SIO, "socketio:PubSubManager._handle_emit", "read",
+        "workers/pubsub.py ClusterPubSubManager", "a relayed emit with a callback gets "
+        "partial(self._return_callback, host_id, *callback) as its callback",
+        source=("callback = partial(self._return_callback, remote_host_id, "
+                "*remote_callback)",))),
+    ("socketio-handle-callback", Reach(
+        _SIO, "socketio:PubSubManager._handle_callback", "override",
+        "workers/pubsub.py ClusterPubSubManager", "every 'callback' message arrives through "
+        "_handle_callback(message), which reads message['args']",
+        params=("message",), source=("args = message['args']",))),
+    ("socketio-publish", Reach(
+        _SIO, "socketio:PubSubManager._publish", "override",
+        "workers/relay.py MasterRelayManager; workers/redis_manager.py ClusterRedisManager",
+        "a backend's way to publish one message (a dict)", params=("data",))),
+    ("socketio-listen", Reach(
+        _SIO, "socketio:PubSubManager._listen", "override",
+        "workers/pubsub.py ClusterPubSubManager", "the generator of received messages "
+        "that PubSubManager._thread reads (ours decodes them and handles our own kinds)",
+        params=(), source=("for message in self._listen():",),
+        source_in="socketio:PubSubManager._thread")),
+    ("socketio-manager-name", Reach(
+        _SIO, "socketio:PubSubManager.name", "override",
+        "workers/relay.py MasterRelayManager; workers/redis_manager.py ClusterRedisManager",
+        "a manager's name, which python-socketio logs and reports")),
+    ("socketio-manager-attrs", Reach(
+        _SIO, "socketio:PubSubManager", "read", "workers/pubsub.py, workers/relay.py, "
+        "workers/redis_manager.py", "the manager's host id, JSON module, channel, logger "
+        "and callback trigger",
+        attrs=("host_id", "json", "channel", "trigger_callback", "_get_logger"))),
+    ("socketio-binary", Reach(
+        _SIO, "socketio.packet:Packet", "read", "workers/pubsub.py ClusterPubSubManager",
+        "the binary attachment codec emits use, for acks that carry bytes",
+        attrs=("data_is_binary", "deconstruct_binary", "reconstruct_binary"))),
+    # ---- python-socketio's Admin UI instrumentation (workers/admin.py) ----------------
+    ("socketio-admin-server", Reach(
+        _SIO, "socketio.admin:InstrumentedServer", "replace",
+        "workers/admin.py install", "Server.instrument() imports InstrumentedServer from "
+        "socketio.admin when called, so our subclass in its place is what it builds",
+        source=("from .admin import InstrumentedServer",),
+        source_in="socketio:Server.instrument")),
+    ("socketio-admin-actions", Reach(
+        _SIO, "socketio.admin:InstrumentedServer.admin_enter_room", "override",
+        "workers/admin.py ClusterInstrumentedServer", "the UI's join, leave and disconnect "
+        "actions are these handlers on the admin namespace; ours act on every worker",
+        params=("_", "namespace", "room", "room_filter"),
+        source=("self.sio.on('join', self.admin_enter_room,",),
+        source_in="socketio.admin:InstrumentedServer.instrument")),
+    ("socketio-admin-leave", Reach(
+        _SIO, "socketio.admin:InstrumentedServer.admin_leave_room", "override",
+        "workers/admin.py ClusterInstrumentedServer (socketio-admin-actions)",
+        "the UI's leave action", params=("_", "namespace", "room", "room_filter"))),
+    ("socketio-admin-disconnect", Reach(
+        _SIO, "socketio.admin:InstrumentedServer.admin_disconnect", "override",
+        "workers/admin.py ClusterInstrumentedServer (socketio-admin-actions)",
+        "the UI's disconnect action", params=("_", "namespace", "close", "room_filter"))),
+    ("socketio-admin-emit", Reach(
+        _SIO, "socketio.admin:InstrumentedServer._emit", "override",
+        "workers/admin.py ClusterInstrumentedServer", "development mode installs _emit as "
+        "the manager's emit; it sees `all_sockets` go to an admin",
+        params=("event", "data", "namespace", "room", "skip_sid", "callback", "**kwargs"))),
+    ("socketio-admin-stats", Reach(
+        _SIO, "socketio.admin:InstrumentedServer._emit_server_stats", "call",
+        "workers/admin.py ClusterInstrumentedServer", "the stats task; upstream starts it at "
+        "the first connection (stats_task, stop_stats_event), ours at instrument()",
+        params=(), source=("self.stats_task = self.sio.start_background_task(",),
+        source_in="socketio.admin:InstrumentedServer._handle_eio_connect")),
+]}
+
+
+# ---- the reaches, by name -----------------------------------------------------------
+
+# eventlet-apply-mask
+ORIGINAL_APPLY_MASK = eventlet.websocket.RFC6455WebSocket._apply_mask
+
+
+def install_apply_mask(apply_mask) -> None:
+    """Make every eventlet WebSocket unmask with `apply_mask` (eventlet-apply-mask)."""
+    eventlet.websocket.RFC6455WebSocket._apply_mask = staticmethod(apply_mask)
+
+
+def route_ws_writes(ws, write) -> None:
+    """Send every frame `ws` writes through `write(frame)` (eventlet-ws-send)."""
+    ws._send = write
+
+
+def send_closing_frame(ws, close_data=None) -> None:
+    """Write `ws`'s close frame, leaving its socket open (eventlet-ws-closing-frame)."""
+    ws._send_closing_frame(ignore_send_errors=True, close_data=close_data)
+
+
+def raw_socket(sock):
+    """The non-blocking socket under an eventlet green socket (eventlet-green-fd)."""
+    return sock.fd
+
+
+# eventlet-wsgi-states, eventlet-wsgi-conn-state
+WSGI_STATE_IDLE = eventlet.wsgi.STATE_IDLE
+WSGI_STATE_CLOSE = eventlet.wsgi.STATE_CLOSE
+_STATUS = 2  # conn_state[2]
+
+
+def new_conn_state(addr, sock) -> list:
+    """The connection state eventlet's Server.process_request takes."""
+    return [addr, sock, WSGI_STATE_IDLE]
+
+
+def conn_status(conn_state: list):
+    return conn_state[_STATUS]
+
+
+def set_conn_status(conn_state: list, status) -> None:
+    conn_state[_STATUS] = status
+
+
+# engineio-socket-class: the class ClusterSocket extends, captured before any swap.
+ENGINE_SOCKET = engineio.socket.Socket
+
+
+def install_socket_class(cls: type) -> None:
+    """Make every Engine.IO server in this process create `cls` sessions."""
+    engineio.socket.Socket = cls
+
+
+def bad_request(server, message: str | None = None) -> dict:
+    """python-engineio's own 400 answer, {status, headers, response} (engineio-bad-request)."""
+    return server._bad_request(message)
+
+
+def cors_headers(server, environ: dict) -> list:
+    """The CORS headers python-engineio adds to its answers (engineio-cors-headers)."""
+    return server._cors_headers(environ)
