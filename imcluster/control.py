@@ -34,6 +34,9 @@ unless said otherwise.
     master.stopping          bool         a graceful stop is under way
     master.broadcast         str          "relay" (through the master) or "redis"
     master.redis             str|null     the Redis URL, password masked as ***
+    master.host_id           int          --host-id: this host's number behind a router (0: alone)
+    master.drained           bool         `imcluster drain` in force: no new sessions via the router
+    master.readiness         int          what GET /_imcluster/ready answers now: 200, 404, 503
     master.counters          obj          what the master counted:
     master.counters.accepted     int      connections accepted
     master.counters.routed       int      connections whose request line was read and routed
@@ -42,6 +45,7 @@ unless said otherwise.
     master.counters.timeout      int      answered 408 (no request line within --header-timeout)
     master.counters.unavailable  int      answered 503 (no READY worker in time)
     master.counters.evicted      int      answered 408 to make room (too many pending)
+    master.counters.other_host   int      answered 400: the sid names another host
     master.counters.handoffs     int      client sockets passed to workers
     master.counters.handbacks    int      sockets workers passed back (another worker's request)
     master.counters.rerouted     int      queued for a worker that died, routed again

@@ -118,6 +118,18 @@ def _origins(v: Any) -> str | list[str] | None:
     return items or None
 
 
+# The most workers one master runs (worker ids are 12 bits, and every worker is
+# a process of its own: past a few per core they cost memory and start-up time).
+MAX_WORKERS = 256
+
+
+def _workers(v: Any) -> int:
+    n = _positive_int(v)
+    if n > MAX_WORKERS:
+        raise ValueError(f"at most {MAX_WORKERS}")
+    return n
+
+
 def _default_workers() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
@@ -143,8 +155,8 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("workers", _positive_int, _default_workers,
-            "worker processes (default: one per CPU)", metavar="N"),
+    Setting("workers", _workers, _default_workers,
+            f"worker processes, 1..{MAX_WORKERS} (default: one per CPU)", metavar="N"),
     Setting("bind", _bind, "127.0.0.1:8000",
             "HOST:PORT the master listens on (default 127.0.0.1:8000; use 0.0.0.0 to serve "
             "beyond this host)", metavar="HOST:PORT"),

@@ -32,10 +32,9 @@ from imcluster.master.lifecycle import (
     WorkerProcess,
 )
 from imcluster.master.rolling import RollingReload
-from imcluster.settings import Config
+from imcluster.settings import MAX_WORKERS, Config
 from imcluster.sid import MAX_WORKER_ID
 
-MAX_WORKERS = 256
 EXIT_OK = 0
 EXIT_NO_WORKER = 3
 
@@ -231,7 +230,12 @@ class Core:
         """Grow or shrink to `target` workers; removed workers drain first."""
         if self.stopping:
             return {"error": "the master is stopping"}
-        target = max(1, min(int(target), MAX_WORKERS))
+        target = int(target)
+        if not 1 <= target <= MAX_WORKERS:
+            why = (f"at most {MAX_WORKERS} workers" if target > MAX_WORKERS
+                   else "at least one worker must remain")
+            self.log.warning("scale to %d refused: %s", target, why)
+            return {"error": why}
         if target < len(self.slots) and self.reloading is not None:
             # Slots being replaced must not vanish under the reload: shrink after it.
             self.deferred_scale = target
@@ -450,8 +454,6 @@ class Core:
                 return {"error": f"scale takes N, +N or -N, not {spec!r}"}
             if spec[:1] in "+-":
                 n += len(self.slots)
-            if n < 1:
-                return {"error": "at least one worker must remain"}
             return self.scale(n, now)
         return {"error": f"unknown command {cmd!r}"}
 

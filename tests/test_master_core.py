@@ -355,7 +355,10 @@ def test_scale_commands_are_checked():
     assert m.command(cmd="scale", to="-5") == {"error": "at least one worker must remain"}
     assert m.command(cmd="scale", to="many") == \
         {"error": "scale takes N, +N or -N, not 'many'"}
-    assert m.command(cmd="scale", to="1000") == {"ok": True, "workers": 256}
+    # Refused, not capped: 1000 would have become 256 processes on a small host.
+    assert m.command(cmd="scale", to="1000") == {"error": "at most 256 workers"}
+    assert m.command(cmd="scale", to="+255") == {"error": "at most 256 workers"}
+    assert len(m.core.slots) == 2 and of(m.tick(), ev.Spawn) == []
     assert m.command(cmd="nap") == {"error": "unknown command 'nap'"}
 
 
