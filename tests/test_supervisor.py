@@ -85,3 +85,19 @@ serverurl=unix://{sock}
             sup.wait(30)
         except subprocess.TimeoutExpired:
             sup.kill()
+
+
+def test_entry_quotes_the_command_as_supervisord_splits_it():
+    # supervisord splits command= with shlex and expands %(...)s: a factory spec's
+    # quotes and a literal % must reach imcluster as written.
+    import shlex
+
+    args = ['myapp:create_app("prod", debug=True)', "--bind", "127.0.0.1:8000",
+            "--cors-origins", "https://chat.example.com/100%"]
+    entry = subprocess.run([str(ROOT / "scripts" / "supervisor-entry"), "--", *args],
+                           capture_output=True, text=True, check=True).stdout
+    [command] = [line[len("command="):] for line in entry.splitlines()
+                 if line.startswith("command=")]
+    split = shlex.split(command.replace("%%", "%"))
+    assert split[1:] == ["run", *args]
+    assert split[0].endswith("/imcluster")
