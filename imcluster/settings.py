@@ -11,6 +11,7 @@ import argparse
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,26 @@ def _bind(v: Any) -> tuple[str, int]:
     if not 0 <= p <= 65535:
         raise ValueError("port out of range")
     return host, p
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _redis_url(v: Any) -> str | None:
+    """A Redis URL as redis-py's from_url takes it; checked here, so that a typo is
+    one line at start rather than a worker failing to import the app."""
+    s = _optional_str(v)
+    if s is None:
+        return None
+    u = urllib.parse.urlsplit(s)
+    if u.scheme not in REDIS_SCHEMES:
+        raise ValueError("expected redis://HOST:PORT/DB, rediss://… or unix:///PATH "
+                         f"(scheme {u.scheme or 'missing'!r})")
+    try:
+        u.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        raise ValueError("the port is not a number from 0 to 65535") from None
+    return s
 
 
 def _optional_bind(v: Any) -> tuple[str, int] | None:
@@ -164,7 +185,7 @@ SETTINGS: tuple[Setting, ...] = (
             "this host's number among several behind one router (1..4095, unique per "
             "host); every sid names it, and a request whose sid names another host gets "
             "400. 0 (the default): one host, no router", metavar="N"),
-    Setting("redis", _optional_str, None,
+    Setting("redis", _redis_url, None,
             "Redis URL for cross-worker and cross-host broadcasts; without it the master "
             "relays broadcasts between its own workers", metavar="URL"),
     Setting("redis_silence_timeout", _positive_float, 15.0,

@@ -287,6 +287,9 @@ def test_precedence_cli_env_file_default(tmp_path):
      "IMCLUSTER_REDIS_SILENCE_TIMEOUT='0': must be greater than 0"),
     ({"host_id": "4096"}, {}, "--host-id='4096': must be 0 (one host) or a host number 1..4095"),
     ({}, {"IMCLUSTER_HOST_ID": "-1"}, "IMCLUSTER_HOST_ID='-1': must be 0"),
+    ({"workers": "1000"}, {}, "--workers='1000': at most 256"),
+    ({"redis": "http://127.0.0.1:6379/0"}, {}, "expected redis://HOST:PORT/DB"),
+    ({}, {"IMCLUSTER_REDIS": "redis://h:notaport/0"}, "the port is not a number"),
 ])
 def test_bad_values_name_their_source(kw, env, msg):
     with pytest.raises(cfgmod.SettingError, match=re.escape(msg)):
