@@ -8,7 +8,7 @@ import logging
 import sys
 
 from imcluster import __version__, settings
-from imcluster.control import Control, ControlError, ReloadTimeout
+from imcluster.control import Control, ControlError, ReloadTimeout, StopTimeout
 from imcluster.redact import redact, setup_logging
 
 # LSB status codes, as supervisorctl uses them.
@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
                            help="give up waiting after this long (default 600)")
         if name == "scale":
             c.add_argument("to", metavar="N|+N|-N")
+        if name == "stop":
+            c.add_argument("--no-wait", action="store_true",
+                           help="return once the stop has started")
+            c.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                           help="give up waiting after this long (default 120)")
 
     hc = sub.add_parser(
         "haproxy-config", help="print a haproxy.cfg that routes several hosts by sid",
@@ -115,8 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'drained' if args.command == 'drain' else 'drain ended'}: "
                   f"the readiness check answers {code}")
             return 0
-        ctl.stop()
-        print("stopping")
+        if args.no_wait:
+            ctl.stop()
+            print("stopping")
+            return 0
+        try:
+            ctl.stop(wait=True, timeout=args.timeout)
+        except StopTimeout as e:
+            print(f"imcluster: {e}", file=sys.stderr)
+            return 1
+        print("stopped")
         return 0
     except ControlError as e:
         print(f"imcluster: {e}", file=sys.stderr)

@@ -108,6 +108,10 @@ class ReloadTimeout(ControlError):
     """A reload waited for has not ended in time (it goes on in the master)."""
 
 
+class StopTimeout(ControlError):
+    """A stop waited for has not ended in time (the master goes on stopping)."""
+
+
 def request(path: str, cmd: str, timeout: float = 5.0, **args) -> dict:
     """Send one command, return the master's answer (a dict); ControlError on failure."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -258,9 +262,20 @@ class Control:
         removed workers drain first. A scale asked during a reload waits for its end."""
         return int(self.request("scale", to=str(to))["workers"])
 
-    def stop(self) -> None:
-        """Ask for a graceful stop (like SIGTERM); returns at once."""
+    def stop(self, wait: bool = False, timeout: float = 60.0, poll: float = 0.1) -> None:
+        """Ask for a graceful stop (like SIGTERM). With `wait`, return once the master
+        has exited (its port and control socket are free again, so a new `run` can
+        start); StopTimeout if it is still running after `timeout` seconds."""
+        pid = self.request("status")["master"]["pid"] if wait else None
         self.request("stop")
+        if pid is None:
+            return
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() >= deadline:
+                raise StopTimeout(f"the master (pid {pid}) is still stopping after "
+                                  f"{timeout:.0f}s")
+            time.sleep(poll)
 
     def drain(self, on: bool = True) -> int:
         """Drain this host (`on`) or end its drain. Drained, the host's readiness
@@ -307,3 +322,12 @@ class Control:
             if time.monotonic() >= deadline:
                 raise ControlError(f"workers not READY after {timeout}s (last: {last})")
             time.sleep(poll)
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (exited, not yet reaped by its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

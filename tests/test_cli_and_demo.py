@@ -67,7 +67,10 @@ def test_stop_verb_and_sigterm_stop_everything(cluster_factory):
         c = cluster_factory(workers=2)
         pids = [w["pid"] for w in c.wait_ready()]
         if how == "verb":
-            assert imcluster("stop", "--control", c.control).returncode == 0
+            out = imcluster("stop", "--control", c.control)
+            assert out.returncode == 0 and out.stdout.strip() == "stopped"
+            # It waited for the end: the port and control socket are free for a new run.
+            assert c.proc.poll() == 0
         else:
             os.kill(c.pid, signal.SIGTERM)
         assert c.proc.wait(20) == 0
