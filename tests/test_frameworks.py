@@ -277,6 +277,9 @@ def test_logger_true_prints_each_line_once_with_the_worker_prefix(cluster_factor
     # socketio's logger: the event, once (no token in it: one client, one call).
     said = [ln for ln in c.log().splitlines() if 'received event "echo"' in ln]
     assert len(said) == 1 and "[worker " in said[0], said
+    # What the servers log as the app imports, once per worker, prefixed too.
+    built = [ln for ln in c.log().splitlines() if "Server initialized for eventlet" in ln]
+    assert len(built) == 3 and all("[worker " in ln for ln in built), built
 
 
 # ---- sio.instrument(): the Admin UI's server side ----------------------------------

@@ -74,9 +74,11 @@ class WorkerServer:
 
     def load(self) -> None:
         restore = self._default_manager()
+        allow_handlers = _no_bare_library_handlers()
         try:
             app = appmod.load(self.spec.get("app"), self.spec.get("cwd") or os.getcwd())
         finally:
+            allow_handlers()
             restore()
         wid, host = self.worker_id, self.host_id
         # Every sid this worker makes names its host and it, so a router in front of
@@ -312,6 +314,30 @@ def _print_user_traceback(e: BaseException) -> None:
         print("".join(traceback.format_list(frames)), end="", file=sys.stderr)
 
 
+_LIBRARY_LOGGERS = ("socketio.server", "engineio.server", "socketio.client", "engineio.client")
+
+
+def _no_bare_library_handlers():
+    """While the app imports, python-socketio/engineio cannot add their bare
+    StreamHandler (see `_one_handler_per_line`): what a server logs as it is
+    built ("Server initialized for eventlet.") would otherwise print twice.
+    Returns the undo."""
+    original = logging.Logger.addHandler
+
+    def add_handler(logger: logging.Logger, handler: logging.Handler) -> None:
+        if (logger.name in _LIBRARY_LOGGERS and type(handler) is logging.StreamHandler
+                and handler.formatter is None):
+            return
+        original(logger, handler)
+
+    logging.Logger.addHandler = add_handler
+
+    def undo() -> None:
+        logging.Logger.addHandler = original
+
+    return undo
+
+
 def _one_handler_per_line() -> None:
     """Drop the bare StreamHandler python-socketio/engineio add to their loggers.
 
@@ -324,7 +350,7 @@ def _one_handler_per_line() -> None:
 
     internals: socketio-log-handler, engineio-log-handler
     """
-    for name in ("socketio.server", "engineio.server", "socketio.client", "engineio.client"):
+    for name in _LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         for h in list(logger.handlers):
             if type(h) is logging.StreamHandler and h.formatter is None:
