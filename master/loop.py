@@ -306,7 +306,11 @@ class Master:
                     frame = ch.recv_frame(link.channel)
                 except (BlockingIOError, InterruptedError):
                     return
-                except (ConnectionResetError, ValueError, OSError) as e:
+                except ConnectionResetError:
+                    # A worker that exits with frames unread by it resets the
+                    # channel instead of closing it: its end, like EOF (design.md).
+                    frame = None
+                except (ValueError, OSError) as e:
                     log.warning("slot %d: channel error: %s", link.slot, e)
                     frame = None
                 if frame is None:

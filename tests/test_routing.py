@@ -108,6 +108,8 @@ def test_forged_and_stale_sids_get_unknown_session(cluster, kind):
     # session may still be named "disconnected" for a moment before it is forgotten.
     assert status == 400
     assert any(m in body for m in (b"Invalid session", b"Session is disconnected")), body
+    # Routine in a cluster (a dead or drained worker's clients): no ERROR in the log.
+    assert not [ln for ln in cluster.log().splitlines() if "ERROR" in ln], cluster.log()
 
 
 def test_new_sessions_on_a_kept_alive_connection_are_placed_by_the_master(cluster):

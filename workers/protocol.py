@@ -72,13 +72,17 @@ class EngineRules:
         if "transport" not in query:
             return "Invalid transport"
         sid = query.get("sid", [None])[0]
-        s = self.sockets.get(sid) if sid else None  # internals: engineio-server-attrs
-        if s is not None:
-            if s.connected and not s.closed:
-                s.check_ping_timeout()  # closes the session if its PONG is late
-            if s.closed:
-                # python-engineio then answers "Invalid session", 400.
-                self.sockets.pop(sid, None)
+        if not sid:
+            return None
+        s = self.sockets.get(sid)  # internals: engineio-server-attrs
+        if s is not None and s.connected and not s.closed:
+            s.check_ping_timeout()  # closes the session if its PONG is late
+        if s is None or s.closed:
+            # python-engineio's own answer, without the ERROR it logs: in a
+            # cluster an unknown session is routine (its worker died, or
+            # drained), and the client makes a fresh handshake.
+            self.sockets.pop(sid, None)
+            return f"Invalid session {sid}"
         return None
 
     # internals: engineio-ok
