@@ -60,6 +60,16 @@ def test_status_table_and_json(cluster_factory):
     assert all(w["rss"] > 0 for w in st["workers"])
     # The control socket is for its owner only.
     assert oct(os.stat(c.control).st_mode & 0o777) == "0o600"
+    # Read by a pipe whose reader has gone (`| head -1` exits early): no traceback.
+    r_end, w_end = os.pipe()
+    os.close(r_end)
+    try:
+        piped = subprocess.run([sys.executable, "-m", "imcluster", "status", "--control",
+                                c.control], stdout=w_end, stderr=subprocess.PIPE, text=True,
+                               timeout=30)
+    finally:
+        os.close(w_end)
+    assert piped.returncode == 1 and piped.stderr == "", piped.stderr
 
 
 def test_stop_verb_and_sigterm_stop_everything(cluster_factory):
