@@ -28,8 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the master and its workers (foreground)",
                          description="Start the master and its workers in the foreground.")
     run.add_argument("app", nargs="?", metavar="MODULE:ATTR",
-                     help="a socketio.Server, or a socketio.WSGIApp built on one; MODULE is "
-                          "imported from the current folder (default: the chat demo)")
+                     help="what serves your Socket.IO app: a socketio.Server or WSGIApp, a "
+                          "Flask app (Flask-SocketIO or socketio.WSGIApp in its chain), a "
+                          "flask_socketio.SocketIO, Django's application, any WSGI middleware "
+                          "around one, or a factory call like 'app:create_app()'; MODULE is "
+                          "imported from the current folder, ATTR defaults to app (default: "
+                          "the chat demo)")
     settings.add_arguments(run)
 
     for name, text in (("status", "show the master and every worker"),

@@ -183,6 +183,7 @@ def test_requests_enter_through_the_outermost_middleware(cluster_factory, relay_
 @pytest.mark.parametrize("spec, says", [
     ("threading_app:app", "uses async_mode='threading'; imcluster workers run eventlet"),
     ("flask_sio_app:index", "is a function with no socketio.Server in it"),
+    ("flask_factory:create_app", "(if it is a factory, call it: 'flask_factory:create_app()')"),
     ("django_project.wsgi:django_app", "is a django.WSGIHandler with no socketio.Server"),
 ])
 def test_an_app_that_cannot_be_served_stops_the_master_with_one_line(cluster_factory, spec,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -152,8 +153,11 @@ def find(obj: Any, spec: str) -> App:
         sio, eio = None, eios[0]
     else:
         kind = "an asyncio server" if async_found else "no socketio.Server"
-        raise AppError(f"{spec} is a {_describe(obj)} with {kind} in it (looked in: "
-                       f"{', '.join(seen) or 'nothing'}); {WHAT_TO_NAME}")
+        hint = ""
+        if inspect.isfunction(obj) and "(" not in spec:
+            hint = f" (if it is a factory, call it: '{spec}()')"
+        raise AppError(f"{spec} is {_a(_describe(obj))} with {kind} in it (looked in: "
+                       f"{', '.join(seen) or 'nothing'}){hint}; {WHAT_TO_NAME}")
     check_async_mode(eio, spec)
     return App(_outermost(obj, sio, eio, spec), eio, sio)
 
@@ -240,12 +244,17 @@ def _outermost(obj: Any, sio: socketio.Server | None, eio: engineio.Server, spec
         return flask_app
     if callable(obj):
         return obj
-    raise AppError(f"{spec} is a {_describe(obj)}, which is not a WSGI callable; {WHAT_TO_NAME}")
+    raise AppError(f"{spec} is {_a(_describe(obj))}, which is not a WSGI callable; "
+                   f"{WHAT_TO_NAME}")
 
 
 def _is_flask_socketio(obj: Any) -> bool:
     mod = sys.modules.get("flask_socketio")
     return mod is not None and isinstance(obj, mod.SocketIO)
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
 def _describe(obj: Any) -> str:
