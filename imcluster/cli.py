@@ -278,6 +278,9 @@ def _status(ctl: Control, as_json: bool) -> int:
     for r in rows:
         print("  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip())
     for w in st["workers"]:
+        if w.get("broadcast") not in (None, "ok"):
+            print(f"slot {w['slot']}: redis {w['broadcast']}: broadcasts between this worker "
+                  "and the others are not getting through")
         if w["last_error"]:
             print(f"slot {w['slot']}: {w['last_error']}")
     if any(w["retired"] or w["replacement"] for w in st["workers"]):

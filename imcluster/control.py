@@ -68,6 +68,10 @@ unless said otherwise.
     workers[].connections    int|null     TCP connections it serves, from its last LOAD
                                           (at most 1 s old; null before the first)
     workers[].sessions       int|null     Engine.IO sessions it holds, from its last LOAD
+    workers[].broadcast      str|null     with --redis, from its last LOAD: "ok", "subscription
+                                          down" (others' broadcasts miss its clients),
+                                          "publishing down" (its own miss the others), "down";
+                                          null with the master relay
     workers[].handoffs       int          client sockets the master routed to this process
     workers[].last_error     str|null     why it last failed (app import error, exit...)
     workers[].exit_status    int|null     its last exit code (negative: killed by that signal)
@@ -171,6 +175,7 @@ class WorkerStatus:
     rss_bytes: int | None
     connections: int | None   # TCP connections the worker serves (last report, ~1 s old)
     sessions: int | None      # Engine.IO sessions it holds (last report)
+    broadcast: str | None     # with Redis: "ok", "subscription down", "publishing down", "down"
     handoffs: int             # client sockets the master has passed to it
     last_error: str | None    # why it last failed (app import error, exit status...)
     exit_status: int | None
@@ -182,6 +187,7 @@ class WorkerStatus:
                    retired=w["retired"], replacement=w["replacement"], uptime_s=w["uptime"],
                    restarts=w["restarts"], cpu_percent=w["cpu"], rss_bytes=w["rss"],
                    connections=w["connections"], sessions=w["sessions"],
+                   broadcast=w.get("broadcast"),
                    handoffs=w["handoffs"], last_error=w["last_error"],
                    exit_status=w["exit_status"], unresponsive=w["unresponsive"])
 

@@ -129,7 +129,8 @@ class Core:
                 "uptime": round(now - w.started_at, 1) if w.pid else None,
                 "restarts": w.restarts, "cpu": None, "cpu_time": None, "rss": None,
                 "connections": w.connections, "sessions": w.sessions,
-                "handoffs": w.handoffs_sent, "last_error": w.last_error or None,
+                "broadcast": w.broadcast, "handoffs": w.handoffs_sent,
+                "last_error": w.last_error or None,
                 "exit_status": w.exit_status, "unresponsive": w.unresponsive,
                 "replacement": w.role is Role.REPLACEMENT,
             })
@@ -402,7 +403,7 @@ class Core:
     def _on_load(self, e: ev.Load, now: float) -> None:
         w = self.by_id.get(e.worker_id)
         if w is not None:
-            w.sessions, w.connections = e.sessions, e.connections
+            w.sessions, w.connections, w.broadcast = e.sessions, e.connections, e.broadcast
 
     def _on_acked(self, e: ev.Acked, now: float) -> None:
         w = self.by_id.get(e.worker_id)

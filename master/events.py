@@ -74,10 +74,12 @@ class Ready:
 @dataclass(frozen=True)
 class Load:
     """The worker's load report (LOAD): Engine.IO sessions it holds, TCP
-    connections it serves."""
+    connections it serves, and with Redis how its broadcasts stand ("ok",
+    "subscription down", "publishing down", "down"; None with the relay)."""
     worker_id: int
     sessions: int
     connections: int
+    broadcast: str | None = None
 
 
 @dataclass(frozen=True)

@@ -542,14 +542,15 @@ def _count(payload: bytes) -> int | None:
     return n if n >= 0 else None
 
 
-def _load(payload: bytes) -> tuple[int, int] | None:
-    """A LOAD report's (sessions, connections); None when it is not one."""
+def _load(payload: bytes) -> tuple[int, int, str | None] | None:
+    """A LOAD report's (sessions, connections, broadcast health); None when it is not one."""
     try:
         load = json.loads(payload)
         sessions, connections = int(load["sessions"]), int(load["connections"])
-    except (ValueError, TypeError, KeyError):
+        broadcast = load.get("broadcast")
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
-    return sessions, connections
+    return sessions, connections, broadcast if isinstance(broadcast, str) else None
 
 
 def _count_fds() -> int | None:

@@ -7,9 +7,10 @@ status --json` agree; the text format is prometheus_client's.
 
 Per worker (labels `slot`, `worker_id`, `pid`; a draining worker keeps its slot
 label): connections, sessions, state, CPU seconds, resident memory,
-hand-offs. Per slot: restarts. For the master: connections accepted, routed
-and rejected by cause, hand-offs, hand-backs, re-routes, relayed broadcasts
-(and those dropped), connections pending and queued, reload in progress.
+hand-offs, and with Redis whether its broadcasts get through. Per slot:
+restarts. For the master: connections accepted, routed and rejected by
+cause, hand-offs, hand-backs, re-routes, relayed broadcasts (and those
+dropped), connections pending and queued, reload in progress.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class ClusterCollector:
         state = GaugeMetricFamily(
             "imcluster_worker_state", "1 for the worker's lifecycle state, 0 for the others",
             labels=[*labels, "state"])
+        broadcast = GaugeMetricFamily(
+            "imcluster_worker_broadcast_up",
+            "With Redis: 1 while the worker both publishes and hears broadcasts, else 0",
+            labels=labels)
         restarts = CounterMetricFamily(
             "imcluster_slot_restarts", "Times the slot's process was replaced after exiting",
             labels=["slot"])
@@ -70,12 +75,15 @@ class ClusterCollector:
             for key, fam in fams.items():
                 if w.get(key) is not None:
                     fam.add_metric(values, w[key])
+            if w.get("broadcast") is not None:
+                broadcast.add_metric(values, 1 if w["broadcast"] == "ok" else 0)
             for s in State:
                 state.add_metric([*values, s.value], 1 if w["state"] == s.value else 0)
             if not w["retired"] and not w["replacement"]:
                 restarts.add_metric([str(w["slot"])], w["restarts"])
         yield from fams.values()
         yield state
+        yield broadcast
         yield restarts
 
         yield GaugeMetricFamily("imcluster_workers", "Slots (the target number of workers)",

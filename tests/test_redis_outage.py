@@ -83,3 +83,50 @@ def test_redis_outage_keeps_local_service_and_recovers(cluster_factory, redis_pr
     finally:
         for c in clients:
             c.close()
+
+
+def test_a_redis_out_of_reach_shows_in_status_and_metrics(cluster_factory, tmp_path):
+    """An operator sees it, not only the log: every worker's broadcast health is in
+    `status` (JSON and table) and in /metrics, and it clears once Redis is there."""
+    import json
+    import subprocess
+    import sys
+
+    import requests
+    from conftest import free_port
+
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    redis = RedisProcess(tmp_path)  # its port, nothing listening yet
+    metrics = free_port()
+    cluster = cluster_factory(workers=2, redis=f"redis://127.0.0.1:{redis.port}/0",
+                              args=("--metrics", f"127.0.0.1:{metrics}"))
+    cluster.wait_ready()
+
+    def health() -> list:
+        return [w["broadcast"] for w in cluster.status()["workers"]]
+
+    def up() -> list[float]:
+        page = requests.get(f"http://127.0.0.1:{metrics}/metrics", timeout=5).text
+        return [float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+                if line.startswith("imcluster_worker_broadcast_up{")]
+
+    try:
+        wait_for(lambda: health() == ["subscription down"] * 2, 15,
+                 what="both workers to report their subscription down")
+        assert up() == [0.0, 0.0]
+        table = subprocess.run([sys.executable, "-m", "imcluster", "status", "--control",
+                                cluster.control], capture_output=True, text=True, timeout=30)
+        assert table.stdout.count("redis subscription down") == 2, table.stdout
+        assert json.loads(subprocess.run(
+            [sys.executable, "-m", "imcluster", "status", "--json", "--control",
+             cluster.control], capture_output=True, text=True, timeout=30).stdout
+        )["workers"][0]["broadcast"] == "subscription down"
+        # Never subscribed: "failed", not "lost".
+        assert "redis subscription failed" in cluster.log()
+        assert "redis subscription lost" not in cluster.log()
+        redis.start()
+        wait_for(lambda: health() == ["ok", "ok"], 15, what="both workers subscribed")
+        assert up() == [1.0, 1.0]
+    finally:
+        redis.stop()

@@ -59,7 +59,8 @@ class WorkerServer:
         self.link = link
         self.connections = 0
         self.handoffs = 0
-        self.load_sent: tuple[int, int] | None = None  # (sessions, connections) of the last LOAD
+        # (sessions, connections, broadcast health) of the last LOAD
+        self.load_sent: tuple[int, int, str | None] | None = None
         self.handoffs_acked = 0  # the count in the last ACK
         self.stopping = False
         self.app: appmod.App | None = None
@@ -207,11 +208,14 @@ class WorkerServer:
     def _report(self) -> None:
         """LOAD and ACK, each when it changed since last sent."""
         # internals: engineio-server-attrs (sockets)
-        load = (len(self.app.eio.sockets), self.connections)
+        mgr = self.app.sio.manager if self.app.sio is not None else None
+        health = mgr.health() if isinstance(mgr, ClusterRedisManager) else None
+        load = (len(self.app.eio.sockets), self.connections, health)
         if load != self.load_sent:
             self.load_sent = load
             self.link.send(ch.LOAD, ch.encode_json({"sessions": load[0],
-                                                    "connections": load[1]}))
+                                                    "connections": load[1],
+                                                    "broadcast": load[2]}))
         if self.handoffs != self.handoffs_acked:
             self.handoffs_acked = self.handoffs
             self.link.send(ch.ACK, str(self.handoffs).encode())

@@ -90,11 +90,22 @@ class ClusterRedisManager(ClusterPubSubManager):
         self.publishing = True  # False while the breaker is open
         self.next_probe = 0.0
         self.listening = False
+        self.ever_listened = False
         self.dropped = 0  # during the current outage
         self.overflowed = 0
         self.outbox: collections.deque[str] = collections.deque()
         self.wakeup = eventlet.event.Event()
         self.publisher = None
+
+    def health(self) -> str:
+        """How this worker's broadcasts stand: "ok", "subscription down" (others'
+        broadcasts do not reach its clients), "publishing down" (its broadcasts do
+        not reach the others) or "down" (both). Reported to the master (LOAD)."""
+        if self.listening and self.publishing:
+            return "ok"
+        if self.publishing:
+            return "subscription down"
+        return "publishing down" if self.listening else "down"
 
     def _publish(self, data) -> None:
         if not self.publishing and time.monotonic() < self.next_probe:
@@ -171,7 +182,7 @@ class ClusterRedisManager(ClusterPubSubManager):
                             # Time spent in the consumer is not silence.
                             heard = time.monotonic()
                         elif kind == "subscribe":
-                            self.listening = True
+                            self.listening = self.ever_listened = True
                             backoff = 0.25
                             if down_since is not None:
                                 log.warning("redis subscription restored after %.1fs: "
@@ -197,9 +208,9 @@ class ClusterRedisManager(ClusterPubSubManager):
                 self.listening = False
                 if down_since is None:
                     down_since = time.monotonic()
-                    log.error("redis subscription lost (%s): reconnecting; broadcasts from "
+                    log.error("redis subscription %s (%s): reconnecting; broadcasts from "
                               "the other workers do not reach this worker's clients "
-                              "meanwhile", e)
+                              "meanwhile", "lost" if self.ever_listened else "failed", e)
             finally:
                 try:
                     pubsub.close()
