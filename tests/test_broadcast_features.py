@@ -63,7 +63,7 @@ def test_enter_and_leave_room_of_a_session_on_another_worker(peers):
     a, b = peers
     assert a.call("join", "x") is True
     assert a.call("enter", {"sid": b.sid, "room": "x"}) is True  # b lives on the other worker
-    time.sleep(0.3)
+    # No wait needed: a's worker publishes the enter before the shout, in order.
     assert a.call("shout", {"room": "x", "text": "one"}) is True
     assert heard_within(b, "shouted", "one")
     # skip_sid: the sender is in the room but does not hear its own shout.
@@ -72,13 +72,13 @@ def test_enter_and_leave_room_of_a_session_on_another_worker(peers):
     assert "one" not in a.texts("shouted") and "two" not in b.texts("shouted")
 
     assert a.call("leave", {"sid": b.sid, "room": "x"}) is True
-    time.sleep(0.3)
     assert a.call("join", "y") is True and b.call("join", "y") is True
     assert a.call("shout", {"room": "x", "text": "three"}) is True
-    assert b.call("shout", {"room": "y", "text": "marker"}) is True
-    assert heard_within(a, "shouted", "marker")  # the room path works, so...
-    time.sleep(0.3)
-    assert "three" not in b.texts("shouted")  # ...b really left x
+    assert a.call("shout", {"room": "y", "text": "marker"}) is True
+    # b's worker hears a's worker in order: leave, three, marker. Once b has the
+    # marker, three has been dealt with, and b, out of x, must not have it.
+    assert heard_within(b, "shouted", "marker")
+    assert "three" not in b.texts("shouted")
 
 
 def test_emit_to_a_sid_on_another_worker(peers):
@@ -92,12 +92,14 @@ def test_close_room_reaches_every_worker(peers):
     a, b = peers
     assert a.call("join", "z") is True and b.call("join", "z") is True
     assert a.call("close", "z") is True
-    time.sleep(0.3)
+    # b's worker has closed z once a message a's worker sent after the close
+    # reaches b (one sender's messages arrive in order).
+    assert a.call("direct", {"sid": b.sid, "text": "closed?"}) is True
+    assert heard_within(b, "direct", "closed?")
     assert a.call("join", "w") is True and b.call("join", "w") is True
     b.call("shout", {"room": "z", "text": "into the void"})
     b.call("shout", {"room": "w", "text": "marker"})
-    assert heard_within(a, "shouted", "marker")
-    time.sleep(0.3)
+    assert heard_within(a, "shouted", "marker")  # after the void, from the same sender
     assert "into the void" not in a.texts("shouted")
 
 
