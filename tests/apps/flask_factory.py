@@ -3,8 +3,9 @@
 
 import os
 
+from contract import flask_socketio_events
 from flask import Flask
-from flask_socketio import SocketIO, emit, join_room
+from flask_socketio import SocketIO
 
 socketio = SocketIO()
 
@@ -21,17 +22,4 @@ def create_app(greeting="hello", debug=False):
     return app
 
 
-@socketio.on("whoami")
-def whoami(data=None):
-    return os.getpid()
-
-
-@socketio.on("join")
-def join(data):
-    join_room(data["room"])
-    return True
-
-
-@socketio.on("say")
-def say(data):
-    emit("said", data, to=data["room"])
+flask_socketio_events(socketio)

@@ -5,8 +5,9 @@ Served as `flask_sio_app:app` (the Flask app) or `flask_sio_app:socketio`.
 
 import os
 
+from contract import flask_socketio_events
 from flask import Flask, request
-from flask_socketio import SocketIO, emit, join_room
+from flask_socketio import SocketIO
 
 app = Flask(__name__)
 app.config["SECRET_KEY"] = "test only"
@@ -24,11 +25,6 @@ def index():
     return PAGE.format(pid=os.getpid())
 
 
-@socketio.on("whoami")
-def whoami(data=None):
-    return os.getpid()
-
-
 @socketio.on("whereami")
 def whereami(data=None):
     # request.remote_addr reads the environ the app's middleware left.
@@ -40,12 +36,4 @@ def echo(data):
     return data
 
 
-@socketio.on("join")
-def join(data):
-    join_room(data["room"])
-    return True
-
-
-@socketio.on("say")
-def say(data):
-    emit("said", data, to=data["room"])
+flask_socketio_events(socketio)

@@ -4,6 +4,7 @@
 import os
 
 import socketio
+from contract import python_socketio_events
 from flask import Flask
 
 sio = socketio.Server(async_mode="eventlet")
@@ -16,17 +17,4 @@ def index():
     return f"<!doctype html><h1>flask and python-socketio, pid {os.getpid()}</h1>"
 
 
-@sio.on("whoami")
-def whoami(sid, data=None):
-    return os.getpid()
-
-
-@sio.on("join")
-def join(sid, data):
-    sio.enter_room(sid, data["room"])
-    return True
-
-
-@sio.on("say")
-def say(sid, data):
-    sio.emit("said", data, to=data["room"])
+python_socketio_events(sio)

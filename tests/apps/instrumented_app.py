@@ -8,6 +8,7 @@ the same origin as the Socket.IO server, so the browser needs no CORS setting.
 import os
 
 import socketio
+from contract import python_socketio_events
 
 sio = socketio.Server(async_mode="eventlet")
 sio.instrument(auth={"username": "admin", "password": "test only"}, server_stats_interval=0.5)
@@ -22,17 +23,4 @@ if UI:
 app = socketio.WSGIApp(sio, static_files=STATIC)
 
 
-@sio.on("whoami")
-def whoami(sid, data=None):
-    return os.getpid()
-
-
-@sio.on("join")
-def join(sid, data):
-    sio.enter_room(sid, data["room"])
-    return True
-
-
-@sio.on("say")
-def say(sid, data):
-    sio.emit("said", data, to=data["room"])
+python_socketio_events(sio)
