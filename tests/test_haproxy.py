@@ -22,7 +22,7 @@ from rawhttp import EIO, Conn, parse_ack, poll_target, whoami_requests
 
 from imcluster import haproxy
 from imcluster.httpline import READY_PATH
-from imcluster.sid import host_of
+from imcluster.sid import host_of, host_prefix
 from imcluster.testing import free_port
 
 HAPROXY = shutil.which("haproxy")
@@ -535,3 +535,88 @@ def test_browser_chats_over_https_and_wss_across_hosts(tls_fleet, browser):
     finally:
         ctx.close()
 
+
+# --- 7x24 updates under load -----------------------------------------------------------
+
+class Churn:
+    """tests/js/churn.mjs running: official clients connecting one after another in
+    a few loops, each joining a room, saying a message and hearing it back, then
+    closing; `latest` is its last progress line (running totals)."""
+
+    def __init__(self, url: str, **opts):
+        self.proc = subprocess.Popen(["node", str(JS / "churn.mjs"),
+                                      json.dumps({"url": url, **opts})],
+                                     cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        self.latest: dict = {}
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.latest = json.loads(line)
+
+    def wait(self, pred, timeout: float, what: str) -> dict:
+        def reached():
+            if self.proc.poll() is not None and not self.reader.is_alive():
+                raise AssertionError(f"churn.mjs ended early: {self.latest}")
+            return self.latest if self.latest and pred(self.latest) else None
+        return wait_for(reached, timeout, 0.1, what=what)
+
+    def more_chats(self, n: int, timeout: float = 60) -> dict:
+        start = self.latest.get("chats", 0)
+        return self.wait(lambda t: t["chats"] >= start + n, timeout, f"{n} more chats")
+
+    def stop(self) -> dict:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.reader.join(10)
+        return self.latest
+
+
+def test_a_host_drained_reloaded_and_brought_back_under_chat_load_fails_no_handshake(fleet):
+    """Issue 15's 7x24 update, under load: clients keep making new sessions through
+    HAProxy and chatting in one room (members on every host, Redis between them)
+    while host 1 is drained (`imcluster drain`: its check answers 404), reloaded
+    with new worker processes (`imcluster reload`) and undrained. Not one
+    handshake fails, every chat message comes back, nobody is cut off, messages
+    keep crossing hosts in every phase; while drained host 1 gets no new session,
+    and once undrained it gets them again."""
+    h1 = fleet.hosts[1]
+    p1 = host_prefix(1)
+    churn = Churn(fleet.haproxy.url, concurrency=6, max_connections=5000, timeout_ms=15000)
+    try:
+        churn.wait(lambda t: t["chats"] >= 40 and len(t["by_host"]) == 3, 90,
+                   "chats with sessions on all three hosts")
+        crossed = churn.latest["cross_host"]
+        imcluster_cli("drain", "--control", h1.control)
+        fleet.haproxy.wait_states({"host1": DRAINED, "host2": UP, "host3": UP})
+        # Sessions begun before HAProxy saw the drain end on their own (they are
+        # short); from then on host 1 gets none.
+        churn.wait(lambda t: t["live"].get(p1, 0) == 0, 60, "host 1's sessions over")
+        churn.more_chats(12)
+        on_h1 = churn.latest["by_host"].get(p1, 0)
+        old_pids = {w["pid"] for w in h1.status()["workers"]}
+        out = imcluster_cli("reload", "--control", h1.control)
+        new_pids = {w["pid"] for w in h1.wait_ready()}
+        assert not new_pids & old_pids, (out.stdout, old_pids, new_pids)
+        during = churn.more_chats(30)
+        assert during["by_host"].get(p1, 0) == on_h1, "a new session reached drained host 1"
+        assert during["cross_host"] > crossed
+        imcluster_cli("undrain", "--control", h1.control)
+        fleet.haproxy.wait_states({"host1": UP})
+        churn.wait(lambda t: t["by_host"].get(p1, 0) > on_h1, 60,
+                   "new sessions on host 1 again")
+        churn.more_chats(30)
+    finally:
+        final = churn.stop()
+    assert final.get("done") is True, final
+    assert final["failed_handshakes"] == 0, final["errors"]
+    assert final["failed_chats"] == 0 and final["cut"] == 0, final["errors"]
+    assert final["chats"] >= 150 and final["handshakes"] == final["chats"], final
+    assert final["cross_host"] > during["cross_host"]
