@@ -169,6 +169,7 @@ def _haproxy_config(args: argparse.Namespace, argv: list[str]) -> int:
         hosts = [haproxy.parse_host(h) for h in args.hosts]
         haproxy.check_hosts(hosts)
         settings.BY_NAME["bind"].parse(args.bind)
+        warning = haproxy.check_cert(args.cert) if args.cert else None
     except ValueError as e:
         print(f"imcluster: {e}", file=sys.stderr)
         return 2
@@ -182,6 +183,8 @@ def _haproxy_config(args: argparse.Namespace, argv: list[str]) -> int:
     shown = " ".join(a for a in argv[1:])
     sys.stdout.write(haproxy.config(args.bind, hosts, args.map, args.socket, args.cert,
                                     args.maxconn, shown))
+    if warning:
+        print(f"imcluster: warning: {warning}", file=sys.stderr)
     print(f"imcluster: wrote {args.map} ({len(hosts)} hosts)", file=sys.stderr)
     return 0
 

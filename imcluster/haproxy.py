@@ -71,6 +71,28 @@ def check_hosts(hosts: list[Host]) -> None:
             raise ValueError(f"two hosts with the same {attr}: {', '.join(map(str, dup))}")
 
 
+def check_cert(path: str) -> str | None:
+    """A `--cert` file as HAProxy's `ssl crt` reads it: one PEM holding the
+    certificate (chain) and its private key. ValueError when the file is here
+    but lacks either; a warning (str) when it is not here (the config may be
+    made on another machine than HAProxy's); None when it looks right."""
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except FileNotFoundError:
+        return f"{path} is not on this machine; HAProxy must find it there when it starts"
+    except OSError as e:
+        raise ValueError(f"cannot read the certificate {path}: {e.strerror or e}") from None
+    missing = [what for what, marker in (("certificate", b"-----BEGIN CERTIFICATE-----"),
+                                         ("private key", b"PRIVATE KEY-----"))
+               if marker not in pem]
+    if missing:
+        raise ValueError(f"{path} has no {' and no '.join(missing)}: HAProxy wants the "
+                         "certificate (and its chain) and the private key in one PEM file "
+                         "(cat cert.pem key.pem > site.pem)")
+    return None
+
+
 def host_map(hosts: list[Host]) -> str:
     """The map file: one `PREFIX SERVER` line per host."""
     head = ("# imcluster: a sid's first two characters (its host id) -> the HAProxy server\n"
@@ -81,6 +103,9 @@ def host_map(hosts: list[Host]) -> str:
 def config(bind: str, hosts: list[Host], map_path: str, socket_path: str,
            cert: str | None = None, maxconn: int = 100_000, argv: str = "") -> str:
     """A complete haproxy.cfg for `hosts` behind `bind` (HOST:PORT), commented."""
+    # TLS ends here; the hosts behind speak plain HTTP (keep them on a private
+    # network). HTTP/1.1 only (ALPN): HTTP/2 and WebSocket over it (RFC 8441)
+    # are not tested with imcluster.
     ssl = f" ssl crt {cert} alpn http/1.1" if cert else ""
     servers = "".join(f"    server {h.server} {h.address} {CHECK}\n"
                       for h in sorted(hosts, key=lambda h: h.id))
@@ -128,6 +153,14 @@ frontend socketio
     # looked up in the map. No sid (a new session, a page) or a host the map
     # does not know: no variable, and the backend balances.
     http-request set-var(txn.sid_host) url_param(sid),bytes(0,2),map_str({map_path})
+    # The scheme the client used, for the app: python-engineio accepts a browser's
+    # Origin only when it matches the scheme and Host it was reached by (its
+    # default, same-origin cors_allowed_origins), and behind TLS that is https.
+    # Set, never passed on: a client's own X-Forwarded-Proto is replaced.
+    http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]
+    # No Strict-Transport-Security header: HSTS binds browsers to https for
+    # the whole name for a long time; add it yourself once https is for good:
+    # http-response set-header Strict-Transport-Security "max-age=31536000"
     # The readiness path is for HAProxy's checks, not for clients.
     http-request deny deny_status 404 if {{ path {READY_PATH} }}
     default_backend {BACKEND}

@@ -72,6 +72,7 @@ class PendingConnections:
         self.waiting: OrderedDict[int, Pending] = OrderedDict()
         self.counters = {"routed": 0, "bad_request": 0, "too_long": 0, "timeout": 0,
                          "evicted": 0, "unavailable": 0, "other_host": 0}
+        self.tls_hint_after = 0.0  # monotonic time before which no TLS hint is logged
 
     def __len__(self) -> int:
         return len(self.pending) + len(self.waiting)
@@ -125,11 +126,29 @@ class PendingConnections:
             return
         except httpline.BadRequest as e:
             self.counters["too_long" if e.status == 414 else "bad_request"] += 1
+            if data[:1] == b"\x16" and data[1:2] == b"\x03":
+                self._hint_tls(p, now)
             self._fail(p, e.status, e.reason, now)
             return
         if p.seen:
             _set_lowat(p.sock, 1)  # the option travels with the fd to the worker
         self._route(p, line)
+
+    def _hint_tls(self, p: Pending, now: float) -> None:
+        """Say once a minute, in the log, why a TLS client got 400: the first bytes
+        were a TLS handshake record (content type 22, version 3.x; RFC 8446 5.1),
+        and no imcluster port speaks TLS (it ends at HAProxy)."""
+        if now < self.tls_hint_after:
+            return
+        self.tls_hint_after = now + 60.0
+        try:
+            host, port = p.sock.getpeername()[:2]
+            peer = f"{host}:{port}"
+        except OSError:
+            peer = "a client"
+        log.warning("%s spoke TLS to this plain-HTTP port (answered 400; said once a "
+                    "minute): TLS ends at HAProxy in front, `imcluster haproxy-config "
+                    "--cert PEM` (README, HTTPS)", peer)
 
     def _route(self, p: Pending, line: httpline.RequestLine) -> None:
         fd = self._forget(p)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import socketio
-from conftest import JS, node_script, wait_for
+from conftest import JS, node_clients, node_script, wait_for
 from rawhttp import EIO, Conn, parse_ack, poll_target, whoami_requests
 
 from imcluster import haproxy
 from imcluster.httpline import READY_PATH
-from imcluster.sid import host_of
+from imcluster.sid import host_of, host_prefix
 from imcluster.testing import free_port
 
 HAPROXY = shutil.which("haproxy")
@@ -53,6 +53,7 @@ class HAProxy:
                             # within this machine's descriptor limit (2 per connection)
                             "--maxconn", "4000", *extra,
                             *(f"{i}={a}" for i, a in hosts.items()))
+        self.scheme = "https" if "--cert" in extra else "http"
         self.cfg = d / "haproxy.cfg"
         self.cfg.write_text(out.stdout)
         self.log = open(d / "haproxy.log", "wb")
@@ -77,7 +78,7 @@ class HAProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def run(self, command: str) -> str:
         return haproxy.send(self.socket, command)
@@ -173,6 +174,11 @@ def test_the_generated_config_is_valid_and_names_every_host(tmp_path):
     bad = imcluster_cli("haproxy-config", "--bind", "127.0.0.1:1", "--map",
                         str(tmp_path / "m2.map"), "1=a:1", "1=b:2", check=False)
     assert bad.returncode == 2 and "same id" in bad.stderr
+    cert_only = tmp_path / "cert-only.pem"
+    cert_only.write_text("-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----\n")
+    bad = imcluster_cli("haproxy-config", "--bind", "127.0.0.1:1", "--map",
+                        str(tmp_path / "m3.map"), "--cert", str(cert_only), "1=a:1", check=False)
+    assert bad.returncode == 2 and "no private key" in bad.stderr and bad.stdout == ""
 
 
 def test_600_clients_each_served_by_the_host_its_sid_names_and_no_cookie(fleet):
@@ -413,3 +419,204 @@ def whoami_via(port: int, sid: str, n: int) -> int:
         status, _, body = c.read_response()
         assert status == 200, body
         return parse_ack(body, n)
+
+
+# --- TLS ends at HAProxy -------------------------------------------------------------
+
+def self_signed(d: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 made with the openssl command: (the
+    certificate alone, for clients to trust; certificate and key in one PEM, for
+    HAProxy's `ssl crt`)."""
+    key, cert, both = d / "key.pem", d / "cert.pem", d / "site.pem"
+    out = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    both.write_text(cert.read_text() + key.read_text())
+    return cert, both
+
+
+@pytest.fixture
+def tls_fleet(cluster_factory, redis_server, tmp_path):
+    """Hosts 1 and 2 (the chat demo, two workers each, on 127.0.0.2 and .3, Redis
+    between them) behind HAProxy with `--cert`: clients speak https:// and wss://
+    to HAProxy, HAProxy plain HTTP to the hosts."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    cert, pem = self_signed(tmp_path)
+    hosts = {}
+    for i in (1, 2):
+        ip = f"127.0.0.{i + 1}"
+        hosts[i] = cluster_factory(app=None, workers=2, host_id=i, redis=redis_server,
+                                   bind=f"{ip}:{free_port(ip)}")
+    for c in hosts.values():
+        c.wait_ready()
+    hp = HAProxy(tmp_path, {i: c.url.removeprefix("http://") for i, c in hosts.items()},
+                 extra=("--cert", str(pem)))
+    try:
+        hp.wait_states({"host1": UP, "host2": UP})
+        yield hp, hosts, cert
+    finally:
+        hp.stop()
+
+
+def test_js_clients_over_https_and_wss_reach_the_host_their_sid_names(tls_fleet):
+    """The official JS client, trusting the test's self-signed certificate (TLS
+    verification on), over https:// long-polling and over polling upgraded to
+    wss://: every handshake succeeds, the default transport ends on WebSocket,
+    and every answer comes from the host the sid names; both hosts serve. A room
+    with members on both hosts hears one message through Redis. Without the
+    certificate trusted, or over plain http://, nobody connects: it is TLS."""
+    hp, hosts, cert = tls_fleet
+    pids = {w["pid"]: i for i, c in hosts.items() for w in c.status()["workers"]}
+    seen = set()
+    for transport in ("polling", "default"):
+        r = node_script(JS / "hosts.mjs", hp.url, timeout=120, clients=40,
+                        transport=transport, wave=10, ca_file=str(cert))
+        assert r["errors"] == [], r["errors"][:5]
+        assert len(r["results"]) == 40
+        for c in r["results"]:
+            host = host_of(c["eio"])
+            assert c["secure"] is True and host_of(c["nsp"]) == host, c
+            assert pids[c["before"]] == host and pids[c["after"]] == host, c
+            seen.add(host)
+        want = "websocket" if transport == "default" else "polling"
+        assert {c["transport"] for c in r["results"]} == {want}
+    assert seen == {1, 2}
+    room = node_clients(hp.url, clients=20, transport="default", wave=10,
+                        room="tls", ca_file=str(cert))
+    assert room["errors"] == [] and room["connected"] == 20, room
+    assert {pids[int(p)] for p in room["pids"]} == {1, 2}, room["pids"]
+    assert room["transports"] == {"websocket": 20}
+    assert room["received"] == 20 and room["duplicates"] == 0, room
+    untrusted = node_script(JS / "hosts.mjs", hp.url, clients=2, transport="default",
+                            timeout_ms=5000)
+    assert untrusted["results"] == [] and len(untrusted["errors"]) == 2, untrusted
+    plain = node_script(JS / "hosts.mjs", hp.url.replace("https:", "http:"), clients=2,
+                        transport="default", timeout_ms=5000)
+    assert plain["results"] == [] and len(plain["errors"]) == 2, plain
+
+
+def test_browser_chats_over_https_and_wss_across_hosts(tls_fleet, browser):
+    """Headless Chromium loads the chat demo through HAProxy over https:// (the
+    self-signed certificate accepted for this context only) and chats on wss://
+    with tabs on both hosts. A browser sends its Origin (https://…) and the
+    hosts are reached over plain HTTP: they accept it only because HAProxy tells
+    them the client's scheme (X-Forwarded-Proto)."""
+    hp, hosts, _ = tls_fleet
+    pids = {w["pid"]: i for i, c in hosts.items() for w in c.status()["workers"]}
+    ctx = browser.new_context(ignore_https_errors=True)
+    ctx.set_default_timeout(15_000)
+    try:
+        pages = []
+        state = "() => window.chat && [window.chat.status, window.chat.transport, window.chat.pid]"
+
+        def connected(page):
+            s = page.evaluate(state)
+            return s if s and s[0] == "connected" and s[1] == "websocket" else None
+
+        for n in range(8):
+            page = ctx.new_page()
+            page.goto(f"{hp.url}/?room=tls&name=user{n}")
+            pages.append(page)
+            wait_for(lambda p=page: connected(p), 20, what=f"tab {n} connected on websocket")
+            if {pids[connected(p)[2]] for p in pages} == {1, 2} and len(pages) >= 2:
+                break
+        assert {pids[connected(p)[2]] for p in pages} == {1, 2}
+        assert pages[0].evaluate("location.protocol") == "https:"
+        ack = pages[0].evaluate("(t) => window.chat.send(t)", "over wss")
+        assert ack is True
+        for page in pages:
+            wait_for(lambda p=page: "over wss" in p.evaluate(
+                "() => window.chat.messages.map((m) => m.text)"), 15,
+                what="every tab to show the message")
+    finally:
+        ctx.close()
+
+
+# --- 7x24 updates under load -----------------------------------------------------------
+
+class Churn:
+    """tests/js/churn.mjs running: official clients connecting one after another in
+    a few loops, each joining a room, saying a message and hearing it back, then
+    closing; `latest` is its last progress line (running totals)."""
+
+    def __init__(self, url: str, **opts):
+        self.proc = subprocess.Popen(["node", str(JS / "churn.mjs"),
+                                      json.dumps({"url": url, **opts})],
+                                     cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        self.latest: dict = {}
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.latest = json.loads(line)
+
+    def wait(self, pred, timeout: float, what: str) -> dict:
+        def reached():
+            if self.proc.poll() is not None and not self.reader.is_alive():
+                raise AssertionError(f"churn.mjs ended early: {self.latest}")
+            return self.latest if self.latest and pred(self.latest) else None
+        return wait_for(reached, timeout, 0.1, what=what)
+
+    def more_chats(self, n: int, timeout: float = 60) -> dict:
+        start = self.latest.get("chats", 0)
+        return self.wait(lambda t: t["chats"] >= start + n, timeout, f"{n} more chats")
+
+    def stop(self) -> dict:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.reader.join(10)
+        return self.latest
+
+
+def test_a_host_drained_reloaded_and_brought_back_under_chat_load_fails_no_handshake(fleet):
+    """Issue 15's 7x24 update, under load: clients keep making new sessions through
+    HAProxy and chatting in one room (members on every host, Redis between them)
+    while host 1 is drained (`imcluster drain`: its check answers 404), reloaded
+    with new worker processes (`imcluster reload`) and undrained. Not one
+    handshake fails, every chat message comes back, nobody is cut off, messages
+    keep crossing hosts in every phase; while drained host 1 gets no new session,
+    and once undrained it gets them again."""
+    h1 = fleet.hosts[1]
+    p1 = host_prefix(1)
+    churn = Churn(fleet.haproxy.url, concurrency=6, max_connections=5000, timeout_ms=15000)
+    try:
+        churn.wait(lambda t: t["chats"] >= 40 and len(t["by_host"]) == 3, 90,
+                   "chats with sessions on all three hosts")
+        crossed = churn.latest["cross_host"]
+        imcluster_cli("drain", "--control", h1.control)
+        fleet.haproxy.wait_states({"host1": DRAINED, "host2": UP, "host3": UP})
+        # Sessions begun before HAProxy saw the drain end on their own (they are
+        # short); from then on host 1 gets none.
+        churn.wait(lambda t: t["live"].get(p1, 0) == 0, 60, "host 1's sessions over")
+        churn.more_chats(12)
+        on_h1 = churn.latest["by_host"].get(p1, 0)
+        old_pids = {w["pid"] for w in h1.status()["workers"]}
+        out = imcluster_cli("reload", "--control", h1.control)
+        new_pids = {w["pid"] for w in h1.wait_ready()}
+        assert not new_pids & old_pids, (out.stdout, old_pids, new_pids)
+        during = churn.more_chats(30)
+        assert during["by_host"].get(p1, 0) == on_h1, "a new session reached drained host 1"
+        assert during["cross_host"] > crossed
+        imcluster_cli("undrain", "--control", h1.control)
+        fleet.haproxy.wait_states({"host1": UP})
+        churn.wait(lambda t: t["by_host"].get(p1, 0) > on_h1, 60,
+                   "new sessions on host 1 again")
+        churn.more_chats(30)
+    finally:
+        final = churn.stop()
+    assert final.get("done") is True, final
+    assert final["failed_handshakes"] == 0, final["errors"]
+    assert final["failed_chats"] == 0 and final["cut"] == 0, final["errors"]
+    assert final["chats"] >= 150 and final["handshakes"] == final["chats"], final
+    assert final["cross_host"] > during["cross_host"]

@@ -6,9 +6,12 @@ and python-socketio clients."""
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 
 import pytest
 import socketio
+from conftest import wait_for
 from rawhttp import EIO, Conn, poll_target, whoami_requests
 
 from imcluster.sid import host_of, host_prefix, make_sid, owner_of
@@ -103,3 +106,23 @@ def test_host_0_is_one_host_and_refuses_other_hosts_sids(cluster_factory):
         status, _, body = conn.request("GET", poll_target(make_sid(wid, 7)))
     assert status == 400 and b"Invalid session" in body
     assert counters(c)["other_host"] == 1
+
+
+def test_a_tls_client_gets_400_and_the_log_says_where_tls_ends(cluster_factory):
+    """A client that speaks TLS straight to a master (https:// to an imcluster
+    port) fails its handshake on the master's plain 400, as before; the master's
+    log now says why, once a minute, naming HAProxy's --cert; it serves on."""
+    c = cluster_factory(workers=1)
+    c.wait_ready()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", c.port), 5) as raw:
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                ctx.wrap_socket(raw).close()
+    wait_for(lambda: counters(c)["bad_request"] == 3, 10, what="3 bad requests counted")
+    wait_for(lambda: "spoke TLS" in c.log(), 10, what="the TLS hint in the log")
+    assert c.log().count("spoke TLS") == 1
+    assert "haproxy-config --cert" in c.log()
+    with Conn(c.port) as conn:
+        assert conn.request("GET", EIO)[0] == 200

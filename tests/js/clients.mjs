@@ -2,14 +2,15 @@
 // Usage: node clients.mjs '{"url": "...", "clients": 30, "transport": "default", ...}'
 //   mode "room": connect, whoami (before and after any upgrade), join, one say, count deliveries.
 //   mode "hold": connect and stay connected; print {"held": n} then wait for stdin to close.
-import { connect as connectTo, sleep, withTimeout } from "./common.mjs";
+//   "ca_file": a PEM file to trust for https:// and wss:// (common.mjs tlsOptions).
+import { connect as connectTo, sleep, tlsOptions, withTimeout } from "./common.mjs";
 
 const opt = {
   clients: 30, transport: "default", room: "r", mode: "room", wave: 10, timeout_ms: 20000,
   ...JSON.parse(process.argv[2] || "{}"),
 };
 const errors = [];
-const connect = () => connectTo(opt.url, opt.transport, opt.timeout_ms);
+const connect = () => connectTo(opt.url, opt.transport, opt.timeout_ms, tlsOptions(opt));
 
 function upgraded(s) {
   const eng = s.io.engine;

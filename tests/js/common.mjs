@@ -1,4 +1,5 @@
 // Helpers shared by the JS drivers of the tests (clients.mjs, order.mjs).
+import { readFileSync } from "node:fs";
 import { io } from "socket.io-client";
 
 export const TRANSPORTS = {
@@ -10,10 +11,16 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export const withTimeout = (p, ms, what) =>
   Promise.race([p, sleep(ms).then(() => { throw new Error(`timeout: ${what}`); })]);
 
+// TLS options for https:// and wss:// from a driver's options: `ca_file`, a PEM file of
+// the certificate(s) to trust (a test's self-signed one); engine.io-client hands `ca` to
+// both its polling requests and its WebSocket. Verification stays on.
+export const tlsOptions = (opt) => (opt.ca_file ? { ca: readFileSync(opt.ca_file) } : {});
+
 // One official socket.io-client connection (no reconnection); `said` records what it hears.
-export function connect(url, transport, timeoutMs) {
+export function connect(url, transport, timeoutMs, extra = {}) {
   const s = io(url, {
     transports: TRANSPORTS[transport], forceNew: true, reconnection: false, timeout: timeoutMs,
+    ...extra,
   });
   s.said = [];
   s.on("said", (m) => s.said.push(m));

@@ -3,8 +3,9 @@
 // pids that answered, and the cookies its jar holds (withCredentials: the client keeps
 // every Set-Cookie it is sent, as a browser would). Prints one JSON line.
 // Usage: node hosts.mjs '{"url": "...", "clients": 300, "transport": "polling"}'
+// ("ca_file": a PEM file to trust for https:// and wss://, as in common.mjs)
 import { io } from "socket.io-client";
-import { TRANSPORTS, withTimeout } from "./common.mjs";
+import { TRANSPORTS, tlsOptions, withTimeout } from "./common.mjs";
 
 const opt = {
   clients: 30, transport: "default", wave: 20, timeout_ms: 30000,
@@ -14,7 +15,7 @@ const opt = {
 function connect() {
   const s = io(opt.url, {
     transports: TRANSPORTS[opt.transport], forceNew: true, reconnection: false,
-    timeout: opt.timeout_ms, withCredentials: true,
+    timeout: opt.timeout_ms, withCredentials: true, ...tlsOptions(opt),
   });
   return withTimeout(new Promise((resolve, reject) => {
     s.once("connect", () => resolve(s));
@@ -40,6 +41,8 @@ async function one() {
   const jar = s.io.engine._cookieJar;
   return {
     eio: s.io.engine.id, nsp: s.id, before, after, transport: s.io.engine.transport.name,
+    // https:// and wss:// (engine.io-client's `secure`, from the URL's scheme)
+    secure: s.io.engine.secure,
     cookies: jar ? [...jar._cookies.keys()] : null,
   };
 }
