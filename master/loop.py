@@ -83,8 +83,8 @@ class Master:
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
         self.next_memory_check = 0.0
-        self.counters = {"accepted": 0, "handoffs": 0, "handbacks": 0, "rerouted": 0,
-                         "relayed": 0, "relay_dropped": 0}
+        self.counters = {"accepted": 0, "handoffs": 0, "handbacks": 0, "handovers": 0,
+                         "rerouted": 0, "relayed": 0, "relay_dropped": 0}
 
     @property
     def exit_code(self) -> int:
@@ -222,6 +222,8 @@ class Master:
                 link = self.links.get(a.worker_id)
                 if link is not None:
                     self._close_link(link)
+            elif kind is ev.Move:
+                self._move(a.conn, a.worker_id)
             elif kind is ev.RetryHeld:
                 self.pending.retry_waiting()
             elif kind is ev.StopListening:
@@ -246,6 +248,7 @@ class Master:
             "graceful_timeout": self.cfg.graceful_timeout,
             "cors_origins": self.cfg.cors_origins,
             "ws_compression": self.cfg.ws_compression,
+            "handover": self.cfg.handover,
             "allow_untested_versions": self.cfg.allow_untested_versions,
         }
         fd = worker_end.fileno()
@@ -319,6 +322,11 @@ class Master:
                         self.counters["handbacks"] += 1
                         self.pending.add(socket.socket(fileno=fd), time.monotonic())
                     continue
+                if kind == ch.HANDOVER and len(fds) == 1 and not flags & ch.MORE:
+                    self.counters["handovers"] += 1
+                    self._feed(ev.Moving((ch.HANDOVER + b"\x00" + payload,
+                                          socket.socket(fileno=fds[0])), wid))
+                    continue
                 for fd in fds:  # fds on any other frame are a protocol error
                     os.close(fd)
                 whole = link.joiner.feed(kind, flags, payload)
@@ -386,6 +394,18 @@ class Master:
         if self.queued_socks >= self.cfg.max_queued:
             self._accepting(False)
 
+    def _move(self, conn: tuple[bytes, socket.socket], wid: int | None) -> None:
+        """Relay a handed-over session (frame and client socket) to worker `wid`."""
+        frame, sock = conn
+        link = self.links.get(wid) if wid is not None else None
+        if link is None:
+            sock.close()  # the client sees its connection end and reconnects
+            return
+        link.outq.append((frame, sock))
+        link.out_bytes += len(frame)
+        self.queued_socks += 1
+        self._flush(link)
+
     def _flush(self, link: Link) -> None:
         chan = link.channel
         if chan is None:
@@ -437,10 +457,12 @@ class Master:
             self._feed(ev.ChannelClosed(link.worker_id))
         rescued = 0
         while link.outq:
-            _, sock = link.outq.popleft()
+            frame, sock = link.outq.popleft()
             if sock is not None:
                 self.queued_socks -= 1
-                if reroute:
+                if frame[:1] == ch.HANDOVER:
+                    sock.close()  # mid-stream: no other worker can read it from here
+                elif reroute:
                     rescued += 1
                     self.pending.add(sock, time.monotonic())
                 else:
