@@ -62,6 +62,8 @@ class WorkerServer:
         self.load_sent: tuple[int, int] | None = None  # (sessions, connections) of the last LOAD
         self.handoffs_acked = 0  # the count in the last ACK
         self.stopping = False
+        self.handed_over = 0  # sessions moved to another worker while stopping
+        self.closed_on_stop = 0  # sessions closed while stopping
         self.app: appmod.App | None = None
         self.relay: MasterRelayManager | None = None
         self.default_manager: socketio.PubSubManager | None = None
@@ -194,6 +196,8 @@ class WorkerServer:
                 os.close(fds[0])  # cannot happen: only READY workers are sent sessions
                 return
             handover.move_in(self, payload, fds[0])
+            if self.handoffs % ACK_EVERY == 0:
+                self._report()
             return
         for fd in fds:
             os.close(fd)
@@ -261,6 +265,9 @@ class WorkerServer:
                 for s in list(eio.sockets.values()):
                     closers.spawn(self._move_or_close, s, flush, move)
                 closers.waitall()
+                if move:
+                    log.info("handed over %d session(s), closed %d", self.handed_over,
+                             self.closed_on_stop)
             while self.pool.running():
                 for sock in list(self.idle):
                     eventlet.greenio.shutdown_safe(sock)  # nothing in flight on these
@@ -272,9 +279,11 @@ class WorkerServer:
         if move:
             try:
                 if handover.move_out(self, s):
+                    self.handed_over += 1
                     return
             except Exception:
                 log.exception("%s: hand-over failed; closing the session", s.sid)
+        self.closed_on_stop += 1
         _close_session(s, flush_seconds)
 
 

@@ -474,6 +474,18 @@ class ClusterSocket(internals.ENGINE_SOCKET):
                 pinger = self.server._imcluster_pinger = Pinger()
             pinger.add(self)
 
+    def await_pong(self) -> None:
+        """A session handed over with a PING pending (last_ping set): close it
+        if the PONG does not come within the ping timeout from now."""
+        if not self._eventlet():
+            return
+        # internals: engineio-server-attrs (an attribute of ours on the server)
+        pinger = self.server.__dict__.get("_imcluster_pinger")
+        if pinger is None:
+            pinger = self.server._imcluster_pinger = Pinger()
+        self.ping_scheduled = True
+        pinger.deadlines.add(self.server.ping_timeout, self, self.last_ping)
+
     # internals: engineio-socket-websocket-handler (a copy, changed), eventlet-ws-socket
     def _websocket_handler(self, ws):
         if not self._eventlet() or "permessage-deflate" in ws.extensions:
@@ -534,17 +546,20 @@ class ClusterSocket(internals.ENGINE_SOCKET):
             writer.finish()
         return self._read_loop(ws, writer, receive)
 
-    def resume_websocket(self, ws, rest: bytes = b"") -> list:
-        """Serve a WebSocket session handed over by another worker
+    def adopt_websocket(self, ws, rest: bytes = b"") -> None:
+        """Take over a WebSocket session handed over by another worker
         (workers/handover.py): `ws` is over the received socket, `rest` the
-        bytes the old worker read but did not parse."""
+        bytes the old worker read but did not parse. From here on, what is
+        sent to the session is written; `resume_websocket` then reads it."""
         server = self.server
-        limit = server.max_http_buffer_size
         ws.close = functools.partial(shut_down, ws)  # internals: eventlet-ws-close
         ws.socket.settimeout(server.ping_interval + 2 * server.ping_timeout)
-        writer = FrameWriter(ws)
+        self.writer = FrameWriter(ws)
         ws.socket = self.receive_buffer = BufferedReceive(ws.socket, rest)
-        self.writer = writer
+
+    def resume_websocket(self, ws) -> list:
+        """Read a session taken over with `adopt_websocket` until it ends."""
+        limit = self.server.max_http_buffer_size
 
         def receive():
             data = ws.wait()
@@ -552,7 +567,7 @@ class ClusterSocket(internals.ENGINE_SOCKET):
                 raise ValueError("packet is too large")
             return data
 
-        return self._read_loop(ws, writer, receive)
+        return self._read_loop(ws, self.writer, receive)
 
     def _read_loop(self, ws, writer: FrameWriter, receive) -> list:
         """Read the session's packets until it ends, or until a hand-over

@@ -60,6 +60,7 @@ async function talk(s, k) {
       if (ack?.k !== k || ack?.n !== n) stats.wrong_acks++;
     } catch {
       stats.failed_acks++;
+      console.error(`failed ack: client ${k} (sid ${s.io.engine.id}), echo ${n}`);
     }
     if (n % opt.say_every === 0) {
       const text = `${k}:${n}`;
