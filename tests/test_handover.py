@@ -203,3 +203,31 @@ def test_without_handover_a_reload_still_reconnects_the_clients(cluster_factory)
     new = set(stats["pids_after"])
     assert len(new) == 2 and not new & old
     assert cluster.status()["master"]["counters"]["handovers"] == 0
+
+
+def test_a_chromium_tab_never_leaves_connected_during_a_reload(browser, cluster_factory):
+    from test_browser import WATCH_STATUS_JS, Users
+
+    cluster = cluster_factory(app=None, workers=2, handover=True)  # the chat demo
+    old = {w["pid"] for w in cluster.wait_ready()}
+    users = Users(browser, cluster.url, "websocket")
+    try:
+        users.wait_in_room()
+        for tab in users.tabs:
+            tab.page.evaluate(WATCH_STATUS_JS)
+        sent: list[tuple] = []
+        users.exchange(["before"], [users.tabs[0]], sent)
+        reload(cluster)
+        new = {w["pid"] for w in cluster.wait_ready()}
+        assert not new & old
+        for tab in users.tabs:
+            assert tab.whoami() in new, f"{tab} is served by a new worker"
+        # The chat goes on (its names live in save_session, which moved).
+        users.exchange(["after 1", "after 2"], [users.tabs[0], users.tabs[3]], sent)
+        want = [text for text, _, _ in sent]
+        sts = users.wait_all(lambda s: s.get("texts") == want, 15,
+                             "every tab shows the conversation, once, in order")
+        for tab, s in sts.items():
+            assert set(s["statuses"]) == {"connected"}, f"{tab} went {s['statuses']}"
+    finally:
+        users.close()

@@ -171,7 +171,7 @@ class _Stopped:
 
 
 def _stop_reader(s: sessions.ClusterSocket) -> _Stopped:
-    if not getattr(s, "upgraded", False) or s.writer is None or s.reader is None:
+    if not getattr(s, "upgraded", False) or s.writer is None:
         raise Refused("not a WebSocket session served by imcluster's writer")
     if s.closed or s.closing:
         raise Refused("closing")
@@ -186,8 +186,8 @@ def _stop_reader(s: sessions.ClusterSocket) -> _Stopped:
         # greenlet would leave that one suspended for good. The reader is
         # parked between two messages exactly when it waits in recv() at a
         # message boundary with nothing buffered (BufferedReceive).
-        if stopped.ready() or s.closed:
-            return
+        if stopped.ready() or s.closed or s.reader is None:
+            return  # no reader yet: a session just taken over, whose reader starts soon
         if buf.parked and buf.boundary and buf.pos >= len(buf.buf):
             s.handover_state = "stopping"
             s.reader.throw(sessions.HandingOver())
