@@ -73,18 +73,22 @@ Routing stays by sid (design.md, invariant 3): a request naming W goes to W
 while W serves its own; once W is gone it goes to `Core.moved[W]` while that
 worker serves; the entry is dropped when it exits.
 
-Broadcasts in flight (not solved by this slice)
------------------------------------------------
-A room message relayed to W after W detached a session and before V has
-registered it reaches neither (missed); one W published and delivered itself
-just before the move, relayed to V after it, reaches the session twice. In
+Broadcasts in flight (master relay; partly solved)
+--------------------------------------------------
+The relay is ordered per channel, and both ends order the move with it:
+V takes the session in (`move_in`) only after its listener has handled every
+broadcast the master relayed to it before the HANDOVER frame (those were
+for W's sessions, delivered by W or published by W before the move), and W,
+before it detaches the session, lets its listener handle every broadcast
+relayed to it so far (they reach the session from W). So nothing reaches the
+session twice. Still missed: a broadcast the master relays to W in the
+instant between W's detach and the master's receipt of HANDOVER (W no longer
+has the session, V handles it before the session arrives). In
 tests/test_handover.py, 100 clients with about 1,000 room messages during a
-reload: up to about 1% of deliveries missed, a few duplicated in some runs.
-The plan: W sends a barrier frame before it detaches, the master echoes it to
-W and tells V to keep a copy of what it relays after the barrier; W delivers
-to the session what arrives before the echo and nothing it publishes itself
-after sending the barrier, V replays to it what came after. Acks are not
-affected: they travel on the session's own stream.
+reload: up to about 0.4% of deliveries missed. The fix planned: the master
+numbers its relays to each worker, W puts the number it handled in the
+state, and the master replays the rest to V for that session alone.
+With Redis (`--redis`) nothing orders the move with the broadcasts yet.
 """
 
 from __future__ import annotations
@@ -132,7 +136,7 @@ def move_out(worker, s: sessions.ClusterSocket) -> bool:
         log.info("%s: not handed over: %s", s.sid, e)
         return False
     try:
-        state = _take_state(sio, eio, s)
+        state = _take_state(worker, sio, eio, s)
         payload = ch.encode_json(state)
         if len(payload) > ch.FRAGMENT:
             raise Refused(f"its state takes {len(payload)} bytes, more than one frame")
@@ -201,7 +205,7 @@ def _stop_reader(s: sessions.ClusterSocket) -> _Stopped:
     return _Stopped(s)
 
 
-def _take_state(sio, eio, s: sessions.ClusterSocket) -> dict:
+def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
     mgr = sio.manager
     deadline = time.monotonic() + HANDLER_WAIT
     # A message the reader took just before it stopped may have its handler
@@ -227,6 +231,14 @@ def _take_state(sio, eio, s: sessions.ClusterSocket) -> dict:
                         s.sid, waiting)
             break
         eventlet.sleep(0.005)
+    relay = getattr(worker, "relay", None)
+    if relay is not None:
+        # Broadcasts the master relayed here before now reach the session from
+        # here, while it is still attached (the listener handles them apart).
+        handled = eventlet.event.Event()
+        relay.after_pending(lambda: handled.send(True))
+        if not handled.wait(HANDLER_WAIT):
+            raise Refused("the relay's backlog was not handled in time")
     if s.sid in sio._binary_packet:  # internals: socketio-handover-state
         raise Refused("a binary packet is half received")
     leaving = hook("leaving")

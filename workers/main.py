@@ -195,7 +195,14 @@ class WorkerServer:
             if self.app is None or self.stopping:
                 os.close(fds[0])  # cannot happen: only READY workers are sent sessions
                 return
-            handover.move_in(self, payload, fds[0])
+            if self.relay is not None:
+                # After the broadcasts relayed before it: those went out from the
+                # old worker (or were published before the move), so the session
+                # must not be here yet when they are handled.
+                fd = fds[0]
+                self.relay.after_pending(lambda: handover.move_in(self, payload, fd))
+            else:
+                handover.move_in(self, payload, fds[0])
             if self.handoffs % ACK_EVERY == 0:
                 self._report()
             return

@@ -30,6 +30,18 @@ class MasterRelayManager(ClusterPubSubManager):
         """Called by the channel reader for every relayed message."""
         self.inbox.put(payload)
 
+    def after_pending(self, fn) -> None:
+        """Run `fn()` in the listener, once every message relayed before now has
+        been handled (session hand-over orders itself with the relay this way)."""
+        self.inbox.put(fn)
+
     def _receive(self):
         while True:
-            yield self.inbox.get()
+            item = self.inbox.get()
+            if callable(item):
+                try:
+                    item()
+                except Exception:  # the listener must outlive any one step
+                    self._get_logger().exception("relay: a queued step failed")
+                continue
+            yield item
