@@ -15,6 +15,8 @@ byte of its own in both directions (M: master, W: worker):
     STOP       S     M     empty                              to drain and exit (retire, scale down)
     HANDOVER   V     M, W  JSON object (7), one client fd     W: a draining worker's session
                                                               leaves; M: relayed to its new owner
+    REPLAY     W     M     Engine.IO sid, LF, a RELAY's       after a HANDOVER, each relay its old
+                           payload                            worker had not handled (7)
     READY      R     W     empty                              once: app imported, serving
     HANDBACK   B     W     empty, with one client fd          a kept-alive connection's next request
                                                               is another worker's (or a new session)
@@ -41,7 +43,11 @@ byte of its own in both directions (M: master, W: worker):
    hand-over is never fragmented, so its fd and its state arrive together.
    The master counts the relayed frame in the receiver's hand-off window,
    and the receiver counts it in its ACK, like a HANDOFF. Sent only with
-   `--handover yes`.
+   `--handover yes`. Its "relay_seen" is how many RELAY messages the old
+   worker had handled when the session left; the master numbers what it
+   relays to each worker and sends the new owner, as REPLAY, those after
+   that number that it still holds (the last REPLAY_KEEP), for that session
+   alone.
 
 The master counts any frame as a sign of life (`--heartbeat-timeout`); it
 routes new sessions by LOAD's sessions plus the hand-offs not yet acknowledged.
@@ -61,6 +67,10 @@ RELAY = b"M"
 STOP = b"S"
 # both ways
 HANDOVER = b"V"
+# master -> worker, after a HANDOVER
+REPLAY = b"W"
+# Relayed messages the master keeps per worker for REPLAY.
+REPLAY_KEEP = 4096
 # worker -> master
 READY = b"R"
 HANDBACK = b"B"

@@ -50,7 +50,7 @@ class Link:
     """The master's end of one worker's channel, and what is queued on it."""
 
     __slots__ = ("worker_id", "slot", "pid", "channel", "outq", "out_bytes", "delivered",
-                 "confirmed", "joiner")
+                 "confirmed", "joiner", "relayed", "recent")
 
     def __init__(self, worker_id: int, slot: int, pid: int, channel: socket.socket):
         self.worker_id, self.slot, self.pid, self.channel = worker_id, slot, pid, channel
@@ -59,6 +59,8 @@ class Link:
         self.delivered = 0  # hand-offs written to the channel
         self.confirmed = 0  # hand-offs the worker acknowledged receiving (ACK)
         self.joiner = ch.Joiner()
+        self.relayed = 0  # RELAY messages queued for it (their numbers, from 1)
+        self.recent: deque = deque(maxlen=ch.REPLAY_KEEP)  # (number, payload), for REPLAY
 
     @property
     def unconfirmed(self) -> int:
@@ -309,7 +311,12 @@ class Master:
                     frame = ch.recv_frame(link.channel)
                 except (BlockingIOError, InterruptedError):
                     return
-                except (ConnectionResetError, ValueError, OSError) as e:
+                except ConnectionResetError:
+                    # The worker exited with relays unread in its queue. Linux reports
+                    # that before the frames it sent last (its final broadcasts,
+                    # sessions handed over) and clears it: read on, up to EOF.
+                    continue
+                except (ValueError, OSError) as e:
                     log.warning("slot %d: channel error: %s", link.slot, e)
                     frame = None
                 if frame is None:
@@ -325,7 +332,8 @@ class Master:
                 if kind == ch.HANDOVER and len(fds) == 1 and not flags & ch.MORE:
                     self.counters["handovers"] += 1
                     self._feed(ev.Moving((ch.HANDOVER + b"\x00" + payload,
-                                          socket.socket(fileno=fds[0])), wid))
+                                          socket.socket(fileno=fds[0]),
+                                          _unseen(link, payload)), wid))
                     continue
                 for fd in fds:  # fds on any other frame are a protocol error
                     os.close(fd)
@@ -370,6 +378,8 @@ class Master:
             for f in frames:
                 link.outq.append((f, None))
                 link.out_bytes += len(f)
+            link.relayed += 1
+            link.recent.append((link.relayed, payload))
             self.counters["relayed"] += 1
             self._flush(link)
 
@@ -394,9 +404,10 @@ class Master:
         if self.queued_socks >= self.cfg.max_queued:
             self._accepting(False)
 
-    def _move(self, conn: tuple[bytes, socket.socket], wid: int | None) -> None:
-        """Relay a handed-over session (frame and client socket) to worker `wid`."""
-        frame, sock = conn
+    def _move(self, conn: tuple[bytes, socket.socket, list[bytes]], wid: int | None) -> None:
+        """Relay a handed-over session (frame, client socket, and the REPLAY frames
+        of what its old worker had not handled) to worker `wid`."""
+        frame, sock, replays = conn
         link = self.links.get(wid) if wid is not None else None
         if link is None:
             sock.close()  # the client sees its connection end and reconnects
@@ -404,6 +415,10 @@ class Master:
         link.outq.append((frame, sock))
         link.out_bytes += len(frame)
         self.queued_socks += 1
+        for payload in replays:
+            for f in ch.frames(ch.REPLAY, payload):
+                link.outq.append((f, None))
+                link.out_bytes += len(f)
         self._flush(link)
 
     def _flush(self, link: Link) -> None:
@@ -549,6 +564,18 @@ class Master:
         for link in list(self.links.values()):
             self._close_link(link, reroute=False)
         log.info("master exiting (code %d)", self.exit_code)
+
+
+def _unseen(link: Link, state: bytes) -> list[bytes]:
+    """REPLAY payloads for a session handed over from `link`'s worker: each relay
+    to it after the number its state says it handled ("relay_seen")."""
+    try:
+        doc = json.loads(state)
+        seen, eio_sid = int(doc.get("relay_seen", link.relayed)), str(doc["eio_sid"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []
+    head = eio_sid.encode() + b"\n"
+    return [head + p for n, p in link.recent if n > seen]
 
 
 def _count(payload: bytes) -> int | None:

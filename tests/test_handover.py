@@ -106,7 +106,8 @@ def test_memory_limit_replacement_moves_the_sessions(cluster_factory):
                               max_memory=200)
     old = {w["pid"] for w in cluster.wait_ready()}
     stats = under_traffic(cluster, lambda: bloat_one(cluster))
-    print(f"FIGURE handover memory limit: {CLIENTS} JS clients, {stats}")
+    print(f"FIGURE handover memory limit: {CLIENTS} JS clients, {stats}, "
+          f"master counters {cluster.status()['master']['counters']}")
     assert set(stats["pids_before"]) == old
     assert_nothing_noticed(stats)
     after = set(stats["pids_after"])

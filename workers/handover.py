@@ -73,22 +73,31 @@ Routing stays by sid (design.md, invariant 3): a request naming W goes to W
 while W serves its own; once W is gone it goes to `Core.moved[W]` while that
 worker serves; the entry is dropped when it exits.
 
-Broadcasts in flight (master relay; partly solved)
---------------------------------------------------
-The relay is ordered per channel, and both ends order the move with it:
-V takes the session in (`move_in`) only after its listener has handled every
-broadcast the master relayed to it before the HANDOVER frame (those were
-for W's sessions, delivered by W or published by W before the move), and W,
-before it detaches the session, lets its listener handle every broadcast
-relayed to it so far (they reach the session from W). So nothing reaches the
-session twice. Still missed: a broadcast the master relays to W in the
-instant between W's detach and the master's receipt of HANDOVER (W no longer
-has the session, V handles it before the session arrives). In
-tests/test_handover.py, 100 clients with about 1,000 room messages during a
-reload: up to about 0.4% of deliveries missed. The fix planned: the master
-numbers its relays to each worker, W puts the number it handled in the
-state, and the master replays the rest to V for that session alone.
-With Redis (`--redis`) nothing orders the move with the broadcasts yet.
+Broadcasts in flight (master relay)
+-----------------------------------
+The relay is ordered per channel, and the move is ordered with it:
+- V takes the session in (`move_in`) only after its listener has handled
+  every broadcast relayed to it before the HANDOVER frame (those were for W's
+  sessions: delivered by W, or replayed, below);
+- W, before it detaches the session, lets its listener handle what was
+  relayed to it so far (it reaches the session from W), and puts in the state
+  how many relayed messages it had handled (`relay_seen`);
+- the master numbers its relays to each worker and keeps the last
+  channel.REPLAY_KEEP; with the HANDOVER it sends V, as REPLAY frames, those
+  W had not handled, and V delivers each to that session alone, if it was
+  addressed to it (`replay`).
+- A broadcast W publishes before the detach went out from W and reaches the
+  master before the HANDOVER; one published after reaches V after it.
+So nothing reaches the session twice. Still missed: what V itself publishes
+in the instant before the session arrives, if the master gets it after the
+HANDOVER (V delivered it locally without the session; the relay to W comes
+too late). Seen when the heir is busy: in tests/test_handover.py, none in
+most runs, at most about 0.02% of ~100,000 deliveries. The fix planned: V
+confirms the move in on its channel, and the master replays to V, for that
+session, what V published between the HANDOVER and the confirmation. With
+Redis (`--redis`) nothing orders the move with broadcasts yet; only emits are
+replayed (not a relayed room change or disconnect naming the session in that
+instant).
 """
 
 from __future__ import annotations
@@ -135,25 +144,30 @@ def move_out(worker, s: sessions.ClusterSocket) -> bool:
     except Refused as e:
         log.info("%s: not handed over: %s", s.sid, e)
         return False
+    relay = getattr(worker, "relay", None)
     try:
         state = _take_state(worker, sio, eio, s)
-        payload = ch.encode_json(state)
-        if len(payload) > ch.FRAGMENT:
-            raise Refused(f"its state takes {len(payload)} bytes, more than one frame")
+        state["relay_seen"] = 10**12  # room for the number, set below
+        if len(ch.encode_json(state)) > ch.FRAGMENT:
+            raise Refused("its state takes more than one channel frame")
     except Refused as e:
         log.info("%s: not handed over: %s", s.sid, e)
         stopped.resume()
         return False
-    sock = s.writer.sock
-    fd = internals.raw_socket(sock).fileno()
-    if not worker.link.send(ch.HANDOVER, payload, fd=fd):
-        log.warning("%s: the channel refused the hand-over; closing the session", s.sid)
-        stopped.resume()
-        return False
-    # Gone: forget it here without a disconnect handler, and let the reader's
-    # connection end without a close frame or a shutdown.
+    # Gone: forget it here without a disconnect handler, and, with no yield in
+    # between, note how many relayed broadcasts reached it from here: the master
+    # replays the rest to its new owner (channel.py, REPLAY).
     _forget(sio, eio, s, state)
-    stopped.finish()
+    if relay is not None:
+        state["relay_seen"] = relay.handled
+    else:
+        del state["relay_seen"]
+    fd = internals.raw_socket(s.writer.sock).fileno()
+    if not worker.link.send(ch.HANDOVER, ch.encode_json(state), fd=fd):
+        log.warning("%s: the channel refused the hand-over; closing the session", s.sid)
+        stopped.resume()  # its reader closes it (no handler: it is forgotten already)
+        return True
+    stopped.finish()  # the reader's connection ends without a close frame or shutdown
     return True
 
 
@@ -380,3 +394,36 @@ def count_handlers(sio) -> None:
                 del inflight[eio_sid]
 
     sio._handle_event_internal = counted
+
+
+def replay(worker, eio_sid: str, message: bytes) -> None:
+    """A broadcast the session's old worker had not handled when it left (REPLAY):
+    deliver it to that session alone, if it was addressed to it.
+
+    Only emits are replayed; a relayed room change or disconnect aimed at the
+    session in that instant is not (rare: it needs a call from another worker
+    naming this sid during the move).
+    """
+    sio = worker.app.sio
+    mgr = sio.manager
+    try:
+        msg = json.loads(message)
+    except ValueError:
+        return
+    if not isinstance(msg, dict) or msg.get("method") != "emit":
+        return
+    ns = msg.get("namespace") or "/"
+    sid = mgr.sid_from_eio_sid(eio_sid, ns)
+    if sid is None:
+        return
+    rooms = msg.get("room")
+    rooms = rooms if isinstance(rooms, list) else [rooms]
+    skip = msg.get("skip_sid")
+    skip = skip if isinstance(skip, list) else [skip]
+    if sid in skip:
+        return
+    here = mgr.rooms.get(ns, {})  # internals: socketio-manager-callbacks (rooms)
+    if not any(r is None or sid in here.get(r, ()) for r in rooms):
+        return
+    # internals: socketio-return-callback-use (_handle_emit decodes as for any relay)
+    mgr._handle_emit(dict(msg, room=sid, skip_sid=None))

@@ -213,6 +213,10 @@ class WorkerServer:
             return
         if kind == ch.RELAY and self.relay is not None:
             self.relay.deliver(whole)
+        elif kind == ch.REPLAY and self.relay is not None:
+            sid, _, message = whole.partition(b"\n")
+            self.relay.after_pending(
+                lambda: handover.replay(self, sid.decode(errors="replace"), message))
         elif kind == ch.STOP:
             self.stop("asked by the master")
 

@@ -22,6 +22,7 @@ class MasterRelayManager(ClusterPubSubManager):
         super().__init__(channel=channel, write_only=False, logger=logger)
         self.link = link
         self.inbox: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
+        self.handled = 0  # relayed messages taken by the listener (channel.py, REPLAY)
 
     def _publish(self, data) -> None:
         self.link.send(ch.PUBLISH, self.json.dumps(data).encode())
@@ -44,4 +45,5 @@ class MasterRelayManager(ClusterPubSubManager):
                 except Exception:  # the listener must outlive any one step
                     self._get_logger().exception("relay: a queued step failed")
                 continue
+            self.handled += 1
             yield item
