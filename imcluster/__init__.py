@@ -6,6 +6,7 @@ its Engine.IO session; see docs/ and the README.
 
 __version__ = "0.1.0"
 
-from imcluster.once import run_once  # noqa: E402  (the one API an app imports)
+from imcluster.handover import on_handover  # noqa: E402  (--handover yes)
+from imcluster.once import run_once  # noqa: E402  (the API an app imports)
 
-__all__ = ["run_once"]
+__all__ = ["on_handover", "run_once"]

@@ -13,6 +13,10 @@ byte of its own in both directions (M: master, W: worker):
     HANDOFF    H     M     empty, with one client fd          per connection routed to it (2)
     RELAY      M     M     a pub/sub message (3)              per PUBLISH, to every other worker
     STOP       S     M     empty                              to drain and exit (retire, scale down)
+    HANDOVER   V     M, W  JSON object (7), one client fd     W: a draining worker's session
+                                                              leaves; M: relayed to its new owner
+    REPLAY     W     M     Engine.IO sid, LF, a RELAY's       after a HANDOVER, each relay its old
+                           payload                            worker had not handled (7)
     READY      R     W     empty                              once: app imported, serving
     HANDBACK   B     W     empty, with one client fd          a kept-alive connection's next request
                                                               is another worker's (or a new session)
@@ -26,7 +30,7 @@ byte of its own in both directions (M: master, W: worker):
 1. What the worker serves and how: app, cwd, worker_id, slot, log_level,
    keepalive (s), graceful_timeout (s), cors_origins, ws_compression, redis (a
    URL, password included: never on a command line), redis_silence_timeout
-   (s), allow_untested_versions.
+   (s), allow_untested_versions, handover.
 2. The worker serves the connection's first request whatever sid it names.
 3. python-socketio's pub/sub JSON, as PubSubManager._publish is given it.
 4. `{"sessions": Engine.IO sessions held, "connections": TCP connections
@@ -35,6 +39,15 @@ byte of its own in both directions (M: master, W: worker):
    at most `--handoff-window` unacknowledged in the kernel's queue (what is
    there dies with the worker; what the master still holds can be re-routed).
 6. The app failed to import, or a library is outside the tested range.
+7. One session's state (workers/handover.py), at most FRAGMENT bytes: a
+   hand-over is never fragmented, so its fd and its state arrive together.
+   The master counts the relayed frame in the receiver's hand-off window,
+   and the receiver counts it in its ACK, like a HANDOFF. Sent only with
+   `--handover yes`. Its "relay_seen" is how many RELAY messages the old
+   worker had handled when the session left; the master numbers what it
+   relays to each worker and sends the new owner, as REPLAY, those after
+   that number that it still holds (the last REPLAY_KEEP), for that session
+   alone.
 
 The master counts any frame as a sign of life (`--heartbeat-timeout`); it
 routes new sessions by LOAD's sessions plus the hand-offs not yet acknowledged.
@@ -52,6 +65,12 @@ SPEC = b"C"
 HANDOFF = b"H"
 RELAY = b"M"
 STOP = b"S"
+# both ways
+HANDOVER = b"V"
+# master -> worker, after a HANDOVER
+REPLAY = b"W"
+# Relayed messages the master keeps per worker for REPLAY.
+REPLAY_KEEP = 4096
 # worker -> master
 READY = b"R"
 HANDBACK = b"B"

@@ -48,6 +48,7 @@ unless said otherwise.
     master.counters.other_host   int      answered 400: the sid names another host
     master.counters.handoffs     int      client sockets passed to workers
     master.counters.handbacks    int      sockets workers passed back (another worker's request)
+    master.counters.handovers    int      sessions a retiring worker handed over (--handover)
     master.counters.rerouted     int      queued for a worker that died, routed again
     master.counters.relayed      int      broadcasts relayed (one per receiving worker)
     master.counters.relay_dropped int     relayed broadcasts dropped for a worker not reading

@@ -223,6 +223,11 @@ SETTINGS: tuple[Setting, ...] = (
             "accept WebSocket permessage-deflate when clients offer it (browsers and the JS "
             "client do); off by default: it deflates every message once per client, which "
             "is what limits room broadcasts", metavar="yes|no"),
+    Setting("handover", _bool, False,
+            "when a worker retires (reload, scale down, memory limit), move each of its "
+            "WebSocket sessions to a READY worker, socket and all, instead of closing it "
+            "(clients see no reconnect); off by default: what the app keeps by sid outside "
+            "save_session stays behind (see the README)", metavar="yes|no"),
     Setting("cors_origins", _origins, None,
             "origins allowed to connect from a browser, comma-separated, or '*'; "
             "default: the app's own setting (python-socketio's default is the "

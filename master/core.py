@@ -52,6 +52,9 @@ class Core:
         self.retiring: list[WorkerProcess] = []  # Role.RETIRED, until reaped
         self.by_id: dict[int, WorkerProcess] = {}  # every worker spawned and not yet reaped
         self.by_pid: dict[int, WorkerProcess] = {}
+        # Session hand-over (workers/handover.py): worker id -> the worker id its
+        # sessions went to, flattened (never a chain), dropped when that one exits.
+        self.moved: dict[int, int] = {}
         self.reloading: RollingReload | None = None
         self.deferred_scale: int | None = None
         self.last_reload: dict | None = None
@@ -72,6 +75,7 @@ class Core:
             ev.Acked: self._on_acked,
             ev.WorkerError: self._on_worker_error, ev.Memory: self._on_memory,
             ev.Command: self._on_command, ev.Request: self._on_request,
+            ev.Moving: self._on_moving,
         }
 
     # ---- the interface -------------------------------------------------------------
@@ -345,6 +349,9 @@ class Core:
             return
         self.by_id.pop(w.worker_id, None)
         self._out.append(ev.CloseChannel(w.worker_id))
+        # Sessions handed to it died with it: their sids are stale now.
+        for source in [k for k, v in self.moved.items() if v == w.worker_id]:
+            del self.moved[source]
         was = w.state
         w.on_exit(e.code, now)
         code = e.code
@@ -472,9 +479,25 @@ class Core:
                 e.conn, 400, f"Invalid session: it belongs to host {e.host_id}, "
                 f"this is host {self.cfg.host_id}", "other_host"))
             return
-        w = router.choose(self.slots, self.by_id, e.worker_id)
+        w = router.choose(self.slots, self.by_id, e.worker_id, self.moved)
         if w is None:
             self._out.append(ev.Hold(e.conn))
             return
         w.handoffs_sent += 1
         self._out.append(ev.HandOff(e.conn, w.worker_id))
+
+    def _on_moving(self, e: ev.Moving, now: float) -> None:
+        """A draining worker hands one session over: to the least loaded READY
+        worker holding a slot, which its sids then reach (`moved`)."""
+        heir = router.choose(self.slots, self.by_id, None)
+        if heir is None or heir.worker_id == e.worker_id:
+            self.log.warning("worker %d: no READY worker to take a session over; closing it",
+                             e.worker_id)
+            self._out.append(ev.Move(e.conn, None))
+            return
+        heir.handoffs_sent += 1  # in its load until acknowledged: moves spread out
+        self.moved[e.worker_id] = heir.worker_id
+        for source, to in self.moved.items():
+            if to == e.worker_id:  # W moved to V before, V now moves to X: W's sids go to X
+                self.moved[source] = heir.worker_id
+        self._out.append(ev.Move(e.conn, heir.worker_id))

@@ -120,6 +120,14 @@ class Request:
     readiness: bool = False  # the router's health check (httpline.READY_PATH)
 
 
+@dataclass(frozen=True)
+class Moving:
+    """A draining worker sent one of its sessions to be handed over (HANDOVER,
+    workers/handover.py): `conn` is the shell's (the frame and its fd)."""
+    conn: Any
+    worker_id: int
+
+
 # ---- actions: the core asks the shell --------------------------------------------
 
 
@@ -158,6 +166,14 @@ class HandOff:
     """Pass the client connection to this worker."""
     conn: Any
     worker_id: int
+
+
+@dataclass(frozen=True)
+class Move:
+    """Relay a handed-over session (`Moving.conn`) to this worker; None: no
+    worker can take it now, close it (the client reconnects)."""
+    conn: Any
+    worker_id: int | None
 
 
 @dataclass(frozen=True)

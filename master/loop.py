@@ -50,7 +50,7 @@ class Link:
     """The master's end of one worker's channel, and what is queued on it."""
 
     __slots__ = ("worker_id", "slot", "pid", "channel", "outq", "out_bytes", "delivered",
-                 "confirmed", "joiner")
+                 "confirmed", "joiner", "relayed", "recent")
 
     def __init__(self, worker_id: int, slot: int, pid: int, channel: socket.socket):
         self.worker_id, self.slot, self.pid, self.channel = worker_id, slot, pid, channel
@@ -59,6 +59,8 @@ class Link:
         self.delivered = 0  # hand-offs written to the channel
         self.confirmed = 0  # hand-offs the worker acknowledged receiving (ACK)
         self.joiner = ch.Joiner()
+        self.relayed = 0  # RELAY messages queued for it (their numbers, from 1)
+        self.recent: deque = deque(maxlen=ch.REPLAY_KEEP)  # (number, payload), for REPLAY
 
     @property
     def unconfirmed(self) -> int:
@@ -83,8 +85,8 @@ class Master:
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
         self.next_memory_check = 0.0
-        self.counters = {"accepted": 0, "handoffs": 0, "handbacks": 0, "rerouted": 0,
-                         "relayed": 0, "relay_dropped": 0}
+        self.counters = {"accepted": 0, "handoffs": 0, "handbacks": 0, "handovers": 0,
+                         "rerouted": 0, "relayed": 0, "relay_dropped": 0}
 
     @property
     def exit_code(self) -> int:
@@ -222,6 +224,8 @@ class Master:
                 link = self.links.get(a.worker_id)
                 if link is not None:
                     self._close_link(link)
+            elif kind is ev.Move:
+                self._move(a.conn, a.worker_id)
             elif kind is ev.RetryHeld:
                 self.pending.retry_waiting()
             elif kind is ev.StopListening:
@@ -246,6 +250,7 @@ class Master:
             "graceful_timeout": self.cfg.graceful_timeout,
             "cors_origins": self.cfg.cors_origins,
             "ws_compression": self.cfg.ws_compression,
+            "handover": self.cfg.handover,
             "allow_untested_versions": self.cfg.allow_untested_versions,
         }
         fd = worker_end.fileno()
@@ -307,9 +312,10 @@ class Master:
                 except (BlockingIOError, InterruptedError):
                     return
                 except ConnectionResetError:
-                    # A worker that exits with frames unread by it resets the
-                    # channel instead of closing it: its end, like EOF (design.md).
-                    frame = None
+                    # The worker exited with relays unread in its queue. Linux reports
+                    # that before the frames it sent last (its final broadcasts,
+                    # sessions handed over) and clears it: read on, up to EOF.
+                    continue
                 except (ValueError, OSError) as e:
                     log.warning("slot %d: channel error: %s", link.slot, e)
                     frame = None
@@ -322,6 +328,12 @@ class Master:
                     for fd in fds:
                         self.counters["handbacks"] += 1
                         self.pending.add(socket.socket(fileno=fd), time.monotonic())
+                    continue
+                if kind == ch.HANDOVER and len(fds) == 1 and not flags & ch.MORE:
+                    self.counters["handovers"] += 1
+                    self._feed(ev.Moving((ch.HANDOVER + b"\x00" + payload,
+                                          socket.socket(fileno=fds[0]),
+                                          _unseen(link, payload)), wid))
                     continue
                 for fd in fds:  # fds on any other frame are a protocol error
                     os.close(fd)
@@ -366,6 +378,8 @@ class Master:
             for f in frames:
                 link.outq.append((f, None))
                 link.out_bytes += len(f)
+            link.relayed += 1
+            link.recent.append((link.relayed, payload))
             self.counters["relayed"] += 1
             self._flush(link)
 
@@ -389,6 +403,23 @@ class Master:
         self._flush(link)
         if self.queued_socks >= self.cfg.max_queued:
             self._accepting(False)
+
+    def _move(self, conn: tuple[bytes, socket.socket, list[bytes]], wid: int | None) -> None:
+        """Relay a handed-over session (frame, client socket, and the REPLAY frames
+        of what its old worker had not handled) to worker `wid`."""
+        frame, sock, replays = conn
+        link = self.links.get(wid) if wid is not None else None
+        if link is None:
+            sock.close()  # the client sees its connection end and reconnects
+            return
+        link.outq.append((frame, sock))
+        link.out_bytes += len(frame)
+        self.queued_socks += 1
+        for payload in replays:
+            for f in ch.frames(ch.REPLAY, payload):
+                link.outq.append((f, None))
+                link.out_bytes += len(f)
+        self._flush(link)
 
     def _flush(self, link: Link) -> None:
         chan = link.channel
@@ -441,10 +472,12 @@ class Master:
             self._feed(ev.ChannelClosed(link.worker_id))
         rescued = 0
         while link.outq:
-            _, sock = link.outq.popleft()
+            frame, sock = link.outq.popleft()
             if sock is not None:
                 self.queued_socks -= 1
-                if reroute:
+                if frame[:1] == ch.HANDOVER:
+                    sock.close()  # mid-stream: no other worker can read it from here
+                elif reroute:
                     rescued += 1
                     self.pending.add(sock, time.monotonic())
                 else:
@@ -531,6 +564,18 @@ class Master:
         for link in list(self.links.values()):
             self._close_link(link, reroute=False)
         log.info("master exiting (code %d)", self.exit_code)
+
+
+def _unseen(link: Link, state: bytes) -> list[bytes]:
+    """REPLAY payloads for a session handed over from `link`'s worker: each relay
+    to it after the number its state says it handled ("relay_seen")."""
+    try:
+        doc = json.loads(state)
+        seen, eio_sid = int(doc.get("relay_seen", link.relayed)), str(doc["eio_sid"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []
+    head = eio_sid.encode() + b"\n"
+    return [head + p for n, p in link.recent if n > seen]
 
 
 def _count(payload: bytes) -> int | None:

@@ -696,3 +696,39 @@ def test_the_status_answer_has_exactly_the_documented_keys():
     documented = set(re.findall(r"^    ((?:master|workers|reload|last_reload)\S*)\s",
                                 imcluster.control.__doc__, re.M))
     assert _keys(answer) == documented
+
+
+# ---- session hand-over (workers/handover.py) ----------------------------------------
+
+
+def test_a_handed_over_session_goes_to_a_ready_slot_and_its_sids_follow_once_the_old_one_exits():
+    m = serving()
+    w1, w2 = m.slot(0), m.slot(1)
+    m.core.retire(m.core.slots.pop(0), m.now)  # a scale-down: w1 drains
+    [move] = of(m.feed(ev.Moving("state+fd", w1.worker_id)), ev.Move)
+    assert (move.conn, move.worker_id) == ("state+fd", w2.worker_id)
+    assert m.route(w1.worker_id) == w1.worker_id, "a draining worker still serves its own sids"
+    m.exit(w1)
+    assert m.route(w1.worker_id) == w2.worker_id, "the old worker's sids reach its heir"
+    # The heir moves on too (a reload): the first worker's sids follow to the newest.
+    m.feed(ev.Signal(signal.SIGTTIN))
+    m.ready()
+    w3 = m.slot(1)
+    m.core.retire(m.core.slots.pop(0), m.now)
+    [move] = of(m.feed(ev.Moving("x", w2.worker_id)), ev.Move)
+    assert move.worker_id == w3.worker_id
+    m.exit(w2)
+    assert m.route(w1.worker_id) == w3.worker_id and m.route(w2.worker_id) == w3.worker_id
+    # Once the heir is gone, the sids are stale: they go to any READY worker (a 400 there).
+    assert m.core.moved == {w1.worker_id: w3.worker_id, w2.worker_id: w3.worker_id}
+    m.exit(w3)
+    assert m.core.moved == {}
+
+
+def test_a_handed_over_session_with_no_ready_worker_is_closed():
+    m = Master(workers=1)
+    m.ready()
+    w = m.slot(0)
+    m.core.retire(m.core.slots.pop(0), m.now)
+    [move] = of(m.feed(ev.Moving("x", w.worker_id)), ev.Move)
+    assert move.worker_id is None

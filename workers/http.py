@@ -15,6 +15,7 @@ import errno
 import logging
 import socket
 import time
+import weakref
 from collections.abc import Callable
 
 import eventlet
@@ -28,6 +29,10 @@ log = logging.getLogger("imcluster.worker")
 
 PEEK_BYTES = 64 * 1024
 STATE_HANDED = "handed back"
+
+# Client sockets whose WebSocket session moved to another worker
+# (workers/handover.py): their connection ends here without a shutdown.
+handed_over: weakref.WeakSet = weakref.WeakSet()
 
 
 class ExactReader:
@@ -275,7 +280,7 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
 
         # internals: eventlet-wsgi-finish
         def finish(self) -> None:
-            if self.handed_back:
+            if self.handed_back or self.connection in handed_over:
                 # Never shutdown(): it would end the connection for its new owner too.
                 try:
                     self.wfile.close()
@@ -319,7 +324,7 @@ def serve_connection(server: eventlet.wsgi.Server, sock: socket.socket,
     except Exception:
         log.exception("connection from %s failed", addr)
     finally:
-        if internals.conn_status(conn) != STATE_HANDED:
+        if internals.conn_status(conn) != STATE_HANDED and sock not in handed_over:
             eventlet.greenio.shutdown_safe(sock)
         sock.close()
         on_close()

@@ -378,6 +378,28 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "workers/redis_manager.py", "the manager's host id, JSON module, channel, logger "
         "and callback trigger",
         attrs=("host_id", "json", "channel", "trigger_callback", "_get_logger"))),
+    # ---- session hand-over (workers/handover.py) ---------------------------------------
+    ("socketio-handover-state", Reach(
+        _SIO, "socketio:Server", "read", "workers/handover.py move_out, move_in",
+        "a session's per-eio-sid request environ and half-received binary packet, which "
+        "the old worker reads (and refuses a move for) and the new one fills in",
+        attrs=("environ", "_binary_packet"))),
+    ("socketio-manager-callbacks", Reach(
+        _SIO, "socketio:PubSubManager", "read", "workers/handover.py _take_state, move_in",
+        "the server's pending acks by Socket.IO sid, {0: itertools.count, id: callback}: "
+        "a moving session waits for them and carries the counter's next id",
+        attrs=("callbacks", "rooms", "basic_disconnect", "basic_enter_room", "get_namespaces"),
+        source=("self.callbacks[sid] = {0: itertools.count(1)}",
+                "id = next(self.callbacks[sid][0])"),
+        source_in="socketio.base_manager:BaseManager._generate_ack_id")),
+    ("socketio-handle-event-internal", Reach(
+        _SIO, "socketio:Server._handle_event_internal", "replace",
+        "workers/handover.py count_handlers", "each event runs in a background task "
+        "through this method (async_handlers); wrapped per instance to count the handlers "
+        "of a session still running",
+        params=("server", "sid", "eio_sid", "data", "namespace", "id"),
+        source=("self.start_background_task(self._handle_event_internal, self, sid,",),
+        source_in="socketio:Server._handle_event")),
     ("socketio-binary", Reach(
         _SIO, "socketio.packet:Packet", "read", "workers/pubsub.py ClusterPubSubManager",
         "the binary attachment codec emits use, for acks that carry bytes",

@@ -27,7 +27,7 @@ import socketio
 from imcluster import channel as ch
 from imcluster import sid as sidcodec
 from imcluster.master.lifecycle import APP_LOAD_ERROR
-from imcluster.workers import admin, protocol, sessions, speedups
+from imcluster.workers import admin, handover, protocol, sessions, speedups
 from imcluster.workers import app as appmod
 from imcluster.workers.http import FdListener, make_protocol, serve_connection
 from imcluster.workers.link import Link
@@ -63,6 +63,8 @@ class WorkerServer:
         self.load_sent: tuple[int, int, str | None] | None = None
         self.handoffs_acked = 0  # the count in the last ACK
         self.stopping = False
+        self.handed_over = 0  # sessions moved to another worker while stopping
+        self.closed_on_stop = 0  # sessions closed while stopping
         self.app: appmod.App | None = None
         self.relay: MasterRelayManager | None = None
         self.default_manager: socketio.PubSubManager | None = None
@@ -94,6 +96,8 @@ class WorkerServer:
         protocol.adapt(app.eio, app.sio)  # internals: socketio-server-attrs
         if app.sio is not None:
             self._install_manager(app.sio)
+            if self.spec.get("handover"):
+                handover.count_handlers(app.sio)
         if not self.spec.get("ws_compression"):
             app.wsgi = _without_ws_compression(app.wsgi)
         _one_handler_per_line()
@@ -189,6 +193,22 @@ class WorkerServer:
             if self.handoffs % ACK_EVERY == 0:
                 self._report()  # the ACK reopens the master's hand-off window
             return
+        if kind == ch.HANDOVER and len(fds) == 1 and not flags & ch.MORE:
+            self.handoffs += 1  # the master counts it in its hand-off window
+            if self.app is None or self.stopping:
+                os.close(fds[0])  # cannot happen: only READY workers are sent sessions
+                return
+            if self.relay is not None:
+                # After the broadcasts relayed before it: those went out from the
+                # old worker (or were published before the move), so the session
+                # must not be here yet when they are handled.
+                fd = fds[0]
+                self.relay.after_pending(lambda: handover.move_in(self, payload, fd))
+            else:
+                handover.move_in(self, payload, fds[0])
+            if self.handoffs % ACK_EVERY == 0:
+                self._report()
+            return
         for fd in fds:
             os.close(fd)
         whole = self.joiner.feed(kind, flags, payload)
@@ -196,6 +216,10 @@ class WorkerServer:
             return
         if kind == ch.RELAY and self.relay is not None:
             self.relay.deliver(whole)
+        elif kind == ch.REPLAY and self.relay is not None:
+            sid, _, message = whole.partition(b"\n")
+            self.relay.after_pending(
+                lambda: handover.replay(self, sid.decode(errors="replace"), message))
         elif kind == ch.STOP:
             self.stop("asked by the master")
 
@@ -242,6 +266,10 @@ class WorkerServer:
         clients treat as a lost transport and so reconnect (a CLOSE packet tells
         python-socketio's client not to), but only after what is already queued
         for it, acks included, has been written (`wait`).
+
+        With `--handover yes` each session that can move goes to another
+        worker instead, socket and all (workers/handover.py); only the others
+        are closed.
         """
         eio = self.app.eio if self.app else None
         # Finish before the master's deadline, which ends in a KILL.
@@ -250,14 +278,30 @@ class WorkerServer:
             if eio is not None:
                 closers = eventlet.GreenPool()
                 flush = min(FLUSH_SECONDS, grace / 2)
+                move = bool(self.spec.get("handover")) and self.app.sio is not None
                 for s in list(eio.sockets.values()):
-                    closers.spawn(_close_session, s, flush)
+                    closers.spawn(self._move_or_close, s, flush, move)
                 closers.waitall()
+                if move:
+                    log.info("handed over %d session(s), closed %d", self.handed_over,
+                             self.closed_on_stop)
             while self.pool.running():
                 for sock in list(self.idle):
                     eventlet.greenio.shutdown_safe(sock)  # nothing in flight on these
                 eventlet.sleep(0.05)
         self.done.send()
+
+
+    def _move_or_close(self, s, flush_seconds: float, move: bool) -> None:
+        if move:
+            try:
+                if handover.move_out(self, s):
+                    self.handed_over += 1
+                    return
+            except Exception:
+                log.exception("%s: hand-over failed; closing the session", s.sid)
+        self.closed_on_stop += 1
+        _close_session(s, flush_seconds)
 
 
 def _without_ws_compression(wsgi):

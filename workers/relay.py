@@ -22,6 +22,7 @@ class MasterRelayManager(ClusterPubSubManager):
         super().__init__(channel=channel, write_only=False, logger=logger)
         self.link = link
         self.inbox: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
+        self.handled = 0  # relayed messages taken by the listener (channel.py, REPLAY)
 
     def _publish(self, data) -> None:
         self.link.send(ch.PUBLISH, self.json.dumps(data).encode())
@@ -30,6 +31,19 @@ class MasterRelayManager(ClusterPubSubManager):
         """Called by the channel reader for every relayed message."""
         self.inbox.put(payload)
 
+    def after_pending(self, fn) -> None:
+        """Run `fn()` in the listener, once every message relayed before now has
+        been handled (session hand-over orders itself with the relay this way)."""
+        self.inbox.put(fn)
+
     def _receive(self):
         while True:
-            yield self.inbox.get()
+            item = self.inbox.get()
+            if callable(item):
+                try:
+                    item()
+                except Exception:  # the listener must outlive any one step
+                    self._get_logger().exception("relay: a queued step failed")
+                continue
+            self.handled += 1
+            yield item

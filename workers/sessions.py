@@ -43,6 +43,7 @@ from engineio import exceptions as eio_exceptions  # internals: engineio-excepti
 from engineio import packet as eio_packet
 
 from imcluster.workers import internals
+from imcluster.workers.http import handed_over
 
 log = logging.getLogger("imcluster.worker")
 
@@ -188,16 +189,23 @@ class BufferedReceive:
 
     CHUNK = 64 * 1024
 
-    __slots__ = ("sock", "buf", "pos")
+    __slots__ = ("sock", "buf", "pos", "boundary", "parked")
 
-    def __init__(self, sock):
+    def __init__(self, sock, rest: bytes = b""):
         self.sock = sock
-        self.buf = b""
+        self.buf = rest
         self.pos = 0
+        # For a session hand-over (workers/handover.py): `boundary` is set by
+        # the read loop before each message and cleared by the message's first
+        # byte; `parked` while waiting in the socket's recv(). Both true, with
+        # nothing buffered: the reader may be stopped and nothing is lost.
+        self.boundary = False
+        self.parked = False
 
     def recv(self, n: int) -> bytes:
         buf, pos = self.buf, self.pos
         if pos < len(buf):
+            self.boundary = False
             out = buf[pos:pos + n]
             pos += len(out)
             if pos >= len(buf):
@@ -205,7 +213,12 @@ class BufferedReceive:
             else:
                 self.pos = pos
             return out
-        data = self.sock.recv(max(n, self.CHUNK))
+        self.parked = True
+        try:
+            data = self.sock.recv(max(n, self.CHUNK))
+        finally:
+            self.parked = False
+        self.boundary = False
         if len(data) <= n:
             return data
         self.buf, self.pos = data, n
@@ -314,6 +327,11 @@ class ClusterSocket(internals.ENGINE_SOCKET):
     polling = False  # a GET poll is waiting for packets
     ws_claimed = False  # a WebSocket is open or opening for this session
     ping_scheduled = False  # the first PING was scheduled (after the handshake)
+    reader = None  # the greenlet reading the WebSocket (a hand-over stops it)
+    receive_buffer: BufferedReceive | None = None
+    handover_state: str | None = None  # "stopping", "moved", "failed" (workers/handover.py)
+    handover_stopped = None  # an eventlet Event: the reader stopped for a hand-over
+    handover_done = None  # an eventlet Event: True once the session left
 
     def _eventlet(self) -> bool:
         return self.server.async_mode == "eventlet"
@@ -456,6 +474,18 @@ class ClusterSocket(internals.ENGINE_SOCKET):
                 pinger = self.server._imcluster_pinger = Pinger()
             pinger.add(self)
 
+    def await_pong(self) -> None:
+        """A session handed over with a PING pending (last_ping set): close it
+        if the PONG does not come within the ping timeout from now."""
+        if not self._eventlet():
+            return
+        # internals: engineio-server-attrs (an attribute of ours on the server)
+        pinger = self.server.__dict__.get("_imcluster_pinger")
+        if pinger is None:
+            pinger = self.server._imcluster_pinger = Pinger()
+        self.ping_scheduled = True
+        pinger.deadlines.add(self.server.ping_timeout, self, self.last_ping)
+
     # internals: engineio-socket-websocket-handler (a copy, changed), eventlet-ws-socket
     def _websocket_handler(self, ws):
         if not self._eventlet() or "permessage-deflate" in ws.extensions:
@@ -501,7 +531,7 @@ class ClusterSocket(internals.ENGINE_SOCKET):
             self.upgraded = True
 
         writer = FrameWriter(ws)
-        ws.socket = BufferedReceive(ws.socket)
+        ws.socket = self.receive_buffer = BufferedReceive(ws.socket)
         # What was queued before the writer took over (a direct WebSocket's
         # OPEN packet, what was sent during the probe) goes first, in order.
         # No yield from here until self.writer is set.
@@ -514,10 +544,48 @@ class ClusterSocket(internals.ENGINE_SOCKET):
         self.writer = writer
         if closed or self.closed:
             writer.finish()
+        return self._read_loop(ws, writer, receive)
 
+    def adopt_websocket(self, ws, rest: bytes = b"") -> None:
+        """Take over a WebSocket session handed over by another worker
+        (workers/handover.py): `ws` is over the received socket, `rest` the
+        bytes the old worker read but did not parse. From here on, what is
+        sent to the session is written; `resume_websocket` then reads it."""
+        server = self.server
+        ws.close = functools.partial(shut_down, ws)  # internals: eventlet-ws-close
+        ws.socket.settimeout(server.ping_interval + 2 * server.ping_timeout)
+        self.writer = FrameWriter(ws)
+        ws.socket = self.receive_buffer = BufferedReceive(ws.socket, rest)
+
+    def resume_websocket(self, ws) -> list:
+        """Read a session taken over with `adopt_websocket` until it ends."""
+        limit = self.server.max_http_buffer_size
+
+        def receive():
+            data = ws.wait()
+            if data and len(data) > limit:
+                raise ValueError("packet is too large")
+            return data
+
+        return self._read_loop(ws, self.writer, receive)
+
+    def _read_loop(self, ws, writer: FrameWriter, receive) -> list:
+        """Read the session's packets until it ends, or until a hand-over
+        stops the reader (HandingOver, thrown in while it waits between two
+        messages), and then end without closing the moved socket."""
+        server = self.server
+        buf = self.receive_buffer
+        self.reader = eventlet.getcurrent()
         while True:
+            buf.boundary = True
             try:
                 data = receive()
+            except HandingOver:
+                self.handover_stopped.send()
+                if self.handover_done.wait():
+                    handed_over.add(ws.socket.sock)
+                    return []  # moved: nothing here may close or shut it down
+                break  # the move failed: close the session as a drain does
             except Exception as e:
                 if not self.closed:
                     server.logger.info('%s: Unexpected error "%s", closing connection',
@@ -538,6 +606,13 @@ class ClusterSocket(internals.ENGINE_SOCKET):
         writer.finish()
         writer.join()
         return []
+
+
+class HandingOver(BaseException):
+    """Thrown into a session's reader to stop it for a hand-over.
+
+    A BaseException, like eventlet's Timeout, so that no `except Exception`
+    on the way (eventlet's frame reader, ours) takes it for a socket error."""
 
 
 class DuplicatePoll(eio_exceptions.EngineIOError):

@@ -1,0 +1,234 @@
+"""Session hand-over (`--handover yes`, workers/handover.py): a rolling reload moves
+every WebSocket session to a new worker, socket and all, and the client notices nothing.
+
+Driven by the official JS client (tests/js/handover.mjs): clients echo with acks and
+talk in a room while `imcluster reload` replaces both workers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import JS, ROOT, wait_for
+from pyclients import Client
+
+CLIENTS = 100
+APPS = ROOT / "tests" / "apps"
+
+
+def imcluster(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imcluster", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def under_traffic(cluster, act) -> dict:
+    """Start the JS clients, `act()` while they talk, stop them; their counts."""
+    proc = subprocess.Popen(["node", str(JS / "handover.mjs"),
+                             json.dumps({"url": cluster.url, "clients": CLIENTS})],
+                            cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line, "handover.mjs printed nothing"
+        assert json.loads(line)["ready"] is True
+        act()
+        proc.stdin.close()  # the clients stop talking, count and report
+        proc.stdin = None  # communicate() would flush it
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        return json.loads(out.strip().splitlines()[-1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def reload(cluster) -> None:
+    r = imcluster("reload", "--control", cluster.control)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "reload complete: 2 worker(s) replaced" in r.stdout
+
+
+def scale_down(cluster) -> None:
+    r = imcluster("scale", "-1", "--control", cluster.control)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: len(cluster.status()["workers"]) == 1, 30,
+             what="the removed worker drained and gone")
+
+
+def bloat_one(cluster) -> None:
+    c = Client(cluster.url, "websocket")
+    try:
+        c.call("bloat", 256, timeout=30)
+    finally:
+        c.close()
+    wait_for(lambda: (st := cluster.status())["last_reload"] and st["last_reload"]["ok"], 60,
+             what="the bloated worker replaced")
+    assert "memory limit" in cluster.status()["last_reload"]["reason"]
+
+
+def assert_nothing_noticed(stats: dict) -> None:
+    assert stats["acks"] > CLIENTS
+    assert stats["failed_acks"] == 0 and stats["wrong_acks"] == 0, stats
+    assert stats["disconnects"] == 0 and stats["reconnects"] == 0, stats
+    assert stats["sid_changed"] == 0, "no new handshake: the Engine.IO sid stays"
+    assert stats["said_duplicates"] == 0, stats
+    # Not asserted yet: a room message relayed in the instant a session is in transit
+    # can be missed (said_missing in the FIGURE lines; workers/handover.py).
+
+
+def test_reload_moves_websocket_sessions_without_the_client_noticing(cluster_factory):
+    cluster = cluster_factory(workers=2, handover=True)
+    old = {w["pid"] for w in cluster.wait_ready()}
+    stats = under_traffic(cluster, lambda: reload(cluster))
+    print(f"FIGURE handover reload: {CLIENTS} JS clients, {stats}")
+    assert set(stats["pids_before"]) == old
+    assert_nothing_noticed(stats)
+    new = set(stats["pids_after"])
+    assert len(new) == 2 and not new & old, "every worker pid is new"
+    assert cluster.status()["master"]["counters"]["handovers"] >= CLIENTS
+
+
+def test_scale_down_moves_the_removed_workers_sessions(cluster_factory):
+    cluster = cluster_factory(workers=2, handover=True)
+    old = {w["pid"] for w in cluster.wait_ready()}
+    kept = {w["pid"] for w in cluster.wait_ready() if w["slot"] == 0}
+    stats = under_traffic(cluster, lambda: scale_down(cluster))
+    print(f"FIGURE handover scale -1: {CLIENTS} JS clients, {stats}")
+    assert set(stats["pids_before"]) == old
+    assert_nothing_noticed(stats)
+    assert set(stats["pids_after"]) == kept, "every session now on the remaining worker"
+
+
+def test_memory_limit_replacement_moves_the_sessions(cluster_factory):
+    cluster = cluster_factory(app="ops_app:sio", workers=2, cwd=APPS, handover=True,
+                              max_memory=200)
+    old = {w["pid"] for w in cluster.wait_ready()}
+    stats = under_traffic(cluster, lambda: bloat_one(cluster))
+    print(f"FIGURE handover memory limit: {CLIENTS} JS clients, {stats}, "
+          f"master counters {cluster.status()['master']['counters']}")
+    assert set(stats["pids_before"]) == old
+    assert_nothing_noticed(stats)
+    after = set(stats["pids_after"])
+    assert len(after) == 2 and len(after & old) == 1, "the bloated worker was replaced"
+
+
+HOOKS_APP = '''
+import imcluster
+from imcluster.examples.bench import sio, app
+
+CONNECTS, ARRIVED = [], []
+
+
+@sio.on("connect")
+def connect(sid, environ, auth=None):
+    CONNECTS.append(sid)
+
+
+@sio.on("remember")
+def remember(sid, data):
+    sio.save_session(sid, {"value": data})
+    return True
+
+
+@sio.on("recall")
+def recall(sid, data=None):
+    return sio.get_session(sid).get("value")
+
+
+@sio.on("seen")
+def seen(sid, data=None):
+    return {"connects": CONNECTS, "arrived": ARRIVED}
+
+
+def leaving(sid, namespace):
+    return sio.get_session(sid, namespace).get("value") != "stay here"
+
+
+imcluster.on_handover(leaving=leaving, arrived=lambda sid, ns: ARRIVED.append(sid))
+'''
+
+
+def test_save_session_data_moves_the_app_may_refuse_and_no_handler_runs(cluster_factory,
+                                                                        tmp_path):
+    (tmp_path / "hooks_app.py").write_text(HOOKS_APP)
+    cluster = cluster_factory(app="hooks_app:sio", workers=2, cwd=tmp_path, handover=True)
+    old = {w["pid"] for w in cluster.wait_ready()}
+    movers = [Client(cluster.url, "websocket", reconnection=True, room="r") for _ in range(4)]
+    stayer = Client(cluster.url, "websocket", reconnection=True)
+    poller = Client(cluster.url, "polling", reconnection=True)
+    everyone = [*movers, stayer, poller]
+    try:
+        for i, c in enumerate(movers):
+            assert c.join("r") is True and c.call("remember", f"v{i}") is True
+        assert stayer.call("remember", "stay here") is True
+        sids = [c.sio.get_sid() for c in everyone]
+        r = imcluster("reload", "--control", cluster.control)
+        assert r.returncode == 0, r.stdout + r.stderr
+        # The refused session and the polling one (not moved by this slice) reconnect.
+        wait_for(lambda: stayer.connects == 2 and poller.connects == 2, 30,
+                 what="the refused and the polling session to reconnect")
+        new = {w["pid"] for w in cluster.wait_ready()}
+        assert not new & old
+        for i, c in enumerate(movers):
+            assert c.disconnects == 0 and c.connects == 1
+            assert c.sio.get_sid() == sids[i], "the Socket.IO sid stays"
+            assert c.call("recall") == f"v{i}", "save_session data moved"
+            assert c.whoami() in new
+            seen = c.call("seen")
+            assert sids[i] in seen["arrived"] and sids[i] not in seen["connects"], \
+                "no connect handler ran for a moved session; the arrived hook did"
+        assert stayer.disconnects == 1 and stayer.call("recall") is None
+        assert stayer.sio.get_sid() != sids[4]
+        # Rooms moved: a message to the room reaches every mover, once.
+        movers[0].sio.emit("say", {"room": "r", "text": "after", "ts": 0})
+        wait_for(lambda: all(any(m["text"] == "after" for m in c.said) for c in movers), 15,
+                 what="room message after the move")
+        # A duplicate would arrive before the sender's next message (invariant 9).
+        movers[0].sio.emit("say", {"room": "r", "text": "next", "ts": 0})
+        wait_for(lambda: all(any(m["text"] == "next" for m in c.said) for c in movers), 15,
+                 what="the next room message")
+        assert all(sum(m["text"] == "after" for m in c.said) == 1 for c in movers)
+    finally:
+        for c in everyone:
+            c.close()
+
+
+def test_without_handover_a_reload_still_reconnects_the_clients(cluster_factory):
+    cluster = cluster_factory(workers=2, handover=False)
+    old = {w["pid"] for w in cluster.wait_ready()}
+    stats = under_traffic(cluster, lambda: reload(cluster))
+    print(f"FIGURE reload without handover: {CLIENTS} JS clients, {stats}")
+    assert stats["disconnects"] >= CLIENTS and stats["sid_changed"] == CLIENTS, stats
+    new = set(stats["pids_after"])
+    assert len(new) == 2 and not new & old
+    assert cluster.status()["master"]["counters"]["handovers"] == 0
+
+
+def test_a_chromium_tab_never_leaves_connected_during_a_reload(browser, cluster_factory):
+    from test_browser import WATCH_STATUS_JS, Users
+
+    cluster = cluster_factory(app=None, workers=2, handover=True)  # the chat demo
+    old = {w["pid"] for w in cluster.wait_ready()}
+    users = Users(browser, cluster.url, "websocket")
+    try:
+        users.wait_in_room()
+        for tab in users.tabs:
+            tab.page.evaluate(WATCH_STATUS_JS)
+        sent: list[tuple] = []
+        users.exchange(["before"], [users.tabs[0]], sent)
+        reload(cluster)
+        new = {w["pid"] for w in cluster.wait_ready()}
+        assert not new & old
+        for tab in users.tabs:
+            assert tab.whoami() in new, f"{tab} is served by a new worker"
+        # The chat goes on (its names live in save_session, which moved).
+        users.exchange(["after 1", "after 2"], [users.tabs[0], users.tabs[3]], sent)
+        want = [text for text, _, _ in sent]
+        sts = users.wait_all(lambda s: s.get("texts") == want, 15,
+                             "every tab shows the conversation, once, in order")
+        for tab, s in sts.items():
+            assert set(s["statuses"]) == {"connected"}, f"{tab} went {s['statuses']}"
+    finally:
+        users.close()
