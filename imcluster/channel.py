@@ -13,6 +13,7 @@ byte of its own in both directions (M: master, W: worker):
     HANDOFF    H     M     empty, with one client fd          per connection routed to it (2)
     RELAY      M     M     a pub/sub message (3)              per PUBLISH, to every other worker
     STOP       S     M     empty                              to drain and exit (retire, scale down)
+    RESTORED   Z     M     JSON object (7)                    answer to each RESTORE
     READY      R     W     empty                              once: app imported, serving
     HANDBACK   B     W     empty, with one client fd          a kept-alive connection's next request
                                                               is another worker's (or a new session)
@@ -22,11 +23,13 @@ byte of its own in both directions (M: master, W: worker):
     ACK        A     W     ASCII decimal integer (5)          every 16 hand-offs, and with the
                                                               heartbeat when it changed
     ERROR      E     W     UTF-8 text: why it exits           once, before exiting on an error (6)
+    SESSION    X     W     JSON object (7)                    a recoverable session changed
+    RESTORE    Y     W     JSON object (7)                    a CONNECT asks to recover a session
 
 1. What the worker serves and how: app, cwd, worker_id, slot, log_level,
    keepalive (s), graceful_timeout (s), cors_origins, ws_compression, redis (a
    URL, password included: never on a command line), redis_silence_timeout
-   (s), allow_untested_versions.
+   (s), allow_untested_versions, recovery_window (s, 0 = off).
 2. The worker serves the connection's first request whatever sid it names.
 3. python-socketio's pub/sub JSON, as PubSubManager._publish is given it.
 4. `{"sessions": Engine.IO sessions held, "connections": TCP connections
@@ -35,6 +38,10 @@ byte of its own in both directions (M: master, W: worker):
    at most `--handoff-window` unacknowledged in the kernel's queue (what is
    there dies with the worker; what the master still holds can be re-routed).
 6. The app failed to import, or a library is outside the tested range.
+7. Connection state recovery (`--recovery-window`), described in
+   workers/recovery.py; only sent when it is on. With it on, RELAY also goes
+   back to the worker that published (every broadcast, in the master's order,
+   with its offset).
 
 The master counts any frame as a sign of life (`--heartbeat-timeout`); it
 routes new sessions by LOAD's sessions plus the hand-offs not yet acknowledged.
@@ -52,6 +59,7 @@ SPEC = b"C"
 HANDOFF = b"H"
 RELAY = b"M"
 STOP = b"S"
+RESTORED = b"Z"
 # worker -> master
 READY = b"R"
 HANDBACK = b"B"
@@ -60,6 +68,8 @@ HEARTBEAT = b"T"
 LOAD = b"L"
 ACK = b"A"
 ERROR = b"E"
+SESSION = b"X"
+RESTORE = b"Y"
 
 MORE = 0x01
 

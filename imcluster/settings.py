@@ -43,6 +43,13 @@ def _positive_float(v: Any) -> float:
     return x
 
 
+def _non_negative_float(v: Any) -> float:
+    x = float(v)
+    if not x >= 0:
+        raise ValueError("must be 0 or more")
+    return x
+
+
 def _host_id(v: Any) -> int:
     n = int(v)
     if not 0 <= n <= MAX_HOST_ID:
@@ -160,6 +167,12 @@ SETTINGS: tuple[Setting, ...] = (
             "to its PING (sent every third of this) before the worker drops the "
             "connection, reconnects and resubscribes (a NAT or firewall that dropped the "
             "flow, a frozen Redis)", metavar="SECONDS"),
+    Setting("recovery_window", _non_negative_float, 0.0,
+            "seconds a client that lost its connection (network, killed worker) may take "
+            "to come back with Socket.IO connection state recovery (pid and offset, "
+            "socket.io >= 4.6 clients that ask for it): same sid, rooms, session data and "
+            "the broadcasts it missed. 0 (the default): off. Master relay only for now "
+            "(refused with --redis)", metavar="SECONDS"),
     Setting("header_timeout", _positive_float, 10.0,
             "seconds a new connection has to send its request line before the master "
             "answers 408 and closes it", metavar="SECONDS"),
@@ -273,6 +286,9 @@ def resolve(args: argparse.Namespace | None = None,
         cfg.sources[s.name] = source
     if isinstance(cfg.values["bind"], str):
         cfg.values["bind"] = _bind(cfg.values["bind"])
+    if cfg.values["recovery_window"] and cfg.values["redis"]:
+        raise SettingError("recovery_window: connection state recovery works with the master "
+                           "relay only so far, not with --redis")
     if cfg.values["control"] is None:
         base = environ.get("XDG_RUNTIME_DIR") or "/tmp"
         cfg.values["control"] = os.path.join(base, f"imcluster-{cfg.values['bind'][1]}.sock")

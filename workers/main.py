@@ -31,6 +31,7 @@ from imcluster.workers import admin, protocol, sessions, speedups
 from imcluster.workers import app as appmod
 from imcluster.workers.http import FdListener, make_protocol, serve_connection
 from imcluster.workers.link import Link
+from imcluster.workers.recovery import Recovery
 from imcluster.workers.redis_manager import ClusterRedisManager
 from imcluster.workers.relay import MasterRelayManager
 
@@ -64,6 +65,7 @@ class WorkerServer:
         self.stopping = False
         self.app: appmod.App | None = None
         self.relay: MasterRelayManager | None = None
+        self.recovery: Recovery | None = None
         self.default_manager: socketio.PubSubManager | None = None
         self.pool = eventlet.GreenPool(MAX_CONNECTIONS)
         self.joiner = ch.Joiner()
@@ -88,9 +90,17 @@ class WorkerServer:
             # internals: engineio-cors-origins
             app.eio.cors_allowed_origins = self.spec["cors_origins"]
         # Engine.IO v4 / Socket.IO v5 as written, where the libraries differ.
-        protocol.adapt(app.eio, app.sio)  # internals: socketio-server-attrs
+        rec = None
+        if self.spec.get("recovery_window") and app.sio is not None:
+            rec = self.recovery = Recovery(self.link)
+        protocol.adapt(app.eio, app.sio, rec)  # internals: socketio-server-attrs
         if app.sio is not None:
             self._install_manager(app.sio)
+            if rec is not None:
+                if app.sio.manager is not self.relay:
+                    raise appmod.AppError("--recovery-window needs the master relay as the "
+                                          "app's client_manager (the app brings its own)")
+                self.relay.recovery = rec
         if not self.spec.get("ws_compression"):
             app.wsgi = _without_ws_compression(app.wsgi)
         _one_handler_per_line()
@@ -193,6 +203,8 @@ class WorkerServer:
             return
         if kind == ch.RELAY and self.relay is not None:
             self.relay.deliver(whole)
+        elif kind == ch.RESTORED and self.recovery is not None:
+            self.recovery.answered(whole)
         elif kind == ch.STOP:
             self.stop("asked by the master")
 
