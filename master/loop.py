@@ -51,7 +51,7 @@ class Link:
     """The master's end of one worker's channel, and what is queued on it."""
 
     __slots__ = ("worker_id", "slot", "pid", "channel", "outq", "out_bytes", "delivered",
-                 "confirmed", "joiner")
+                 "confirmed", "joiner", "relay_from")
 
     def __init__(self, worker_id: int, slot: int, pid: int, channel: socket.socket):
         self.worker_id, self.slot, self.pid, self.channel = worker_id, slot, pid, channel
@@ -60,6 +60,8 @@ class Link:
         self.delivered = 0  # hand-offs written to the channel
         self.confirmed = 0  # hand-offs the worker acknowledged receiving (ACK)
         self.joiner = ch.Joiner()
+        # The first broadcast offset relayed to it (recovery): it never hears earlier ones.
+        self.relay_from = 0
 
     @property
     def unconfirmed(self) -> int:
@@ -275,6 +277,8 @@ class Master:
             # Closing the child's end here is what lets us see EOF when it dies.
             worker_end.close()
         link = self.links[wid] = Link(wid, slot, pid, master_end)
+        if self.recovery is not None:
+            link.relay_from = self.recovery.last + 1
         self.selector.register(master_end, selectors.EVENT_READ, self._channel_handler(link))
         # First on the new channel: the worker reads nothing else before it.
         self._send(link, ch.SPEC, ch.encode_json(spec))
@@ -395,7 +399,7 @@ class Master:
     def _restore(self, link: Link, payload: bytes) -> None:
         ask = _json_object(payload) or {}
         found = self.recovery.restore(ask.get("pid"), ask.get("offset"), time.monotonic())
-        head = ch.encode_json({"id": ask.get("id")})
+        head = ch.encode_json({"id": ask.get("id"), "relay_from": link.relay_from})
         self._send(link, ch.RESTORED,
                    head[:-1] + b',"session":' + (found or b"null") + b"}")
 

@@ -8,9 +8,12 @@ import os
 import signal
 import subprocess
 
-from conftest import JS, ROOT
+import pytest
+from conftest import JS, ROOT, wait_for
+from pyclients import Client
 
 from imcluster.master.recovery import RecoveryStore
+from imcluster.settings import SettingError, resolve
 
 WORKERS = 3
 
@@ -77,6 +80,34 @@ def test_recovery_off_sends_no_pid_and_does_not_recover(cluster_factory):
     for m in orphans:
         # A new session is in no room: it hears nothing after the kill.
         assert m["heard"] == sorted(set(m["heard"])) and len(m["heard"]) < 120
+
+
+def test_python_clients_that_do_not_ask_get_no_offsets(cluster_factory):
+    """With recovery on, python-socketio's client (no recovery of its own) hears
+    broadcasts as before: one argument per `emit` value, no offset after it (its
+    handlers get every argument; `self.said.append` takes exactly one)."""
+    cluster = cluster_factory(workers=WORKERS, recovery_window=10)
+    cluster.wait_ready()
+    clients = [Client(cluster.url, t) for t in ("websocket", "polling", "default") * 2]
+    try:
+        for c in clients:
+            assert c.join("py") is True
+        assert len({c.whoami() for c in clients}) > 1  # across workers
+        for n in range(5):
+            assert clients[n % len(clients)].call("say", {"room": "py", "n": n}) is True
+        wait_for(lambda: all(len(c.said) >= 5 for c in clients), 20, what="5 says each")
+        for c in clients:
+            assert c.said == [{"room": "py", "n": n} for n in range(5)]
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_recovery_with_redis_is_refused_clearly():
+    with pytest.raises(SettingError, match="master relay only"):
+        resolve(None, {"IMCLUSTER_RECOVERY_WINDOW": "5", "IMCLUSTER_REDIS": "redis://x/0"})
+    assert resolve(None, {"IMCLUSTER_RECOVERY_WINDOW": "0",
+                          "IMCLUSTER_REDIS": "redis://x/0"}).recovery_window == 0
 
 
 def _gaps(heard: list[int], wanted: list[int]) -> dict:

@@ -40,7 +40,10 @@ What is stored where
   channel close). A RESTORE `{"id", "pid", "offset"}` gets a RESTORED
   `{"id", "session": null | {"sid", "namespace", "rooms", "data",
   "missed": [messages]}}`; the session leaves the store, and the worker that
-  restores it reports it "up" again.
+  restores it reports it "up" again. The answer also says which offset was the
+  first relayed to that worker ("relay_from"): the worker replays what its
+  listener delivered already and what came before it started, and lets the
+  rest reach the session live, in its rooms, so each arrives once.
 
 Offsets
 -------
@@ -179,6 +182,8 @@ class Recovery:
         except (ValueError, KeyError, TypeError):
             return
         session = obj.get("session")
+        if isinstance(session, dict):
+            session["relay_from"] = obj.get("relay_from")
         if answer is not None and not answer.ready():
             answer.send(session if isinstance(session, dict) else None)
 
@@ -265,8 +270,13 @@ class RecoveryRules:
                 self.manager.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         if r.get("data") is not None:
             self.eio.get_session(eio_sid)[namespace] = r["data"]
+        # Replayed here: what this worker's listener delivered already, and what
+        # was relayed before this worker started (it will never hear those).
+        # The rest is on its way and reaches the session in its rooms.
+        relay_from = r.get("relay_from")
+        cut = max(rec.last_offset, relay_from - 1 if isinstance(relay_from, int) else 0)
         for message in r.get("missed") or ():
-            if isinstance(message, dict) and int(message.get("offset", 0)) <= rec.last_offset:
+            if isinstance(message, dict) and int(message.get("offset", 0)) <= cut:
                 for p in self.manager.offset_packets(message, namespace):
                     self._send_eio_packet(eio_sid, p)
         _recovered.add((namespace, sid))
