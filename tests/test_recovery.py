@@ -110,6 +110,48 @@ def test_recovery_with_redis_is_refused_clearly():
                           "IMCLUSTER_REDIS": "redis://x/0"}).recovery_window == 0
 
 
+def test_a_session_recovered_on_a_worker_started_after_it_left(cluster_factory):
+    """The killed worker's clients stay away while broadcasts go on, and a worker
+    is added meanwhile (they come back once it is READY): those that land on it,
+    which has delivered no broadcast yet and never had the ones they missed, get
+    every one replayed."""
+    cluster = cluster_factory(workers=2, recovery_window=10)
+    cluster.wait_ready()
+    opts = {"url": cluster.url, "clients": 12, "messages": 120, "rate": 40, "kill_after": 40,
+            "hold_after": 60, "reconnect_ms": 60000}
+    proc = subprocess.Popen(["node", str(JS / "recovery.mjs"), json.dumps(opts)], cwd=JS,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(proc.stdout.readline() or "null")
+        assert first, proc.stderr.read()
+        assert json.loads(proc.stdout.readline()) == {"kill": True}
+        os.kill(first["victim"], signal.SIGKILL)
+        assert json.loads(proc.stdout.readline()) == {"held": True}
+        wait_for(lambda: len(cluster.worker_pids() - {first["victim"]}) == 2, 20,
+                 what="the killed worker replaced")
+        before = cluster.worker_pids()
+        cluster.cluster.scale("+1")
+        added = cluster.worker_pids() - before - {first["victim"]}
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        back = json.loads(proc.stdout.readline())
+        assert back["reconnected"] is True
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        result = json.loads(out.strip().splitlines()[-1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    on_added = [m for m, w in zip(result["members"], back["workers"], strict=True) if w in added]
+    assert on_added, (added, back["workers"])  # else this run did not test it
+    for m in result["members"]:
+        assert m["heard"] == list(range(120)), (m["worker"], _gaps(m["heard"], list(range(120))))
+    for m in on_added:
+        assert m["recovered"] is True
+
+
 def _gaps(heard: list[int], wanted: list[int]) -> dict:
     seen = set(heard)
     return {"missing": [n for n in wanted if n not in seen][:20],

@@ -6,7 +6,10 @@
 //    holding most of them is the victim; a sender connects until it is on another worker.
 // 2. Prints {"victim": pid, "sender": pid, "counts": {pid: members}, "pids": [...]}.
 // 3. The sender says `messages` sequence numbers at `rate` per second; after `kill_after`
-//    it prints {"kill": true} (the test kills the victim then) and goes on.
+//    it prints {"kill": true} (the test kills the victim then) and goes on. With
+//    `hold_after`, after that many it prints {"held": true} and waits for a line on stdin;
+//    then the members that are away reconnect at once, and once all are back it prints
+//    {"reconnected": true, "workers": [pid per member]} and goes on.
 // 4. Once every member holds every number (or `deliver_ms` passed), prints the result:
 //    per member its worker, what it heard (in order), whether it reconnected and recovered,
 //    and with `state` what the app's `state` event answers (tests/apps/recovery_app.py).
@@ -15,14 +18,16 @@ import { sleep, withTimeout, TRANSPORTS } from "./common.mjs";
 
 const opt = {
   clients: 30, messages: 200, rate: 40, kill_after: 60, room: "recovery",
-  timeout_ms: 20000, deliver_ms: 60000, recovery: true,
+  timeout_ms: 20000, deliver_ms: 60000, recovery: true, reconnect_ms: 100, hold_after: 0,
   ...JSON.parse(process.argv[2] || "{}"),
 };
 
 function member(transport) {
   const s = io(opt.url, {
     transports: TRANSPORTS[transport], forceNew: true, timeout: opt.timeout_ms,
-    reconnection: true, reconnectionDelay: 100, reconnectionDelayMax: 500,
+    reconnection: true, reconnectionDelay: opt.reconnect_ms,
+    reconnectionDelayMax: Math.max(500, opt.reconnect_ms),
+    randomizationFactor: opt.reconnect_ms > 100 ? 0 : 0.5,
     auth: opt.recovery ? { recovery: true } : {},
   });
   s.heard = [];
@@ -68,6 +73,19 @@ console.log(JSON.stringify({ victim, sender: sender.worker, counts,
 for (let seq = 0; seq < opt.messages; seq++) {
   sender.emit("say", { room: opt.room, seq });
   if (seq + 1 === opt.kill_after) console.log(JSON.stringify({ kill: true }));
+  if (seq + 1 === opt.hold_after) {
+    // Quiet until the test says go (it adds a worker meanwhile); then the members
+    // that are away come back at once, not at their (long) reconnection delay, and
+    // each says which worker holds it now.
+    console.log(JSON.stringify({ held: true }));
+    await new Promise((r) => process.stdin.once("data", r));
+    for (const s of members) if (!s.connected) s.io.open();
+    while (!members.every((s) => s.connected && s.connects >= (s.worker === victim ? 2 : 1))) {
+      await sleep(50);
+    }
+    const now = await Promise.all(members.map((s) => ask(s, "whoami")));
+    console.log(JSON.stringify({ reconnected: true, workers: now }));
+  }
   await sleep(1000 / opt.rate);
 }
 const all = () => members.every((s) => s.heard.length >= opt.messages);
