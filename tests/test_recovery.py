@@ -64,6 +64,38 @@ def test_killed_workers_clients_recover_every_broadcast_once_in_order(cluster_fa
         assert m["state"] == {"connects": 1, "recovered": False}
 
 
+def test_a_rolling_reload_recovers_every_session(cluster_factory):
+    """A reload drains each worker in turn (as socket.io's "server shutting down"):
+    every client comes back recovered, with every broadcast once, in order."""
+    cluster = cluster_factory(workers=WORKERS, recovery_window=10)
+    cluster.wait_ready()
+    proc = subprocess.Popen(["node", str(JS / "recovery.mjs"), json.dumps(
+        {"url": cluster.url, "clients": 12, "messages": 300, "rate": 40, "kill_after": 40,
+         "hold_after": 200, "sender_reconnects": True})],
+        cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        first = json.loads(proc.stdout.readline() or "null")
+        assert first, proc.stderr.read()
+        assert json.loads(proc.stdout.readline()) == {"kill": True}
+        cluster.cluster.reload()  # returns once every worker was replaced
+        # The sender pauses after 200 until then: it goes on once the reload is over.
+        assert json.loads(proc.stdout.readline()) == {"held": True}
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["reconnected"] is True
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        result = json.loads(out.strip().splitlines()[-1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for m in result["members"]:
+        assert m["heard"] == list(range(300)), (m["worker"], _gaps(m["heard"], list(range(300))))
+        assert m["connects"] >= 2 and m["recovered"] is True, m
+
+
 def test_recovery_off_sends_no_pid_and_does_not_recover(cluster_factory):
     """The same run without --recovery-window: no pid in CONNECT, no offsets, so
     the killed worker's clients come back as new sessions and miss what was sent

@@ -250,6 +250,8 @@ class WorkerServer:
         for it, acks included, has been written (`wait`).
         """
         eio = self.app.eio if self.app else None
+        if self.recovery is not None:
+            self.recovery.draining = True
         # Finish before the master's deadline, which ends in a KILL.
         grace = 0.8 * float(self.spec.get("graceful_timeout", 10))
         with eventlet.Timeout(grace, False):

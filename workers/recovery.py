@@ -35,12 +35,14 @@ What is stored where
     {"op": "change", "pid", "eio_sid", "rooms": [...]}  or  {..., "data": ...}
     {"op": "down", "pid", "eio_sid"}   transport closed or failed, ping timeout
     {"op": "gone", "pid", "eio_sid"}   the client or the app disconnected it
-  An op from a connection that no longer holds the session is ignored. A
-  worker that dies takes its sessions down with it (the master sees its
-  channel close). A RESTORE `{"id", "pid", "offset"}` gets a RESTORED
-  `{"id", "session": null | {"sid", "namespace", "rooms", "data",
-  "missed": [messages]}}`; the session leaves the store, and the worker that
-  restores it reports it "up" again. The answer also says which offset was the
+  A worker that drains (reload, scale down) reports its sessions "down", as
+  socket.io does on "server shutting down". An op from a connection that no
+  longer holds the session is ignored. A worker that dies takes its sessions
+  down with it (the master sees its channel close). A RESTORE
+  `{"id", "pid", "offset"}` gets a RESTORED `{"id", "relay_from", "session":
+  null | {"sid", "namespace", "rooms", "data", "missed": [messages]}}`; the
+  session leaves the store, and the worker that restores it reports it "up"
+  again. The answer also says which offset was the
   first relayed to that worker ("relay_from"): the worker replays what its
   listener delivered already and what came before it started, and lets the
   rest reach the session live, in its rooms, so each arrives once.
@@ -145,6 +147,9 @@ class Recovery:
         self.paused = 0
         self.resumed = eventlet.event.Event()
         self.last_offset = 0  # of the last broadcast the relay's listener delivered
+        # The worker drains (reload, scale down, stop): its clients will be back
+        # elsewhere, as after socket.io's "server shutting down".
+        self.draining = False
 
     # ---- the master ------------------------------------------------------------------
 
@@ -287,7 +292,8 @@ class RecoveryRules:
     def _handle_disconnect(self, eio_sid, namespace, reason=None):
         namespace = namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        self._drop(namespace, sid, "down" if reason in RECOVERABLE else "gone")
+        rec = self._imcluster_recovery
+        self._drop(namespace, sid, "down" if reason in RECOVERABLE or rec.draining else "gone")
         return super()._handle_disconnect(eio_sid, namespace, reason)
 
     # internals: socketio-disconnect

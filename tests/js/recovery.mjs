@@ -61,7 +61,9 @@ for (const s of members) {
 const victim = Number(Object.entries(counts).sort((a, b) => b[1] - a[1])[0][0]);
 let sender = null;
 for (let tries = 0; tries < 30 && sender === null; tries++) {
-  const s = io(opt.url, { transports: ["websocket"], forceNew: true, reconnection: false });
+  // A sender that reconnects keeps what it emits while away and sends it, in order, then.
+  const s = io(opt.url, { transports: ["websocket"], forceNew: true,
+                          reconnection: !!opt.sender_reconnects, reconnectionDelay: 100 });
   await withTimeout(new Promise((r) => s.once("connect", r)), opt.timeout_ms, "sender");
   const pid = await ask(s, "whoami");
   if (pid !== victim) { sender = s; sender.worker = pid; } else s.close();
