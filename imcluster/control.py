@@ -236,6 +236,12 @@ class Status:
         """The workers that hold a slot (not the retired ones draining)."""
         return tuple(w for w in self.workers if not w.retired and not w.replacement)
 
+    def has_ready(self, workers: int | None = None) -> bool:
+        """`workers` slots hold a READY worker; None: every worker is READY (`ready`)."""
+        if workers is None:
+            return self.ready
+        return sum(w.state == "READY" for w in self.serving) >= workers
+
     @property
     def ready(self) -> bool:
         """Every worker but the retired ones is READY (what `imcluster status` exits 0
@@ -278,7 +284,7 @@ class Control:
         if pid is None:
             return
         deadline = time.monotonic() + timeout
-        while _alive(pid):
+        while process_alive(pid):
             if time.monotonic() >= deadline:
                 raise StopTimeout(f"the master (pid {pid}) is still stopping after "
                                   f"{timeout:.0f}s")
@@ -318,11 +324,8 @@ class Control:
         last: Status | str = "no answer"
         while True:
             try:
-                st = self.status()
-                last = st
-                n = len(st.serving) if workers is None else workers
-                if n and sum(w.state == "READY" for w in st.serving) >= n and \
-                        (workers is not None or st.ready):
+                st = last = self.status()
+                if st.has_ready(workers):
                     return st
             except ControlError as e:
                 last = str(e)
@@ -331,7 +334,7 @@ class Control:
             time.sleep(poll)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """The process exists and is not a zombie (exited, not yet reaped by its parent)."""
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -32,7 +32,14 @@ from typing import Any
 
 from imcluster import settings as settings_mod
 from imcluster import sid as sidcodec
-from imcluster.control import Control, ControlError, ReloadResult, Status, WorkerStatus
+from imcluster.control import (
+    Control,
+    ControlError,
+    ReloadResult,
+    Status,
+    WorkerStatus,
+    process_alive,
+)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -304,8 +311,7 @@ class Cluster:
             try:
                 st = self.status()
                 last = [(w.slot, w.state) for w in st.workers]
-                ready = [w for w in st.serving if w.state == "READY"]
-                if len(ready) >= (workers or len(st.serving) or 1) and (workers or st.ready):
+                if st.has_ready(workers):
                     return st
             except ControlError as e:
                 last = str(e)
@@ -417,23 +423,9 @@ class Cluster:
         return kept
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (our child, not yet reaped) is gone for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while process_alive(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)

@@ -73,7 +73,9 @@ def both_ways(here: list[Client], there: list[Client], room: str, tag: str):
     return check
 
 
-def test_silent_subscription_is_noticed_and_remade(proxy, cluster_factory):
+def talking_through(proxy, cluster_factory):
+    """2 workers whose Redis is behind `proxy`, a room member or more on each, and
+    a message heard both ways: (cluster, members here, members there)."""
     cluster = cluster_factory(workers=2, redis=f"redis://127.0.0.1:{proxy.port}/0",
                               args=("--redis-silence-timeout", str(SILENCE)))
     cluster.wait_ready()
@@ -81,6 +83,16 @@ def test_silent_subscription_is_noticed_and_remade(proxy, cluster_factory):
     try:
         wait_for(both_ways(here, there, "r", "before"), 10, interval=0,
                  what="cross-worker delivery through the proxy")
+    except BaseException:
+        for c in here + there:
+            c.close()
+        raise
+    return cluster, here, there
+
+
+def test_silent_subscription_is_noticed_and_remade(proxy, cluster_factory):
+    cluster, here, there = talking_through(proxy, cluster_factory)
+    try:
         frozen = proxy.freeze()
         assert frozen >= 2, f"only {frozen} flows to freeze: the subscriptions are not there"
         t0 = time.monotonic()
@@ -102,13 +114,8 @@ def test_frozen_redis_then_thawed(proxy, cluster_factory):
     """Redis frozen (its connections accepted, nothing answered): both
     directions say so within bounded time, each worker still serves its own
     room members, and all resumes when Redis answers again."""
-    cluster = cluster_factory(workers=2, redis=f"redis://127.0.0.1:{proxy.port}/0",
-                              args=("--redis-silence-timeout", str(SILENCE)))
-    cluster.wait_ready()
-    here, there = split_by_worker(cluster.url, "r")
+    cluster, here, there = talking_through(proxy, cluster_factory)
     try:
-        wait_for(both_ways(here, there, "r", "before"), 10, interval=0,
-                 what="cross-worker delivery through the proxy")
         proxy.freeze(new_flows=True)
         say(here[0], "r", "frozen")
         wait_for(lambda: heard(here, "frozen"), 10, what="local delivery while Redis is frozen")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from imcluster.control import Control, ControlError
+from imcluster.control import Control, ControlError, process_alive
 from imcluster.testing import Cluster
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -61,14 +61,6 @@ def test_stuck(imcluster):
 '''
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_test_run_leaves_no_process(pytester, tmp_path, sig):
     copy_example(pytester)
@@ -83,19 +75,19 @@ def test_interrupted_test_run_leaves_no_process(pytester, tmp_path, sig):
         wait_for(lambda: pids_file.exists() and pids_file.read_text(), 60,
                  what="the stuck test's cluster")
         pids = json.loads(pids_file.read_text())
-        assert len(pids) == 3 and all(_alive(p) for p in pids)
+        assert len(pids) == 3 and all(process_alive(p) for p in pids)
         run.send_signal(sig)
         run.wait(60)
         # SIGINT: pytest tears the fixture down. SIGKILL: nothing runs in the test
         # process; the master hears its parent die (PR_SET_PDEATHSIG) and stops.
-        wait_for(lambda: not any(_alive(p) for p in pids), 30,
+        wait_for(lambda: not any(process_alive(p) for p in pids), 30,
                  what=f"master and workers {pids} to exit")
     finally:
         if run.poll() is None:
             run.kill()
             run.wait(10)
         for pid in pids:  # only when the test failed: leave nothing behind either way
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
