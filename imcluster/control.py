@@ -57,7 +57,8 @@ unless said otherwise.
     workers[].slot           int          0..N-1; a replacement keeps its predecessor's
     workers[].pid            int|null     null while the slot has no process
     workers[].worker_id      int          unique for the master's life; its sids name it
-    workers[].state          str          STARTING READY DRAINING STOPPING EXITED BACKOFF FATAL
+    workers[].state          str          QUEUED STARTING READY DRAINING STOPPING EXITED
+                                          BACKOFF FATAL
     workers[].retired        bool         out of service for good (draining, then exits)
     workers[].replacement    bool         a reload's new worker, not yet in its slot
     workers[].uptime         float|null   s, monotonic: since this process was spawned
@@ -159,9 +160,10 @@ def request(path: str, cmd: str, timeout: float = 5.0, **args) -> dict:
 class WorkerStatus:
     """One worker process as the master sees it.
 
-    `state` is one of STARTING, READY, DRAINING, STOPPING, EXITED, BACKOFF,
-    FATAL. A `retired` worker is draining after its replacement took its slot;
-    a `replacement` is starting to take a slot over during a reload.
+    `state` is one of QUEUED (waiting for a start turn, `--max-starting`),
+    STARTING, READY, DRAINING, STOPPING, EXITED, BACKOFF, FATAL. A `retired`
+    worker is draining after its replacement took its slot; a `replacement` is
+    starting to take a slot over during a reload.
     """
 
     slot: int                 # 0..N-1; a replacement keeps its predecessor's slot

@@ -212,6 +212,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ready_timeout", _positive_float, 30.0,
             "seconds a new worker has to import the app and say READY; a reload whose "
             "new worker misses it is abandoned", metavar="SECONDS"),
+    Setting("max_starting", _workers, _default_workers,
+            "workers that may import the app at the same time; more wait their turn "
+            "(QUEUED in status), so that scaling to many workers on few CPUs does not "
+            "make every import, and the master, wait on all the others (default: one "
+            "per CPU)", metavar="N"),
     Setting("heartbeat_timeout", _positive_float, 10.0,
             "seconds of silence on its channel after which a worker counts as hung "
             "(blocked event loop): it gets no more requests and is replaced",

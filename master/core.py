@@ -91,6 +91,7 @@ class Core:
     def handle(self, event: object, now: float) -> list:
         """Apply one event; return the actions it calls for, in order."""
         self._handlers[type(event)](event, now)
+        self._start_queued(now)
         return self._take()
 
     @property
@@ -148,11 +149,30 @@ class Core:
     # ---- verbs (also used by rolling.RollingReload) ---------------------------------
 
     def spawn(self, w: WorkerProcess, now: float) -> None:
-        """Start a fresh process for `w` under a new worker id."""
+        """Start a fresh process for `w` under a new worker id, or queue it (QUEUED)
+        while `max_starting` workers are importing the app. A reload's replacement
+        never waits: a reload starts one at a time, and its deadline is running."""
+        if w.role is not Role.REPLACEMENT and self._starting() >= self.cfg.max_starting:
+            if w.state is not State.QUEUED:
+                w.to(State.QUEUED)
+            return
         wid = self._new_worker_id()
         w.started(wid, now)
         self.by_id[wid] = w
         self._out.append(ev.Spawn(wid, w.slot))
+
+    def _starting(self) -> int:
+        return sum(w.state is State.STARTING for w in self.processes())
+
+    def _start_queued(self, now: float) -> None:
+        """Give freed start turns to queued slots, lowest slot first."""
+        if self.stopping:
+            return
+        for w in self.slots:
+            if w.state is State.QUEUED:
+                if self._starting() >= self.cfg.max_starting:
+                    return
+                self.spawn(w, now)
 
     def _new_worker_id(self) -> int:
         while True:
@@ -172,7 +192,7 @@ class Core:
         """Take a worker out of service for good: no new sessions, drain, exit."""
         w.role = Role.RETIRED
         if not w.live:
-            if w.state in (State.BACKOFF, State.FATAL):
+            if w.state in (State.BACKOFF, State.FATAL, State.QUEUED):
                 w.to(State.EXITED)
             return
         self.retiring.append(w)
@@ -194,7 +214,7 @@ class Core:
         self.stop_deadline = now + self.cfg.graceful_timeout
         self._out.append(ev.StopListening())
         for w in self.processes():
-            if w.state in (State.BACKOFF, State.FATAL):
+            if w.state in (State.BACKOFF, State.FATAL, State.QUEUED):
                 w.to(State.EXITED)
             elif w.live and w.state is not State.STOPPING:
                 w.to(State.STOPPING)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 
 class State(enum.Enum):
+    QUEUED = "QUEUED"  # waiting for a start turn (at most --max-starting import at once)
     STARTING = "STARTING"  # spawned, app still importing; gets no new sessions
     READY = "READY"  # said READY on its channel; gets new sessions
     DRAINING = "DRAINING"  # keeps its sessions, gets no new ones
@@ -32,11 +33,13 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.DRAINING: frozenset({State.STOPPING, State.EXITED}),
     State.STOPPING: frozenset({State.EXITED}),
     # An unexpected exit either waits to respawn or, after too many failures, gives up.
-    State.EXITED: frozenset({State.BACKOFF, State.FATAL, State.STARTING}),
+    State.EXITED: frozenset({State.BACKOFF, State.FATAL, State.STARTING, State.QUEUED}),
     # The master stopping during a backoff leaves the slot EXITED.
-    State.BACKOFF: frozenset({State.STARTING, State.EXITED}),
+    State.BACKOFF: frozenset({State.STARTING, State.QUEUED, State.EXITED}),
     # Only an operator's reload or restart brings a FATAL slot back.
-    State.FATAL: frozenset({State.STARTING, State.EXITED}),
+    State.FATAL: frozenset({State.STARTING, State.QUEUED, State.EXITED}),
+    # Its turn came, or it was scaled away (or the master stopped) while waiting.
+    State.QUEUED: frozenset({State.STARTING, State.EXITED}),
 }
 
 # States in which the worker has (or is about to have) a process.
@@ -145,7 +148,7 @@ class WorkerProcess:
         return (self.sessions or 0) + max(self.handoffs_sent - self.handoffs_acked, 0)
 
     def started(self, worker_id: int, now: float) -> None:
-        """STARTING under a new worker id (from EXITED, BACKOFF or FATAL)."""
+        """STARTING under a new worker id (from EXITED, QUEUED, BACKOFF or FATAL)."""
         self.to(State.STARTING)
         self.worker_id, self.pid, self.channel_open = worker_id, 0, False
         self.started_at = self.last_heard = now

@@ -38,6 +38,9 @@ class Master:
         cfg.setdefault("graceful_timeout", 10)
         cfg.setdefault("ready_timeout", 30)
         cfg.setdefault("heartbeat_timeout", 10)
+        # Start turns are tested on their own (test_start_turns_*); elsewhere
+        # every worker starts at once, whatever this machine's CPU count.
+        cfg.setdefault("max_starting", 256)
         self.core = Core(config(workers=workers, **cfg), "app:sio")
         self.now = T0
         self.next_pid = 100
@@ -732,3 +735,53 @@ def test_a_handed_over_session_with_no_ready_worker_is_closed():
     m.core.retire(m.core.slots.pop(0), m.now)
     [move] = of(m.feed(ev.Moving("x", w.worker_id)), ev.Move)
     assert move.worker_id is None
+
+
+# ---- start turns (--max-starting) ------------------------------------------------------
+
+def spawned(actions: list) -> list[int]:
+    return [a.slot for a in actions if type(a) is ev.Spawn]
+
+
+def test_start_turns_at_most_max_starting_workers_import_at_once():
+    m = Master(workers=5, max_starting=2)
+    assert spawned(m.actions) == [0, 1]
+    assert [w.state for w in m.core.slots] == [State.STARTING] * 2 + [State.QUEUED] * 3
+    assert [w["state"] for w in m.core.describe(m.now)["workers"]][2:] == ["QUEUED"] * 3
+    # A READY worker frees its turn; the lowest queued slot takes it.
+    assert spawned(m.ready(m.slot(0))) == [2]
+    assert spawned(m.ready(m.slot(1))) == [3]
+    # A start that fails frees its turn too.
+    assert spawned(m.exit(m.slot(2), 1)) == [4]
+    m.ready(m.slot(3), m.slot(4))
+    assert m.slot(2).state is State.BACKOFF
+    m.tick(after=1.0)
+    assert m.slot(2).state is State.STARTING
+
+
+def test_start_turns_apply_to_scaling_up_and_a_scale_down_drops_queued_slots():
+    m = Master(workers=1, max_starting=1)
+    m.ready()
+    assert spawned(m.feed(ev.Command({"cmd": "scale", "to": "4"}))) == [1]
+    assert [w.state for w in m.core.slots[2:]] == [State.QUEUED] * 2
+    out = m.feed(ev.Command({"cmd": "scale", "to": "2"}))
+    assert spawned(out) == [] and len(m.core.slots) == 2
+    assert not any(w.state is State.QUEUED for w in m.core.processes())
+    m.ready()
+    assert [w.state for w in m.core.slots] == [State.READY] * 2
+
+
+def test_start_turns_stopping_leaves_queued_slots_unstarted():
+    m = Master(workers=3, max_starting=1)
+    m.feed(ev.Signal(TERM))
+    assert m.slot(2).state is State.EXITED
+    assert spawned(m.exit(m.slot(0), 0)) == []
+
+
+def test_start_turns_a_reload_replacement_does_not_wait_for_one():
+    m = Master(workers=2, max_starting=1)
+    m.ready(m.slot(0))
+    assert m.slot(1).state is State.STARTING
+    out = m.feed(ev.Command({"cmd": "reload"}))
+    # slot 0's replacement starts beside slot 1's start: a reload's deadline runs.
+    assert spawned(out) == [0]
