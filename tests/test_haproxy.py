@@ -421,6 +421,40 @@ def whoami_via(port: int, sid: str, n: int) -> int:
         return parse_ack(body, n)
 
 
+def test_haproxy_instances_side_by_side_share_no_state(fleet, tmp_path):
+    """Two HAProxy instances with the same generated config stand side by side
+    (behind DNS or an L4 balancer): a polling session made through one carries
+    on through the other, each request reaching the host its sid names, and it
+    outlives the death of the instance it started on (kill -9): the front keeps
+    no per-session state, so any number of instances can share the hosts."""
+    d = tmp_path / "second"
+    d.mkdir()
+    second = HAProxy(d, {i: fleet.address(i) for i in fleet.hosts})
+    first = fleet.haproxy
+    try:
+        second.wait_states({f"host{i}": UP for i in fleet.hosts})
+        pids = fleet.pids()
+        sessions: dict[int, str] = {}
+        for n in range(60):
+            sid = handshake_and_connect((first, second)[n % 2].port)
+            sessions.setdefault(host_of(sid), sid)
+            if len(sessions) == 3:
+                break
+        assert sorted(sessions) == [1, 2, 3]
+        n = 0
+        for host, sid in sessions.items():
+            for front in (first, second, first, second):
+                n += 1
+                assert pids[whoami_via(front.port, sid, n)] == host, (front.port, sid)
+        first.proc.kill()
+        first.proc.wait(10)
+        for host, sid in sessions.items():
+            n += 1
+            assert pids[whoami_via(second.port, sid, n)] == host, sid
+    finally:
+        second.stop()
+
+
 # --- TLS ends at HAProxy -------------------------------------------------------------
 
 def self_signed(d: Path) -> tuple[Path, Path]:
