@@ -3,7 +3,7 @@
 //   mode "room": connect, whoami (before and after any upgrade), join, one say, count deliveries.
 //   mode "hold": connect and stay connected; print {"held": n} then wait for stdin to close.
 //   "ca_file": a PEM file to trust for https:// and wss:// (common.mjs tlsOptions).
-import { connect as connectTo, sleep, tlsOptions, withTimeout } from "./common.mjs";
+import { connect as connectTo, sleep, tlsOptions, upgraded as upgradedTo, withTimeout } from "./common.mjs";
 
 const opt = {
   clients: 30, transport: "default", room: "r", mode: "room", wave: 10, timeout_ms: 20000,
@@ -12,11 +12,7 @@ const opt = {
 const errors = [];
 const connect = () => connectTo(opt.url, opt.transport, opt.timeout_ms, tlsOptions(opt));
 
-function upgraded(s) {
-  const eng = s.io.engine;
-  if (opt.transport !== "default" || eng.transport.name === "websocket") return Promise.resolve();
-  return withTimeout(new Promise((r) => eng.once("upgrade", r)), 10000, "upgrade");
-}
+const upgraded = (s) => upgradedTo(s, opt.transport, 10000);
 
 async function one() {
   const s = await connect();

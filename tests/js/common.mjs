@@ -1,4 +1,4 @@
-// Helpers shared by the JS drivers of the tests (clients.mjs, order.mjs).
+// Helpers shared by the JS drivers of the tests (clients.mjs, hosts.mjs, order.mjs, ...).
 import { readFileSync } from "node:fs";
 import { io } from "socket.io-client";
 
@@ -28,4 +28,12 @@ export function connect(url, transport, timeoutMs, extra = {}) {
     s.once("connect", () => resolve(s));
     s.once("connect_error", (e) => reject(new Error(`connect_error: ${e.message}`)));
   }), timeoutMs, "connect").catch((e) => { s.close(); throw e; });
+}
+
+// Resolves once a "default" client (polling first) has upgraded to WebSocket; at once for
+// any other transport or a client already upgraded.
+export function upgraded(s, transport, timeoutMs) {
+  const eng = s.io.engine;
+  if (transport !== "default" || eng.transport.name === "websocket") return Promise.resolve();
+  return withTimeout(new Promise((r) => eng.once("upgrade", r)), timeoutMs, "upgrade");
 }

@@ -4,30 +4,16 @@
 // every Set-Cookie it is sent, as a browser would). Prints one JSON line.
 // Usage: node hosts.mjs '{"url": "...", "clients": 300, "transport": "polling"}'
 // ("ca_file": a PEM file to trust for https:// and wss://, as in common.mjs)
-import { io } from "socket.io-client";
-import { TRANSPORTS, tlsOptions, withTimeout } from "./common.mjs";
+import { connect as connectTo, tlsOptions, upgraded as upgradedTo } from "./common.mjs";
 
 const opt = {
   clients: 30, transport: "default", wave: 20, timeout_ms: 30000,
   ...JSON.parse(process.argv[2] || "{}"),
 };
 
-function connect() {
-  const s = io(opt.url, {
-    transports: TRANSPORTS[opt.transport], forceNew: true, reconnection: false,
-    timeout: opt.timeout_ms, withCredentials: true, ...tlsOptions(opt),
-  });
-  return withTimeout(new Promise((resolve, reject) => {
-    s.once("connect", () => resolve(s));
-    s.once("connect_error", (e) => reject(new Error(`connect_error: ${e.message}`)));
-  }), opt.timeout_ms, "connect").catch((e) => { s.close(); throw e; });
-}
-
-function upgraded(s) {
-  const eng = s.io.engine;
-  if (opt.transport !== "default" || eng.transport.name === "websocket") return Promise.resolve();
-  return withTimeout(new Promise((r) => eng.once("upgrade", r)), 15000, "upgrade");
-}
+const connect = () => connectTo(opt.url, opt.transport, opt.timeout_ms,
+                                 { withCredentials: true, ...tlsOptions(opt) });
+const upgraded = (s) => upgradedTo(s, opt.transport, 15000);
 
 const open = [];  // every client stays connected until all have answered
 
