@@ -93,7 +93,10 @@ class ClusterRedisManager(ClusterPubSubManager):
         self.ever_listened = False
         self.dropped = 0  # during the current outage
         self.overflowed = 0
-        self.outbox: collections.deque[str] = collections.deque()
+        # JSON text to publish, or a step that adds commands to the batch's pipeline.
+        self.outbox: collections.deque = collections.deque()
+        # Connection state recovery in Redis (redis_recovery.py), set by the worker.
+        self.store = None
         self.wakeup = eventlet.event.Event()
         self.publisher = None
 
@@ -117,7 +120,25 @@ class ClusterRedisManager(ClusterPubSubManager):
                 log.warning("redis is not keeping up: %d broadcasts dropped so far",
                             self.overflowed)
             return
-        self.outbox.append(self.json.dumps(data))
+        text = self.json.dumps(data)
+        if (self.store is not None and data.get("method") == "emit"
+                and data.get("callback") is None):
+            # Logged with the next offset and published by one script (redis_recovery.py).
+            self.outbox.append(lambda pipe: self.store.publish(pipe, text))
+        else:
+            self.outbox.append(text)
+        self._wake()
+
+    def enqueue(self, step) -> None:
+        """Run `step(pipeline)` in the publisher's next batch, after what is queued
+        (connection state recovery's session changes, redis_recovery.py)."""
+        if len(self.outbox) >= MAX_OUTBOX:
+            self.overflowed += 1
+            return
+        self.outbox.append(step)
+        self._wake()
+
+    def _wake(self) -> None:
         if self.publisher is None:
             self.publisher = eventlet.spawn(self._publish_forever)
         if not self.wakeup.ready():
@@ -132,7 +153,7 @@ class ClusterRedisManager(ClusterPubSubManager):
             batch = [self.outbox.popleft() for _ in range(min(len(self.outbox), MAX_BATCH))]
             self._send_batch(batch)
 
-    def _send_batch(self, batch: list[str]) -> None:
+    def _send_batch(self, batch: list) -> None:
         now = time.monotonic()
         if not self.publishing and now < self.next_probe:
             self.dropped += len(batch)
@@ -140,7 +161,10 @@ class ClusterRedisManager(ClusterPubSubManager):
         try:
             pipe = self.redis.pipeline(transaction=False)
             for message in batch:
-                pipe.publish(self.channel, message)
+                if callable(message):
+                    message(pipe)
+                else:
+                    pipe.publish(self.channel, message)
             pipe.execute()
         except Exception as e:  # redis-py's errors, and anything else: the publisher lives on
             self.dropped += len(batch)
@@ -178,6 +202,8 @@ class ClusterRedisManager(ClusterPubSubManager):
                         heard, pinged = now, None
                         kind = message["type"]
                         if kind == "message":
+                            if self.recovery is not None:
+                                self.recovery.wait_resumed()  # a session is being restored
                             yield message["data"]
                             # Time spent in the consumer is not silence.
                             heard = time.monotonic()
