@@ -3,6 +3,7 @@ with `--recovery-window` on and off, in the same session (the machine is shared
 and noisy: compare the ratio, not the seconds).
 
     .venv/bin/python benchmarks/recovery_cost.py [--rounds 3] [--members 30] [--messages 1000]
+                                                 [--redis redis://127.0.0.1:6379/0]
 
 CPU: a cluster of 3 workers (bench app), `members` python-socketio clients in
 one room (WebSocket; with recovery on they ask for it, so they get offsets), a
@@ -11,6 +12,10 @@ the master and every worker from the first say until every member heard the
 last, per 1,000 broadcasts. Rounds alternate off/on.
 Memory: the master's store and the worker's bookkeeping per session, and the
 master's log per broadcast, measured with tracemalloc on the same code.
+With --redis both rounds broadcast through that Redis (the baseline is Redis
+without recovery); the CPU of redis-server (INFO cpu) is counted apart, and
+the memory per session and per logged broadcast is Redis's own (MEMORY USAGE)
+while the members are connected. Use a Redis no one else uses meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 import tracemalloc
 
 import psutil
+import redis
 import socketio
 
 from imcluster.master.recovery import RecoveryStore
@@ -36,9 +42,34 @@ def cpu_of(pids: list[int]) -> float:
     return total
 
 
-def one_round(recovery: bool, members: int, messages: int) -> tuple[float, float]:
-    """CPU seconds per 1,000 broadcasts: (master + workers, master alone)."""
+KEY = "imcluster:recovery:{socketio}"
+
+
+def redis_cpu(r: redis.Redis | None) -> float:
+    if r is None:
+        return 0.0
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def redis_memory(r: redis.Redis) -> dict:
+    """Bytes Redis holds per recoverable session and per logged broadcast."""
+    keys = list(r.scan_iter(KEY + ":s:*", count=1000))
+    per_session = sum(r.memory_usage(k) or 0 for k in keys) / max(1, len(keys))
+    n = r.xlen(KEY + ":log")
+    per_broadcast = (r.memory_usage(KEY + ":log") or 0) / max(1, n)
+    return {"redis_sessions": len(keys), "redis_bytes_per_session": round(per_session),
+            "redis_logged": n, "redis_bytes_per_broadcast": round(per_broadcast)}
+
+
+def one_round(recovery: bool, members: int, messages: int, url: str | None = None
+              ) -> tuple[float, float, float, dict]:
+    """CPU seconds per 1,000 broadcasts: (master + workers, master alone,
+    redis-server), and with Redis and recovery what Redis holds."""
     settings = {"recovery_window": 30} if recovery else {}
+    if url:
+        settings["redis"] = url
+    r = redis.Redis.from_url(url) if url else None
     cluster = Cluster("imcluster.examples.bench:sio", 3, **settings)
     cluster.launch()
     try:
@@ -70,17 +101,20 @@ def one_round(recovery: bool, members: int, messages: int) -> tuple[float, float
             clients.append(c)
         sender = socketio.Client()
         sender.connect(cluster.url, transports=["websocket"])
-        start, start_master = cpu_of(pids), cpu_of(pids[:1])
+        start, start_master, start_redis = cpu_of(pids), cpu_of(pids[:1]), redis_cpu(r)
         for n in range(messages):
             sender.emit("say", {"room": "cost", "n": n})
             if n % 50 == 49:
                 time.sleep(0.05)  # about 1,000 a second at most: no backlog
         done.wait(120)
         used, used_master = cpu_of(pids) - start, cpu_of(pids[:1]) - start_master
+        used_redis = redis_cpu(r) - start_redis
         assert done.is_set(), f"heard only {min(heard)} of {messages}"
+        held = redis_memory(r) if r is not None and recovery else {}
         for c in [*clients, sender]:
             c.disconnect()
-        return used / messages * 1000, used_master / messages * 1000
+        k = 1000 / messages
+        return used * k, used_master * k, used_redis * k, held
     finally:
         cluster.stop(20)
 
@@ -122,22 +156,28 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--members", type=int, default=30)
     ap.add_argument("--messages", type=int, default=1000)
+    ap.add_argument("--redis", default=None, help="broadcast through this Redis in both")
     a = ap.parse_args()
     off, on = [], []
     for _ in range(a.rounds):
-        off.append(one_round(False, a.members, a.messages))
-        on.append(one_round(True, a.members, a.messages))
+        off.append(one_round(False, a.members, a.messages, a.redis))
+        on.append(one_round(True, a.members, a.messages, a.redis))
     def median(xs: list[float]) -> float:
         return sorted(xs)[len(xs) // 2]
 
     result = {"members": a.members, "messages": a.messages,
-              "cpu_s_per_1000_off": [round(x, 3) for x, _ in off],
-              "cpu_s_per_1000_on": [round(x, 3) for x, _ in on],
-              "ratio_of_medians": round(median([x for x, _ in on])
-                                        / median([x for x, _ in off]), 2),
-              "master_cpu_s_per_1000_off": [round(m, 3) for _, m in off],
-              "master_cpu_s_per_1000_on": [round(m, 3) for _, m in on],
+              "broadcast": "redis" if a.redis else "relay",
+              "cpu_s_per_1000_off": [round(x[0], 3) for x in off],
+              "cpu_s_per_1000_on": [round(x[0], 3) for x in on],
+              "ratio_of_medians": round(median([x[0] for x in on])
+                                        / median([x[0] for x in off]), 2),
+              "master_cpu_s_per_1000_off": [round(x[1], 3) for x in off],
+              "master_cpu_s_per_1000_on": [round(x[1], 3) for x in on],
               **memory_per_session()}
+    if a.redis:
+        result.update({"redis_cpu_s_per_1000_off": [round(x[2], 3) for x in off],
+                       "redis_cpu_s_per_1000_on": [round(x[2], 3) for x in on],
+                       **on[-1][3]})
     print(json.dumps(result))
 
 

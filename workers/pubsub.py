@@ -241,6 +241,12 @@ class ClusterPubSubManager(socketio.PubSubManager):
             return self._emit_logged(message, advance=False)
         return super()._handle_emit(message)
 
+    def deliver_here(self, message: dict) -> None:
+        """Deliver an emit message to this worker's participants as python-socketio
+        does, offset or not (with recovery on, for one that never went out)."""
+        # internals: socketio-handle-emit (upstream's, not ours: it delivers here)
+        socketio.PubSubManager._handle_emit(self, {**message, "host_id": None})
+
     def offset_packets(self, message: dict, namespace: str) -> list:
         """The Engine.IO packets of a logged broadcast with its offset as last argument."""
         return self._encode(namespace, message["event"],

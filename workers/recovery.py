@@ -15,9 +15,9 @@ data, and every logged packet after the offset that its rooms would have
 received, before anything new.
 
 Here the worker that holds a session may be killed, so nothing can be saved
-when it drops: the state lives outside the worker, in the master (relay mode;
-Redis is not done yet and `--recovery-window` with `--redis` is refused),
-and is kept up to date as it changes.
+when it drops: the state lives outside the worker, in the master (relay mode)
+or in Redis (`--redis`: workers/redis_recovery.py, same state, same ops, the
+offsets given by a Lua script), and is kept up to date as it changes.
 
 What is stored where
 --------------------
@@ -46,6 +46,11 @@ What is stored where
   first relayed to that worker ("relay_from"): the worker replays what its
   listener delivered already and what came before it started, and lets the
   rest reach the session live, in its rooms, so each arrives once.
+
+Session hand-over (`--handover yes`) keeps a session recoverable: its pid
+travels in the hand-over state (`Recovery.leaving`), the old worker forgets
+it without a report (`left`), the new one holds it and reports it "up"
+(`arrived`), so the store names its new worker and holder.
 
 Offsets
 -------

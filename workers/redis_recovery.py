@@ -42,9 +42,12 @@ restore and so reaches the session live.
 
 Session changes and log appends go through the manager's one publishing
 connection, in order, in its batches (workers/redis_manager.py); a restore is
-a call of its own. While Redis is unreachable nothing is logged or changed:
-with recovery on, broadcasts then reach no client (they are delivered when
-they come back from Redis), and sessions cannot be recovered.
+a call of its own. While Redis is unreachable nothing is logged or changed,
+and sessions cannot be recovered; a worker's broadcasts (normally delivered
+when they come back from Redis) reach its own clients at once, without an
+offset, as without recovery (redis_manager.py `_deliver_unlogged`). After the
+subscription is remade, the listener's skips are dropped: a Redis that
+restarted empty gives offsets from 1 again.
 """
 
 from __future__ import annotations
