@@ -17,6 +17,7 @@ byte of its own in both directions (M: master, W: worker):
                                                               leaves; M: relayed to its new owner
     REPLAY     W     M     Engine.IO sid, LF, a RELAY's       after a HANDOVER, each relay its old
                            payload                            worker had not handled (7)
+    RESTORED   Z     M     JSON object (8)                    answer to each RESTORE
     READY      R     W     empty                              once: app imported, serving
     HANDBACK   B     W     empty, with one client fd          a kept-alive connection's next request
                                                               is another worker's (or a new session)
@@ -26,11 +27,14 @@ byte of its own in both directions (M: master, W: worker):
     ACK        A     W     ASCII decimal integer (5)          every 16 hand-offs, and with the
                                                               heartbeat when it changed
     ERROR      E     W     UTF-8 text: why it exits           once, before exiting on an error (6)
+    SESSION    X     W     JSON object (8)                    a recoverable session changed
+    RESTORE    Y     W     JSON object (8)                    a CONNECT asks to recover a session
 
 1. What the worker serves and how: app, cwd, worker_id, slot, log_level,
    keepalive (s), graceful_timeout (s), cors_origins, ws_compression, redis (a
    URL, password included: never on a command line), redis_silence_timeout
-   (s), allow_untested_versions, handover.
+   (s), allow_untested_versions, handover,
+   recovery_window (s, 0 = off).
 2. The worker serves the connection's first request whatever sid it names.
 3. python-socketio's pub/sub JSON, as PubSubManager._publish is given it.
 4. `{"sessions": Engine.IO sessions held, "connections": TCP connections
@@ -48,6 +52,10 @@ byte of its own in both directions (M: master, W: worker):
    relays to each worker and sends the new owner, as REPLAY, those after
    that number that it still holds (the last REPLAY_KEEP), for that session
    alone.
+8. Connection state recovery (`--recovery-window`), described in
+   workers/recovery.py; only sent when it is on. With it on, RELAY also goes
+   back to the worker that published (every broadcast, in the master's order,
+   with its offset).
 
 The master counts any frame as a sign of life (`--heartbeat-timeout`); it
 routes new sessions by LOAD's sessions plus the hand-offs not yet acknowledged.
@@ -71,6 +79,7 @@ HANDOVER = b"V"
 REPLAY = b"W"
 # Relayed messages the master keeps per worker for REPLAY.
 REPLAY_KEEP = 4096
+RESTORED = b"Z"
 # worker -> master
 READY = b"R"
 HANDBACK = b"B"
@@ -79,6 +88,8 @@ HEARTBEAT = b"T"
 LOAD = b"L"
 ACK = b"A"
 ERROR = b"E"
+SESSION = b"X"
+RESTORE = b"Y"
 
 MORE = 0x01
 

@@ -44,6 +44,13 @@ def _positive_float(v: Any) -> float:
     return x
 
 
+def _non_negative_float(v: Any) -> float:
+    x = float(v)
+    if not x >= 0:
+        raise ValueError("must be 0 or more")
+    return x
+
+
 def _host_id(v: Any) -> int:
     n = int(v)
     if not 0 <= n <= MAX_HOST_ID:
@@ -193,6 +200,12 @@ SETTINGS: tuple[Setting, ...] = (
             "to its PING (sent every third of this) before the worker drops the "
             "connection, reconnects and resubscribes (a NAT or firewall that dropped the "
             "flow, a frozen Redis)", metavar="SECONDS"),
+    Setting("recovery_window", _non_negative_float, 0.0,
+            "seconds a client that lost its connection (network, killed worker) may take "
+            "to come back with Socket.IO connection state recovery (pid and offset, "
+            "socket.io >= 4.6 clients that ask for it): same sid, rooms, session data and "
+            "the broadcasts it missed. 0 (the default): off. Kept in the master (relay), or "
+            "in Redis with --redis", metavar="SECONDS"),
     Setting("header_timeout", _positive_float, 10.0,
             "seconds a new connection has to send its request line before the master "
             "answers 408 and closes it", metavar="SECONDS"),

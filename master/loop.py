@@ -32,6 +32,7 @@ from imcluster.master.control import ControlServer
 from imcluster.master.core import Core
 from imcluster.master.metrics import MetricsServer
 from imcluster.master.pending import PendingConnections
+from imcluster.master.recovery import RecoveryStore
 from imcluster.redact import redact_url
 from imcluster.settings import Config
 
@@ -50,7 +51,8 @@ class Link:
     """The master's end of one worker's channel, and what is queued on it."""
 
     __slots__ = ("worker_id", "slot", "pid", "channel", "outq", "out_bytes", "delivered",
-                 "confirmed", "joiner", "relayed", "recent")
+                 "confirmed", "joiner", "relayed", "recent",
+                 "relay_from")
 
     def __init__(self, worker_id: int, slot: int, pid: int, channel: socket.socket):
         self.worker_id, self.slot, self.pid, self.channel = worker_id, slot, pid, channel
@@ -61,6 +63,8 @@ class Link:
         self.joiner = ch.Joiner()
         self.relayed = 0  # RELAY messages queued for it (their numbers, from 1)
         self.recent: deque = deque(maxlen=ch.REPLAY_KEEP)  # (number, payload), for REPLAY
+        # The first broadcast offset relayed to it (recovery): it never hears earlier ones.
+        self.relay_from = 0
 
     @property
     def unconfirmed(self) -> int:
@@ -85,6 +89,8 @@ class Master:
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
         self.next_memory_check = 0.0
+        # Connection state recovery (workers/recovery.py): None when off.
+        self.recovery = RecoveryStore(cfg.recovery_window) if cfg.recovery_window else None
         self.counters = {"accepted": 0, "handoffs": 0, "handbacks": 0, "handovers": 0,
                          "rerouted": 0, "relayed": 0, "relay_dropped": 0}
 
@@ -187,6 +193,8 @@ class Master:
         if self.metrics is not None:
             self.metrics.expire()
         self.reap()
+        if self.recovery is not None:
+            self.recovery.expire(now)
         if self.cfg.max_memory and now >= self.next_memory_check and not self.core.stopping:
             self.next_memory_check = now + MEMORY_CHECK_INTERVAL
             rss = {w.worker_id: r for w in self.core.slots
@@ -252,6 +260,7 @@ class Master:
             "ws_compression": self.cfg.ws_compression,
             "handover": self.cfg.handover,
             "allow_untested_versions": self.cfg.allow_untested_versions,
+            "recovery_window": self.cfg.recovery_window,
         }
         fd = worker_end.fileno()
         os.set_inheritable(fd, True)
@@ -274,6 +283,8 @@ class Master:
             # Closing the child's end here is what lets us see EOF when it dies.
             worker_end.close()
         link = self.links[wid] = Link(wid, slot, pid, master_end)
+        if self.recovery is not None:
+            link.relay_from = self.recovery.last + 1
         self.selector.register(master_end, selectors.EVENT_READ, self._channel_handler(link))
         # First on the new channel: the worker reads nothing else before it.
         self._send(link, ch.SPEC, ch.encode_json(spec))
@@ -342,6 +353,10 @@ class Master:
                     continue
                 if kind == ch.PUBLISH:
                     self._relay(link, whole)
+                elif kind == ch.SESSION and self.recovery is not None:
+                    self._session_changed(link, whole)
+                elif kind == ch.RESTORE and self.recovery is not None:
+                    self._restore(link, whole)
                 elif kind == ch.HEARTBEAT:
                     pass  # heard, like every frame
                 elif kind == ch.LOAD:
@@ -364,9 +379,19 @@ class Master:
                 self._feed(ev.Heard(wid))
 
     def _relay(self, source: Link, payload: bytes) -> None:
+        echo = False
+        if self.recovery is not None:
+            # Every emit without an ack gets an offset here and goes to every
+            # worker, its publisher included: one order for all (workers/recovery.py).
+            message = _json_object(payload)
+            if message is None:
+                return
+            if message.get("method") == "emit" and message.get("callback") is None:
+                payload = self.recovery.publish(message, payload, time.monotonic())
+                echo = True
         frames = list(ch.frames(ch.RELAY, payload))
         for link in list(self.links.values()):
-            if link is source or link.channel is None:
+            if (link is source and not echo) or link.channel is None:
                 continue
             if link.out_bytes > MAX_RELAY_BACKLOG:
                 self.counters["relay_dropped"] += 1
@@ -382,6 +407,20 @@ class Master:
             link.recent.append((link.relayed, payload))
             self.counters["relayed"] += 1
             self._flush(link)
+
+    def _session_changed(self, link: Link, payload: bytes) -> None:
+        op = _json_object(payload)
+        why = "not a JSON object" if op is None else self.recovery.apply(
+            link.worker_id, op, time.monotonic())
+        if why is not None:
+            log.debug("slot %d: session change ignored: %s", link.slot, why)
+
+    def _restore(self, link: Link, payload: bytes) -> None:
+        ask = _json_object(payload) or {}
+        found = self.recovery.restore(ask.get("pid"), ask.get("offset"), time.monotonic())
+        head = ch.encode_json({"id": ask.get("id"), "relay_from": link.relay_from})
+        self._send(link, ch.RESTORED,
+                   head[:-1] + b',"session":' + (found or b"null") + b"}")
 
     def _send(self, link: Link, kind: bytes, payload: bytes = b"") -> None:
         for f in ch.frames(kind, payload):
@@ -467,6 +506,8 @@ class Master:
         link.channel.close()
         link.channel = None
         self.links.pop(link.worker_id, None)
+        if self.recovery is not None:
+            self.recovery.worker_gone(link.worker_id, time.monotonic())
         if tell_core:
             # Before the re-route, so that none of them is routed back to it.
             self._feed(ev.ChannelClosed(link.worker_id))
@@ -576,6 +617,15 @@ def _unseen(link: Link, state: bytes) -> list[bytes]:
         return []
     head = eio_sid.encode() + b"\n"
     return [head + p for n, p in link.recent if n > seen]
+
+
+def _json_object(payload: bytes) -> dict | None:
+    """A JSON object from a worker; None for anything else."""
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _count(payload: bytes) -> int | None:

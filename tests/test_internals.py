@@ -181,12 +181,22 @@ def _our_classes():
     """(our class, the library class it extends or is mixed into, a fresh instance or None)."""
     import socketio.admin
 
-    from imcluster.workers import admin, http, protocol, pubsub, redis_manager, relay, sessions
+    from imcluster.workers import (
+        admin,
+        http,
+        protocol,
+        pubsub,
+        recovery,
+        redis_manager,
+        relay,
+        sessions,
+    )
 
     return [
         (sessions.ClusterSocket, internals.ENGINE_SOCKET, None),
         (protocol.EngineRules, engineio.Server, None),
         (protocol.SocketRules, socketio.Server, None),
+        (recovery.RecoveryRules, socketio.Server, None),
         (pubsub.ClusterPubSubManager, socketio.PubSubManager, None),
         (relay.MasterRelayManager, socketio.PubSubManager,
          lambda: relay.MasterRelayManager(None)),

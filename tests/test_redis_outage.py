@@ -21,8 +21,14 @@ def redis_proc(tmp_path):
     r.stop()
 
 
-def test_redis_outage_keeps_local_service_and_recovers(cluster_factory, redis_proc):
-    cluster = cluster_factory(workers=2, redis=f"redis://127.0.0.1:{redis_proc.port}/0")
+@pytest.mark.parametrize("recovery_window", [0, 10], ids=["plain", "recovery"])
+def test_redis_outage_keeps_local_service_and_recovers(cluster_factory, redis_proc,
+                                                       recovery_window):
+    """With recovery on too (--recovery-window): a worker delivers its own broadcasts
+    when they come back from Redis; those that cannot go there are delivered here
+    at once, without an offset (workers/redis_manager.py _deliver_unlogged)."""
+    cluster = cluster_factory(workers=2, redis=f"redis://127.0.0.1:{redis_proc.port}/0",
+                              recovery_window=recovery_window)
     workers = cluster.wait_ready()
     clients = [Client(cluster.url, "websocket") for _ in range(8)]
     try:

@@ -158,6 +158,8 @@ def move_out(worker, s: sessions.ClusterSocket) -> bool:
     # between, note how many relayed broadcasts reached it from here: the master
     # replays the rest to its new owner (channel.py, REPLAY).
     _forget(sio, eio, s, state)
+    if getattr(worker, "recovery", None) is not None:
+        worker.recovery.left(state)
     if relay is not None:
         state["relay_seen"] = relay.handled
     else:
@@ -282,6 +284,8 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
     except (TypeError, ValueError) as e:
         raise Refused(f"its session data is not JSON ({e})") from None
     state["session"] = s.session
+    if getattr(worker, "recovery", None) is not None:
+        worker.recovery.leaving(state)  # pids: recoverable on the new worker too
     return state
 
 
@@ -336,6 +340,8 @@ def move_in(worker, payload: bytes, fd: int) -> None:
             mgr.basic_enter_room(sid, ns, room, eio_sid=eio_sid)
         # internals: socketio-manager-callbacks
         mgr.callbacks[sid] = {0: itertools.count(int(space.get("next_ack", 1)))}
+    if getattr(worker, "recovery", None) is not None:
+        worker.recovery.arrived(sio, state, s.session)
     arrived = hook("arrived")
     if arrived is not None:
         for space in spaces:

@@ -248,7 +248,8 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "still applies: it is read per request",
         source=("self.cors_allowed_origins",))),
     ("engineio-generate-id", Reach(
-        _EIO, "engineio:Server.generate_id", "replace", "workers/main.py WorkerServer.load",
+        _EIO, "engineio:Server.generate_id", "replace",
+        "workers/main.py WorkerServer.load; workers/pubsub.py ClusterPubSubManager.pre_connect",
         "the server makes every sid with self.generate_id(), so an instance attribute "
         "(ours names the worker) takes its place",
         params=(), source=("sid = self.generate_id()",),
@@ -296,7 +297,7 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "the server's engine, manager and handler tables",
         attrs=("eio", "manager", "manager_initialized", "handlers", "namespace_handlers",
                "namespaces", "packet_class"),
-        adds=("_imcluster_holds",))),
+        adds=("_imcluster_holds", "_imcluster_recovery"))),
     ("socketio-server-init", Reach(
         _SIO, "socketio:Server.__init__", "replace",
         "workers/main.py WorkerServer._default_manager",
@@ -317,7 +318,8 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         source=("if not self.manager_initialized:", "self.manager_initialized = True",
                 "self.manager.initialize()"))),
     ("socketio-handle-connect", Reach(
-        _SIO, "socketio:Server._handle_connect", "override", "workers/protocol.py SocketRules",
+        _SIO, "socketio:Server._handle_connect", "override",
+        "workers/protocol.py SocketRules; workers/recovery.py RecoveryRules",
         "a CONNECT packet arrives as _handle_connect(eio_sid, namespace, data); our "
         "_serves repeats its test of whether a namespace is served",
         params=("eio_sid", "namespace", "data"),
@@ -325,7 +327,8 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
                 "if namespace in self.handlers or namespace in self.namespace_handlers "
                 "or self.namespaces == '*' or namespace in self.namespaces:"))),
     ("socketio-send-packet", Reach(
-        _SIO, "socketio:Server._send_packet", "override", "workers/protocol.py SocketRules",
+        _SIO, "socketio:Server._send_packet", "override",
+        "workers/protocol.py SocketRules; workers/recovery.py RecoveryRules (CONNECT's pid)",
         "every Socket.IO packet to a client goes through _send_packet(eio_sid, pkt) (an "
         "emit with a callback among them)",
         params=("eio_sid", "pkt"), source=("self.server._send_packet(eio_sid, pkt)",),
@@ -369,6 +372,56 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "that PubSubManager._thread reads (ours decodes them and handles our own kinds)",
         params=(), source=("for message in self._listen():",),
         source_in="socketio:PubSubManager._thread")),
+    # ---- connection state recovery (workers/recovery.py, workers/pubsub.py) ----------
+    ("socketio-handle-disconnect", Reach(
+        _SIO, "socketio:Server._handle_disconnect", "override",
+        "workers/recovery.py RecoveryRules", "every disconnect the client or its transport "
+        "causes arrives as _handle_disconnect(eio_sid, namespace, reason), the reason "
+        "telling a lost transport (recoverable) from a client's goodbye",
+        params=("eio_sid", "namespace", "reason"),
+        source=("self._handle_disconnect(eio_sid, n, reason)",),
+        source_in="socketio:Server._handle_eio_disconnect")),
+    ("socketio-disconnect", Reach(
+        _SIO, "socketio:Server.disconnect", "override", "workers/recovery.py RecoveryRules",
+        "the app's (and the manager's) disconnect of a sid: a session gone for good",
+        params=("sid", "namespace", "ignore_queue"))),
+    ("socketio-save-session", Reach(
+        _SIO, "socketio:Server.save_session", "override", "workers/recovery.py RecoveryRules",
+        "every change of a session's data goes through save_session (the session() "
+        "context manager calls it too)", params=("sid", "session", "namespace"))),
+    ("socketio-handle-emit", Reach(
+        _SIO, "socketio:PubSubManager._handle_emit", "override",
+        "workers/pubsub.py ClusterPubSubManager", "PubSubManager.emit delivers on this host "
+        "through self._handle_emit(message) before it publishes; with recovery the master "
+        "sends it back with its offset instead",
+        params=("message",), source=("self._handle_emit(message)",),
+        source_in="socketio:PubSubManager.emit")),
+    ("socketio-pre-connect", Reach(
+        _SIO, "socketio:PubSubManager.pre_connect", "override",
+        "workers/pubsub.py ClusterPubSubManager", "a namespace sid is made in pre_connect with "
+        "self.server.eio.generate_id(); a recovered session gets its old one there",
+        params=("eio_sid", "namespace"), source=("sid = self.server.eio.generate_id()",))),
+    ("socketio-basic-enter-room", Reach(
+        _SIO, "socketio:PubSubManager.basic_enter_room", "override",
+        "workers/pubsub.py ClusterPubSubManager", "every room a sid enters, on this host, "
+        "goes through basic_enter_room (reported to the master for recovery)",
+        params=("sid", "namespace", "room", "eio_sid"),
+        source=("self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)",),
+        source_in="socketio.manager:Manager.enter_room")),
+    ("socketio-basic-leave-room", Reach(
+        _SIO, "socketio:PubSubManager.basic_leave_room", "override",
+        "workers/pubsub.py ClusterPubSubManager", "every room a sid leaves, on this host",
+        params=("sid", "namespace", "room"),
+        source=("self.basic_leave_room(sid, namespace, room)",),
+        source_in="socketio.manager:Manager.leave_room")),
+    ("socketio-manager-emit-encode", Reach(
+        _SIO, "socketio.manager:Manager.emit", "copy", "workers/pubsub.py ClusterPubSubManager",
+        "a broadcast with its offset is encoded as Manager.emit encodes an emit without a "
+        "callback, and sent per participant through _send_eio_packet",
+        source=("pkt = self.server.packet_class(packet.EVENT, namespace=namespace, "
+                "data=[event] + data)",
+                "encoded_packet = pkt.encode()",
+                "eio_pkt = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in encoded_packet]"))),
     ("socketio-manager-name", Reach(
         _SIO, "socketio:PubSubManager.name", "override",
         "workers/relay.py MasterRelayManager; workers/redis_manager.py ClusterRedisManager",

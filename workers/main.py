@@ -31,7 +31,9 @@ from imcluster.workers import admin, handover, protocol, sessions, speedups
 from imcluster.workers import app as appmod
 from imcluster.workers.http import FdListener, make_protocol, serve_connection
 from imcluster.workers.link import Link
+from imcluster.workers.recovery import Recovery
 from imcluster.workers.redis_manager import ClusterRedisManager
+from imcluster.workers.redis_recovery import RedisRecoveryStore
 from imcluster.workers.relay import MasterRelayManager
 
 log = logging.getLogger("imcluster.worker")
@@ -67,6 +69,7 @@ class WorkerServer:
         self.closed_on_stop = 0  # sessions closed while stopping
         self.app: appmod.App | None = None
         self.relay: MasterRelayManager | None = None
+        self.recovery: Recovery | None = None
         self.default_manager: socketio.PubSubManager | None = None
         self.pool = eventlet.GreenPool(MAX_CONNECTIONS)
         self.joiner = ch.Joiner()
@@ -93,11 +96,24 @@ class WorkerServer:
             # internals: engineio-cors-origins
             app.eio.cors_allowed_origins = self.spec["cors_origins"]
         # Engine.IO v4 / Socket.IO v5 as written, where the libraries differ.
-        protocol.adapt(app.eio, app.sio)  # internals: socketio-server-attrs
+        rec = None
+        if self.spec.get("recovery_window") and app.sio is not None:
+            rec = self.recovery = Recovery(self.link)
+        protocol.adapt(app.eio, app.sio, rec)  # internals: socketio-server-attrs
         if app.sio is not None:
             self._install_manager(app.sio)
             if self.spec.get("handover"):
                 handover.count_handlers(app.sio)
+            if rec is not None:
+                mgr = app.sio.manager
+                if isinstance(mgr, ClusterRedisManager):
+                    rec.store = mgr.store = RedisRecoveryStore(
+                        mgr, float(self.spec["recovery_window"]))
+                elif mgr is not self.relay:
+                    raise appmod.AppError("--recovery-window needs imcluster's client_manager "
+                                          "(the master relay or --redis); the app brings its "
+                                          "own")
+                mgr.recovery = rec
         if not self.spec.get("ws_compression"):
             app.wsgi = _without_ws_compression(app.wsgi)
         _one_handler_per_line()
@@ -220,6 +236,8 @@ class WorkerServer:
             sid, _, message = whole.partition(b"\n")
             self.relay.after_pending(
                 lambda: handover.replay(self, sid.decode(errors="replace"), message))
+        elif kind == ch.RESTORED and self.recovery is not None:
+            self.recovery.answered(whole)
         elif kind == ch.STOP:
             self.stop("asked by the master")
 
@@ -272,6 +290,8 @@ class WorkerServer:
         are closed.
         """
         eio = self.app.eio if self.app else None
+        if self.recovery is not None:
+            self.recovery.draining = True
         # Finish before the master's deadline, which ends in a KILL.
         grace = 0.8 * float(self.spec.get("graceful_timeout", 10))
         with eventlet.Timeout(grace, False):

@@ -202,9 +202,15 @@ def _with_rules(cls: type, rules: type) -> type:
     return mixed
 
 
-def adapt(eio: engineio.Server, sio: socketio.Server | None = None) -> None:
-    """Make the app's servers follow the protocols as written (see the module doc)."""
+def adapt(eio: engineio.Server, sio: socketio.Server | None = None, recovery=None) -> None:
+    """Make the app's servers follow the protocols as written (see the module doc);
+    with `recovery` (a workers.recovery.Recovery), add connection state recovery."""
     eio.__class__ = _with_rules(type(eio), EngineRules)
     if sio is not None:
         sio._imcluster_holds = {}
         sio.__class__ = _with_rules(type(sio), SocketRules)
+        if recovery is not None:
+            from imcluster.workers.recovery import RecoveryRules
+
+            sio._imcluster_recovery = recovery
+            sio.__class__ = _with_rules(type(sio), RecoveryRules)

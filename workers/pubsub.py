@@ -65,6 +65,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import socketio
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
 from socketio.packet import Packet
 
 log = logging.getLogger("imcluster.worker")
@@ -79,6 +81,8 @@ class ClusterPubSubManager(socketio.PubSubManager):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # Connection state recovery (workers/recovery.py), set by the worker when on.
+        self.recovery = None
         # method -> handler(message), for the kinds python-socketio does not know.
         self.cluster_handlers: dict[str, Callable[[dict], None]] = {
             "sockets_join": self._handle_sockets_join,
@@ -170,6 +174,15 @@ class ClusterPubSubManager(socketio.PubSubManager):
                     continue
             handler = self.cluster_handlers.get(data.get("method"))
             if handler is None:
+                if (self.recovery is not None and data.get("offset") is not None
+                        and data.get("method") == "emit"):
+                    # With recovery every broadcast comes back in one order, this
+                    # worker's own included (python-socketio drops those).
+                    try:
+                        self._emit_logged(data)
+                    except Exception:
+                        log.exception("relayed broadcast failed")
+                    continue
                 yield data
             elif data.get("host_id") != self.host_id:
                 try:
@@ -214,3 +227,116 @@ class ClusterPubSubManager(socketio.PubSubManager):
             self._get_logger().warning("malformed callback message ignored")
             return
         self.trigger_callback(sid, callback_id, args)
+
+    # ---- connection state recovery ---------------------------------------------------
+
+    # internals: socketio-handle-emit
+    def _handle_emit(self, message):
+        if (self.recovery is not None and message.get("offset") is None
+                and message.get("callback") is None and message.get("host_id") == self.host_id):
+            return  # PubSubManager.emit's local delivery: it comes back (master or Redis)
+        if self.recovery is not None and message.get("offset") is not None:
+            # A logged broadcast replayed to one handed-over session (handover.replay):
+            # with its offset, and without moving this listener's position.
+            return self._emit_logged(message, advance=False)
+        return super()._handle_emit(message)
+
+    def deliver_here(self, message: dict) -> None:
+        """Deliver an emit message to this worker's participants as python-socketio
+        does, offset or not (with recovery on, for one that never went out)."""
+        # internals: socketio-handle-emit (upstream's, not ours: it delivers here)
+        socketio.PubSubManager._handle_emit(self, {**message, "host_id": None})
+
+    def offset_packets(self, message: dict, namespace: str) -> list:
+        """The Engine.IO packets of a logged broadcast with its offset as last argument."""
+        return self._encode(namespace, message["event"],
+                            _args(message) + [str(message["offset"])])
+
+    def _encode(self, namespace: str, event: str, args: list) -> list:
+        # As python-socketio 5.18's Manager.emit encodes an emit without a callback.
+        # internals: socketio-manager-emit-encode
+        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace,
+                                       data=[event] + args)
+        encoded = pkt.encode()
+        if not isinstance(encoded, list):
+            encoded = [encoded]
+        return [eio_packet.Packet(eio_packet.MESSAGE, p) for p in encoded]
+
+    def _emit_logged(self, message: dict, advance: bool = True) -> None:
+        """Deliver a logged broadcast (it has an offset): the offset as last argument to
+        the sockets that asked for recovery, the plain event to the others.
+        `advance`: it is the listener's next one (not a replay)."""
+        rec = self.recovery
+        offset = str(message["offset"])
+        namespace = message.get("namespace") or "/"
+        skip = message.get("skip_sid")
+        skip = skip if isinstance(skip, list) else [skip]
+        plain = marked = None
+        n = int(offset)
+        for sid, eio_sid in self.get_participants(namespace, message.get("room")):
+            if sid in skip:
+                continue
+            if rec.skip and rec.skip.get((namespace, sid), 0) >= n:
+                continue  # replayed at its restore (redis_recovery.py)
+            if (namespace, sid) in rec.held:
+                if marked is None:
+                    marked = self.offset_packets(message, namespace)
+                packets = marked
+            else:
+                if plain is None:
+                    plain = self._encode(namespace, message["event"], _args(message))
+                packets = plain
+            for p in packets:
+                # internals: socketio-send-eio-packet
+                self.server._send_eio_packet(eio_sid, p)
+        if advance:
+            rec.last_offset = n
+            if rec.skip:
+                for key in [k for k, upto in rec.skip.items() if upto <= n]:
+                    del rec.skip[key]
+
+    # internals: socketio-pre-connect
+    def pre_connect(self, eio_sid, namespace):
+        rec = self.recovery
+        c = rec.connecting.get((eio_sid, namespace)) if rec is not None else None
+        if c is None or c.restored is None:
+            return super().pre_connect(eio_sid, namespace)
+        # The recovered session keeps its sid: upstream makes it with
+        # eio.generate_id() (base_manager.pre_connect), ours for this call.
+        # internals: engineio-generate-id
+        eio = self.server.eio
+        make = eio.generate_id
+        eio.generate_id = lambda: c.restored["sid"]
+        try:
+            sid = super().pre_connect(eio_sid, namespace)
+        finally:
+            eio.generate_id = make
+        if sid is not None:
+            self.server.restore_session(c, sid, eio_sid, namespace)
+        return sid
+
+    # internals: socketio-basic-enter-room
+    def basic_enter_room(self, sid, namespace, room, eio_sid=None):
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if self.recovery is not None and room is not None:
+            self.server.rooms_changed(sid, namespace)
+
+    # internals: socketio-basic-leave-room
+    def basic_leave_room(self, sid, namespace, room):
+        super().basic_leave_room(sid, namespace, room)
+        if self.recovery is not None and room is not None:
+            self.server.rooms_changed(sid, namespace)
+
+
+def _args(message: dict) -> list:
+    """An emit message's arguments, as python-socketio's _handle_emit and
+    Manager.emit turn its `data` into the event's arguments."""
+    data = message["data"]
+    if message.get("binary"):
+        attachments = [base64.b64decode(a) for a in data[1:]]
+        data = Packet.reconstruct_binary(data[0], attachments)
+    if isinstance(data, list):
+        data = data[0] if len(data) == 1 else tuple(data)
+    if isinstance(data, tuple):
+        return list(data)
+    return [] if data is None else [data]

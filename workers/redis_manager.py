@@ -93,7 +93,10 @@ class ClusterRedisManager(ClusterPubSubManager):
         self.ever_listened = False
         self.dropped = 0  # during the current outage
         self.overflowed = 0
-        self.outbox: collections.deque[str] = collections.deque()
+        # JSON text to publish, or a step that adds commands to the batch's pipeline.
+        self.outbox: collections.deque = collections.deque()
+        # Connection state recovery in Redis (redis_recovery.py), set by the worker.
+        self.store = None
         self.wakeup = eventlet.event.Event()
         self.publisher = None
 
@@ -110,6 +113,7 @@ class ClusterRedisManager(ClusterPubSubManager):
     def _publish(self, data) -> None:
         if not self.publishing and time.monotonic() < self.next_probe:
             self.dropped += 1
+            self._deliver_unlogged(data)
             return
         if len(self.outbox) >= MAX_OUTBOX:
             self.overflowed += 1
@@ -117,7 +121,36 @@ class ClusterRedisManager(ClusterPubSubManager):
                 log.warning("redis is not keeping up: %d broadcasts dropped so far",
                             self.overflowed)
             return
-        self.outbox.append(self.json.dumps(data))
+        text = self.json.dumps(data)
+        if (self.store is not None and data.get("method") == "emit"
+                and data.get("callback") is None):
+            # Logged with the next offset and published by one script (redis_recovery.py).
+            self.outbox.append(_Logged(self.store, data, text))
+        else:
+            self.outbox.append(text)
+        self._wake()
+
+    def _deliver_unlogged(self, data: dict) -> None:
+        """With recovery on, a worker delivers its broadcasts when they come back
+        from Redis; one that cannot go there reaches this worker's clients now,
+        without an offset (as without recovery: local rooms still deliver)."""
+        if self.store is None or data.get("method") != "emit" or data.get("callback"):
+            return
+        try:
+            self.deliver_here(data)
+        except Exception:
+            log.exception("local delivery of a broadcast failed")
+
+    def enqueue(self, step) -> None:
+        """Run `step(pipeline)` in the publisher's next batch, after what is queued
+        (connection state recovery's session changes, redis_recovery.py)."""
+        if len(self.outbox) >= MAX_OUTBOX:
+            self.overflowed += 1
+            return
+        self.outbox.append(step)
+        self._wake()
+
+    def _wake(self) -> None:
         if self.publisher is None:
             self.publisher = eventlet.spawn(self._publish_forever)
         if not self.wakeup.ready():
@@ -132,18 +165,27 @@ class ClusterRedisManager(ClusterPubSubManager):
             batch = [self.outbox.popleft() for _ in range(min(len(self.outbox), MAX_BATCH))]
             self._send_batch(batch)
 
-    def _send_batch(self, batch: list[str]) -> None:
+    def _send_batch(self, batch: list) -> None:
         now = time.monotonic()
         if not self.publishing and now < self.next_probe:
             self.dropped += len(batch)
+            for message in batch:
+                if isinstance(message, _Logged):
+                    self._deliver_unlogged(message.data)
             return
         try:
             pipe = self.redis.pipeline(transaction=False)
             for message in batch:
-                pipe.publish(self.channel, message)
+                if callable(message):
+                    message(pipe)
+                else:
+                    pipe.publish(self.channel, message)
             pipe.execute()
         except Exception as e:  # redis-py's errors, and anything else: the publisher lives on
             self.dropped += len(batch)
+            for message in batch:
+                if isinstance(message, _Logged):
+                    self._deliver_unlogged(message.data)
             self.next_probe = time.monotonic() + PROBE_INTERVAL
             if self.publishing:
                 self.publishing = False
@@ -178,10 +220,15 @@ class ClusterRedisManager(ClusterPubSubManager):
                         heard, pinged = now, None
                         kind = message["type"]
                         if kind == "message":
+                            if self.recovery is not None:
+                                self.recovery.wait_resumed()  # a session is being restored
                             yield message["data"]
                             # Time spent in the consumer is not silence.
                             heard = time.monotonic()
                         elif kind == "subscribe":
+                            if self.recovery is not None and down_since is not None:
+                                # Redis may have restarted (offsets from 1 again).
+                                self.recovery.skip.clear()
                             self.listening = self.ever_listened = True
                             backoff = 0.25
                             if down_since is not None:
@@ -218,3 +265,15 @@ class ClusterRedisManager(ClusterPubSubManager):
                     pass
             eventlet.sleep(backoff)
             backoff = min(backoff * 2, MAX_LISTEN_BACKOFF)
+
+
+class _Logged:
+    """A broadcast to log and publish (redis_recovery.py) in the publisher's batch."""
+
+    __slots__ = ("store", "data", "text")
+
+    def __init__(self, store, data: dict, text: str):
+        self.store, self.data, self.text = store, data, text
+
+    def __call__(self, pipe) -> None:
+        self.store.publish(pipe, self.text)

@@ -4,6 +4,11 @@ A python-socketio PubSubManager (ClusterPubSubManager: acks carry bytes)
 whose pub/sub backend is the worker's channel: _publish sends the message to
 the master, which passes it to every other worker; _listen yields what the
 master passes to this one.
+
+With connection state recovery on (workers/recovery.py), every emit without
+an ack comes back from the master with its offset, to the publisher too:
+this worker delivers its own broadcasts when they come back, not before, and
+sockets that asked for recovery get the offset as the event's last argument.
 """
 
 from __future__ import annotations
@@ -45,5 +50,7 @@ class MasterRelayManager(ClusterPubSubManager):
                 except Exception:  # the listener must outlive any one step
                     self._get_logger().exception("relay: a queued step failed")
                 continue
+            if self.recovery is not None:
+                self.recovery.wait_resumed()  # a session is being restored
             self.handled += 1
             yield item
