@@ -154,6 +154,10 @@ class ClusterPubSubManager(socketio.PubSubManager):
         """Yield each message published on the channel (JSON text, bytes or a dict)."""
         raise NotImplementedError
 
+    def _accept(self, data: dict) -> bool:
+        """Whether the listener acts on `data` (a subclass drops duplicates here)."""
+        return True
+
     # internals: socketio-listen
     def _listen(self):
         """What python-socketio's listener (`PubSubManager._thread`) reads: every
@@ -168,6 +172,8 @@ class ClusterPubSubManager(socketio.PubSubManager):
                     continue  # python-socketio ignores what it cannot decode, too
                 if not isinstance(data, dict):
                     continue
+            if not self._accept(data):
+                continue
             handler = self.cluster_handlers.get(data.get("method"))
             if handler is None:
                 yield data
