@@ -13,6 +13,7 @@ Requests (`send`, from the session that sends):
   as a list.
 - call: `sio.call(event, {"reply": args}, to=to)`; this session's ack is
   {"result": what call() returned}.
+`move` {"op": "enter" | "leave" | "disconnect", "sid", "room"} acts on another session.
 """
 
 import os
@@ -67,6 +68,21 @@ def send(sid, req):
     if not got.wait(WAIT):
         return "no ack"
     return acked
+
+
+@sio.on("move")
+def move(sid, req):
+    """{"op": "enter" | "leave" | "disconnect", "sid": SID, "room": ROOM}: act on
+    another session, which may live on another worker or host (the manager
+    publishes it there)."""
+    op, other = req["op"], req["sid"]
+    if op == "enter":
+        sio.enter_room(other, req["room"])
+    elif op == "leave":
+        sio.leave_room(other, req["room"])
+    else:
+        sio.disconnect(other)
+    return True
 
 
 @sio.on("connect", namespace=NAMESPACE)

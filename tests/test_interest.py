@@ -1,0 +1,273 @@
+"""Broadcasts that scale with rooms, not with the fleet (issue 15): `--redis-channels
+interest` against `single`, on three hosts sharing Redis.
+
+Hosts 1-3 are clusters on 127.0.0.2, .3 and .4 (host 1 with two workers, hosts
+2 and 3 with one each, so a host's pub/sub figures are its worker's), running
+tests/apps/values_app.py. In interest mode the channels spread over two
+standalone redis-servers (`--redis URL1,URL2`); `single` uses one. Clients
+are python-socketio clients (tests/test_values.py's Party, which records every
+event it hears). The pub/sub figures are each worker's count of messages Redis
+delivered to it (`imcluster status`, workers[].pubsub.received).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+import redis
+import socketio
+from conftest import ROOT, Cluster, RedisProcess, free_port, wait_for
+from test_values import Party
+
+tags = itertools.count()
+
+
+class Fleet:
+    def __init__(self, mode: str, hosts: dict[int, Cluster], urls: list[str]):
+        self.mode, self.hosts, self.urls = mode, hosts, urls
+
+    def received(self, i: int) -> int:
+        """Messages Redis delivered to host i's workers, as their last LOAD said."""
+        return sum((w["pubsub"] or {}).get("received", 0)
+                   for w in self.hosts[i].status()["workers"])
+
+    def settled(self) -> dict[int, int]:
+        """Every host's figure, once two reads 1.5 s apart agree (a LOAD is at most
+        1 s old): what was in flight before has been counted."""
+        last: dict[int, int] = {}
+
+        def same():
+            nonlocal last
+            now = {i: self.received(i) for i in self.hosts}
+            ok, last = now == last, now
+            if not ok:
+                time.sleep(1.5)
+            return ok
+
+        wait_for(same, 20, what="pub/sub figures at rest")
+        return last
+
+    def channels(self) -> set[str]:
+        found: set[str] = set()
+        for url in self.urls:
+            r = redis.Redis.from_url(url)
+            try:
+                found |= {c.decode() for c in r.pubsub_channels()}
+            finally:
+                r.close()
+        return found
+
+
+@pytest.fixture(scope="module", params=["interest", "single"])
+def fleet(request, tmp_path_factory):
+    mode = request.param
+    servers = [RedisProcess(tmp_path_factory.mktemp("redis"))
+               for _ in range(2 if mode == "interest" else 1)]
+    hosts: dict[int, Cluster] = {}
+    try:
+        for r in servers:
+            r.start()
+        urls = [f"redis://127.0.0.1:{r.port}/0" for r in servers]
+        for i, workers in ((1, 2), (2, 1), (3, 1)):
+            ip = f"127.0.0.{i + 1}"
+            hosts[i] = Cluster(tmp_path_factory.mktemp(f"host{i}"), app="values_app:sio",
+                               workers=workers, redis=",".join(urls),
+                               cwd=ROOT / "tests" / "apps", host_id=i,
+                               bind=f"{ip}:{free_port(ip)}", redis_channels=mode)
+        for c in hosts.values():
+            c.wait_ready()
+            wait_for(lambda c=c: all(w["broadcast"] == "ok" for w in c.status()["workers"]),
+                     15, what="every worker subscribed")
+        yield Fleet(mode, hosts, urls)
+    finally:
+        for c in hosts.values():
+            c.stop()
+        for r in servers:
+            r.stop()
+
+
+@pytest.fixture(scope="module")
+def parties(fleet):
+    """a1 and b1 on host 1 (on its two workers), a2 on host 2, a3 on host 3, in rooms
+    `one` (a1, b1: one host), `two` (a1, a2: two hosts) and `three` (all: three)."""
+    made: list[Party] = []
+    try:
+        on1: dict[int, Party] = {}
+        while len(on1) < 2:
+            assert len(made) < 12, "host 1's sessions did not spread over its two workers"
+            p = Party(fleet.hosts[1].url)
+            made.append(p)
+            on1.setdefault(p.pid, p)
+        a1, b1 = on1.values()
+        a2, a3 = Party(fleet.hosts[2].url), Party(fleet.hosts[3].url)
+        made += [a2, a3]
+        for p in made:
+            if p not in (a1, b1, a2, a3):
+                p.sio.disconnect()
+        for p, rooms in ((a1, ("one", "two", "three")), (b1, ("one", "three")),
+                         (a2, ("two", "three")), (a3, ("three",))):
+            for room in rooms:
+                assert p.call("join", room) is True
+        yield {"a1": a1, "b1": b1, "a2": a2, "a3": a3}
+    finally:
+        for p in made:
+            p.sio.disconnect()
+
+
+MEMBERS = {"one": {"a1", "b1"}, "two": {"a1", "a2"}, "three": {"a1", "b1", "a2", "a3"}}
+
+
+def send(p: Party, to, skip: str | None = None, target: str = "room", mode: str = "emit",
+         args: list | None = None) -> str:
+    event = f"e{next(tags)}"
+    assert p.call("send", {"mode": mode, "target": target, "to": to, "skip": skip,
+                           "event": event, "args": args or [event]}) is True
+    return event
+
+
+def heard(p: Party, event: str) -> int:
+    return len(p.heard.get(("/", event), []))
+
+
+def test_each_member_gets_each_message_once(fleet, parties):
+    """From every party to each room (members on one, two and three hosts), and
+    to all three rooms at once with the sender skipped: every member hears each
+    message exactly once, nobody else hears it."""
+    expected: dict[str, set[str]] = {}
+    for name, p in parties.items():
+        for room, members in MEMBERS.items():
+            expected[send(p, room)] = members
+        expected[send(p, list(MEMBERS), skip=p.sid)] = set().union(*MEMBERS.values()) - {name}
+        # A room list naming a sid on another host besides rooms: each once.
+        other = parties["a3" if name != "a3" else "a2"]
+        expected[send(p, ["one", other.sid, "three"])] = (
+            MEMBERS["one"] | MEMBERS["three"] | {("a3" if name != "a3" else "a2")})
+
+    def all_heard():
+        return all(heard(parties[m], e) >= 1 for e, ms in expected.items() for m in ms)
+
+    wait_for(all_heard, 20, what="every message at every member")
+    time.sleep(1.0)  # late duplicates would land meanwhile
+    wrong = {(e, name, heard(p, e)) for e in expected for name, p in parties.items()
+             if heard(p, e) != (1 if name in expected[e] else 0)}
+    assert not wrong, sorted(wrong)
+
+
+def test_a_room_on_one_host_costs_the_other_hosts_nothing(fleet, parties):
+    """Room `one` lives on host 1 alone. 20 messages to it from host 1 and 20 from
+    host 2, then one to room `three` (every host): with interest channels hosts 2
+    and 3 receive only that last one (host 2 publishes its 20 without hearing
+    them); with one channel every worker receives all 41."""
+    a1, b1, a2 = parties["a1"], parties["b1"], parties["a2"]
+    n = 20
+    before = fleet.settled()
+    events = [send(a1, "one") for _ in range(n)] + [send(a2, "one") for _ in range(n)]
+    wait_for(lambda: all(heard(p, e) == 1 for e in events for p in (a1, b1)), 20,
+             what="the 40 messages in room one")
+    marker = send(a1, "three")
+    wait_for(lambda: all(heard(p, marker) == 1 for p in parties.values()), 20,
+             what="the marker at every member")
+    # Host 1's two workers hold `one` and `three` in both modes, and Redis
+    # delivers a publish to its own sender's subscription too: 41 each.
+    if fleet.mode == "interest":
+        want = {1: 2 * (2 * n + 1), 2: 1, 3: 1}
+    else:
+        want = {1: 2 * (2 * n + 1), 2: 2 * n + 1, 3: 2 * n + 1}
+    after = fleet.settled()
+    cost = {i: after[i] - before[i] for i in fleet.hosts}
+    assert cost == want, cost
+
+
+def test_emit_ack_and_call_to_a_sid_on_another_host(fleet, parties):
+    a1, b1, a2, a3 = (parties[k] for k in ("a1", "b1", "a2", "a3"))
+    for sender, receiver in ((a1, a3), (b1, a2), (a3, b1)):
+        event = send(sender, receiver.sid, target="sid")
+        wait_for(lambda e=event, r=receiver: heard(r, e) == 1, 10, what="emit to a sid")
+        args = [{"k": [b"\x00\xff", "ü"]}, 7]
+        got = sender.call("send", {"mode": "ack", "target": "sid", "to": receiver.sid,
+                                   "event": f"ask-{next(tags)}", "args": args})
+        assert got == args
+        got = sender.call("send", {"mode": "call", "target": "sid", "to": receiver.sid,
+                                   "event": f"ask-{next(tags)}", "args": ["pong"]})
+        assert got == {"result": "pong"}
+    time.sleep(0.5)
+    assert all(len(v) == 1 for p in parties.values() for k, v in p.heard.items()
+               if k[1].startswith("e")), "a message heard twice"
+
+
+def test_room_changes_and_disconnect_of_a_session_on_another_host(fleet, parties):
+    a1, a3 = parties["a1"], parties["a3"]
+    room = f"moved-{next(tags)}"
+    assert a1.call("move", {"op": "enter", "sid": a3.sid, "room": room}) is True
+    if fleet.mode == "interest":
+        # a3's worker took up the room's channel (host 3, the only member).
+        wait_for(lambda: f'socketio:r:["/","{room}"]' in fleet.channels(), 10,
+                 what="the room's channel subscribed")
+    e1 = send(a1, room)
+    wait_for(lambda: heard(a3, e1) == 1, 10, what="a message to the room a3 was put in")
+    assert a1.call("move", {"op": "leave", "sid": a3.sid, "room": room}) is True
+    if fleet.mode == "interest":
+        wait_for(lambda: f'socketio:r:["/","{room}"]' not in fleet.channels(), 10,
+                 what="the room's channel dropped with its last member")
+    e2 = send(a1, room)
+    e3 = send(a1, a3.sid, target="sid")  # after e2 on the same path: e2 had its chance
+    wait_for(lambda: heard(a3, e3) == 1, 10, what="the emit after the leave")
+    assert heard(a3, e2) == 0
+    gone = Party(fleet.hosts[2].url)
+    try:
+        assert a1.call("move", {"op": "disconnect", "sid": gone.sid, "room": None}) is True
+        wait_for(lambda: "/" not in gone.sio.namespaces, 10,
+                 what="the session on host 2 disconnected from host 1")
+    finally:
+        gone.sio.disconnect()
+
+
+def test_an_external_write_only_emitter_reaches_every_member(fleet, parties):
+    """python-socketio's own `socketio` channel (a Celery task's
+    RedisManager(write_only=True)), on the first Redis server."""
+    emitter = socketio.RedisManager(fleet.urls[0], write_only=True)
+    try:
+        emitter.emit("external", [b"\x01", "room"], room="three")
+        emitter.emit("external", "sid", room=parties["a2"].sid)
+        emitter.emit("external", "all")
+        key = ("/", "external")
+
+        def got(p):
+            return p.heard.get(key, [])
+
+        want = {name: [[[b"\x01", "room"]], ["all"]] for name in parties}
+        want["a2"] = [[[b"\x01", "room"]], ["sid"], ["all"]]
+        wait_for(lambda: all(len(got(p)) == len(want[n]) for n, p in parties.items()), 10,
+                 what="the external emits at every member")
+        time.sleep(0.5)
+        assert {n: sorted(map(repr, got(p))) for n, p in parties.items()} == \
+            {n: sorted(map(repr, w)) for n, w in want.items()}
+    finally:
+        emitter.redis.close()
+
+
+def test_subscriptions_follow_the_members(fleet, parties):
+    """A worker holds a room's channel while it has a member there, the
+    namespace's while it has a client in it, and its own always."""
+    if fleet.mode != "interest":
+        pytest.skip("interest channels only")
+    have = fleet.channels()
+    for room in MEMBERS:
+        assert f'socketio:r:["/","{room}"]' in have
+    assert 'socketio:r:["/",null]' in have and "socketio" in have
+    workers = [(i, w["worker_id"]) for i, c in fleet.hosts.items()
+               for w in c.status()["workers"]]
+    assert {f"socketio:w:{i}:{w}" for i, w in workers} <= have
+    p = Party(fleet.hosts[3].url)
+    room = f"brief-{next(tags)}"
+    try:
+        assert p.call("join", room) is True
+        assert f'socketio:r:["/","{room}"]' in fleet.channels()
+        assert 'socketio:r:["/values",null]' in fleet.channels()
+    finally:
+        p.sio.disconnect()
+    # a3 stays on host 3 in "/values" (Party connects to both namespaces).
+    wait_for(lambda: f'socketio:r:["/","{room}"]' not in fleet.channels(), 10,
+             what="the channel dropped once its only member left")
