@@ -19,7 +19,10 @@ import pytest
 import redis
 import socketio
 from conftest import ROOT, Cluster, RedisProcess, free_port, wait_for
+from pyclients import Client
 from test_values import Party
+
+from imcluster.workers.redis_manager import InterestRedisManager
 
 tags = itertools.count()
 
@@ -271,3 +274,82 @@ def test_subscriptions_follow_the_members(fleet, parties):
     # a3 stays on host 3 in "/values" (Party connects to both namespaces).
     wait_for(lambda: f'socketio:r:["/","{room}"]' not in fleet.channels(), 10,
              what="the channel dropped once its only member left")
+
+
+def test_one_redis_server_down_costs_only_its_channels(cluster_factory, tmp_path):
+    """Interest channels on two Redis servers; the second is killed, then started
+    again. Meanwhile every worker reports its subscription down, a room whose
+    channel lives on the first server still reaches the other worker, and the
+    one on the second only local members; when it is back every worker
+    resubscribes to what it held, and both rooms reach everyone again."""
+    for i in range(2):
+        (tmp_path / f"r{i}").mkdir()
+    servers = [RedisProcess(tmp_path / f"r{i}") for i in range(2)]
+    for r in servers:
+        r.start()
+    try:
+        urls = [f"redis://127.0.0.1:{r.port}/0" for r in servers]
+        c = cluster_factory(workers=2, redis=",".join(urls), redis_channels="interest")
+        c.wait_ready()
+        mgr = InterestRedisManager(urls)  # its channel names and spread, not connected
+        room_on = {}
+        for k in itertools.count():
+            room = f"room{k}"
+            room_on.setdefault(mgr.node_of(mgr.channel_of_room("/", room)), room)
+            if len(room_on) == 2:
+                break
+        on1, on2 = room_on[0], room_on[1]
+        clients = [Client(c.url, "websocket") for _ in range(6)]
+        try:
+            by_pid: dict[int, list[Client]] = {}
+            for cl in clients:
+                assert cl.join(on1) is True and cl.join(on2) is True
+                by_pid.setdefault(cl.whoami(), []).append(cl)
+            assert len(by_pid) == 2, "the clients did not spread over both workers"
+            here, there = by_pid.values()
+
+            def say(room: str, text: str) -> None:
+                here[0].sio.emit("say", {"room": room, "text": text, "ts": 0})
+
+            def got(group, text) -> bool:
+                return all(any(m["text"] == text for m in cl.said) for cl in group)
+
+            say(on2, "before")
+            wait_for(lambda: got(clients, "before"), 10, what="delivery before the outage")
+            servers[1].kill()
+            wait_for(lambda: all(w["broadcast"] != "ok" for w in c.status()["workers"]), 15,
+                     what="every worker reporting its subscription down")
+            say(on1, "during-1")
+            wait_for(lambda: got(clients, "during-1"), 10,
+                     what="the room on the live server at every member")
+            say(on2, "during-2")
+            wait_for(lambda: got(here, "during-2"), 10, what="local delivery on the other")
+            servers[1].start()
+            # "publishing down" lasts until the sender's next publish probes the
+            # server (its breaker), so: subscribed, then a message, then "ok".
+            wait_for(lambda: all(w["broadcast"] in ("ok", "publishing down")
+                                 for w in c.status()["workers"]), 20,
+                     what="every worker subscribed again")
+            assert not any(any(m["text"] == "during-2" for m in cl.said) for cl in there)
+            # The breaker drops what is sent within a second of the last failure.
+            tries = itertools.count()
+
+            def delivered_after() -> bool:
+                text = f"after-{next(tries)}"
+                say(on2, text)
+                time.sleep(1.0)
+                return got(clients, text)
+
+            wait_for(delivered_after, 15, what="the room on the second server")
+            wait_for(lambda: all(w["broadcast"] == "ok" for w in c.status()["workers"]), 10,
+                     what="every worker's broadcasts ok")
+            log = c.log()
+            assert log.count("redis subscription lost") == 2, log
+            assert log.count("redis subscription restored") == 2, log
+            assert f"(redis://127.0.0.1:{servers[1].port}/0)" in log
+        finally:
+            for cl in clients:
+                cl.sio.disconnect()
+    finally:
+        for r in servers:
+            r.stop()

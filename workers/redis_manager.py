@@ -90,6 +90,15 @@ def split_urls(urls: str | list[str]) -> list[str]:
     return found
 
 
+def server_of(channel: str, servers: int, base: str = "socketio") -> int:
+    """Which of `servers` Redis servers (0-based, in --redis order) carries
+    `channel` with interest channels: the first for python-socketio's own
+    `base` channel (where external emitters publish), else crc32 of the name."""
+    if channel == base:
+        return 0
+    return zlib.crc32(channel.encode()) % servers
+
+
 class SubscriptionSilent(Exception):
     """The subscription answered nothing, not even a PING, for this many seconds."""
 
@@ -463,9 +472,7 @@ class InterestRedisManager(ClusterRedisManager):
         return f"{self.channel}:r:{name}"
 
     def node_of(self, channel: str) -> int:
-        if channel == self.channel:
-            return 0
-        return zlib.crc32(channel.encode()) % len(self.urls)
+        return server_of(channel, len(self.urls), self.channel)
 
     def _always(self, node: int) -> set[str]:
         always = super()._always(node)
