@@ -353,3 +353,29 @@ def test_one_redis_server_down_costs_only_its_channels(cluster_factory, tmp_path
     finally:
         for r in servers:
             r.stop()
+
+
+def test_pubsub_figures_in_status_and_metrics(cluster_factory, redis_server):
+    from test_metrics import scrape, total
+
+    port = free_port()
+    c = cluster_factory(app="values_app:sio", cwd=ROOT / "tests" / "apps", workers=1,
+                        redis=redis_server, redis_channels="interest",
+                        args=("--metrics", f"127.0.0.1:{port}"))
+    c.wait_ready()
+    p = Party(c.url)
+    try:
+        # worker channel, fleet, socketio (one server holds all), then "/" and
+        # "/values" (Party joins both), then the room.
+        assert p.call("join", "m") is True
+        st = wait_for(lambda: (s := c.status())["workers"][0]["pubsub"]["channels"] == 6 and s,
+                      10, what="six channels in the LOAD")
+        assert st["master"]["redis_channels"] == "interest"
+        m = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert total(m["imcluster_worker_pubsub_channels"],
+                     "imcluster_worker_pubsub_channels") == 6
+        assert total(m["imcluster_worker_pubsub_received"],
+                     "imcluster_worker_pubsub_received_total") >= \
+            st["workers"][0]["pubsub"]["received"]
+    finally:
+        p.sio.disconnect()
