@@ -13,6 +13,8 @@ delivered to it (`imcluster status`, workers[].pubsub.received).
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import time
 
 import pytest
@@ -22,6 +24,7 @@ from conftest import ROOT, Cluster, RedisProcess, free_port, wait_for
 from pyclients import Client
 from test_values import Party
 
+from imcluster.sid import owner_of
 from imcluster.workers.redis_manager import InterestRedisManager
 
 tags = itertools.count()
@@ -379,3 +382,50 @@ def test_pubsub_figures_in_status_and_metrics(cluster_factory, redis_server):
             st["workers"][0]["pubsub"]["received"]
     finally:
         p.sio.disconnect()
+
+
+def test_a_session_moved_by_a_reload_is_still_reached_by_its_sid(cluster_factory,
+                                                                redis_server):
+    """`--handover yes`: a reload moves host 1's sessions to new workers. A sid
+    keeps naming the worker that made it, so its new holder takes up that
+    worker's channel: emit, ack and call to it from host 2 still arrive, and so
+    do its room's messages."""
+    apps = ROOT / "tests" / "apps"
+    ip1, ip2 = "127.0.0.2", "127.0.0.3"
+    h1 = cluster_factory(app="values_app:sio", cwd=apps, workers=2, host_id=1,
+                         bind=f"{ip1}:{free_port(ip1)}", redis=redis_server,
+                         redis_channels="interest", handover=True)
+    h2 = cluster_factory(app="values_app:sio", cwd=apps, workers=1, host_id=2,
+                         bind=f"{ip2}:{free_port(ip2)}", redis=redis_server,
+                         redis_channels="interest")
+    h1.wait_ready()
+    h2.wait_ready()
+    a, c = Party(h1.url), Party(h2.url)
+    try:
+        made_by = a.pid
+        room = f"h-{next(tags)}"
+        assert a.call("join", room) is True
+        r = subprocess.run([sys.executable, "-m", "imcluster", "reload", "--control",
+                            h1.control], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert a.call("whoami") != made_by and a.sio.get_sid("/") == a.sid
+        wid = owner_of(a.sid)[1]
+        assert wid not in {w["worker_id"] for w in h1.status()["workers"]}
+        wait_for(lambda: f"socketio:w:1:{wid}" in Fleet("interest", {}, [redis_server])
+                 .channels(), 10, what="the old worker's channel held by the new holder")
+        event = send(c, a.sid, target="sid")
+        wait_for(lambda: heard(a, event) == 1, 10, what="an emit to the moved sid")
+        args = ["back", b"\x01"]
+        assert c.call("send", {"mode": "ack", "target": "sid", "to": a.sid,
+                               "event": f"ask-{next(tags)}", "args": args}) == args
+        assert c.call("send", {"mode": "call", "target": "sid", "to": a.sid,
+                               "event": f"ask-{next(tags)}", "args": [1]}) == {"result": 1}
+        assert a.call("send", {"mode": "call", "target": "sid", "to": c.sid,
+                               "event": f"ask-{next(tags)}", "args": [2]}) == {"result": 2}
+        event = send(c, room)
+        wait_for(lambda: heard(a, event) == 1, 10, what="a room message after the move")
+        time.sleep(0.5)
+        assert all(len(v) == 1 for k, v in a.heard.items() if k[1].startswith("e"))
+    finally:
+        a.sio.disconnect()
+        c.sio.disconnect()

@@ -47,6 +47,7 @@ per batch, not per message.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import time
@@ -457,6 +458,7 @@ class InterestRedisManager(ClusterRedisManager):
         # Worker channels held for sids that moved in from another worker (hand-over):
         # channel -> how many such sids are here.
         self.adopted: collections.Counter[str] = collections.Counter()
+        self.not_waiting: set = set()  # greenlets in without_waiting()
 
     # ---- channel names ----------------------------------------------------------------
 
@@ -512,8 +514,9 @@ class InterestRedisManager(ClusterRedisManager):
         if created:
             sub.add(channel)
         # Not on the listener: what it handles (a remote enter_room) must not wait
-        # for the confirmation it would itself read.
-        if eventlet.getcurrent() is not self.listener:
+        # for the confirmation it would itself read; nor where asked not to.
+        here = eventlet.getcurrent()
+        if here is not self.listener and here not in self.not_waiting:
             # So that a message published after this member's join (its ack) reaches it.
             sub.wait_confirmed(channel, REDIS_TIMEOUT)
 
@@ -536,6 +539,19 @@ class InterestRedisManager(ClusterRedisManager):
         else:
             channel = self.channel_of_room(namespace, room)
         self._sub(channel).remove(channel)
+
+    @contextlib.contextmanager
+    def without_waiting(self):
+        """Room changes in this block subscribe without waiting for Redis to confirm
+        (the hand-over's move in, on the worker's channel reader: a message
+        published in that instant can miss the session, as workers/handover.py
+        says of Redis)."""
+        here = eventlet.getcurrent()
+        self.not_waiting.add(here)
+        try:
+            yield
+        finally:
+            self.not_waiting.discard(here)
 
     # ---- where a message goes ---------------------------------------------------------
 
