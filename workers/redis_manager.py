@@ -206,6 +206,9 @@ class Subscriber:
         self.confirmed: set[str] = set()
         self.waiters: dict[str, eventlet.event.Event] = {}
         self.pubsub = None  # the live connection's PubSub, once made
+        # Its first SUBSCRIBE went out (redis-py connects in it): from then on
+        # add() and remove() send their own commands; before, the reader does.
+        self.ready = False
         self.listening = False
         self.ever_listened = False
         self.received = 0  # messages Redis delivered to this worker (the cost of interest)
@@ -217,7 +220,7 @@ class Subscriber:
             return
         self.want.add(channel)
         ps = self.pubsub
-        if ps is not None:
+        if ps is not None and self.ready:
             self.pending[channel] = self.pending.get(channel, 0) + 1
             try:
                 ps.subscribe(channel)
@@ -230,7 +233,7 @@ class Subscriber:
         self.want.discard(channel)
         self.confirmed.discard(channel)
         ps = self.pubsub
-        if ps is not None:
+        if ps is not None and self.ready:
             try:
                 ps.unsubscribe(channel)
             except Exception:
@@ -277,13 +280,22 @@ class Subscriber:
             pubsub = self.redis.pubsub()
             heard = time.monotonic()  # anything read on this connection, or its start
             try:
-                # Set before the first SUBSCRIBE: an add() from now on goes out on
-                # this connection (eventlet switches only inside the I/O below).
                 self.pubsub, self.pending, self.confirmed = pubsub, {}, set()
-                channels = sorted(self.want)
-                for c in channels:
-                    self.pending[c] = 1
-                pubsub.subscribe(*channels)
+                # What was wanted at the start, then what changed meanwhile (the
+                # commands yield to other greenlets), until nothing did: only then
+                # may add() and remove() use the connection themselves.
+                sent: set[str] = set()
+                while self.want != sent:
+                    more, fewer = self.want - sent, sent - self.want
+                    if more:
+                        for c in more:
+                            self.pending[c] = self.pending.get(c, 0) + 1
+                        sent |= more
+                        pubsub.subscribe(*sorted(more))
+                    if fewer:
+                        sent -= fewer
+                        pubsub.unsubscribe(*sorted(fewer))
+                self.ready = True
                 pinged = None  # when the unanswered PING went out
                 while True:
                     message = pubsub.get_message(timeout=ping_every / 2)
@@ -333,7 +345,7 @@ class Subscriber:
                               "meanwhile%s", "lost" if self.ever_listened else "failed", e,
                               self.where)
             finally:
-                self.pubsub = None
+                self.pubsub, self.ready = None, False
                 self.confirmed = set()
                 for ev in self.waiters.values():
                     ev.send()  # nobody waits for a connection that is gone
