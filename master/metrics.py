@@ -7,7 +7,8 @@ status --json` agree; the text format is prometheus_client's.
 
 Per worker (labels `slot`, `worker_id`, `pid`; a draining worker keeps its slot
 label): connections, sessions, state, CPU seconds, resident memory,
-hand-offs, and with Redis whether its broadcasts get through. Per slot:
+hand-offs, and with Redis whether its broadcasts get through, the messages
+Redis delivered to it and the channels it holds. Per slot:
 restarts. For the master: connections accepted, routed and rejected by
 cause, hand-offs, hand-backs, re-routes, relayed broadcasts (and those
 dropped), connections pending and queued, reload in progress.
