@@ -206,21 +206,35 @@ def test_emit_ack_and_call_to_a_sid_on_another_host(fleet, parties):
 def test_room_changes_and_disconnect_of_a_session_on_another_host(fleet, parties):
     a1, a3 = parties["a1"], parties["a3"]
     room = f"moved-{next(tags)}"
-    assert a1.call("move", {"op": "enter", "sid": a3.sid, "room": room}) is True
+    # enter_room returns once a3's worker holds the room (with interest channels:
+    # and its channel's subscription), so an emit right after, in the same
+    # handler, reaches a3; and so does the leave: an emit right after it does not.
+    # Ten rooms: without the wait about half of these emits were lost (measured).
+    rooms = [f"{room}-{k}" for k in range(10)]
+    at_once = {r: f"e{next(tags)}" for r in rooms}
+    for r in rooms:
+        assert a1.call("move", {"op": "enter", "sid": a3.sid, "room": r,
+                                "then_emit": at_once[r]}) is True
     if fleet.mode == "interest":
-        # a3's worker took up the room's channel (host 3, the only member).
-        wait_for(lambda: f'socketio:r:["/","{room}"]' in fleet.channels(), 10,
-                 what="the room's channel subscribed")
+        assert {f'socketio:r:["/","{r}"]' for r in rooms} <= fleet.channels()
+    wait_for(lambda: all(heard(a3, e) == 1 for e in at_once.values()), 10,
+             what="each emit made right after the enter_room")
+    after_leave = {r: f"e{next(tags)}" for r in rooms}
+    for r in rooms:
+        assert a1.call("move", {"op": "leave", "sid": a3.sid, "room": r,
+                                "then_emit": after_leave[r]}) is True
+    assert a1.call("move", {"op": "enter", "sid": a3.sid, "room": room}) is True
     e1 = send(a1, room)
     wait_for(lambda: heard(a3, e1) == 1, 10, what="a message to the room a3 was put in")
     assert a1.call("move", {"op": "leave", "sid": a3.sid, "room": room}) is True
+    e2 = send(a1, room)  # after the leave returned: never heard
     if fleet.mode == "interest":
         wait_for(lambda: f'socketio:r:["/","{room}"]' not in fleet.channels(), 10,
                  what="the room's channel dropped with its last member")
-    e2 = send(a1, room)
     e3 = send(a1, a3.sid, target="sid")  # after e2 on the same path: e2 had its chance
     wait_for(lambda: heard(a3, e3) == 1, 10, what="the emit after the leave")
     assert heard(a3, e2) == 0
+    assert not [e for e in after_leave.values() if heard(a3, e)], "heard after its leave"
     gone = Party(fleet.hosts[2].url)
     try:
         assert a1.call("move", {"op": "disconnect", "sid": gone.sid, "room": None}) is True

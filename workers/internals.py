@@ -389,6 +389,19 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         params=("sid", "namespace", "room"),
         source=("self.basic_leave_room(sid, namespace, room)",),
         source_in="socketio.base_manager:BaseManager.basic_disconnect")),
+    ("socketio-remote-enter-room", Reach(
+        _SIO, "socketio:PubSubManager.enter_room", "override",
+        "workers/redis_manager.py InterestRedisManager", "enter_room(sid, namespace, room, "
+        "eio_sid) acts locally for a sid of this worker and publishes {'method': "
+        "'enter_room', 'sid', 'room', 'namespace', 'host_id'} otherwise; the interest "
+        "scheme publishes it too, then waits for the sid's worker",
+        params=("sid", "namespace", "room", "eio_sid"),
+        source=("message = {'method': 'enter_room', 'sid': sid, 'room': room,",))),
+    ("socketio-remote-leave-room", Reach(
+        _SIO, "socketio:PubSubManager.leave_room", "override",
+        "workers/redis_manager.py InterestRedisManager", "leave_room(sid, namespace, room), "
+        "as enter_room", params=("sid", "namespace", "room"),
+        source=("message = {'method': 'leave_room', 'sid': sid, 'room': room,",))),
     ("socketio-manager-name", Reach(
         _SIO, "socketio:PubSubManager.name", "override",
         "workers/relay.py MasterRelayManager; workers/redis_manager.py ClusterRedisManager",

@@ -430,7 +430,8 @@ MAX_SEEN = 100_000
 
 
 # internals: socketio-manager-name, socketio-publish, socketio-basic-enter-room,
-# socketio-basic-leave-room, socketio-manager-attrs (self.json, self.host_id)
+# socketio-basic-leave-room, socketio-manager-attrs (self.json, self.host_id),
+# socketio-remote-enter-room, socketio-remote-leave-room
 class InterestRedisManager(ClusterRedisManager):
     """`--redis-channels interest`: a worker hears a broadcast only when it has a
     client the broadcast is for.
@@ -471,6 +472,11 @@ class InterestRedisManager(ClusterRedisManager):
         # channel -> how many such sids are here.
         self.adopted: collections.Counter[str] = collections.Counter()
         self.not_waiting: set = set()  # greenlets in without_waiting()
+        # Remote enter_room/leave_room waiting for the sid's worker: id -> event.
+        self.room_changes: dict[str, eventlet.event.Event] = {}
+        self.cluster_handlers.update({"enter_room": self._handle_room_change,
+                                      "leave_room": self._handle_room_change,
+                                      "room_done": self._handle_room_done})
 
     # ---- channel names ----------------------------------------------------------------
 
@@ -552,6 +558,71 @@ class InterestRedisManager(ClusterRedisManager):
             channel = self.channel_of_room(namespace, room)
         self._sub(channel).remove(channel)
 
+    # ---- a room change of a session on another worker ----------------------------------
+
+    # Overrides python-socketio 5.18's PubSubManager.enter_room / leave_room for a sid
+    # of another worker. Upstream publishes the change and returns; with one channel
+    # it is then ordered with what the caller emits next. Here the change travels on
+    # the sid's worker channel and the caller's next emit on the room's: so the call
+    # returns once the sid's worker has made the change (and, entering, holds the
+    # room's subscription), at most REDIS_TIMEOUT later: `enter_room(sid, r)` then
+    # `emit(to=r)` reaches the session, as on one worker.
+    def enter_room(self, sid, namespace, room, eio_sid=None):
+        if self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace):
+            return super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+        self._remote_room_change("enter_room", sid, namespace, room)
+
+    def leave_room(self, sid, namespace, room):
+        if self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace):
+            return super().leave_room(sid, namespace, room)
+        self._remote_room_change("leave_room", sid, namespace, room)
+
+    def _remote_room_change(self, method: str, sid, namespace, room) -> None:
+        rid = uuid.uuid4().hex
+        done = self.room_changes[rid] = eventlet.event.Event()
+        try:
+            self._publish({"method": method, "sid": sid, "room": room,
+                           "namespace": namespace or "/", "host_id": self.host_id,
+                           "reply": rid})
+            # Not on the listener, which would read the reply; a sid nobody holds
+            # (gone) costs the caller this wait.
+            if eventlet.getcurrent() is not self.listener:
+                with eventlet.Timeout(REDIS_TIMEOUT, False):
+                    done.wait()
+        finally:
+            self.room_changes.pop(rid, None)
+
+    def _handle_room_change(self, message: dict) -> None:
+        """Another worker's enter_room/leave_room for a sid: made here if the session
+        is here; then, once a new room's subscription is confirmed, the reply."""
+        sid, namespace, room = message.get("sid"), message.get("namespace"), message.get("room")
+        if not (self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace)):
+            return  # not here (a worker that only shares the channel, or gone)
+        if message["method"] == "enter_room":
+            super().enter_room(sid, namespace, room)  # on the listener: does not wait
+        else:
+            super().leave_room(sid, namespace, room)
+        rid = message.get("reply")
+        if not isinstance(rid, str):
+            return  # from a python-socketio server that waits for nothing
+        reply = {"method": "room_done", "reply": rid, "to": message.get("host_id"),
+                 "host_id": self.host_id}
+        if message["method"] == "leave_room":
+            self._publish(reply)
+            return
+        channel = self.channel_of_room(namespace, room)
+
+        def confirm() -> None:
+            self._sub(channel).wait_confirmed(channel, REDIS_TIMEOUT)
+            self._publish(reply)
+
+        eventlet.spawn(confirm)  # the listener reads on meanwhile
+
+    def _handle_room_done(self, message: dict) -> None:
+        done = self.room_changes.get(message.get("reply"))
+        if done is not None and not done.ready():
+            done.send()
+
     @contextlib.contextmanager
     def without_waiting(self):
         """Room changes in this block subscribe without waiting for Redis to confirm
@@ -607,9 +678,10 @@ class InterestRedisManager(ClusterRedisManager):
             return self._targets_of_sid(namespace, data.get("sid"))
         if method == "close_room":
             return [self.channel_of_room(namespace, data.get("room"))]
-        if method == "callback":
+        if method in ("callback", "room_done"):
             try:
-                _, host, worker = str(data.get("host_id")).rsplit(".", 2)
+                _, host, worker = str(data.get("to" if method == "room_done" else "host_id")
+                                      ).rsplit(".", 2)
                 return [self.channel_of_worker(int(host), int(worker), self.channel)]
             except ValueError:
                 return [self.channel]  # an ack for a python-socketio server (not ours)

@@ -13,7 +13,8 @@ Requests (`send`, from the session that sends):
   as a list.
 - call: `sio.call(event, {"reply": args}, to=to)`; this session's ack is
   {"result": what call() returned}.
-`move` {"op": "enter" | "leave" | "disconnect", "sid", "room"} acts on another session.
+`move` {"op": "enter" | "leave" | "disconnect", "sid", "room", "then_emit": event or
+absent} acts on another session, then emits `event` to the room at once.
 """
 
 import os
@@ -82,6 +83,8 @@ def move(sid, req):
         sio.leave_room(other, req["room"])
     else:
         sio.disconnect(other)
+    if req.get("then_emit"):  # at once, in the same handler
+        sio.emit(req["then_emit"], req["then_emit"], to=req["room"])
     return True
 
 
