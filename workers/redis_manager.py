@@ -440,6 +440,7 @@ class InterestRedisManager(ClusterRedisManager):
       `socketio`                   python-socketio's own: external emitters (first server)
       `socketio:w:HOST:WORKER`     what is addressed to a sid that worker made
                                    (emit to a sid, acks, remote enter/leave/disconnect)
+                                   and the replies to its remote enter/leave (room_done)
       `socketio:r:["/ns","room"]`  a room's broadcasts, held while a member is here
       `socketio:r:["/ns",null]`    emit to all of a namespace, held while a client is here
       `socketio:fleet`             every worker (the Admin UI's announce)
