@@ -33,7 +33,8 @@ unless said otherwise.
     master.queued            int          connections routed but not yet passed to their worker
     master.stopping          bool         a graceful stop is under way
     master.broadcast         str          "relay" (through the master) or "redis"
-    master.redis             str|null     the Redis URL, password masked as ***
+    master.redis             str|null     the Redis URL(s), passwords masked as ***
+    master.redis_channels    str|null     with --redis: "single" or "interest"
     master.host_id           int          --host-id: this host's number behind a router (0: alone)
     master.drained           bool         `imcluster drain` in force: no new sessions via the router
     master.readiness         int          what GET /_imcluster/ready answers now: 200, 404, 503
@@ -74,6 +75,10 @@ unless said otherwise.
                                           down" (others' broadcasts miss its clients),
                                           "publishing down" (its own miss the others), "down";
                                           null with the master relay
+    workers[].pubsub         obj|null     with --redis, from its last LOAD: received (messages
+                                          Redis delivered to it since it started: the cost
+                                          of the channel scheme), channels (held now),
+                                          published (messages it sent)
     workers[].handoffs       int          client sockets the master routed to this process
     workers[].last_error     str|null     why it last failed (app import error, exit...)
     workers[].exit_status    int|null     its last exit code (negative: killed by that signal)

@@ -90,6 +90,28 @@ def _redis_url(v: Any) -> str | None:
     return s
 
 
+def _redis_urls(v: Any) -> str | None:
+    """One Redis URL, or several separated by commas (the interest scheme
+    spreads its channels over them); each checked as `_redis_url` does."""
+    s = _optional_str(v)
+    if s is None:
+        return None
+    urls = [u.strip() for u in s.split(",")]
+    if any(not u for u in urls):
+        raise ValueError("an empty URL in the list (two commas, or one at an end)")
+    return ",".join(_redis_url(u) for u in urls)
+
+
+REDIS_CHANNELS = ("single", "interest")
+
+
+def _redis_channels(v: Any) -> str:
+    s = str(v).strip().lower()
+    if s not in REDIS_CHANNELS:
+        raise ValueError("single or interest")
+    return s
+
+
 def _optional_bind(v: Any) -> tuple[str, int] | None:
     if v is None or str(v).strip().lower() in ("", "no", "off"):
         return None
@@ -192,9 +214,17 @@ SETTINGS: tuple[Setting, ...] = (
             "this host's number among several behind one router (1..4095, unique per "
             "host); every sid names it, and a request whose sid names another host gets "
             "400. 0 (the default): one host, no router", metavar="N"),
-    Setting("redis", _redis_url, None,
+    Setting("redis", _redis_urls, None,
             "Redis URL for cross-worker and cross-host broadcasts; without it the master "
-            "relays broadcasts between its own workers", metavar="URL"),
+            "relays broadcasts between its own workers. Several URLs, comma-separated, "
+            "with --redis-channels interest: channels spread over those servers (every "
+            "host must list the same servers in the same order)", metavar="URL[,URL...]"),
+    Setting("redis_channels", _redis_channels, "single",
+            "how broadcasts use Redis: 'single', every worker hears every broadcast on one "
+            "channel (python-socketio's); 'interest', a worker hears a room's broadcasts "
+            "only while it has a member there (per-room, per-worker and per-namespace "
+            "channels, see docs/several-hosts.md). Every host sharing a Redis must use the "
+            "same scheme", metavar="single|interest"),
     Setting("redis_silence_timeout", _positive_float, 15.0,
             "seconds a worker's Redis subscription may go without a message or an answer "
             "to its PING (sent every third of this) before the worker drops the "
@@ -327,6 +357,17 @@ def resolve(args: argparse.Namespace | None = None,
         except (TypeError, ValueError) as e:
             raise SettingError(f"{source}={raw!r}: {e}") from None
         cfg.sources[s.name] = source
+    if (cfg.values["redis"] and "," in cfg.values["redis"]
+            and cfg.values["redis_channels"] != "interest"):
+        raise SettingError(f"{cfg.sources['redis']}: several Redis servers need "
+                           "--redis-channels interest (with 'single' every worker hears one "
+                           "channel, on one server)")
+    if (cfg.values["redis"] and cfg.values["recovery_window"]
+            and cfg.values["redis_channels"] == "interest"):
+        raise SettingError(f"{cfg.sources['recovery_window']}: connection state recovery "
+                           "with Redis needs --redis-channels single (its offsets order the "
+                           "one channel every worker hears; interest channels have no "
+                           "single order)")
     if isinstance(cfg.values["bind"], str):
         cfg.values["bind"] = _bind(cfg.values["bind"])
     if cfg.values["control"] is None:

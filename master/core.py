@@ -134,7 +134,7 @@ class Core:
                 "uptime": round(now - w.started_at, 1) if w.pid else None,
                 "restarts": w.restarts, "cpu": None, "cpu_time": None, "rss": None,
                 "connections": w.connections, "sessions": w.sessions,
-                "broadcast": w.broadcast, "handoffs": w.handoffs_sent,
+                "broadcast": w.broadcast, "pubsub": w.pubsub, "handoffs": w.handoffs_sent,
                 "last_error": w.last_error or None,
                 "exit_status": w.exit_status, "unresponsive": w.unresponsive,
                 "replacement": w.role is Role.REPLACEMENT,
@@ -431,6 +431,7 @@ class Core:
         w = self.by_id.get(e.worker_id)
         if w is not None:
             w.sessions, w.connections, w.broadcast = e.sessions, e.connections, e.broadcast
+            w.pubsub = e.pubsub
 
     def _on_acked(self, e: ev.Acked, now: float) -> None:
         w = self.by_id.get(e.worker_id)

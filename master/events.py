@@ -75,11 +75,14 @@ class Ready:
 class Load:
     """The worker's load report (LOAD): Engine.IO sessions it holds, TCP
     connections it serves, and with Redis how its broadcasts stand ("ok",
-    "subscription down", "publishing down", "down"; None with the relay)."""
+    "subscription down", "publishing down", "down"; None with the relay), and
+    with Redis its pub/sub figures ({"received", "channels", "published"}:
+    messages Redis delivered to it, channels it holds, messages it published)."""
     worker_id: int
     sessions: int
     connections: int
     broadcast: str | None = None
+    pubsub: dict | None = None
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,7 @@ class WorkerProcess:
     sessions: int | None = None  # Engine.IO sessions it holds (its last LOAD)
     connections: int | None = None  # TCP connections it serves (its last LOAD)
     broadcast: str | None = None  # with Redis, how its broadcasts stand (its last LOAD)
+    pubsub: dict | None = None  # with Redis, its pub/sub figures (its last LOAD)
 
     def to(self, new: State) -> None:
         """Move to `new`, refusing any edge not in TRANSITIONS."""
@@ -153,7 +154,7 @@ class WorkerProcess:
         self.worker_id, self.pid, self.channel_open = worker_id, 0, False
         self.started_at = self.last_heard = now
         self.exit_status, self.last_error = None, ""
-        self.sessions = self.connections = self.broadcast = None
+        self.sessions = self.connections = self.broadcast = self.pubsub = None
         self.handoffs_sent = self.handoffs_acked = 0
         self.unresponsive = False
         self.kill_at = 0.0

@@ -253,6 +253,7 @@ class Master:
         spec = {
             "app": self.app, "worker_id": wid, "slot": slot, "host_id": self.cfg.host_id,
             "redis": self.cfg.redis, "redis_silence_timeout": self.cfg.redis_silence_timeout,
+            "redis_channels": self.cfg.redis_channels,
             "keepalive": self.cfg.keepalive,
             "log_level": self.cfg.log_level, "cwd": os.getcwd(),
             "graceful_timeout": self.cfg.graceful_timeout,
@@ -588,6 +589,7 @@ class Master:
                 "stopping": self.core.stopping, "host_id": self.cfg.host_id,
                 "drained": self.core.drained, "readiness": self.core.readiness()[0],
                 "broadcast": "redis" if self.cfg.redis else "relay",
+                "redis_channels": self.cfg.redis_channels if self.cfg.redis else None,
                 "redis": redact_url(self.cfg.redis),
                 "counters": {**self.counters, **self.pending.counters},
             },
@@ -637,15 +639,21 @@ def _count(payload: bytes) -> int | None:
     return n if n >= 0 else None
 
 
-def _load(payload: bytes) -> tuple[int, int, str | None] | None:
-    """A LOAD report's (sessions, connections, broadcast health); None when it is not one."""
+def _load(payload: bytes) -> tuple[int, int, str | None, dict | None] | None:
+    """A LOAD report's (sessions, connections, broadcast health, pub/sub figures);
+    None when it is not one."""
     try:
         load = json.loads(payload)
         sessions, connections = int(load["sessions"]), int(load["connections"])
         broadcast = load.get("broadcast")
+        pubsub = load.get("pubsub")
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
-    return sessions, connections, broadcast if isinstance(broadcast, str) else None
+    if not (isinstance(pubsub, dict)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in pubsub.values())):
+        pubsub = None
+    return (sessions, connections, broadcast if isinstance(broadcast, str) else None,
+            pubsub)
 
 
 def _count_fds() -> int | None:

@@ -7,7 +7,8 @@ status --json` agree; the text format is prometheus_client's.
 
 Per worker (labels `slot`, `worker_id`, `pid`; a draining worker keeps its slot
 label): connections, sessions, state, CPU seconds, resident memory,
-hand-offs, and with Redis whether its broadcasts get through. Per slot:
+hand-offs, and with Redis whether its broadcasts get through, the messages
+Redis delivered to it and the channels it holds. Per slot:
 restarts. For the master: connections accepted, routed and rejected by
 cause, hand-offs, hand-backs, re-routes, relayed broadcasts (and those
 dropped), connections pending and queued, reload in progress.
@@ -67,6 +68,15 @@ class ClusterCollector:
             "imcluster_worker_broadcast_up",
             "With Redis: 1 while the worker both publishes and hears broadcasts, else 0",
             labels=labels)
+        pubsub = {
+            "received": CounterMetricFamily(
+                "imcluster_worker_pubsub_received",
+                "With Redis: messages Redis delivered to the worker (what the channel "
+                "scheme costs it)", labels=labels),
+            "channels": GaugeMetricFamily(
+                "imcluster_worker_pubsub_channels",
+                "With Redis: channels the worker is subscribed to", labels=labels),
+        }
         restarts = CounterMetricFamily(
             "imcluster_slot_restarts", "Times the slot's process was replaced after exiting",
             labels=["slot"])
@@ -77,6 +87,9 @@ class ClusterCollector:
                     fam.add_metric(values, w[key])
             if w.get("broadcast") is not None:
                 broadcast.add_metric(values, 1 if w["broadcast"] == "ok" else 0)
+            for key, fam in pubsub.items():
+                if (w.get("pubsub") or {}).get(key) is not None:
+                    fam.add_metric(values, w["pubsub"][key])
             for s in State:
                 state.add_metric([*values, s.value], 1 if w["state"] == s.value else 0)
             if not w["retired"] and not w["replacement"]:
@@ -84,6 +97,7 @@ class ClusterCollector:
         yield from fams.values()
         yield state
         yield broadcast
+        yield from pubsub.values()
         yield restarts
 
         yield GaugeMetricFamily("imcluster_workers", "Slots (the target number of workers)",

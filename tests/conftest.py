@@ -122,6 +122,19 @@ def relay_or_redis(request) -> str | None:
     return request.getfixturevalue("redis_server") if request.param == "redis" else None
 
 
+@pytest.fixture(params=["relay", "redis", "redis-interest"])
+def backend(request) -> dict:
+    """Run the test three times: broadcasts through the master relay, through a
+    private Redis with one channel, then with interest channels; the settings
+    to pass on, `cluster_factory(**backend)`."""
+    if request.param == "relay":
+        return {"redis": None}
+    url = request.getfixturevalue("redis_server")
+    if request.param == "redis":
+        return {"redis": url}
+    return {"redis": url, "redis_channels": "interest"}
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium (Debian's, driven by playwright), one per test module."""

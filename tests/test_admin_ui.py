@@ -35,11 +35,11 @@ TRANSPORTS = ("websocket", "polling", "default")
 
 
 @pytest.fixture
-def page(browser, cluster_factory, relay_or_redis):
+def page(browser, cluster_factory, backend):
     if not (UI_DIST / "index.html").exists():
         pytest.fail(f"{UI_DIST} is missing: run scripts/setup (npm ci in tests/js)")
-    c = cluster_factory(app="instrumented_app:app", workers=WORKERS, redis=relay_or_redis,
-                        cwd=APPS, env={"ADMIN_UI_DIST": str(UI_DIST)})
+    c = cluster_factory(app="instrumented_app:app", workers=WORKERS, cwd=APPS,
+                        env={"ADMIN_UI_DIST": str(UI_DIST)}, **backend)
     c.wait_ready()
     ctx = browser.new_context(viewport={"width": 1400, "height": 900})
     here = urlsplit(c.url).netloc
@@ -59,7 +59,8 @@ def page(browser, cluster_factory, relay_or_redis):
     p = ctx.new_page()
     p.set_default_timeout(15_000)
     p.cluster = c
-    p.backend = "redis" if relay_or_redis else "relay"
+    p.backend = ("relay" if not backend["redis"]
+                 else "redis-" + backend.get("redis_channels", "single"))
     try:
         yield p
     finally:

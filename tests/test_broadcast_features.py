@@ -1,4 +1,5 @@
-"""Room operations on sessions of another worker, through the relay and Redis:
+"""Room operations on sessions of another worker, through the relay and Redis (one
+channel, and interest channels):
 enter/leave room, skip_sid, direct emit, disconnect, close_room, namespaces."""
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ class Peer:
 
 
 @pytest.fixture
-def peers(cluster_factory, relay_or_redis):
-    c = cluster_factory(app="features_app:sio", workers=2, redis=relay_or_redis,
-                        cwd=ROOT / "tests" / "apps")
+def peers(cluster_factory, backend):
+    c = cluster_factory(app="features_app:sio", workers=2, cwd=ROOT / "tests" / "apps",
+                        **backend)
     c.wait_ready()
     made = [Peer(c.url)]
     while len({p.pid for p in made}) < 2:

@@ -1,12 +1,18 @@
 """The order in which room members hear messages, across workers.
 
-What imcluster promises (README, "Message order"), through the relay and Redis:
+What imcluster promises (README, "Message order"), through the relay, Redis
+with one channel and Redis with interest channels, within one room:
 - one sender's messages reach every member in the order they were sent, even
   when fired without waiting and the members sit on other workers;
 - a reply sent after its sender heard a message reaches every member after
   that message (a conversation reads the same in every tab).
 Two senders on different workers talking at once have no order between them,
 as in any Socket.IO cluster: each worker hears the other through a relay.
+With interest channels (`--redis-channels interest`) each room is a channel of
+its own, possibly on another Redis server: there is no order between messages
+to different rooms (or a room and a sid), even from one sender, so these
+tests keep to one room; a message to several rooms at once is ordered with
+each of those rooms' own messages (it is acted on at its first copy).
 
 Order is observed with the official JS client, which hands a connection's
 events to the app one at a time in the order they arrived. python-socketio's
@@ -31,9 +37,11 @@ from conftest import JS, node_script
 WORKERS = 3
 
 
-@pytest.fixture
-def cluster(cluster_factory, relay_or_redis):
-    c = cluster_factory(workers=WORKERS, redis=relay_or_redis)
+@pytest.fixture(params=["relay", "redis", "redis-interest"])
+def cluster(request, cluster_factory):
+    redis = request.getfixturevalue("redis_server") if request.param != "relay" else None
+    extra = {"redis_channels": "interest"} if request.param == "redis-interest" else {}
+    c = cluster_factory(workers=WORKERS, redis=redis, **extra)
     c.wait_ready()
     return c
 

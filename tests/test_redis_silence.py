@@ -73,10 +73,18 @@ def both_ways(here: list[Client], there: list[Client], room: str, tag: str):
     return check
 
 
-def talking_through(proxy, cluster_factory):
+@pytest.fixture(params=["single", "interest"])
+def channels(request) -> str:
+    """--redis-channels: one channel, or a channel per room (then each worker's
+    subscription holds several, all remade after the silence)."""
+    return request.param
+
+
+def talking_through(proxy, cluster_factory, channels: str = "single"):
     """2 workers whose Redis is behind `proxy`, a room member or more on each, and
     a message heard both ways: (cluster, members here, members there)."""
     cluster = cluster_factory(workers=2, redis=f"redis://127.0.0.1:{proxy.port}/0",
+                              redis_channels=channels,
                               args=("--redis-silence-timeout", str(SILENCE)))
     cluster.wait_ready()
     here, there = split_by_worker(cluster.url, "r")
@@ -90,8 +98,8 @@ def talking_through(proxy, cluster_factory):
     return cluster, here, there
 
 
-def test_silent_subscription_is_noticed_and_remade(proxy, cluster_factory):
-    cluster, here, there = talking_through(proxy, cluster_factory)
+def test_silent_subscription_is_noticed_and_remade(proxy, cluster_factory, channels):
+    cluster, here, there = talking_through(proxy, cluster_factory, channels)
     try:
         frozen = proxy.freeze()
         assert frozen >= 2, f"only {frozen} flows to freeze: the subscriptions are not there"
@@ -110,11 +118,11 @@ def test_silent_subscription_is_noticed_and_remade(proxy, cluster_factory):
             c.close()
 
 
-def test_frozen_redis_then_thawed(proxy, cluster_factory):
+def test_frozen_redis_then_thawed(proxy, cluster_factory, channels):
     """Redis frozen (its connections accepted, nothing answered): both
     directions say so within bounded time, each worker still serves its own
     room members, and all resumes when Redis answers again."""
-    cluster, here, there = talking_through(proxy, cluster_factory)
+    cluster, here, there = talking_through(proxy, cluster_factory, channels)
     try:
         proxy.freeze(new_flows=True)
         say(here[0], "r", "frozen")

@@ -291,6 +291,15 @@ def test_precedence_cli_env_file_default(tmp_path):
     ({"workers": "1000"}, {}, "--workers='1000': at most 256"),
     ({"redis": "http://127.0.0.1:6379/0"}, {}, "expected redis://HOST:PORT/DB"),
     ({}, {"IMCLUSTER_REDIS": "redis://h:notaport/0"}, "the port is not a number"),
+    ({"redis": "redis://a:1/0,redis://b:2/0"}, {},
+     "--redis: several Redis servers need --redis-channels interest"),
+    ({"redis": "redis://a:1/0,,redis://b:2/0", "redis_channels": "interest"}, {},
+     "an empty URL in the list"),
+    ({"redis": "redis://a:1/0,http://b:2/0", "redis_channels": "interest"}, {},
+     "expected redis://HOST:PORT/DB"),
+    ({"redis_channels": "rooms"}, {}, "--redis-channels='rooms': single or interest"),
+    ({"redis": "redis://a:1/0", "redis_channels": "interest", "recovery_window": "30"}, {},
+     "--recovery-window: connection state recovery with Redis needs --redis-channels single"),
 ])
 def test_bad_values_name_their_source(kw, env, msg):
     with pytest.raises(cfgmod.SettingError, match=re.escape(msg)):
@@ -308,6 +317,14 @@ def test_redis_silence_timeout_defaults_to_15s_and_reads_the_environment():
     assert cfgmod.resolve(_args(), {}).redis_silence_timeout == 15.0
     cfg = cfgmod.resolve(_args(), {"IMCLUSTER_REDIS_SILENCE_TIMEOUT": "2.5"})
     assert cfg.redis_silence_timeout == 2.5
+
+
+def test_redis_channels_default_single_and_several_servers_with_interest():
+    cfg = cfgmod.resolve(_args(), {})
+    assert cfg.redis_channels == "single" and cfg.redis is None
+    cfg = cfgmod.resolve(_args(redis="redis://a:1/0, redis://b:2/0"),
+                         {"IMCLUSTER_REDIS_CHANNELS": "Interest"})
+    assert cfg.redis == "redis://a:1/0,redis://b:2/0" and cfg.redis_channels == "interest"
 
 
 def test_host_id_defaults_to_0_one_host():

@@ -50,13 +50,15 @@ class Party:
         return self.sio.call(event, data, timeout=30)
 
 
-@pytest.fixture(scope="module", params=["relay", "redis"])
+@pytest.fixture(scope="module", params=["relay", "redis", "redis-interest"])
 def parties(request, tmp_path_factory):
-    """(S, R_A, R_B, Redis URL or None) on one cluster per backend, started once
-    for the module."""
-    redis = request.getfixturevalue("redis_server") if request.param == "redis" else None
+    """(S, R_A, R_B, Redis URL or None) on one cluster per backend (the relay,
+    Redis with one channel, Redis with interest channels), started once for the
+    module."""
+    redis = request.getfixturevalue("redis_server") if request.param != "relay" else None
+    extra = {"redis_channels": "interest"} if request.param == "redis-interest" else {}
     cluster = Cluster(tmp_path_factory.mktemp("values"), app="values_app:sio", workers=2,
-                      redis=redis, cwd=ROOT / "tests" / "apps")
+                      redis=redis, cwd=ROOT / "tests" / "apps", **extra)
     made: list[Party] = []
     try:
         cluster.wait_ready()

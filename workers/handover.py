@@ -103,6 +103,7 @@ instant).
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import logging
@@ -331,13 +332,16 @@ def move_in(worker, payload: bytes, fd: int) -> None:
     eio.sockets[eio_sid] = s  # internals: engineio-server-attrs (sockets)
     mgr = sio.manager
     sio.environ[eio_sid] = environ  # internals: socketio-handover-state
-    for space in spaces:
-        ns, sid = space["namespace"], space["sid"]
-        # basic_enter_room: a pub/sub manager's enter_room would publish it to
-        # the other workers while the sid is not yet connected here.
-        # internals: socketio-manager-callbacks (basic_enter_room)
-        for room in (None, sid, *space["rooms"]):
-            mgr.basic_enter_room(sid, ns, room, eio_sid=eio_sid)
+    # The interest Redis manager would wait for each new channel's subscription;
+    # this runs on the channel reader, which must not wait on Redis.
+    with getattr(mgr, "without_waiting", contextlib.nullcontext)():
+        for space in spaces:
+            ns, sid = space["namespace"], space["sid"]
+            # basic_enter_room: a pub/sub manager's enter_room would publish it to
+            # the other workers while the sid is not yet connected here.
+            # internals: socketio-manager-callbacks (basic_enter_room)
+            for room in (None, sid, *space["rooms"]):
+                mgr.basic_enter_room(sid, ns, room, eio_sid=eio_sid)
         # internals: socketio-manager-callbacks
         mgr.callbacks[sid] = {0: itertools.count(int(space.get("next_ack", 1)))}
     if getattr(worker, "recovery", None) is not None:

@@ -364,8 +364,9 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         params=("message",), source=("args = message['args']",))),
     ("socketio-publish", Reach(
         _SIO, "socketio:PubSubManager._publish", "override",
-        "workers/relay.py MasterRelayManager; workers/redis_manager.py ClusterRedisManager",
-        "a backend's way to publish one message (a dict)", params=("data",))),
+        "workers/relay.py MasterRelayManager; workers/redis_manager.py ClusterRedisManager, "
+        "InterestRedisManager", "a backend's way to publish one message (a dict)",
+        params=("data",))),
     ("socketio-listen", Reach(
         _SIO, "socketio:PubSubManager._listen", "override",
         "workers/pubsub.py ClusterPubSubManager", "the generator of received messages "
@@ -401,14 +402,14 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "workers/pubsub.py ClusterPubSubManager", "a namespace sid is made in pre_connect with "
         "self.server.eio.generate_id(); a recovered session gets its old one there",
         params=("eio_sid", "namespace"), source=("sid = self.server.eio.generate_id()",))),
-    ("socketio-basic-enter-room", Reach(
+    ("socketio-enter-room-path", Reach(
         _SIO, "socketio:PubSubManager.basic_enter_room", "override",
         "workers/pubsub.py ClusterPubSubManager", "every room a sid enters, on this host, "
         "goes through basic_enter_room (reported to the master for recovery)",
         params=("sid", "namespace", "room", "eio_sid"),
         source=("self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)",),
         source_in="socketio.manager:Manager.enter_room")),
-    ("socketio-basic-leave-room", Reach(
+    ("socketio-leave-room-path", Reach(
         _SIO, "socketio:PubSubManager.basic_leave_room", "override",
         "workers/pubsub.py ClusterPubSubManager", "every room a sid leaves, on this host",
         params=("sid", "namespace", "room"),
@@ -422,14 +423,47 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
                 "data=[event] + data)",
                 "encoded_packet = pkt.encode()",
                 "eio_pkt = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in encoded_packet]"))),
+    ("socketio-basic-enter-room", Reach(
+        _SIO, "socketio.base_manager:BaseManager.basic_enter_room", "override",
+        "workers/redis_manager.py InterestRedisManager", "every socket entering a room "
+        "passes through basic_enter_room(sid, namespace, room, eio_sid): connect (rooms "
+        "None and the sid's own), enter_room, and the hand-over's move in; the interest "
+        "scheme subscribes to a room's channel when its first local member enters",
+        params=("sid", "namespace", "room", "eio_sid"),
+        source=("self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)",
+                "self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)"),
+        source_in="socketio.base_manager:BaseManager.pre_connect")),
+    ("socketio-basic-leave-room", Reach(
+        _SIO, "socketio.base_manager:BaseManager.basic_leave_room", "override",
+        "workers/redis_manager.py InterestRedisManager", "every socket leaving a room "
+        "passes through basic_leave_room(sid, namespace, room): leave_room, close_room, "
+        "and disconnect (each of its rooms); a room without members is deleted from "
+        "rooms[namespace], when the scheme unsubscribes",
+        params=("sid", "namespace", "room"),
+        source=("self.basic_leave_room(sid, namespace, room)",),
+        source_in="socketio.base_manager:BaseManager.basic_disconnect")),
+    ("socketio-remote-enter-room", Reach(
+        _SIO, "socketio:PubSubManager.enter_room", "override",
+        "workers/redis_manager.py InterestRedisManager", "enter_room(sid, namespace, room, "
+        "eio_sid) acts locally for a sid of this worker and publishes {'method': "
+        "'enter_room', 'sid', 'room', 'namespace', 'host_id'} otherwise; the interest "
+        "scheme publishes it too, then waits for the sid's worker",
+        params=("sid", "namespace", "room", "eio_sid"),
+        source=("message = {'method': 'enter_room', 'sid': sid, 'room': room,",))),
+    ("socketio-remote-leave-room", Reach(
+        _SIO, "socketio:PubSubManager.leave_room", "override",
+        "workers/redis_manager.py InterestRedisManager", "leave_room(sid, namespace, room), "
+        "as enter_room", params=("sid", "namespace", "room"),
+        source=("message = {'method': 'leave_room', 'sid': sid, 'room': room,",))),
     ("socketio-manager-name", Reach(
         _SIO, "socketio:PubSubManager.name", "override",
         "workers/relay.py MasterRelayManager; workers/redis_manager.py ClusterRedisManager",
         "a manager's name, which python-socketio logs and reports")),
     ("socketio-manager-attrs", Reach(
         _SIO, "socketio:PubSubManager", "read", "workers/pubsub.py, workers/relay.py, "
-        "workers/redis_manager.py", "the manager's host id, JSON module, channel, logger "
-        "and callback trigger",
+        "workers/redis_manager.py", "the manager's host id (compared for equality and "
+        "carried in messages only: the interest scheme sets its own, naming the worker), "
+        "JSON module, channel, logger and callback trigger",
         attrs=("host_id", "json", "channel", "trigger_callback", "_get_logger"))),
     # ---- session hand-over (workers/handover.py) ---------------------------------------
     ("socketio-handover-state", Reach(

@@ -32,7 +32,7 @@ from imcluster.workers import app as appmod
 from imcluster.workers.http import FdListener, make_protocol, serve_connection
 from imcluster.workers.link import Link
 from imcluster.workers.recovery import Recovery
-from imcluster.workers.redis_manager import ClusterRedisManager
+from imcluster.workers.redis_manager import ClusterRedisManager, InterestRedisManager
 from imcluster.workers.redis_recovery import RedisRecoveryStore
 from imcluster.workers.relay import MasterRelayManager
 
@@ -61,8 +61,8 @@ class WorkerServer:
         self.link = link
         self.connections = 0
         self.handoffs = 0
-        # (sessions, connections, broadcast health) of the last LOAD
-        self.load_sent: tuple[int, int, str | None] | None = None
+        # (sessions, connections, broadcast health, pub/sub figures) of the last LOAD
+        self.load_sent: tuple | None = None
         self.handoffs_acked = 0  # the count in the last ACK
         self.stopping = False
         self.handed_over = 0  # sessions moved to another worker while stopping
@@ -121,6 +121,9 @@ class WorkerServer:
 
     def _cluster_manager(self) -> socketio.PubSubManager:
         if self.spec.get("redis"):
+            if self.spec.get("redis_channels") == "interest":
+                return InterestRedisManager(self.spec["redis"], self.host_id, self.worker_id,
+                                            silence_timeout=self.spec["redis_silence_timeout"])
             return ClusterRedisManager(self.spec["redis"],
                                        silence_timeout=self.spec["redis_silence_timeout"])
         mgr = self.relay = MasterRelayManager(self.link)
@@ -251,13 +254,16 @@ class WorkerServer:
         """LOAD and ACK, each when it changed since last sent."""
         # internals: engineio-server-attrs (sockets)
         mgr = self.app.sio.manager if self.app.sio is not None else None
-        health = mgr.health() if isinstance(mgr, ClusterRedisManager) else None
-        load = (len(self.app.eio.sockets), self.connections, health)
+        redis_mgr = isinstance(mgr, ClusterRedisManager)
+        health = mgr.health() if redis_mgr else None
+        pubsub = mgr.stats() if redis_mgr else None
+        load = (len(self.app.eio.sockets), self.connections, health, pubsub)
         if load != self.load_sent:
             self.load_sent = load
             self.link.send(ch.LOAD, ch.encode_json({"sessions": load[0],
                                                     "connections": load[1],
-                                                    "broadcast": load[2]}))
+                                                    "broadcast": load[2],
+                                                    "pubsub": load[3]}))
         if self.handoffs != self.handoffs_acked:
             self.handoffs_acked = self.handoffs
             self.link.send(ch.ACK, str(self.handoffs).encode())

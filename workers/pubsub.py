@@ -158,6 +158,10 @@ class ClusterPubSubManager(socketio.PubSubManager):
         """Yield each message published on the channel (JSON text, bytes or a dict)."""
         raise NotImplementedError
 
+    def _accept(self, data: dict) -> bool:
+        """Whether the listener acts on `data` (a subclass drops duplicates here)."""
+        return True
+
     # internals: socketio-listen
     def _listen(self):
         """What python-socketio's listener (`PubSubManager._thread`) reads: every
@@ -172,6 +176,8 @@ class ClusterPubSubManager(socketio.PubSubManager):
                     continue  # python-socketio ignores what it cannot decode, too
                 if not isinstance(data, dict):
                     continue
+            if not self._accept(data):
+                continue
             handler = self.cluster_handlers.get(data.get("method"))
             if handler is None:
                 if (self.recovery is not None and data.get("offset") is not None
@@ -315,13 +321,13 @@ class ClusterPubSubManager(socketio.PubSubManager):
             self.server.restore_session(c, sid, eio_sid, namespace)
         return sid
 
-    # internals: socketio-basic-enter-room
+    # internals: socketio-enter-room-path
     def basic_enter_room(self, sid, namespace, room, eio_sid=None):
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         if self.recovery is not None and room is not None:
             self.server.rooms_changed(sid, namespace)
 
-    # internals: socketio-basic-leave-room
+    # internals: socketio-leave-room-path
     def basic_leave_room(self, sid, namespace, room):
         super().basic_leave_room(sid, namespace, room)
         if self.recovery is not None and room is not None:

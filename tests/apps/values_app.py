@@ -13,6 +13,8 @@ Requests (`send`, from the session that sends):
   as a list.
 - call: `sio.call(event, {"reply": args}, to=to)`; this session's ack is
   {"result": what call() returned}.
+`move` {"op": "enter" | "leave" | "disconnect", "sid", "room", "then_emit": event or
+absent} acts on another session, then emits `event` to the room at once.
 """
 
 import os
@@ -67,6 +69,23 @@ def send(sid, req):
     if not got.wait(WAIT):
         return "no ack"
     return acked
+
+
+@sio.on("move")
+def move(sid, req):
+    """{"op": "enter" | "leave" | "disconnect", "sid": SID, "room": ROOM}: act on
+    another session, which may live on another worker or host (the manager
+    publishes it there)."""
+    op, other = req["op"], req["sid"]
+    if op == "enter":
+        sio.enter_room(other, req["room"])
+    elif op == "leave":
+        sio.leave_room(other, req["room"])
+    else:
+        sio.disconnect(other)
+    if req.get("then_emit"):  # at once, in the same handler
+        sio.emit(req["then_emit"], req["then_emit"], to=req["room"])
+    return True
 
 
 @sio.on("connect", namespace=NAMESPACE)
