@@ -181,7 +181,16 @@ def _our_classes():
     """(our class, the library class it extends or is mixed into, a fresh instance or None)."""
     import socketio.admin
 
-    from imcluster.workers import admin, http, protocol, pubsub, redis_manager, relay, sessions
+    from imcluster.workers import (
+        admin,
+        fastpacket,
+        http,
+        protocol,
+        pubsub,
+        redis_manager,
+        relay,
+        sessions,
+    )
 
     return [
         (sessions.ClusterSocket, internals.ENGINE_SOCKET, None),
@@ -195,6 +204,7 @@ def _our_classes():
         (http.make_protocol(1, 0, lambda sock: False, 1.0, set()), eventlet.wsgi.HttpProtocol,
          None),
         (admin.ClusterInstrumentedServer, admin._UPSTREAM, None),
+        (fastpacket.FastPacket, socketio.packet.Packet, None),
     ]
 
 

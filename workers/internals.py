@@ -378,6 +378,41 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "workers/redis_manager.py", "the manager's host id, JSON module, channel, logger "
         "and callback trigger",
         attrs=("host_id", "json", "channel", "trigger_callback", "_get_logger"))),
+    # ---- faster packets (workers/fastpacket.py) ---------------------------------------
+    ("socketio-packet-class", Reach(
+        _SIO, "socketio:Server", "read", "workers/fastpacket.py install",
+        "every Socket.IO packet the server and its manager make is self.packet_class(...) "
+        "(the `serializer` argument); we swap in a subclass when it is the default Packet "
+        "with python-engineio's JSON module (Packet.json)",
+        attrs=("packet_class",), source=("pkt = self.packet_class(encoded_packet=data)",),
+        source_in="socketio:Server._handle_eio_message")),
+    ("socketio-packet-encode", Reach(
+        _SIO, "socketio.packet:Packet.encode", "override", "workers/fastpacket.py FastPacket",
+        "a text packet is str(type), the namespace and ',' unless '/', the id, then "
+        "json.dumps(data, separators=(',', ':')) unless data is None; binary ones are "
+        "left to upstream", params=(),
+        source=("encoded_packet = str(self.packet_type)",
+                "if self.namespace is not None and self.namespace != '/':",
+                "encoded_packet += self.namespace + ','", "encoded_packet += str(self.id)",
+                "encoded_packet += self.json.dumps(data, separators=(',', ':'))"))),
+    ("socketio-packet-decode", Reach(
+        _SIO, "socketio.packet:Packet.decode", "override", "workers/fastpacket.py FastPacket",
+        "upstream's decode parses the payload with self.json.loads(ep), which ours points "
+        "at a faster module for the call", params=("encoded_packet",),
+        source=("self.data = self.json.loads(ep)",))),
+    ("socketio-packet-binary", Reach(
+        _SIO, "socketio.packet:Packet.data_is_binary", "override",
+        "workers/fastpacket.py FastPacket", "a classmethod: True when bytes or bytearray "
+        "sit anywhere in lists and dict values; ours answers the same",
+        params=("data",), source=("if isinstance(data, (bytes, bytearray)):",
+                                  "elif isinstance(data, list):",
+                                  "elif isinstance(data, dict):",
+                                  "for item in data.values()],"))),
+    ("engineio-json-loads", Reach(
+        _EIO, "engineio.json:loads", "copy", "workers/fastpacket.py _safe_int",
+        "python-engineio's loads refuses integers longer than 100 digits (parse_int); "
+        "our decoder does the same", source=("if len(s) > 100:",),
+        source_in="engineio.json:_safe_int")),
     # ---- session hand-over (workers/handover.py) ---------------------------------------
     ("socketio-handover-state", Reach(
         _SIO, "socketio:Server", "read", "workers/handover.py move_out, move_in",
