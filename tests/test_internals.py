@@ -183,6 +183,7 @@ def _our_classes():
 
     from imcluster.workers import (
         admin,
+        dispatch,
         fastpacket,
         http,
         protocol,
@@ -205,6 +206,7 @@ def _our_classes():
          None),
         (admin.ClusterInstrumentedServer, admin._UPSTREAM, None),
         (fastpacket.FastPacket, socketio.packet.Packet, None),
+        (dispatch.InlineEvents, socketio.Server, None),
     ]
 
 

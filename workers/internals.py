@@ -413,6 +413,29 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "python-engineio's loads refuses integers longer than 100 digits (parse_int); "
         "our decoder does the same", source=("if len(s) > 100:",),
         source_in="engineio.json:_safe_int")),
+    # ---- handlers started directly (workers/dispatch.py) ------------------------------
+    ("socketio-handle-event", Reach(
+        _SIO, "socketio:Server._handle_event", "copy", "workers/dispatch.py InlineEvents",
+        "ours repeats upstream's (sid lookup, log, connected check) and starts "
+        "_handle_event_internal(self, sid, eio_sid, data, namespace, id) with run_now in "
+        "place of start_background_task", params=("eio_sid", "namespace", "id", "data"),
+        source=("namespace = namespace or '/'",
+                "sid = self.manager.sid_from_eio_sid(eio_sid, namespace)",
+                "if not self.manager.is_connected(sid, namespace):",
+                "if self.async_handlers:",
+                "self.start_background_task(self._handle_event_internal, self, sid,",
+                "eio_sid, data, namespace, id)"))),
+    ("eventlet-hub-switch-out", Reach(
+        _EV, "eventlet.hubs.hub:BaseHub.switch", "read", "workers/dispatch.py HandlerGreenlet",
+        "a greenlet that waits goes through hub.switch(), which first calls the greenlet's "
+        "switch_out() if it has one, then makes the hub its parent",
+        params=(), source=("switch_out = getattr(cur, 'switch_out', None)", "switch_out()",
+                           "cur.parent = self.greenlet"))),
+    ("eventlet-hub-debug-exceptions", Reach(
+        _EV, "eventlet.hubs.hub:BaseHub.squelch_timer_exception", "read",
+        "workers/dispatch.py HandlerGreenlet.run", "an exception escaping a GreenThread is "
+        "printed to stderr when the hub's debug_exceptions is set; ours does the same",
+        source=("if self.debug_exceptions:", "traceback.print_exception(*exc_info)"))),
     # ---- session hand-over (workers/handover.py) ---------------------------------------
     ("socketio-handover-state", Reach(
         _SIO, "socketio:Server", "read", "workers/handover.py move_out, move_in",
