@@ -235,13 +235,13 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
                 "except exceptions.SocketIsClosedError:"))),
     ("engineio-server-attrs", Reach(
         _EIO, "engineio:Server", "read",
-        "workers/sessions.py, workers/protocol.py, workers/main.py",
-        "the server's settings and sessions as our code reads them",
+        "workers/sessions.py, workers/protocol.py, workers/main.py, workers/fastpath.py",
+        "the server's settings, sessions and event handlers as our code reads them",
         attrs=("sockets", "ping_interval", "ping_timeout", "ping_interval_grace_period",
                "max_http_buffer_size", "logger", "async_mode", "cors_allowed_origins",
                "get_queue_empty_exception", "reason.PING_TIMEOUT", "reason.TRANSPORT_ERROR",
-               "reason.TRANSPORT_CLOSE"),
-        adds=("_imcluster_pinger",))),
+               "reason.TRANSPORT_CLOSE", "handlers", "async_handlers"),
+        adds=("_imcluster_pinger", "_imcluster_fast"))),
     ("engineio-cors-origins", Reach(
         _EIO, "engineio.base_server:BaseServer._cors_allowed_origins", "read",
         "workers/main.py WorkerServer.load", "cors_allowed_origins set after the server is built "
@@ -436,6 +436,35 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "workers/dispatch.py HandlerGreenlet.run", "an exception escaping a GreenThread is "
         "printed to stderr when the hub's debug_exceptions is set; ours does the same",
         source=("if self.debug_exceptions:", "traceback.print_exception(*exc_info)"))),
+    # ---- text events the short way (workers/fastpath.py) -------------------------------
+    ("socketio-handle-eio-message", Reach(
+        _SIO, "socketio:Server._handle_eio_message", "read", "workers/fastpath.py",
+        "what FastEvents.receive does in its place for a text EVENT: no binary packet "
+        "pending for the session, a packet decoded by packet_class, then "
+        "_handle_event(eio_sid, namespace, id, data)", params=("eio_sid", "data"),
+        source=("if eio_sid in self._binary_packet:",
+                "pkt = self.packet_class(encoded_packet=data)",
+                "elif pkt.packet_type == packet.EVENT:",
+                "self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)"))),
+    ("engineio-trigger-event", Reach(
+        _EIO, "engineio:Server._trigger_event", "read", "workers/fastpath.py",
+        "a message reaches handlers['message'](sid, data), run inline unless "
+        "async_handlers, anything it raises logged as 'message handler error'",
+        source=("return self.handlers[event](*args)",
+                "self.logger.exception(event + ' handler error')",
+                "if run_async:"))),
+    ("engineio-socket-receive-message", Reach(
+        _EIO, "engineio.socket:Socket.receive", "read", "workers/fastpath.py",
+        "a MESSAGE is logged at INFO and passed to _trigger_event('message', sid, data, "
+        "run_async=async_handlers); its text is the packet less its type, as python-"
+        "engineio's decode gives it for a Socket.IO packet (it refuses JSON that starts "
+        "with a digit)",
+        source=("self.server._trigger_event('message', self.sid, pkt.data,",
+                "run_async=self.server.async_handlers)"))),
+    ("engineio-packet-decode", Reach(
+        _EIO, "engineio.packet:Packet.decode", "read", "workers/fastpath.py",
+        "a text MESSAGE whose data starts with a digit keeps its data as the string",
+        source=("if encoded_packet[1].isnumeric():", "self.data = encoded_packet[1:]"))),
     # ---- session hand-over (workers/handover.py) ---------------------------------------
     ("socketio-handover-state", Reach(
         _SIO, "socketio:Server", "read", "workers/handover.py move_out, move_in",

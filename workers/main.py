@@ -27,7 +27,7 @@ import socketio
 from imcluster import channel as ch
 from imcluster import sid as sidcodec
 from imcluster.master.lifecycle import APP_LOAD_ERROR
-from imcluster.workers import admin, dispatch, fastpacket, handover, protocol, sessions, speedups
+from imcluster.workers import admin, fastpath, handover, protocol, sessions, speedups
 from imcluster.workers import app as appmod
 from imcluster.workers.http import FdListener, make_protocol, serve_connection
 from imcluster.workers.link import Link
@@ -95,8 +95,7 @@ class WorkerServer:
         # Engine.IO v4 / Socket.IO v5 as written, where the libraries differ.
         protocol.adapt(app.eio, app.sio)  # internals: socketio-server-attrs
         if app.sio is not None:
-            fastpacket.install(app.sio)  # same packets, less CPU (workers/fastpacket.py)
-            dispatch.install(app.sio)  # handlers started without a hub turn (workers/dispatch.py)
+            fastpath.install(app.sio)  # same behaviour, less CPU per event (workers/fastpath.py)
             self._install_manager(app.sio)
             if self.spec.get("handover"):
                 handover.count_handlers(app.sio)

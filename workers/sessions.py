@@ -576,6 +576,11 @@ class ClusterSocket(internals.ENGINE_SOCKET):
         server = self.server
         buf = self.receive_buffer
         self.reader = eventlet.getcurrent()
+        # A text EVENT the short way, when the server has it (workers/fastpath.py)
+        # and nothing replaced this class's receive. internals: engineio-server-attrs
+        fast = server.__dict__.get("_imcluster_fast")
+        if type(self).receive is not ClusterSocket.receive:
+            fast = None
         while True:
             buf.boundary = True
             try:
@@ -594,6 +599,9 @@ class ClusterSocket(internals.ENGINE_SOCKET):
             if data is None:  # the client closed the connection
                 break
             try:
+                if (fast is not None and data.__class__ is str and data.startswith("42")
+                        and fast.receive(self, data)):
+                    continue
                 self.receive(eio_packet.Packet(encoded_packet=data))
             except eio_exceptions.UnknownPacketError:
                 pass
