@@ -108,11 +108,22 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         source_in="eventlet.websocket:RFC6455WebSocket._handle_control_frame")),
     ("eventlet-ws-socket", Reach(
         _EV, "eventlet.websocket:RFC6455WebSocket", "read",
-        "workers/sessions.py FrameWriter, BufferedReceive, ClusterSocket._websocket_handler",
+        "workers/sessions.py FrameWriter, BufferedReceive, next_message, "
+        "ClusterSocket._websocket_handler",
         "a WebSocket's green socket is ws.socket and every read is self.socket.recv(n), so "
         "a buffered reader can take its place; ws.extensions holds the negotiated ones",
-        attrs=("socket", "extensions"), source=("self.socket.recv(length - received)",),
+        attrs=("socket", "extensions", "max_frame_length"),
+        source=("self.socket.recv(length - received)",),
         source_in="eventlet.websocket:RFC6455WebSocket._recv_frame")),
+    ("eventlet-ws-iter-frames", Reach(
+        _EV, "eventlet.websocket:RFC6455WebSocket._iter_frames", "copy",
+        "workers/sessions.py next_message", "ws.wait() returns the next message from "
+        "_iter_frames, which holds no state between two messages (a fragment is pending only "
+        "inside one call), decodes a final text frame with a UTF-8 decoder, refuses frames "
+        "above max_frame_length, and on a socket error sends a close frame (1011) and raises; "
+        "next_message cuts whole text frames itself and repeats that last rule",
+        params=(), source=("yield data", "except Exception:",
+                           "self.close(close_data=(1011, 'Internal Server Error'))"))),
     ("eventlet-green-fd", Reach(
         _EV, "eventlet.greenio.base:GreenSocket", "read",
         "workers/sessions.py FrameWriter; workers/http.py peek_request_line",
