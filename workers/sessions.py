@@ -68,11 +68,13 @@ def ws_frame(payload: str | bytes) -> bytes:
 
 def frame_of(pkt: eio_packet.Packet) -> bytes:
     """The WebSocket frame of an Engine.IO packet, built once per packet object."""
-    try:
-        return pkt._imcluster_ws_frame  # internals: engineio-packet
-    except AttributeError:
-        frame = pkt._imcluster_ws_frame = ws_frame(pkt.encode())
-        return frame
+    # A dict lookup, not getattr: a miss (every unicast packet) would raise and
+    # catch an AttributeError. internals: engineio-packet
+    attrs = pkt.__dict__
+    frame = attrs.get("_imcluster_ws_frame")
+    if frame is None:
+        frame = attrs["_imcluster_ws_frame"] = ws_frame(pkt.encode())
+    return frame
 
 
 def shut_down(ws, close_data=None) -> None:
