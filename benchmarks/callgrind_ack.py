@@ -90,14 +90,15 @@ def polling_echo(port: int, sid: str, n: int) -> None:
     base = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
     for i in range(n):
         http_req(port, "POST", base, f'42{i}["echo","{PAYLOAD}"]')
-        while True:
-            got = http_req(port, "GET", base)
-            if got == "2":
-                http_req(port, "POST", base, "3")
-                continue
-            if not got.startswith(f"43{i}["):
-                raise RuntimeError(f"unexpected {got!r}")
-            break
+        done = False
+        while not done:
+            for pkt in http_req(port, "GET", base).split("\x1e"):  # a payload's packets
+                if pkt == "2":  # Engine.IO PING
+                    http_req(port, "POST", base, "3")
+                elif pkt.startswith(f"43{i}["):
+                    done = True
+                else:
+                    raise RuntimeError(f"unexpected {pkt!r}")
 
 
 def main() -> int:
