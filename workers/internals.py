@@ -474,8 +474,10 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
                 "run_async=self.server.async_handlers)"))),
     ("engineio-packet-decode", Reach(
         _EIO, "engineio.packet:Packet.decode", "read", "workers/fastpath.py",
-        "a text MESSAGE whose data starts with a digit keeps its data as the string",
-        source=("if encoded_packet[1].isnumeric():", "self.data = encoded_packet[1:]"))),
+        "a text MESSAGE whose data is not JSON keeps its data as the string; a Socket.IO "
+        "EVENT ('2' then '[' or '/' or an id) never is (4.15 refuses data starting with a "
+        "digit before trying JSON, 4.11 tries JSON, which fails on the text after the '2')",
+        source=("self.json.loads(encoded_packet[1:])", "self.data = encoded_packet[1:]"))),
     # ---- session hand-over (workers/handover.py) ---------------------------------------
     ("socketio-handover-state", Reach(
         _SIO, "socketio:Server", "read", "workers/handover.py move_out, move_in",
