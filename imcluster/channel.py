@@ -17,6 +17,8 @@ byte of its own in both directions (M: master, W: worker):
                                                               leaves; M: relayed to its new owner
     REPLAY     W     M     Engine.IO sid, LF, a RELAY's       after a HANDOVER, each relay its old
                            payload                            worker had not handled (7)
+    FORWARD    G     M, W  an HTTP request's head (8), one    W: a request for a session it handed
+                           client fd                          over; M: relayed to its new owner
     READY      R     W     empty                              once: app imported, serving
     HANDBACK   B     W     empty, with one client fd          a kept-alive connection's next request
                                                               is another worker's (or a new session)
@@ -47,7 +49,15 @@ byte of its own in both directions (M: master, W: worker):
    worker had handled when the session left; the master numbers what it
    relays to each worker and sends the new owner, as REPLAY, those after
    that number that it still holds (the last REPLAY_KEEP), for that session
-   alone.
+   alone. A polling session's HANDOVER carries the socket of the GET it had
+   parked (the new owner answers it; the state holds that request's head),
+   or no fd when none was parked.
+8. The request line and headers, already read by the worker that sends it
+   (rebuilt from its WSGI environ), at most FRAGMENT bytes; the body, if any,
+   is still unread in the socket. The new owner serves the request from these
+   bytes, then reads on from the socket. The master sends it to the worker the
+   sender's sessions moved to (`Core.moved`), or closes it. Counted in the
+   hand-off window like a HANDOFF. Sent only with `--handover yes`.
 
 The master counts any frame as a sign of life (`--heartbeat-timeout`); it
 routes new sessions by LOAD's sessions plus the hand-offs not yet acknowledged.
@@ -67,6 +77,8 @@ RELAY = b"M"
 STOP = b"S"
 # both ways
 HANDOVER = b"V"
+# both ways: a request for a session handed over, and its socket
+FORWARD = b"G"
 # master -> worker, after a HANDOVER
 REPLAY = b"W"
 # Relayed messages the master keeps per worker for REPLAY.

@@ -128,6 +128,14 @@ class Moving:
     worker_id: int
 
 
+@dataclass(frozen=True)
+class Forwarding:
+    """A worker sent a request for a session it handed over (FORWARD,
+    workers/handover.py): `conn` is the shell's (the frame and its fd)."""
+    conn: Any
+    worker_id: int
+
+
 # ---- actions: the core asks the shell --------------------------------------------
 
 

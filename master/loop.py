@@ -86,7 +86,7 @@ class Master:
         self.metrics: MetricsServer | None = None
         self.next_memory_check = 0.0
         self.counters = {"accepted": 0, "handoffs": 0, "handbacks": 0, "handovers": 0,
-                         "rerouted": 0, "relayed": 0, "relay_dropped": 0}
+                         "rerouted": 0, "relayed": 0, "relay_dropped": 0, "forwarded": 0}
 
     @property
     def exit_code(self) -> int:
@@ -329,11 +329,17 @@ class Master:
                         self.counters["handbacks"] += 1
                         self.pending.add(socket.socket(fileno=fd), time.monotonic())
                     continue
-                if kind == ch.HANDOVER and len(fds) == 1 and not flags & ch.MORE:
+                if kind == ch.HANDOVER and len(fds) <= 1 and not flags & ch.MORE:
+                    # (no fd: a polling session without a parked GET)
                     self.counters["handovers"] += 1
                     self._feed(ev.Moving((ch.HANDOVER + b"\x00" + payload,
-                                          socket.socket(fileno=fds[0]),
+                                          socket.socket(fileno=fds[0]) if fds else None,
                                           _unseen(link, payload)), wid))
+                    continue
+                if kind == ch.FORWARD and len(fds) == 1 and not flags & ch.MORE:
+                    self.counters["forwarded"] += 1
+                    self._feed(ev.Forwarding((ch.FORWARD + b"\x00" + payload,
+                                              socket.socket(fileno=fds[0]), []), wid))
                     continue
                 for fd in fds:  # fds on any other frame are a protocol error
                     os.close(fd)
@@ -410,11 +416,13 @@ class Master:
         frame, sock, replays = conn
         link = self.links.get(wid) if wid is not None else None
         if link is None:
-            sock.close()  # the client sees its connection end and reconnects
+            if sock is not None:
+                sock.close()  # the client sees its connection end and reconnects
             return
         link.outq.append((frame, sock))
         link.out_bytes += len(frame)
-        self.queued_socks += 1
+        if sock is not None:
+            self.queued_socks += 1
         for payload in replays:
             for f in ch.frames(ch.REPLAY, payload):
                 link.outq.append((f, None))
@@ -475,7 +483,7 @@ class Master:
             frame, sock = link.outq.popleft()
             if sock is not None:
                 self.queued_socks -= 1
-                if frame[:1] == ch.HANDOVER:
+                if frame[:1] in (ch.HANDOVER, ch.FORWARD):
                     sock.close()  # mid-stream: no other worker can read it from here
                 elif reroute:
                     rescued += 1

@@ -114,10 +114,12 @@ import eventlet.event
 import eventlet.greenio
 import eventlet.hubs
 import eventlet.websocket
+from engineio import packet as eio_packet
 
 from imcluster import channel as ch
 from imcluster.handover import hook
 from imcluster.workers import internals, sessions
+from imcluster.workers.http import HandingOver, handed_over, replay_heads, serve_connection
 
 log = logging.getLogger("imcluster.worker")
 
@@ -138,6 +140,12 @@ class Refused(Exception):
 def move_out(worker, s: sessions.ClusterSocket) -> bool:
     """Hand session `s` to the master; True if it left, False if it is still
     here (refused or failed before anything was taken: close it as usual)."""
+    if not getattr(s, "upgraded", False):
+        return _move_out_polling(worker, s)
+    return _move_out_websocket(worker, s)
+
+
+def _move_out_websocket(worker, s: sessions.ClusterSocket) -> bool:
     sio, eio = worker.app.sio, worker.app.eio
     try:
         stopped = _stop_reader(s)
@@ -236,10 +244,11 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
         # internals: socketio-manager-callbacks (pending server-side acks by sid)
         waiting = sum(len(mgr.callbacks.get(sid, {})) - (0 in mgr.callbacks.get(sid, {}))
                       for sid in sids.values())
-        if not running and not waiting and s.writer.backlog is None:
+        backlog = s.writer.backlog if s.writer is not None else None
+        if not running and not waiting and backlog is None:
             break
         if time.monotonic() > deadline:
-            if running or s.writer.backlog is not None:
+            if running or backlog is not None:
                 raise Refused("its handlers or its writes did not finish in time")
             log.warning("%s: %d server-side ack(s) still pending; dropped with the move",
                         s.sid, waiting)
@@ -274,7 +283,8 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
     environ = sio.environ.get(s.sid, {})  # internals: socketio-handover-state
     env = {k: v for k, v in environ.items()
            if isinstance(v, str) and k.startswith(_ENVIRON_PREFIXES)}
-    rest = s.receive_buffer.buf[s.receive_buffer.pos:]
+    rb = s.receive_buffer
+    rest = rb.buf[rb.pos:] if rb is not None else b""
     state = {"v": 1, "eio_sid": s.sid, "last_ping": s.last_ping, "namespaces": spaces,
              "environ": env, "rest": base64.b64encode(rest).decode()}
     try:
@@ -283,6 +293,206 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
         raise Refused(f"its session data is not JSON ({e})") from None
     state["session"] = s.session
     return state
+
+
+# ---- polling sessions -----------------------------------------------------------
+
+
+class _Upgrading(Exception):
+    """The session began its upgrade while the hand-over waited: start again."""
+
+
+def _move_out_polling(worker, s: sessions.ClusterSocket) -> bool:
+    """Move a long-polling session: its state, its queued packets, and the GET
+    it has parked (if one waits) with that GET's socket. Requests naming the
+    session wait while it moves (`gate`), then follow it (FORWARD)."""
+    sio, eio = worker.app.sio, worker.app.eio
+    deadline = time.monotonic() + HANDLER_WAIT
+    while True:
+        if s.closed or s.closing or not s.connected:
+            log.info("%s: not handed over: closing or not connected", s.sid)
+            return False
+        # An upgrade in progress ends in about one round trip (probe, PONG,
+        # the client's last poll, UPGRADE): wait for it, then move the
+        # session as what it has become.
+        if s.ws_claimed and not s.upgraded:
+            if time.monotonic() > deadline:
+                log.info("%s: not handed over: its upgrade did not end in time", s.sid)
+                return False
+            eventlet.sleep(0.005)
+            continue
+        if s.upgraded:
+            return _move_out_websocket(worker, s)
+        s.handover_done = eventlet.event.Event()
+        s.handover_parked = eventlet.event.Event()
+        s.handover_state = "stopping"  # from here requests naming it wait (gate)
+        try:
+            get = _stop_requests(s, deadline)
+            break
+        except _Upgrading:
+            _release(s)
+        except Refused as e:
+            log.info("%s: not handed over: %s", s.sid, e)
+            _release(s)
+            return False
+    try:
+        state = _take_state(worker, sio, eio, s)
+        if s.closed or s.closing:
+            raise Refused("it closed meanwhile")
+        state["relay_seen"] = 10**12  # room for the number, set below
+    except Refused as e:
+        log.info("%s: not handed over: %s", s.sid, e)
+        _release(s)
+        return False
+    # From here to the send, no yield: nothing reaches the queue unseen.
+    queued = list(s._take_queued())
+    packets = []
+    for pkt in queued:
+        if pkt is None or pkt is sessions.PARK:
+            continue  # (None: cannot be, closing sessions were refused above)
+        enc = pkt.encode()
+        packets.append({"b": base64.b64encode(enc).decode()} if isinstance(enc, bytes)
+                       else {"t": enc})
+    state["transport"] = "polling"
+    state["queue"] = packets
+    sock = None
+    if get is not None:
+        state["get"] = base64.b64encode(request_head(get)).decode()
+        sock = get["eventlet.input"].get_socket()  # internals: eventlet-wsgi-environ
+    if len(ch.encode_json(state)) > ch.FRAGMENT:
+        for pkt in queued:
+            s.queue.put(pkt)
+        log.info("%s: not handed over: its state takes more than one channel frame", s.sid)
+        _release(s)
+        return False
+    _forget(sio, eio, s, state)
+    moved_out.add(s.sid)
+    relay = getattr(worker, "relay", None)
+    if relay is not None:
+        state["relay_seen"] = relay.handled
+    else:
+        del state["relay_seen"]
+    fd = internals.raw_socket(sock).fileno() if sock is not None else None
+    sent = worker.link.send(ch.HANDOVER, ch.encode_json(state), fd=fd)
+    if not sent:
+        log.warning("%s: the channel refused the hand-over; the session is lost", s.sid)
+        moved_out.discard(s.sid)  # its requests now get "unknown session"
+    elif sock is not None:
+        handed_over.add(sock)  # the parked GET's connection ends here, untouched
+    s.handover_state = "moved"
+    s.handover_done.send(True)  # the parked GET ends unanswered; held requests follow
+    return True
+
+
+def _release(s: sessions.ClusterSocket) -> None:
+    """The session stays: requests held for it are served here again."""
+    s.handover_state = None
+    if s.handover_done is not None and not s.handover_done.ready():
+        s.handover_done.send(False)
+
+
+def _stop_requests(s: sessions.ClusterSocket, deadline: float) -> dict | None:
+    """Wait until no request for the session is in flight here but a parked GET,
+    and take that GET (its environ) out of waiting; None if none was parked."""
+    asked = False
+    while True:
+        if s.closed or s.closing:
+            raise Refused("closing")
+        if s.ws_claimed or s.upgraded:
+            raise _Upgrading()
+        parked = s.handover_parked
+        if parked.ready():
+            if parked.wait() == "parked":
+                return _gets.get(s.sid)
+            # Answered here with what was queued before the mark: wait for that
+            # request to end, then look again.
+            s.handover_parked = eventlet.event.Event()
+            asked = False
+        n = _requests.get(s.sid, 0)
+        if n == 0 and not s.polling:
+            return None
+        if n == 1 and s.polling and not asked and s.sid in _gets:
+            s.queue.put(sessions.PARK)
+            asked = True
+        if time.monotonic() > deadline:
+            raise Refused("its requests did not end in time")
+        eventlet.sleep(0.002)
+
+
+# Engine.IO sids of sessions that left this worker, and, per sid, the requests
+# for it in flight here and the environ of its GET in flight (the one a
+# hand-over may park). Only kept with --handover yes (see `enable`).
+moved_out: set[str] = set()
+_requests: dict[str, int] = {}
+_gets: dict[str, dict] = {}
+_forward = None  # the worker's FORWARD sender, set by `enable`
+
+
+def enable(forward) -> None:
+    """Turn on the request gate (`--handover yes`): `forward(sock, head)` sends a
+    client socket and the head of its request, already read, to the master
+    (FORWARD); it returns False if the channel is closed."""
+    global _forward
+    _forward = forward
+
+
+def enabled() -> bool:
+    return _forward is not None
+
+
+def gate(environ: dict, sid: str | None, sockets: dict, serve):
+    """Serve one Engine.IO request (`serve()`), minding hand-overs.
+
+    A request naming a session that is moving waits for the move to end; one
+    naming a session that moved leaves for its new owner: its connection goes
+    to the master with the head of the request (FORWARD), the body unread in
+    the socket, and HandingOver ends the request here without an answer.
+    In flight requests are counted per session, so that a move waits for them.
+    """
+    if sid is None:
+        return serve()
+    s = sockets.get(sid)  # internals: engineio-server-attrs (sockets)
+    if (s is not None and s.handover_state == "stopping" and s.handover_done is not None
+            and not s.upgraded):
+        s.handover_done.wait()
+    if sid in moved_out:
+        sock = environ["eventlet.input"].get_socket()  # internals: eventlet-wsgi-environ
+        head = request_head(environ)
+        if len(head) <= ch.FRAGMENT and _forward(sock, head):
+            handed_over.add(sock)
+            raise HandingOver()
+        # The channel is closed: the request gets the usual "unknown session".
+    is_get = (environ.get("REQUEST_METHOD") == "GET" and "HTTP_UPGRADE" not in environ)
+    _requests[sid] = _requests.get(sid, 0) + 1
+    if is_get:
+        _gets[sid] = environ
+    try:
+        return serve()
+    finally:
+        n = _requests[sid] - 1
+        if n:
+            _requests[sid] = n
+        else:
+            del _requests[sid]
+        if is_get and _gets.get(sid) is environ:
+            del _gets[sid]
+
+
+def request_head(environ: dict) -> bytes:
+    """The request line and headers of a WSGI request, rebuilt from its environ
+    (eventlet keeps the raw path in RAW_PATH_INFO), for another worker to read
+    as if it came from the socket. The body, if any, is still in the socket."""
+    path = environ.get("RAW_PATH_INFO") or environ.get("PATH_INFO") or "/"
+    qs = environ.get("QUERY_STRING")
+    lines = [f"{environ.get('REQUEST_METHOD', 'GET')} {path}{'?' + qs if qs else ''} HTTP/1.1"]
+    for k, v in environ.items():
+        if k.startswith("HTTP_") and isinstance(v, str):
+            lines.append(f"{k[5:].replace('_', '-').title()}: {v}")
+    if environ.get("CONTENT_LENGTH"):
+        lines.append(f"Content-Length: {environ['CONTENT_LENGTH']}")
+        if environ.get("CONTENT_TYPE"):
+            lines.append(f"Content-Type: {environ['CONTENT_TYPE']}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
 
 
 def _forget(sio, eio, s: sessions.ClusterSocket, state: dict) -> None:
@@ -297,33 +507,47 @@ def _forget(sio, eio, s: sessions.ClusterSocket, state: dict) -> None:
 # ---- the new worker --------------------------------------------------------------
 
 
-def move_in(worker, payload: bytes, fd: int) -> None:
-    """Rebuild the session described by `payload` over the client socket `fd`
-    and serve it; closes `fd` if the state is unusable."""
-    sock = socket.socket(fileno=fd)  # green, after monkey_patch
+def move_in(worker, payload: bytes, fd: int | None) -> None:
+    """Rebuild the session described by `payload` and serve it: a WebSocket
+    over the client socket `fd`, or a polling session, whose parked GET (if
+    it had one) arrives as `fd`; closes `fd` if the state is unusable."""
+    sock = socket.socket(fileno=fd) if fd is not None else None  # green, after monkey_patch
     try:
         state = json.loads(payload)
         eio_sid = state["eio_sid"]
         spaces = state["namespaces"]
         rest = base64.b64decode(state.get("rest", ""))
+        polling = state.get("transport") == "polling"
+        queued = [eio_packet.Packet(encoded_packet=p["t"] if "t" in p
+                                    else base64.b64decode(p["b"]))
+                  for p in state.get("queue", ())]
+        get = base64.b64decode(state["get"]) if polling and "get" in state else None
+        if not polling and sock is None:
+            raise ValueError("a WebSocket session without its socket")
     except (ValueError, KeyError, TypeError) as e:
         log.error("a hand-over with unusable state (%s); closing its connection", e)
-        eventlet.greenio.shutdown_safe(sock)
-        sock.close()
+        if sock is not None:
+            eventlet.greenio.shutdown_safe(sock)
+            sock.close()
         return
     sio, eio = worker.app.sio, worker.app.eio
     s = sessions.ClusterSocket(eio, eio_sid)
     s.connected = True
-    s.upgraded = True
-    s.ws_claimed = True
     s.session = state.get("session") or {}
     s.last_ping = state.get("last_ping")
     environ = dict(state.get("environ") or {})
     environ["imcluster.handover"] = True
-    ws = eventlet.websocket.RFC6455WebSocket(sock, environ, version=13)
-    # Writable before it is registered: what is sent to it from now on goes out
-    # (an Engine.IO queue would have no writer to take it).
-    s.adopt_websocket(ws, rest)
+    ws = None
+    if polling:
+        for pkt in queued:
+            s.queue.put(pkt)
+    else:
+        s.upgraded = True
+        s.ws_claimed = True
+        ws = eventlet.websocket.RFC6455WebSocket(sock, environ, version=13)
+        # Writable before it is registered: what is sent to it from now on goes
+        # out (an Engine.IO queue would have no writer to take it).
+        s.adopt_websocket(ws, rest)
     eio.sockets[eio_sid] = s  # internals: engineio-server-attrs (sockets)
     mgr = sio.manager
     sio.environ[eio_sid] = environ  # internals: socketio-handover-state
@@ -343,14 +567,26 @@ def move_in(worker, payload: bytes, fd: int) -> None:
                 arrived(space["sid"], space["namespace"])
             except Exception:
                 log.exception("the app's on_handover(arrived=...) failed")
-    worker.connections += 1
     # The next PING one interval from now; with a PING pending (last_ping set)
     # its PONG, which reaches this worker, schedules the next one.
     if s.last_ping is None:
         s.schedule_ping()
     else:
         s.await_pong()
-    worker.pool.spawn(_serve, worker, s, ws)
+    if ws is not None:
+        worker.connections += 1
+        worker.pool.spawn(_serve, worker, s, ws)
+    elif sock is not None:
+        serve_request(worker, sock, get)
+
+
+def serve_request(worker, sock: socket.socket, head: bytes | None) -> None:
+    """Serve a client connection whose request head another worker already read
+    (a parked GET that moved, or a FORWARD): from `head`, then from the socket."""
+    if head:
+        replay_heads[sock] = head
+    worker.connections += 1
+    worker.pool.spawn(serve_connection, worker.server, sock, worker._closed_one)
 
 
 def _serve(worker, s: sessions.ClusterSocket, ws) -> None:

@@ -30,9 +30,23 @@ log = logging.getLogger("imcluster.worker")
 PEEK_BYTES = 64 * 1024
 STATE_HANDED = "handed back"
 
-# Client sockets whose WebSocket session moved to another worker
-# (workers/handover.py): their connection ends here without a shutdown.
+# Client sockets whose session moved to another worker, or whose request was
+# forwarded to it (workers/handover.py): their connection ends here without a
+# shutdown, which would end it for the new owner too.
 handed_over: weakref.WeakSet = weakref.WeakSet()
+# Client sockets received with their next request's head already read by the
+# worker that sent them (a polling session's parked GET, a forwarded request):
+# the request is served from these bytes, then the rest from the socket.
+replay_heads: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class HandingOver(BaseException):
+    """Ends a request, or a WebSocket's reader, whose connection leaves for
+    another worker (workers/handover.py), without an answer or a shutdown.
+
+    A BaseException, like eventlet's Timeout, so that no `except Exception`
+    on the way (eventlet's frame reader and request handler, ours) takes it
+    for an error and writes a 500 or closes the socket."""
 
 
 class ExactReader:
@@ -230,6 +244,9 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
             except OSError:
                 pass
             self.rfile = ExactReader(conn)
+            head = replay_heads.pop(conn, None)
+            if head:
+                self.rfile._buf += head
             self.wfile = GatherWriter(conn)
 
         # internals: eventlet-wsgi-handle (a copy of eventlet's loop, with the peek)
@@ -241,7 +258,10 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
                 if not first and not self._next_is_ours():
                     break
                 first = False
-                self.handle_one_request()
+                try:
+                    self.handle_one_request()
+                except HandingOver:
+                    break  # the connection left with its request (finish() knows)
                 if internals.conn_status(self.conn_state) == internals.WSGI_STATE_CLOSE:
                     self.close_connection = 1
                 else:

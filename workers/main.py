@@ -98,6 +98,7 @@ class WorkerServer:
             self._install_manager(app.sio)
             if self.spec.get("handover"):
                 handover.count_handlers(app.sio)
+                handover.enable(self._forward)
         if not self.spec.get("ws_compression"):
             app.wsgi = _without_ws_compression(app.wsgi)
         _one_handler_per_line()
@@ -193,19 +194,28 @@ class WorkerServer:
             if self.handoffs % ACK_EVERY == 0:
                 self._report()  # the ACK reopens the master's hand-off window
             return
-        if kind == ch.HANDOVER and len(fds) == 1 and not flags & ch.MORE:
-            self.handoffs += 1  # the master counts it in its hand-off window
-            if self.app is None or self.stopping:
-                os.close(fds[0])  # cannot happen: only READY workers are sent sessions
+        if kind in (ch.HANDOVER, ch.FORWARD) and len(fds) <= 1 and not flags & ch.MORE:
+            # A polling session moves without a socket when it had no GET parked.
+            fd = fds[0] if fds else None
+            if fd is not None:
+                self.handoffs += 1  # the master counts it in its hand-off window
+            if self.app is None or self.stopping or (kind == ch.FORWARD and fd is None):
+                if fd is not None:  # cannot happen: only READY workers are sent sessions
+                    os.close(fd)
                 return
+            if kind == ch.HANDOVER:
+                step = lambda: handover.move_in(self, payload, fd)  # noqa: E731
+            else:
+                sock = socket.socket(fileno=fd)
+                step = lambda: handover.serve_request(self, sock, payload)  # noqa: E731
             if self.relay is not None:
                 # After the broadcasts relayed before it: those went out from the
                 # old worker (or were published before the move), so the session
-                # must not be here yet when they are handled.
-                fd = fds[0]
-                self.relay.after_pending(lambda: handover.move_in(self, payload, fd))
+                # must not be here yet when they are handled. A FORWARD comes after
+                # the HANDOVER of its session, and so runs after it.
+                self.relay.after_pending(step)
             else:
-                handover.move_in(self, payload, fds[0])
+                step()
             if self.handoffs % ACK_EVERY == 0:
                 self._report()
             return
@@ -225,6 +235,10 @@ class WorkerServer:
 
     def _closed_one(self) -> None:
         self.connections -= 1
+
+    def _forward(self, sock: socket.socket, head: bytes) -> bool:
+        """A request for a session that moved away: its connection to the master (FORWARD)."""
+        return self.link.send(ch.FORWARD, head, fd=sock.fileno())
 
     def _hand_back(self, sock: socket.socket) -> bool:
         return self.link.send(ch.HANDBACK, fd=sock.fileno())
