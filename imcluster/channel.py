@@ -19,6 +19,8 @@ byte of its own in both directions (M: master, W: worker):
                            payload                            worker had not handled (7)
     FORWARD    G     M, W  an HTTP request's head (8), one    W: a request for a session it handed
                            client fd                          over; M: relayed to its new owner
+    EMPTIED    J     M, W  empty                              W: a draining worker handed over what
+                                                              could move (9); M: the answer
     READY      R     W     empty                              once: app imported, serving
     HANDBACK   B     W     empty, with one client fd          a kept-alive connection's next request
                                                               is another worker's (or a new session)
@@ -58,6 +60,12 @@ byte of its own in both directions (M: master, W: worker):
    bytes, then reads on from the socket. The master sends it to the worker the
    sender's sessions moved to (`Core.moved`), or closes it. Counted in the
    hand-off window like a HANDOFF. Sent only with `--handover yes`.
+9. From then on the master routes requests naming the worker to the worker
+   its sessions went to (`Core.moved`), not to it, and answers EMPTIED: what
+   the master sent before that answer (hand-offs of requests for sessions that
+   moved, which the worker forwards) has reached the worker, nothing follows,
+   and the worker may exit once it has served them. Without this a connection
+   routed to it in its last instant died with it. `--handover yes` only.
 
 The master counts any frame as a sign of life (`--heartbeat-timeout`); it
 routes new sessions by LOAD's sessions plus the hand-offs not yet acknowledged.
@@ -79,6 +87,8 @@ STOP = b"S"
 HANDOVER = b"V"
 # both ways: a request for a session handed over, and its socket
 FORWARD = b"G"
+# both ways: a draining worker's sessions have moved; the master's answer
+EMPTIED = b"J"
 # master -> worker, after a HANDOVER
 REPLAY = b"W"
 # Relayed messages the master keeps per worker for REPLAY.

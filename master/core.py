@@ -58,6 +58,9 @@ class Core:
         # Sessions handed over, by the worker id they left (counted as they moved;
         # some may have ended since), while `moved` has an entry for it.
         self.moved_count: dict[int, int] = {}
+        # Draining workers that handed over every session that could move: their
+        # sids are routed to their heir (`moved`) instead of to them.
+        self.emptied: set[int] = set()
         self.reloading: RollingReload | None = None
         self.deferred_scale: int | None = None
         self.last_reload: dict | None = None
@@ -79,6 +82,7 @@ class Core:
             ev.WorkerError: self._on_worker_error, ev.Memory: self._on_memory,
             ev.Command: self._on_command, ev.Request: self._on_request,
             ev.Moving: self._on_moving, ev.Forwarding: self._on_forwarding,
+            ev.Emptied: self._on_emptied,
         }
 
     # ---- the interface -------------------------------------------------------------
@@ -354,6 +358,7 @@ class Core:
         if w is None:
             return
         self.by_id.pop(w.worker_id, None)
+        self.emptied.discard(w.worker_id)
         self._out.append(ev.CloseChannel(w.worker_id))
         # Sessions handed to it died with it: their sids are stale now.
         for source in [k for k, v in self.moved.items() if v == w.worker_id]:
@@ -486,7 +491,7 @@ class Core:
                 e.conn, 400, f"Invalid session: it belongs to host {e.host_id}, "
                 f"this is host {self.cfg.host_id}", "other_host"))
             return
-        w = router.choose(self.slots, self.by_id, e.worker_id, self.moved)
+        w = router.choose(self.slots, self.by_id, e.worker_id, self.moved, self.emptied)
         if w is None:
             self._out.append(ev.Hold(e.conn))
             return
@@ -516,6 +521,15 @@ class Core:
             if to == e.worker_id:  # W moved to V before, V now moves to X: W's sids go to X
                 self.moved[source] = heir.worker_id
         self._out.append(ev.Move(e.conn, heir.worker_id))
+
+    def _on_emptied(self, e: ev.Emptied, now: float) -> None:
+        """A draining worker's sessions have moved: route its sids to its heir from
+        now on, and tell it so (after everything already queued for it)."""
+        w = self.by_id.get(e.worker_id)
+        if w is None:
+            return
+        self.emptied.add(e.worker_id)
+        self._out.append(ev.Send(e.worker_id, ch.EMPTIED))
 
     def _on_forwarding(self, e: ev.Forwarding, now: float) -> None:
         """A worker got a request for a session it handed over: to the worker its

@@ -136,6 +136,13 @@ class Forwarding:
     worker_id: int
 
 
+@dataclass(frozen=True)
+class Emptied:
+    """A draining worker handed over every session that could move (EMPTIED):
+    requests naming it go to its heir from now on; answer it (`Send` EMPTIED)."""
+    worker_id: int
+
+
 # ---- actions: the core asks the shell --------------------------------------------
 
 

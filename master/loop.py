@@ -363,6 +363,8 @@ class Master:
                             self._flush(link)  # the hand-off window may have opened
                 elif kind == ch.READY:
                     self._feed(ev.Ready(wid))
+                elif kind == ch.EMPTIED:
+                    self._feed(ev.Emptied(wid))
                 elif kind == ch.ERROR:
                     self._feed(ev.WorkerError(wid, whole.decode(errors="replace")))
         finally:

@@ -23,10 +23,12 @@ def imcluster(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-def under_traffic(cluster, act) -> dict:
-    """Start the JS clients, `act()` while they talk, stop them; their counts."""
-    proc = subprocess.Popen(["node", str(JS / "handover.mjs"),
-                             json.dumps({"url": cluster.url, "clients": CLIENTS})],
+def under_traffic(cluster, act, transports: list[str] | None = ("websocket",)) -> dict:
+    """Start the JS clients, `act()` while they talk, stop them; their counts.
+    `transports`: the clients' (None: the default, polling then the upgrade)."""
+    args = {"url": cluster.url, "clients": CLIENTS,
+            "transports": list(transports) if transports else None}
+    proc = subprocess.Popen(["node", str(JS / "handover.mjs"), json.dumps(args)],
                             cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -88,6 +90,38 @@ def test_reload_moves_websocket_sessions_without_the_client_noticing(cluster_fac
     new = set(stats["pids_after"])
     assert len(new) == 2 and not new & old, "every worker pid is new"
     assert cluster.status()["master"]["counters"]["handovers"] >= CLIENTS
+
+
+def test_reload_moves_polling_sessions_without_the_client_noticing(cluster_factory):
+    """Long-polling clients: each session's state and queued packets move, the GET it
+    has parked moves with its socket and is answered by the new owner, and requests
+    naming the sid reach the new owner (forwarded by the old worker while it drains,
+    routed by the master's forwarding map once it has exited)."""
+    cluster = cluster_factory(workers=2, handover=True)
+    old = {w["pid"] for w in cluster.wait_ready()}
+    stats = under_traffic(cluster, lambda: reload(cluster), transports=["polling"])
+    counters = cluster.status()["master"]["counters"]
+    print(f"FIGURE handover reload, polling: {CLIENTS} JS clients, {stats}, "
+          f"master counters {counters}")
+    assert set(stats["pids_before"]) == old
+    assert_nothing_noticed(stats)
+    assert stats["transports"] == {"polling": CLIENTS}
+    new = set(stats["pids_after"])
+    assert len(new) == 2 and not new & old, "every worker pid is new"
+    assert counters["handovers"] >= CLIENTS
+
+
+def test_reload_moves_default_clients_polling_then_upgraded(cluster_factory):
+    """Default clients (polling, then the upgrade to WebSocket): whatever each is at
+    when its worker retires, it moves."""
+    cluster = cluster_factory(workers=2, handover=True)
+    old = {w["pid"] for w in cluster.wait_ready()}
+    stats = under_traffic(cluster, lambda: reload(cluster), transports=None)
+    print(f"FIGURE handover reload, default transports: {CLIENTS} JS clients, {stats}")
+    assert set(stats["pids_before"]) == old
+    assert_nothing_noticed(stats)
+    new = set(stats["pids_after"])
+    assert len(new) == 2 and not new & old, "every worker pid is new"
 
 
 def test_scale_down_moves_the_removed_workers_sessions(cluster_factory):

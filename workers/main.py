@@ -72,6 +72,7 @@ class WorkerServer:
         self.joiner = ch.Joiner()
         self.idle: set = set()  # kept-alive sockets waiting for their next request
         self.done = eventlet.event.Event()
+        self.emptied = eventlet.event.Event()  # the master's EMPTIED (--handover)
 
     # ---- start ---------------------------------------------------------------
 
@@ -232,6 +233,8 @@ class WorkerServer:
                 lambda: handover.replay(self, sid.decode(errors="replace"), message))
         elif kind == ch.STOP:
             self.stop("asked by the master")
+        elif kind == ch.EMPTIED:
+            self.emptied.send()
 
     def _closed_one(self) -> None:
         self.connections -= 1
@@ -299,6 +302,10 @@ class WorkerServer:
                 if move:
                     log.info("handed over %d session(s), closed %d", self.handed_over,
                              self.closed_on_stop)
+                    # Serve (forward) what the master routed here before it learnt
+                    # that: a connection left in the channel would die with us.
+                    if self.link.send(ch.EMPTIED):
+                        self.emptied.wait()
             while self.pool.running():
                 for sock in list(self.idle):
                     eventlet.greenio.shutdown_safe(sock)  # nothing in flight on these
