@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 
+import rawhttp
+import websocket
 from conftest import JS, ROOT, wait_for
 from pyclients import Client
 
@@ -266,3 +270,80 @@ def test_a_chromium_tab_never_leaves_connected_during_a_reload(browser, cluster_
             assert set(s["statuses"]) == {"connected"}, f"{tab} went {s['statuses']}"
     finally:
         users.close()
+
+
+# ---- polling sessions, raw: what the JS client does, one step at a time -------------
+
+
+def _reload_in_background(cluster) -> threading.Thread:
+    t = threading.Thread(target=reload_one, args=(cluster,), daemon=True)
+    t.start()
+    return t
+
+
+def reload_one(cluster) -> None:
+    r = imcluster("reload", "--control", cluster.control)
+    assert r.returncode == 0 and "reload complete: 1 worker(s) replaced" in r.stdout, \
+        r.stdout + r.stderr
+
+
+def _draining(cluster, pid: int) -> bool:
+    return any(w["pid"] == pid and w["retired"] for w in cluster.status()["workers"])
+
+
+def test_a_parked_get_moves_with_its_socket_and_the_new_owner_answers_it(cluster_factory):
+    """The GET a polling client keeps waiting leaves with the session, socket and all:
+    the new worker answers it on the same connection, with an ack the new worker
+    wrote; the client never sees an error, a new sid or a CLOSE."""
+    cluster = cluster_factory(workers=1, handover=True)
+    [old] = [w["pid"] for w in cluster.wait_ready()]
+    port = cluster.port
+    sid = rawhttp.open_session(port)
+    with rawhttp.Conn(port) as c:
+        assert c.request("POST", rawhttp.poll_target(sid), b'421["whoami"]')[0] == 200
+        assert rawhttp.parse_ack(c.request("GET", rawhttp.poll_target(sid))[2], 1) == old
+        c.send(rawhttp.Conn.build("GET", rawhttp.poll_target(sid)))  # parked: nothing to say
+        wait_for(c.taken_by_server, 10, what="the GET taken by the worker")
+        reload_one(cluster)
+        [new] = [w["pid"] for w in cluster.wait_ready()]
+        assert new != old
+        with rawhttp.Conn(port) as other:  # the client's next POST, on another connection
+            status, _, body = other.request(
+                "POST", rawhttp.poll_target(sid), b'422["whoami"]')
+            assert (status, body) == (200, b"ok"), "the sid still works: routed to its heir"
+        status, _, body = c.read_response()  # the parked GET, answered by the heir
+        assert status == 200 and rawhttp.parse_ack(body, 2) == new, body
+        # The same connection goes on serving the session.
+        assert c.request("POST", rawhttp.poll_target(sid), b'423["whoami"]')[0] == 200
+        assert rawhttp.parse_ack(c.request("GET", rawhttp.poll_target(sid))[2], 3) == new
+    forwarding = cluster.status()["forwarding"]
+    assert [f["sessions"] for f in forwarding] == [1], forwarding
+
+
+def test_a_session_in_the_middle_of_its_upgrade_moves_once_the_upgrade_ends(cluster_factory):
+    """The probe is open (PING probe answered) when the worker starts to drain: the
+    worker waits for the upgrade to end (the client's UPGRADE comes one round trip
+    later), then the session moves as a WebSocket, on the same socket."""
+    cluster = cluster_factory(workers=1, handover=True)
+    [old] = [w["pid"] for w in cluster.wait_ready()]
+    port = cluster.port
+    sid = rawhttp.open_session(port)
+    ws = websocket.create_connection(rawhttp.ws_url(port, sid), timeout=10)
+    try:
+        ws.send("2probe")
+        assert ws.recv() == "3probe"
+        t = _reload_in_background(cluster)
+        wait_for(lambda: _draining(cluster, old), 30, interval=0.02,
+                 what="the old worker draining")
+        time.sleep(0.3)  # the worker waits (HANDLER_WAIT) for the upgrade to end
+        ws.send("5")  # UPGRADE
+        t.join(60)
+        [new] = [w["pid"] for w in cluster.wait_ready()]
+        assert new != old
+        ws.send('421["whoami"]')
+        got = []
+        while f"431[{new}]" not in got and len(got) < 10:
+            got.append(ws.recv())  # (a PING may come first; times out after 10 s)
+        assert f"431[{new}]" in got, got
+    finally:
+        ws.close()
