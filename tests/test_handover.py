@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+import pytest
 import rawhttp
 import websocket
 from conftest import JS, ROOT, wait_for
@@ -245,12 +246,14 @@ def test_without_handover_a_reload_still_reconnects_the_clients(cluster_factory)
     assert cluster.status()["master"]["counters"]["handovers"] == 0
 
 
-def test_a_chromium_tab_never_leaves_connected_during_a_reload(browser, cluster_factory):
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_a_chromium_tab_never_leaves_connected_during_a_reload(browser, cluster_factory,
+                                                               transport):
     from test_browser import WATCH_STATUS_JS, Users
 
     cluster = cluster_factory(app=None, workers=2, handover=True)  # the chat demo
     old = {w["pid"] for w in cluster.wait_ready()}
-    users = Users(browser, cluster.url, "websocket")
+    users = Users(browser, cluster.url, transport)
     try:
         users.wait_in_room()
         for tab in users.tabs:
