@@ -28,10 +28,11 @@ def imcluster(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-def under_traffic(cluster, act, transports: list[str] | None = ("websocket",)) -> dict:
+def under_traffic(cluster, act, transports: list[str] | None = ("websocket",),
+                  clients: int = CLIENTS) -> dict:
     """Start the JS clients, `act()` while they talk, stop them; their counts.
     `transports`: the clients' (None: the default, polling then the upgrade)."""
-    args = {"url": cluster.url, "clients": CLIENTS,
+    args = {"url": cluster.url, "clients": clients,
             "transports": list(transports) if transports else None}
     proc = subprocess.Popen(["node", str(JS / "handover.mjs"), json.dumps(args)],
                             cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -233,6 +234,23 @@ def test_save_session_data_moves_the_app_may_refuse_and_no_handler_runs(cluster_
     finally:
         for c in everyone:
             c.close()
+
+
+def test_compressed_websockets_are_not_handed_over_they_reconnect(cluster_factory):
+    """permessage-deflate (--ws-compression yes, which the JS client offers): the
+    deflate state cannot move, so each session is closed as without hand-over, and
+    its client reconnects with a new sid, on a new worker."""
+    n = 20
+    cluster = cluster_factory(workers=2, handover=True, ws_compression=True)
+    old = {w["pid"] for w in cluster.wait_ready()}
+    stats = under_traffic(cluster, lambda: reload(cluster), clients=n)
+    print(f"FIGURE handover reload, compressed WebSockets: {n} JS clients, {stats}")
+    assert stats["sid_changed"] == n and stats["reconnects"] >= n, stats
+    assert stats["said_duplicates"] == 0
+    new = set(stats["pids_after"])
+    assert len(new) == 2 and not new & old
+    assert cluster.status()["master"]["counters"]["handovers"] == 0
+    assert "not handed over: a compressed WebSocket" in cluster.log()
 
 
 def test_without_handover_a_reload_still_reconnects_the_clients(cluster_factory):

@@ -8,6 +8,7 @@ handler in the app, every ack answered.
 
 What moves (the JSON state of one session, at most one channel frame)
 ---------------------------------------------------------------------
+(WebSocket sessions; long-polling ones: see "Polling sessions" below.)
 - Engine.IO: the sid, that the session is upgraded, `last_ping` (a PING
   whose PONG is due), the bytes the session's `BufferedReceive` read but
   eventlet did not parse yet (base64; empty whenever the reader was stopped
@@ -36,12 +37,56 @@ What does not move, and so waits or refuses
 - The app's own state keyed by sid (a module-level dict): only the app can
   move it. The pattern that moves is `sio.save_session(sid, {...})`; an
   app that cannot live without its own state refuses the move (below).
-- Polling sessions, a session in the middle of its upgrade, compressed
-  WebSockets (`--ws-compression yes`: the deflate context is not
+- Compressed WebSockets (`--ws-compression yes`: the deflate context is not
   serialisable), a WebSocket in the middle of a fragmented message, a
-  session whose state does not fit one channel frame or is not JSON: they
-  are closed as with `--handover no` and the client reconnects.
-  (First slice: polling is not moved yet; see the README.)
+  session whose upgrade does not end within HANDLER_WAIT, a session whose
+  state does not fit one channel frame or is not JSON: they are closed as
+  with `--handover no` and the client reconnects.
+
+Polling sessions
+----------------
+A long-polling session is a series of HTTP requests, so what must move is
+its state plus whatever request it has open here, and the requests that
+come later must find it:
+- Requests naming the session are counted while in flight (`gate`, called
+  from the protocol layer for every Engine.IO request). Once the move begins,
+  new ones wait (on `handover_done`); the move waits for those in flight to
+  end, except a GET parked for packets.
+- The parked GET is asked out of its wait with a PARK mark in the session's
+  queue (sessions.PARK): if the mark is the first thing it takes, the GET
+  leaves unanswered with the session (HandingOver ends it here without a
+  response or a shutdown); if packets were queued before the mark, it is
+  answered here as usual and the move goes on without it.
+- The state is the WebSocket one (sids, rooms, next ack ids, save_session
+  data, last_ping, environ) plus `transport: "polling"`, the packets still
+  queued (encoded; binary ones in base64) and, with a parked GET, its request
+  head (`request_head`, rebuilt from the WSGI environ). The HANDOVER frame
+  carries that GET's socket, or no fd when none was parked.
+- The new worker registers the session with its queue, then serves the
+  parked GET from its head (http.replay_heads) and the socket: the first
+  packet queued for the session answers it, from the new worker.
+- A request naming the session that reaches the old worker afterwards (the
+  master routes the worker's sids to it while it drains, until EMPTIED) is
+  passed on with its head, its body unread in the socket (FORWARD 'G'); the
+  master sends it to the heir (`Core.moved`). Once the old worker has moved
+  all it could it says EMPTIED ('J'): the master routes its sids to the heir
+  itself from then on, and answers EMPTIED after anything queued for the
+  old worker, which exits only then (a connection left in its channel would
+  die with it).
+- Every session of one worker goes to one heir (the first chosen, while it
+  takes new sessions): routing is by the worker a sid names, so `Core.moved`
+  holds one heir per worker, not one per sid.
+- A session in the middle of its upgrade (WebSocket open, probe answered,
+  UPGRADE not yet received) is not moved half-way: the worker waits for the
+  upgrade to end, which takes the client one round trip (its last poll
+  ends with the probe's NOOP, then it sends UPGRADE), bounded by
+  HANDLER_WAIT, and moves the session as what it became: a WebSocket, or a
+  polling session if the probe failed. Moving the half-open state (two
+  sockets, a NOOP owed to the poll, the probe's PONG) would need both
+  sockets to travel in one frame and the new worker to resume eventlet's
+  WebSocket handshake mid-way; waiting costs one round trip and keeps the
+  Engine.IO upgrade logic in one place. A probe still open after
+  HANDLER_WAIT (a client that stalls) is closed as without hand-over.
 
 The app's say
 -------------
@@ -198,7 +243,10 @@ class _Stopped:
 
 def _stop_reader(s: sessions.ClusterSocket) -> _Stopped:
     if not getattr(s, "upgraded", False) or s.writer is None:
-        raise Refused("not a WebSocket session served by imcluster's writer")
+        # python-engineio's own WebSocket path: a compressed WebSocket
+        # (--ws-compression), whose deflate state cannot move.
+        raise Refused("a compressed WebSocket (permessage-deflate): its deflate state "
+                      "cannot move")
     if s.closed or s.closing:
         raise Refused("closing")
     deadline = time.monotonic() + HANDLER_WAIT
