@@ -369,3 +369,21 @@ def test_a_session_in_the_middle_of_its_upgrade_moves_once_the_upgrade_ends(clus
         assert f"431[{new}]" in got, got
     finally:
         ws.close()
+
+
+def test_a_kept_alive_connection_idle_on_the_old_worker_follows_its_session(cluster_factory):
+    """A browser keeps its polling connection open between requests. When the old
+    worker has moved its sessions it passes such idle connections back to the master
+    (not closed), which routes their next request to where the session went."""
+    cluster = cluster_factory(workers=1, handover=True)
+    [old] = [w["pid"] for w in cluster.wait_ready()]
+    port = cluster.port
+    sid = rawhttp.open_session(port)
+    with rawhttp.Conn(port) as c:
+        assert c.request("POST", rawhttp.poll_target(sid), b'421["whoami"]')[0] == 200
+        assert rawhttp.parse_ack(c.request("GET", rawhttp.poll_target(sid))[2], 1) == old
+        reload_one(cluster)  # c waits, idle, on the old worker meanwhile
+        [new] = [w["pid"] for w in cluster.wait_ready()]
+        assert new != old
+        assert c.request("POST", rawhttp.poll_target(sid), b'422["whoami"]')[0] == 200
+        assert rawhttp.parse_ack(c.request("GET", rawhttp.poll_target(sid))[2], 2) == new

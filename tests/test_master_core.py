@@ -760,3 +760,19 @@ def test_every_session_of_a_worker_goes_to_one_heir_and_its_requests_follow_ther
     m.exit(w1)
     m.exit(m.core.by_id[heir])
     assert m.core.describe(m.now)["forwarding"] == []
+
+
+def test_an_emptied_worker_is_answered_and_its_sids_go_to_its_heir_before_it_exits():
+    """EMPTIED: the draining worker moved what it could; requests naming it go to its
+    heir at once (a connection routed to it in its last instant would die with it),
+    and the answer goes after whatever was queued for it."""
+    m = serving()
+    w1, w2 = m.slot(0), m.slot(1)
+    m.core.retire(m.core.slots.pop(0), m.now)
+    of(m.feed(ev.Moving("s", w1.worker_id)), ev.Move)
+    assert m.route(w1.worker_id) == w1.worker_id, "still its own while it moves them"
+    [answer] = of(m.feed(ev.Emptied(w1.worker_id)), ev.Send)
+    assert (answer.worker_id, answer.kind) == (w1.worker_id, ch.EMPTIED)
+    assert m.route(w1.worker_id) == w2.worker_id
+    m.exit(w1)
+    assert m.core.emptied == set() and m.route(w1.worker_id) == w2.worker_id

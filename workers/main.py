@@ -29,7 +29,7 @@ from imcluster import sid as sidcodec
 from imcluster.master.lifecycle import APP_LOAD_ERROR
 from imcluster.workers import admin, handover, protocol, sessions, speedups
 from imcluster.workers import app as appmod
-from imcluster.workers.http import FdListener, make_protocol, serve_connection
+from imcluster.workers.http import FdListener, make_protocol, release_idle, serve_connection
 from imcluster.workers.link import Link
 from imcluster.workers.redis_manager import ClusterRedisManager
 from imcluster.workers.relay import MasterRelayManager
@@ -70,7 +70,7 @@ class WorkerServer:
         self.default_manager: socketio.PubSubManager | None = None
         self.pool = eventlet.GreenPool(MAX_CONNECTIONS)
         self.joiner = ch.Joiner()
-        self.idle: set = set()  # kept-alive sockets waiting for their next request
+        self.idle: dict = {}  # kept-alive sockets waiting for their next request: greenlet
         self.done = eventlet.event.Event()
         self.emptied = eventlet.event.Event()  # the master's EMPTIED (--handover)
 
@@ -306,9 +306,13 @@ class WorkerServer:
                     # that: a connection left in the channel would die with us.
                     if self.link.send(ch.EMPTIED):
                         self.emptied.wait()
+            handed = self.emptied.ready()  # (--handover: the sessions went elsewhere)
             while self.pool.running():
-                for sock in list(self.idle):
-                    eventlet.greenio.shutdown_safe(sock)  # nothing in flight on these
+                if handed:
+                    release_idle(self.idle)  # their next requests go where the sessions went
+                else:
+                    for sock in list(self.idle):
+                        eventlet.greenio.shutdown_safe(sock)  # nothing in flight on these
                 eventlet.sleep(0.05)
         self.done.send()
 
