@@ -130,12 +130,13 @@ def test_reload_moves_default_clients_polling_then_upgraded(cluster_factory):
     assert len(new) == 2 and not new & old, "every worker pid is new"
 
 
-def test_scale_down_moves_the_removed_workers_sessions(cluster_factory):
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_scale_down_moves_the_removed_workers_sessions(cluster_factory, transport):
     cluster = cluster_factory(workers=2, handover=True)
     old = {w["pid"] for w in cluster.wait_ready()}
     kept = {w["pid"] for w in cluster.wait_ready() if w["slot"] == 0}
-    stats = under_traffic(cluster, lambda: scale_down(cluster))
-    print(f"FIGURE handover scale -1: {CLIENTS} JS clients, {stats}")
+    stats = under_traffic(cluster, lambda: scale_down(cluster), transports=[transport])
+    print(f"FIGURE handover scale -1, {transport}: {CLIENTS} JS clients, {stats}")
     assert set(stats["pids_before"]) == old
     assert_nothing_noticed(stats)
     assert set(stats["pids_after"]) == kept, "every session now on the remaining worker"
