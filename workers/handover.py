@@ -354,6 +354,15 @@ def _move_out_polling(worker, s: sessions.ClusterSocket) -> bool:
     """Move a long-polling session: its state, its queued packets, and the GET
     it has parked (if one waits) with that GET's socket. Requests naming the
     session wait while it moves (`gate`), then follow it (FORWARD)."""
+    try:
+        return _move_polling(worker, s)
+    finally:
+        # Whatever happened, nothing may wait on the move for ever.
+        if s.handover_state == "stopping":
+            _release(s)
+
+
+def _move_polling(worker, s: sessions.ClusterSocket) -> bool:
     sio, eio = worker.app.sio, worker.app.eio
     deadline = time.monotonic() + HANDLER_WAIT
     while True:
