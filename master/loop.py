@@ -50,7 +50,7 @@ class Link:
     """The master's end of one worker's channel, and what is queued on it."""
 
     __slots__ = ("worker_id", "slot", "pid", "channel", "outq", "out_bytes", "delivered",
-                 "confirmed", "joiner", "relayed", "recent")
+                 "confirmed", "joiner", "relayed", "recent", "published")
 
     def __init__(self, worker_id: int, slot: int, pid: int, channel: socket.socket):
         self.worker_id, self.slot, self.pid, self.channel = worker_id, slot, pid, channel
@@ -61,6 +61,7 @@ class Link:
         self.joiner = ch.Joiner()
         self.relayed = 0  # RELAY messages queued for it (their numbers, from 1)
         self.recent: deque = deque(maxlen=ch.REPLAY_KEEP)  # (number, payload), for REPLAY
+        self.published = 0  # PUBLISH messages received from it (HANDOVER's heir_seen)
 
     @property
     def unconfirmed(self) -> int:
@@ -372,6 +373,7 @@ class Master:
                 self._feed(ev.Heard(wid))
 
     def _relay(self, source: Link, payload: bytes) -> None:
+        source.published += 1
         frames = list(ch.frames(ch.RELAY, payload))
         for link in list(self.links.values()):
             if link is source or link.channel is None:
@@ -421,6 +423,8 @@ class Master:
             if sock is not None:
                 sock.close()  # the client sees its connection end and reconnects
             return
+        if frame[:1] == ch.HANDOVER:
+            frame = _heir_seen(frame, link.published)
         link.outq.append((frame, sock))
         link.out_bytes += len(frame)
         if sock is not None:
@@ -586,6 +590,19 @@ def _unseen(link: Link, state: bytes) -> list[bytes]:
         return []
     head = eio_sid.encode() + b"\n"
     return [head + p for n, p in link.recent if n > seen]
+
+
+def _heir_seen(frame: bytes, published: int) -> bytes:
+    """A HANDOVER frame with the number of messages its new owner had published
+    when the master took it in ("heir_seen", for which the old worker left room)."""
+    try:
+        doc = json.loads(frame[2:])
+        if "heir_seen" not in doc:
+            return frame
+        doc["heir_seen"] = published
+    except (ValueError, TypeError):
+        return frame
+    return frame[:2] + ch.encode_json(doc)
 
 
 def _count(payload: bytes) -> int | None:

@@ -133,13 +133,15 @@ The relay is ordered per channel, and the move is ordered with it:
   addressed to it (`replay`).
 - A broadcast W publishes before the detach went out from W and reaches the
   master before the HANDOVER; one published after reaches V after it.
-So nothing reaches the session twice. Still missed: what V itself publishes
-in the instant before the session arrives, if the master gets it after the
-HANDOVER (V delivered it locally without the session; the relay to W comes
-too late). Seen when the heir is busy: in tests/test_handover.py, none in
-most runs, at most about 0.02% of ~100,000 deliveries. The fix planned: V
-confirms the move in on its channel, and the master replays to V, for that
-session, what V published between the HANDOVER and the confirmation. With
+- What V itself publishes in the instant before the session arrives, if the
+  master gets it after the HANDOVER, V delivered locally without the
+  session, and its relay to W came too late. So the master, relaying the
+  HANDOVER, writes in it how many messages V had published by then
+  ("heir_seen"); V numbers its own publishes the same way (the channel is
+  in order) and keeps the last channel.REPLAY_KEEP; when the session
+  arrives, V delivers it those numbered after heir_seen, before anything
+  newer (they were all published before it arrived).
+So nothing reaches the session twice, and nothing is missed. With
 Redis (`--redis`) nothing orders the move with broadcasts yet; only emits are
 replayed (not a relayed room change or disconnect naming the session in that
 instant).
@@ -201,6 +203,7 @@ def _move_out_websocket(worker, s: sessions.ClusterSocket) -> bool:
     try:
         state = _take_state(worker, sio, eio, s)
         state["relay_seen"] = 10**12  # room for the number, set below
+        state["heir_seen"] = 10**12  # room for the master's number (move_in)
         if len(ch.encode_json(state)) > ch.FRAGMENT:
             raise Refused("its state takes more than one channel frame")
     except Refused as e:
@@ -213,8 +216,9 @@ def _move_out_websocket(worker, s: sessions.ClusterSocket) -> bool:
     _forget(sio, eio, s, state)
     if relay is not None:
         state["relay_seen"] = relay.handled
+        state["heir_seen"] = 0  # the master puts the heir's number here
     else:
-        del state["relay_seen"]
+        del state["relay_seen"], state["heir_seen"]
     fd = internals.raw_socket(s.writer.sock).fileno()
     if not worker.link.send(ch.HANDOVER, ch.encode_json(state), fd=fd):
         log.warning("%s: the channel refused the hand-over; closing the session", s.sid)
@@ -397,6 +401,7 @@ def _move_polling(worker, s: sessions.ClusterSocket) -> bool:
         if s.closed or s.closing:
             raise Refused("it closed meanwhile")
         state["relay_seen"] = 10**12  # room for the number, set below
+        state["heir_seen"] = 10**12  # room for the master's number (move_in)
     except Refused as e:
         log.info("%s: not handed over: %s", s.sid, e)
         _release(s)
@@ -427,8 +432,9 @@ def _move_polling(worker, s: sessions.ClusterSocket) -> bool:
     relay = getattr(worker, "relay", None)
     if relay is not None:
         state["relay_seen"] = relay.handled
+        state["heir_seen"] = 0  # the master puts the heir's number here
     else:
-        del state["relay_seen"]
+        del state["relay_seen"], state["heir_seen"]
     fd = internals.raw_socket(sock).fileno() if sock is not None else None
     sent = worker.link.send(ch.HANDOVER, ch.encode_json(state), fd=fd)
     if not sent:
@@ -617,6 +623,15 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
             mgr.basic_enter_room(sid, ns, room, eio_sid=eio_sid)
         # internals: socketio-manager-callbacks
         mgr.callbacks[sid] = {0: itertools.count(int(space.get("next_ack", 1)))}
+    # What this worker published itself before the session was here and after
+    # the master took the hand-over in reached neither the session here nor at
+    # its old worker: deliver it now, in order, before anything newer.
+    relay = getattr(worker, "relay", None)
+    heir_seen = state.get("heir_seen")
+    if relay is not None and isinstance(heir_seen, int):
+        for n, message in list(relay.own):
+            if n > heir_seen:
+                replay(worker, eio_sid, message)
     arrived = hook("arrived")
     if arrived is not None:
         for space in spaces:
