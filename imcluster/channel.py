@@ -51,7 +51,11 @@ byte of its own in both directions (M: master, W: worker):
    worker had handled when the session left; the master numbers what it
    relays to each worker and sends the new owner, as REPLAY, those after
    that number that it still holds (the last REPLAY_KEEP), for that session
-   alone. A polling session's HANDOVER carries the socket of the GET it had
+   alone. Relaying it, the master sets its "heir_seen" (room left by the old
+   worker) to the number of PUBLISH messages it had from the new owner by
+   then; the new owner numbers its own publishes alike and delivers the
+   session those after that number when it arrives (workers/handover.py).
+   A polling session's HANDOVER carries the socket of the GET it had
    parked (the new owner answers it; the state holds that request's head),
    or no fd when none was parked.
 8. The request line and headers, already read by the worker that sends it

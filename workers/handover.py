@@ -141,10 +141,12 @@ The relay is ordered per channel, and the move is ordered with it:
   in order) and keeps the last channel.REPLAY_KEEP; when the session
   arrives, V delivers it those numbered after heir_seen, before anything
   newer (they were all published before it arrived).
-So nothing reaches the session twice, and nothing is missed. With
-Redis (`--redis`) nothing orders the move with broadcasts yet; only emits are
-replayed (not a relayed room change or disconnect naming the session in that
-instant).
+So nothing reaches the session twice and nothing is missed, as long as a
+move takes less than REPLAY_KEEP messages of either kind. Only emits are
+replayed, not a relayed room change or disconnect naming the session in that
+instant. With Redis (`--redis`) nothing orders the move with broadcasts yet:
+a message published during a move can reach the session twice or not at all
+(README).
 """
 
 from __future__ import annotations
