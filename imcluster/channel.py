@@ -46,7 +46,8 @@ byte of its own in both directions (M: master, W: worker):
 7. One session's state (workers/handover.py), at most FRAGMENT bytes: a
    hand-over is never fragmented, so its fd and its state arrive together.
    The master counts the relayed frame in the receiver's hand-off window,
-   and the receiver counts it in its ACK, like a HANDOFF. Sent only with
+   and the receiver counts it in its ACK, like a HANDOFF (when it carries
+   an fd). Sent only with
    `--handover yes`. Its "relay_seen" is how many RELAY messages the old
    worker had handled when the session left; the master numbers what it
    relays to each worker and sends the new owner, as REPLAY, those after
