@@ -19,6 +19,9 @@ import websocket
 from conftest import JS, ROOT, wait_for
 from pyclients import Client
 
+from imcluster.control import Control
+from imcluster.control import Forwarding as ControlForwarding
+
 CLIENTS = 100
 APPS = ROOT / "tests" / "apps"
 
@@ -339,8 +342,15 @@ def test_a_parked_get_moves_with_its_socket_and_the_new_owner_answers_it(cluster
         # The same connection goes on serving the session.
         assert c.request("POST", rawhttp.poll_target(sid), b'423["whoami"]')[0] == 200
         assert rawhttp.parse_ack(c.request("GET", rawhttp.poll_target(sid))[2], 3) == new
-    forwarding = cluster.status()["forwarding"]
-    assert [f["sessions"] for f in forwarding] == [1], forwarding
+    # The forwarding map: the old worker's sids go to the new one, in the status
+    # answer, the CLI's table and the Python API.
+    [fwd] = cluster.status()["forwarding"]
+    assert fwd["sessions"] == 1 and fwd["to"] != fwd["from"]
+    assert Control(cluster.control).status().forwarding == (
+        ControlForwarding(fwd["from"], fwd["to"], 1),)
+    out = imcluster("status", "--control", cluster.control).stdout
+    assert f"forwarding: sids of worker {fwd['from']} go to worker {fwd['to']} " \
+        "(1 session(s) handed over)" in out, out
 
 
 def test_a_session_in_the_middle_of_its_upgrade_moves_once_the_upgrade_ends(cluster_factory):
