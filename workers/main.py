@@ -200,9 +200,12 @@ class WorkerServer:
             fd = fds[0] if fds else None
             if fd is not None:
                 self.handoffs += 1  # the master counts it in its hand-off window
-            if self.app is None or self.stopping or (kind == ch.FORWARD and fd is None):
-                if fd is not None:  # cannot happen: only READY workers are sent sessions
-                    os.close(fd)
+            # Sessions go only to READY workers; a request for one may reach a
+            # draining worker that holds it still (it serves or forwards it).
+            late = kind == ch.HANDOVER and self.stopping
+            if self.app is None or late or (kind == ch.FORWARD and fd is None):
+                if fd is not None:
+                    os.close(fd)  # the client reconnects
                 return
             if kind == ch.HANDOVER:
                 step = lambda: handover.move_in(self, payload, fd)  # noqa: E731
@@ -233,7 +236,7 @@ class WorkerServer:
                 lambda: handover.replay(self, sid.decode(errors="replace"), message))
         elif kind == ch.STOP:
             self.stop("asked by the master")
-        elif kind == ch.EMPTIED:
+        elif kind == ch.EMPTIED and not self.emptied.ready():
             self.emptied.send()
 
     def _closed_one(self) -> None:
