@@ -633,7 +633,10 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
     if relay is not None and isinstance(heir_seen, int):
         for n, message in list(relay.own):
             if n > heir_seen:
-                replay(worker, eio_sid, message)
+                try:
+                    replay(worker, eio_sid, message)
+                except Exception:  # one odd message must not leave the session unserved
+                    log.exception("%s: replaying a broadcast to a session moved in", eio_sid)
     arrived = hook("arrived")
     if arrived is not None:
         for space in spaces:
