@@ -17,7 +17,11 @@ byte of its own in both directions (M: master, W: worker):
                                                               leaves; M: relayed to its new owner
     REPLAY     W     M     Engine.IO sid, LF, a RELAY's       after a HANDOVER, each relay its old
                            payload                            worker had not handled (7)
-    RESTORED   Z     M     JSON object (8)                    answer to each RESTORE
+    RESTORED   Z     M     JSON object (10)                   answer to each RESTORE
+    FORWARD    G     M, W  an HTTP request's head (8), one    W: a request for a session it handed
+                           client fd                          over; M: relayed to its new owner
+    EMPTIED    J     M, W  empty                              W: a draining worker handed over what
+                                                              could move (9); M: the answer
     READY      R     W     empty                              once: app imported, serving
     HANDBACK   B     W     empty, with one client fd          a kept-alive connection's next request
                                                               is another worker's (or a new session)
@@ -27,8 +31,8 @@ byte of its own in both directions (M: master, W: worker):
     ACK        A     W     ASCII decimal integer (5)          every 16 hand-offs, and with the
                                                               heartbeat when it changed
     ERROR      E     W     UTF-8 text: why it exits           once, before exiting on an error (6)
-    SESSION    X     W     JSON object (8)                    a recoverable session changed
-    RESTORE    Y     W     JSON object (8)                    a CONNECT asks to recover a session
+    SESSION    X     W     JSON object (10)                   a recoverable session changed
+    RESTORE    Y     W     JSON object (10)                   a CONNECT asks to recover a session
 
 1. What the worker serves and how: app, cwd, worker_id, slot, log_level,
    keepalive (s), graceful_timeout (s), cors_origins, ws_compression, redis (a
@@ -46,16 +50,35 @@ byte of its own in both directions (M: master, W: worker):
 7. One session's state (workers/handover.py), at most FRAGMENT bytes: a
    hand-over is never fragmented, so its fd and its state arrive together.
    The master counts the relayed frame in the receiver's hand-off window,
-   and the receiver counts it in its ACK, like a HANDOFF. Sent only with
+   and the receiver counts it in its ACK, like a HANDOFF (when it carries
+   an fd). Sent only with
    `--handover yes`. Its "relay_seen" is how many RELAY messages the old
    worker had handled when the session left; the master numbers what it
    relays to each worker and sends the new owner, as REPLAY, those after
    that number that it still holds (the last REPLAY_KEEP), for that session
-   alone.
-8. Connection state recovery (`--recovery-window`), described in
-   workers/recovery.py; only sent when it is on. With it on, RELAY also goes
-   back to the worker that published (every broadcast, in the master's order,
-   with its offset).
+   alone. Relaying it, the master sets its "heir_seen" (room left by the old
+   worker) to the number of PUBLISH messages it had from the new owner by
+   then; the new owner numbers its own publishes alike and delivers the
+   session those after that number when it arrives (workers/handover.py).
+   A polling session's HANDOVER carries the socket of the GET it had
+   parked (the new owner answers it; the state holds that request's head),
+   or no fd when none was parked.
+8. The request line and headers, already read by the worker that sends it
+   (rebuilt from its WSGI environ), at most FRAGMENT bytes; the body, if any,
+   is still unread in the socket. The new owner serves the request from these
+   bytes, then reads on from the socket. The master sends it to the worker the
+   sender's sessions moved to (`Core.moved`), or closes it. Counted in the
+   hand-off window like a HANDOFF. Sent only with `--handover yes`.
+9. From then on the master routes requests naming the worker to the worker
+   its sessions went to (`Core.moved`), not to it, and answers EMPTIED: what
+   the master sent before that answer (hand-offs of requests for sessions that
+   moved, which the worker forwards) has reached the worker, nothing follows,
+   and the worker may exit once it has served them. Without this a connection
+   routed to it in its last instant died with it. `--handover yes` only.
+10. Connection state recovery (`--recovery-window`), described in
+    workers/recovery.py; only sent when it is on. With it on, RELAY also goes
+    back to the worker that published (every broadcast, in the master's order,
+    with its offset).
 
 The master counts any frame as a sign of life (`--heartbeat-timeout`); it
 routes new sessions by LOAD's sessions plus the hand-offs not yet acknowledged.
@@ -75,6 +98,10 @@ RELAY = b"M"
 STOP = b"S"
 # both ways
 HANDOVER = b"V"
+# both ways: a request for a session handed over, and its socket
+FORWARD = b"G"
+# both ways: a draining worker's sessions have moved; the master's answer
+EMPTIED = b"J"
 # master -> worker, after a HANDOVER
 REPLAY = b"W"
 # Relayed messages the master keeps per worker for REPLAY.

@@ -288,6 +288,9 @@ def _status(ctl: Control, as_json: bool) -> int:
             print(f"slot {w['slot']}: {w['last_error']}")
     if any(w["retired"] or w["replacement"] for w in st["workers"]):
         print("* retired, draining   + replacement, starting")
+    for f in st.get("forwarding") or ():
+        print(f"forwarding: sids of worker {f['from']} go to worker {f['to']} "
+              f"({f['sessions']} session(s) handed over)")
     if st.get("reload"):
         r = st["reload"]
         print(f"reload in progress ({r['reason']}): slot {r['slot']} {r['phase']}, "

@@ -50,6 +50,8 @@ unless said otherwise.
     master.counters.handoffs     int      client sockets passed to workers
     master.counters.handbacks    int      sockets workers passed back (another worker's request)
     master.counters.handovers    int      sessions a retiring worker handed over (--handover)
+    master.counters.forwarded    int      requests for a handed-over session that reached its old
+                                          worker and were passed to the new owner (--handover)
     master.counters.rerouted     int      queued for a worker that died, routed again
     master.counters.relayed      int      broadcasts relayed (one per receiving worker)
     master.counters.relay_dropped int     relayed broadcasts dropped for a worker not reading
@@ -100,6 +102,14 @@ unless said otherwise.
     last_reload.error        str          (only when not ok) why it stopped
     last_reload.finished     float        s, wall: Unix time it ended (the master's monotonic
                                           clock plus the wall offset taken at its start)
+    forwarding               list         session hand-over (--handover): where the sessions of
+                                          each worker that handed them over live now, while that
+                                          worker is alive ([] when none):
+    forwarding[].from        int          the worker id the sids name (a retired worker)
+    forwarding[].to          int          the worker id that holds them now: requests naming
+                                          them go there once `from` has exited
+    forwarding[].sessions    int          sessions handed over from `from` (counted as they
+                                          moved; some may have ended since)
 """
 
 from __future__ import annotations
@@ -218,6 +228,17 @@ class ReloadResult:
 
 
 @dataclass(frozen=True)
+class Forwarding:
+    """Session hand-over (`--handover yes`): the sessions handed over by worker id
+    `source` (a retired worker, whose id their sids name) live at worker id
+    `to`; `sessions` is how many moved (some may have ended since)."""
+
+    source: int
+    to: int
+    sessions: int
+
+
+@dataclass(frozen=True)
 class Status:
     """The whole cluster: the master (`master`, as the JSON gives it: pid, uptime
     in seconds, fds, bind, pending and queued connections, stopping, broadcast
@@ -229,6 +250,8 @@ class Status:
     reload: dict | None              # the reload in progress: slot, phase, queued slots
     last_reload: ReloadResult | None
     raw: dict = field(repr=False, compare=False)
+    # Session hand-over: the sessions of worker `from` now live at `to`.
+    forwarding: tuple[Forwarding, ...] = ()
 
     @classmethod
     def from_json(cls, st: dict) -> Status:
@@ -236,7 +259,9 @@ class Status:
         return cls(master=st["master"],
                    workers=tuple(WorkerStatus.from_json(w) for w in st["workers"]),
                    reload=st.get("reload"),
-                   last_reload=ReloadResult.from_json(last) if last else None, raw=st)
+                   last_reload=ReloadResult.from_json(last) if last else None, raw=st,
+                   forwarding=tuple(Forwarding(f["from"], f["to"], f["sessions"])
+                                    for f in st.get("forwarding") or ()))
 
     @property
     def serving(self) -> tuple[WorkerStatus, ...]:

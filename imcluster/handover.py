@@ -1,8 +1,9 @@
 """What an app may say about session hand-over (`--handover yes`).
 
 A worker that retires (rolling reload, scale-down, memory limit) moves each
-WebSocket session to another worker, socket and all, without running the
-app's `connect` or `disconnect` handlers (the design: workers/handover.py).
+session (WebSocket or long-polling) to another worker, socket and all,
+without running the app's `connect` or `disconnect` handlers (the design:
+workers/handover.py).
 What python-socketio keeps for a session moves with it: the Socket.IO sid,
 its rooms, and what the app stored with `sio.save_session(sid, {...})`.
 What the app keeps by sid itself (a module-level dict) does not: either keep

@@ -273,7 +273,8 @@ SETTINGS: tuple[Setting, ...] = (
             "is what limits room broadcasts", metavar="yes|no"),
     Setting("handover", _bool, False,
             "when a worker retires (reload, scale down, memory limit), move each of its "
-            "WebSocket sessions to a READY worker, socket and all, instead of closing it "
+            "sessions (WebSocket or long-polling) to a READY worker, socket and all, "
+            "instead of closing it "
             "(clients see no reconnect); off by default: what the app keeps by sid outside "
             "save_session stays behind (see the README)", metavar="yes|no"),
     Setting("cors_origins", _origins, None,

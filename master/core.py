@@ -55,6 +55,12 @@ class Core:
         # Session hand-over (workers/handover.py): worker id -> the worker id its
         # sessions went to, flattened (never a chain), dropped when that one exits.
         self.moved: dict[int, int] = {}
+        # Sessions handed over, by the worker id they left (counted as they moved;
+        # some may have ended since), while `moved` has an entry for it.
+        self.moved_count: dict[int, int] = {}
+        # Draining workers that handed over every session that could move: their
+        # sids are routed to their heir (`moved`) instead of to them.
+        self.emptied: set[int] = set()
         self.reloading: RollingReload | None = None
         self.deferred_scale: int | None = None
         self.last_reload: dict | None = None
@@ -75,7 +81,8 @@ class Core:
             ev.Acked: self._on_acked,
             ev.WorkerError: self._on_worker_error, ev.Memory: self._on_memory,
             ev.Command: self._on_command, ev.Request: self._on_request,
-            ev.Moving: self._on_moving,
+            ev.Moving: self._on_moving, ev.Forwarding: self._on_forwarding,
+            ev.Emptied: self._on_emptied,
         }
 
     # ---- the interface -------------------------------------------------------------
@@ -139,8 +146,11 @@ class Core:
                 "exit_status": w.exit_status, "unresponsive": w.unresponsive,
                 "replacement": w.role is Role.REPLACEMENT,
             })
+        forwarding = [{"from": source, "to": to, "sessions": self.moved_count.get(source, 0)}
+                      for source, to in sorted(self.moved.items())]
         return {"reload": self.reloading.describe() if self.reloading else None,
-                "last_reload": self.last_reload, "workers": workers}
+                "last_reload": self.last_reload, "workers": workers,
+                "forwarding": forwarding}
 
     def _take(self) -> list:
         out, self._out = self._out, []
@@ -368,10 +378,12 @@ class Core:
         if w is None:
             return
         self.by_id.pop(w.worker_id, None)
+        self.emptied.discard(w.worker_id)
         self._out.append(ev.CloseChannel(w.worker_id))
         # Sessions handed to it died with it: their sids are stale now.
         for source in [k for k, v in self.moved.items() if v == w.worker_id]:
             del self.moved[source]
+            self.moved_count.pop(source, None)
         was = w.state
         w.on_exit(e.code, now)
         code = e.code
@@ -500,7 +512,7 @@ class Core:
                 e.conn, 400, f"Invalid session: it belongs to host {e.host_id}, "
                 f"this is host {self.cfg.host_id}", "other_host"))
             return
-        w = router.choose(self.slots, self.by_id, e.worker_id, self.moved)
+        w = router.choose(self.slots, self.by_id, e.worker_id, self.moved, self.emptied)
         if w is None:
             self._out.append(ev.Hold(e.conn))
             return
@@ -508,17 +520,47 @@ class Core:
         self._out.append(ev.HandOff(e.conn, w.worker_id))
 
     def _on_moving(self, e: ev.Moving, now: float) -> None:
-        """A draining worker hands one session over: to the least loaded READY
-        worker holding a slot, which its sids then reach (`moved`)."""
-        heir = router.choose(self.slots, self.by_id, None)
+        """A draining worker hands one session over: to the worker its earlier
+        sessions went to while that one takes new sessions, else to the least
+        loaded READY worker holding a slot; its sids then reach it (`moved`).
+
+        One heir per worker: routing stays by the worker a sid names, and a
+        polling session's later requests must find it (`moved` has one entry
+        per worker, not per sid)."""
+        heir = self.by_id.get(self.moved.get(e.worker_id, -1))
+        if heir is None or not heir.accepts_new:
+            heir = router.choose(self.slots, self.by_id, None)
         if heir is None or heir.worker_id == e.worker_id:
             self.log.warning("worker %d: no READY worker to take a session over; closing it",
                              e.worker_id)
             self._out.append(ev.Move(e.conn, None))
             return
-        heir.handoffs_sent += 1  # in its load until acknowledged: moves spread out
+        heir.handoffs_sent += 1  # in its load until acknowledged
         self.moved[e.worker_id] = heir.worker_id
+        self.moved_count[e.worker_id] = self.moved_count.get(e.worker_id, 0) + 1
         for source, to in self.moved.items():
             if to == e.worker_id:  # W moved to V before, V now moves to X: W's sids go to X
                 self.moved[source] = heir.worker_id
+        self._out.append(ev.Move(e.conn, heir.worker_id))
+
+    def _on_emptied(self, e: ev.Emptied, now: float) -> None:
+        """A draining worker's sessions have moved: route its sids to its heir from
+        now on, and tell it so (after everything already queued for it)."""
+        w = self.by_id.get(e.worker_id)
+        if w is None:
+            return
+        self.emptied.add(e.worker_id)
+        self._out.append(ev.Send(e.worker_id, ch.EMPTIED))
+
+    def _on_forwarding(self, e: ev.Forwarding, now: float) -> None:
+        """A worker got a request for a session it handed over: to the worker its
+        sessions went to, while that one serves; else close it (the client's
+        request fails, and it reconnects)."""
+        heir = self.by_id.get(self.moved.get(e.worker_id, -1))
+        if heir is None or not heir.serves_own or heir.worker_id == e.worker_id:
+            self.log.warning("worker %d: a request for a session it handed over, and no "
+                             "worker holds its sessions; closing it", e.worker_id)
+            self._out.append(ev.Move(e.conn, None))
+            return
+        heir.handoffs_sent += 1
         self._out.append(ev.Move(e.conn, heir.worker_id))

@@ -131,6 +131,21 @@ class Moving:
     worker_id: int
 
 
+@dataclass(frozen=True)
+class Forwarding:
+    """A worker sent a request for a session it handed over (FORWARD,
+    workers/handover.py): `conn` is the shell's (the frame and its fd)."""
+    conn: Any
+    worker_id: int
+
+
+@dataclass(frozen=True)
+class Emptied:
+    """A draining worker handed over every session that could move (EMPTIED):
+    requests naming it go to its heir from now on; answer it (`Send` EMPTIED)."""
+    worker_id: int
+
+
 # ---- actions: the core asks the shell --------------------------------------------
 
 

@@ -51,7 +51,7 @@ class Link:
     """The master's end of one worker's channel, and what is queued on it."""
 
     __slots__ = ("worker_id", "slot", "pid", "channel", "outq", "out_bytes", "delivered",
-                 "confirmed", "joiner", "relayed", "recent",
+                 "confirmed", "joiner", "relayed", "recent", "published",
                  "relay_from")
 
     def __init__(self, worker_id: int, slot: int, pid: int, channel: socket.socket):
@@ -63,6 +63,7 @@ class Link:
         self.joiner = ch.Joiner()
         self.relayed = 0  # RELAY messages queued for it (their numbers, from 1)
         self.recent: deque = deque(maxlen=ch.REPLAY_KEEP)  # (number, payload), for REPLAY
+        self.published = 0  # PUBLISH messages received from it (HANDOVER's heir_seen)
         # The first broadcast offset relayed to it (recovery): it never hears earlier ones.
         self.relay_from = 0
 
@@ -92,7 +93,7 @@ class Master:
         # Connection state recovery (workers/recovery.py): None when off.
         self.recovery = RecoveryStore(cfg.recovery_window) if cfg.recovery_window else None
         self.counters = {"accepted": 0, "handoffs": 0, "handbacks": 0, "handovers": 0,
-                         "rerouted": 0, "relayed": 0, "relay_dropped": 0}
+                         "rerouted": 0, "relayed": 0, "relay_dropped": 0, "forwarded": 0}
 
     @property
     def exit_code(self) -> int:
@@ -341,11 +342,17 @@ class Master:
                         self.counters["handbacks"] += 1
                         self.pending.add(socket.socket(fileno=fd), time.monotonic())
                     continue
-                if kind == ch.HANDOVER and len(fds) == 1 and not flags & ch.MORE:
+                if kind == ch.HANDOVER and len(fds) <= 1 and not flags & ch.MORE:
+                    # (no fd: a polling session without a parked GET)
                     self.counters["handovers"] += 1
                     self._feed(ev.Moving((ch.HANDOVER + b"\x00" + payload,
-                                          socket.socket(fileno=fds[0]),
+                                          socket.socket(fileno=fds[0]) if fds else None,
                                           _unseen(link, payload)), wid))
+                    continue
+                if kind == ch.FORWARD and len(fds) == 1 and not flags & ch.MORE:
+                    self.counters["forwarded"] += 1
+                    self._feed(ev.Forwarding((ch.FORWARD + b"\x00" + payload,
+                                              socket.socket(fileno=fds[0]), []), wid))
                     continue
                 for fd in fds:  # fds on any other frame are a protocol error
                     os.close(fd)
@@ -373,6 +380,8 @@ class Master:
                             self._flush(link)  # the hand-off window may have opened
                 elif kind == ch.READY:
                     self._feed(ev.Ready(wid))
+                elif kind == ch.EMPTIED:
+                    self._feed(ev.Emptied(wid))
                 elif kind == ch.ERROR:
                     self._feed(ev.WorkerError(wid, whole.decode(errors="replace")))
         finally:
@@ -380,6 +389,7 @@ class Master:
                 self._feed(ev.Heard(wid))
 
     def _relay(self, source: Link, payload: bytes) -> None:
+        source.published += 1
         echo = False
         if self.recovery is not None:
             # Every emit without an ack gets an offset here and goes to every
@@ -450,11 +460,15 @@ class Master:
         frame, sock, replays = conn
         link = self.links.get(wid) if wid is not None else None
         if link is None:
-            sock.close()  # the client sees its connection end and reconnects
+            if sock is not None:
+                sock.close()  # the client sees its connection end and reconnects
             return
+        if frame[:1] == ch.HANDOVER:
+            frame = _heir_seen(frame, link.published)
         link.outq.append((frame, sock))
         link.out_bytes += len(frame)
-        self.queued_socks += 1
+        if sock is not None:
+            self.queued_socks += 1
         for payload in replays:
             for f in ch.frames(ch.REPLAY, payload):
                 link.outq.append((f, None))
@@ -517,7 +531,7 @@ class Master:
             frame, sock = link.outq.popleft()
             if sock is not None:
                 self.queued_socks -= 1
-                if frame[:1] == ch.HANDOVER:
+                if frame[:1] in (ch.HANDOVER, ch.FORWARD):
                     sock.close()  # mid-stream: no other worker can read it from here
                 elif reroute:
                     rescued += 1
@@ -628,6 +642,19 @@ def _json_object(payload: bytes) -> dict | None:
     except ValueError:
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def _heir_seen(frame: bytes, published: int) -> bytes:
+    """A HANDOVER frame with the number of messages its new owner had published
+    when the master took it in ("heir_seen", for which the old worker left room)."""
+    try:
+        doc = json.loads(frame[2:])
+        if "heir_seen" not in doc:
+            return frame
+        doc["heir_seen"] = published
+    except (ValueError, TypeError):
+        return frame
+    return frame[:2] + ch.encode_json(doc)
 
 
 def _count(payload: bytes) -> int | None:

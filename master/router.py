@@ -14,22 +14,24 @@ the worker itself no longer serves.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 
 from imcluster.master.lifecycle import WorkerProcess
 
 
 def choose(slots: Iterable[WorkerProcess], by_id: Mapping[int, WorkerProcess],
            worker_id: int | None,
-           moved: Mapping[int, int] | None = None) -> WorkerProcess | None:
+           moved: Mapping[int, int] | None = None,
+           emptied: Container[int] = ()) -> WorkerProcess | None:
     """The worker for a request naming `worker_id` (None: no sid), or None if no
     worker can take it now (the connection is held until one is READY).
 
     `moved` maps a worker id to the worker its sessions were handed over to
-    (workers/handover.py): once the named worker no longer serves its own, a
-    request naming it goes there while that worker serves."""
+    (workers/handover.py): once the named worker no longer serves its own, or
+    said it handed over all it could (`emptied`), a request naming it goes there
+    while that worker serves."""
     owner = by_id.get(worker_id) if worker_id is not None else None
-    if owner is not None and owner.serves_own:
+    if owner is not None and owner.serves_own and worker_id not in emptied:
         return owner
     if moved and worker_id in moved:
         heir = by_id.get(moved[worker_id])

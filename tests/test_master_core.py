@@ -690,13 +690,14 @@ def test_the_status_answer_has_exactly_the_documented_keys():
     m.tick()
     m.command(cmd="reload")  # and one in progress
     m.feed(ev.Load(1, sessions=1, connections=1))
+    m.feed(ev.Moving("state+fd", m.slot(0).worker_id))  # a forwarding entry
     shell = Shell(config(workers=2), None)
     try:
         shell.core = m.core
         answer = shell.status()
     finally:
         shell.selector.close()
-    documented = set(re.findall(r"^    ((?:master|workers|reload|last_reload)\S*)\s",
+    documented = set(re.findall(r"^    ((?:master|workers|reload|last_reload|forwarding)\S*)\s",
                                 imcluster.control.__doc__, re.M))
     assert _keys(answer) == documented
 
@@ -735,6 +736,49 @@ def test_a_handed_over_session_with_no_ready_worker_is_closed():
     m.core.retire(m.core.slots.pop(0), m.now)
     [move] = of(m.feed(ev.Moving("x", w.worker_id)), ev.Move)
     assert move.worker_id is None
+
+
+def test_every_session_of_a_worker_goes_to_one_heir_and_its_requests_follow_there():
+    """Polling sessions: a worker's sessions all go to the same heir while it takes
+    new sessions (`moved` has one entry per worker), a request for one that reached
+    the old worker (FORWARD) goes to that heir, and status shows the forwarding."""
+    m = Master(workers=3)
+    m.ready()
+    w1, w2, w3 = m.slot(0), m.slot(1), m.slot(2)
+    m.core.retire(m.core.slots.pop(0), m.now)
+    heirs = set()
+    for i in range(6):
+        [move] = of(m.feed(ev.Moving(f"s{i}", w1.worker_id)), ev.Move)
+        heirs.add(move.worker_id)
+    assert len(heirs) == 1 and heirs <= {w2.worker_id, w3.worker_id}, \
+        "least loaded would have spread them; one heir keeps their sids routable"
+    [heir] = heirs
+    [fwd] = of(m.feed(ev.Forwarding("req", w1.worker_id)), ev.Move)
+    assert (fwd.conn, fwd.worker_id) == ("req", heir)
+    assert m.core.describe(m.now)["forwarding"] == [
+        {"from": w1.worker_id, "to": heir, "sessions": 6}]
+    # A worker that handed nothing over has no heir: its request is closed.
+    [fwd] = of(m.feed(ev.Forwarding("req", w2.worker_id)), ev.Move)
+    assert fwd.worker_id is None
+    m.exit(w1)
+    m.exit(m.core.by_id[heir])
+    assert m.core.describe(m.now)["forwarding"] == []
+
+
+def test_an_emptied_worker_is_answered_and_its_sids_go_to_its_heir_before_it_exits():
+    """EMPTIED: the draining worker moved what it could; requests naming it go to its
+    heir at once (a connection routed to it in its last instant would die with it),
+    and the answer goes after whatever was queued for it."""
+    m = serving()
+    w1, w2 = m.slot(0), m.slot(1)
+    m.core.retire(m.core.slots.pop(0), m.now)
+    of(m.feed(ev.Moving("s", w1.worker_id)), ev.Move)
+    assert m.route(w1.worker_id) == w1.worker_id, "still its own while it moves them"
+    [answer] = of(m.feed(ev.Emptied(w1.worker_id)), ev.Send)
+    assert (answer.worker_id, answer.kind) == (w1.worker_id, ch.EMPTIED)
+    assert m.route(w1.worker_id) == w2.worker_id
+    m.exit(w1)
+    assert m.core.emptied == set() and m.route(w1.worker_id) == w2.worker_id
 
 
 # ---- start turns (--max-starting) ------------------------------------------------------

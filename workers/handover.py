@@ -8,6 +8,7 @@ handler in the app, every ack answered.
 
 What moves (the JSON state of one session, at most one channel frame)
 ---------------------------------------------------------------------
+(WebSocket sessions; long-polling ones: see "Polling sessions" below.)
 - Engine.IO: the sid, that the session is upgraded, `last_ping` (a PING
   whose PONG is due), the bytes the session's `BufferedReceive` read but
   eventlet did not parse yet (base64; empty whenever the reader was stopped
@@ -36,12 +37,56 @@ What does not move, and so waits or refuses
 - The app's own state keyed by sid (a module-level dict): only the app can
   move it. The pattern that moves is `sio.save_session(sid, {...})`; an
   app that cannot live without its own state refuses the move (below).
-- Polling sessions, a session in the middle of its upgrade, compressed
-  WebSockets (`--ws-compression yes`: the deflate context is not
+- Compressed WebSockets (`--ws-compression yes`: the deflate context is not
   serialisable), a WebSocket in the middle of a fragmented message, a
-  session whose state does not fit one channel frame or is not JSON: they
-  are closed as with `--handover no` and the client reconnects.
-  (First slice: polling is not moved yet; see the README.)
+  session whose upgrade does not end within HANDLER_WAIT, a session whose
+  state does not fit one channel frame or is not JSON: they are closed as
+  with `--handover no` and the client reconnects.
+
+Polling sessions
+----------------
+A long-polling session is a series of HTTP requests, so what must move is
+its state plus whatever request it has open here, and the requests that
+come later must find it:
+- Requests naming the session are counted while in flight (`gate`, called
+  from the protocol layer for every Engine.IO request). Once the move begins,
+  new ones wait (on `handover_done`); the move waits for those in flight to
+  end, except a GET parked for packets.
+- The parked GET is asked out of its wait with a PARK mark in the session's
+  queue (sessions.PARK): if the mark is the first thing it takes, the GET
+  leaves unanswered with the session (HandingOver ends it here without a
+  response or a shutdown); if packets were queued before the mark, it is
+  answered here as usual and the move goes on without it.
+- The state is the WebSocket one (sids, rooms, next ack ids, save_session
+  data, last_ping, environ) plus `transport: "polling"`, the packets still
+  queued (encoded; binary ones in base64) and, with a parked GET, its request
+  head (`request_head`, rebuilt from the WSGI environ). The HANDOVER frame
+  carries that GET's socket, or no fd when none was parked.
+- The new worker registers the session with its queue, then serves the
+  parked GET from its head (http.replay_heads) and the socket: the first
+  packet queued for the session answers it, from the new worker.
+- A request naming the session that reaches the old worker afterwards (the
+  master routes the worker's sids to it while it drains, until EMPTIED) is
+  passed on with its head, its body unread in the socket (FORWARD 'G'); the
+  master sends it to the heir (`Core.moved`). Once the old worker has moved
+  all it could it says EMPTIED ('J'): the master routes its sids to the heir
+  itself from then on, and answers EMPTIED after anything queued for the
+  old worker, which exits only then (a connection left in its channel would
+  die with it).
+- Every session of one worker goes to one heir (the first chosen, while it
+  takes new sessions): routing is by the worker a sid names, so `Core.moved`
+  holds one heir per worker, not one per sid.
+- A session in the middle of its upgrade (WebSocket open, probe answered,
+  UPGRADE not yet received) is not moved half-way: the worker waits for the
+  upgrade to end, which takes the client one round trip (its last poll
+  ends with the probe's NOOP, then it sends UPGRADE), bounded by
+  HANDLER_WAIT, and moves the session as what it became: a WebSocket, or a
+  polling session if the probe failed. Moving the half-open state (two
+  sockets, a NOOP owed to the poll, the probe's PONG) would need both
+  sockets to travel in one frame and the new worker to resume eventlet's
+  WebSocket handshake mid-way; waiting costs one round trip and keeps the
+  Engine.IO upgrade logic in one place. A probe still open after
+  HANDLER_WAIT (a client that stalls) is closed as without hand-over.
 
 The app's say
 -------------
@@ -88,16 +133,20 @@ The relay is ordered per channel, and the move is ordered with it:
   addressed to it (`replay`).
 - A broadcast W publishes before the detach went out from W and reaches the
   master before the HANDOVER; one published after reaches V after it.
-So nothing reaches the session twice. Still missed: what V itself publishes
-in the instant before the session arrives, if the master gets it after the
-HANDOVER (V delivered it locally without the session; the relay to W comes
-too late). Seen when the heir is busy: in tests/test_handover.py, none in
-most runs, at most about 0.02% of ~100,000 deliveries. The fix planned: V
-confirms the move in on its channel, and the master replays to V, for that
-session, what V published between the HANDOVER and the confirmation. With
-Redis (`--redis`) nothing orders the move with broadcasts yet; only emits are
-replayed (not a relayed room change or disconnect naming the session in that
-instant).
+- What V itself publishes in the instant before the session arrives, if the
+  master gets it after the HANDOVER, V delivered locally without the
+  session, and its relay to W came too late. So the master, relaying the
+  HANDOVER, writes in it how many messages V had published by then
+  ("heir_seen"); V numbers its own publishes the same way (the channel is
+  in order) and keeps the last channel.REPLAY_KEEP; when the session
+  arrives, V delivers it those numbered after heir_seen, before anything
+  newer (they were all published before it arrived).
+So nothing reaches the session twice and nothing is missed, as long as a
+move takes less than REPLAY_KEEP messages of either kind. Only emits are
+replayed, not a relayed room change or disconnect naming the session in that
+instant. With Redis (`--redis`) nothing orders the move with broadcasts yet:
+a message published during a move can reach the session twice or not at all
+(README).
 """
 
 from __future__ import annotations
@@ -115,10 +164,12 @@ import eventlet.event
 import eventlet.greenio
 import eventlet.hubs
 import eventlet.websocket
+from engineio import packet as eio_packet
 
 from imcluster import channel as ch
 from imcluster.handover import hook
 from imcluster.workers import internals, sessions
+from imcluster.workers.http import HandingOver, handed_over, replay_heads, serve_connection
 
 log = logging.getLogger("imcluster.worker")
 
@@ -139,6 +190,12 @@ class Refused(Exception):
 def move_out(worker, s: sessions.ClusterSocket) -> bool:
     """Hand session `s` to the master; True if it left, False if it is still
     here (refused or failed before anything was taken: close it as usual)."""
+    if not getattr(s, "upgraded", False):
+        return _move_out_polling(worker, s)
+    return _move_out_websocket(worker, s)
+
+
+def _move_out_websocket(worker, s: sessions.ClusterSocket) -> bool:
     sio, eio = worker.app.sio, worker.app.eio
     try:
         stopped = _stop_reader(s)
@@ -149,6 +206,7 @@ def move_out(worker, s: sessions.ClusterSocket) -> bool:
     try:
         state = _take_state(worker, sio, eio, s)
         state["relay_seen"] = 10**12  # room for the number, set below
+        state["heir_seen"] = 10**12  # room for the master's number (move_in)
         if len(ch.encode_json(state)) > ch.FRAGMENT:
             raise Refused("its state takes more than one channel frame")
     except Refused as e:
@@ -163,8 +221,9 @@ def move_out(worker, s: sessions.ClusterSocket) -> bool:
         worker.recovery.left(state)
     if relay is not None:
         state["relay_seen"] = relay.handled
+        state["heir_seen"] = 0  # the master puts the heir's number here
     else:
-        del state["relay_seen"]
+        del state["relay_seen"], state["heir_seen"]
     fd = internals.raw_socket(s.writer.sock).fileno()
     if not worker.link.send(ch.HANDOVER, ch.encode_json(state), fd=fd):
         log.warning("%s: the channel refused the hand-over; closing the session", s.sid)
@@ -193,7 +252,10 @@ class _Stopped:
 
 def _stop_reader(s: sessions.ClusterSocket) -> _Stopped:
     if not getattr(s, "upgraded", False) or s.writer is None:
-        raise Refused("not a WebSocket session served by imcluster's writer")
+        # python-engineio's own WebSocket path: a compressed WebSocket
+        # (--ws-compression), whose deflate state cannot move.
+        raise Refused("a compressed WebSocket (permessage-deflate): its deflate state "
+                      "cannot move")
     if s.closed or s.closing:
         raise Refused("closing")
     deadline = time.monotonic() + HANDLER_WAIT
@@ -239,10 +301,11 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
         # internals: socketio-manager-callbacks (pending server-side acks by sid)
         waiting = sum(len(mgr.callbacks.get(sid, {})) - (0 in mgr.callbacks.get(sid, {}))
                       for sid in sids.values())
-        if not running and not waiting and s.writer.backlog is None:
+        backlog = s.writer.backlog if s.writer is not None else None
+        if not running and not waiting and backlog is None:
             break
         if time.monotonic() > deadline:
-            if running or s.writer.backlog is not None:
+            if running or backlog is not None:
                 raise Refused("its handlers or its writes did not finish in time")
             log.warning("%s: %d server-side ack(s) still pending; dropped with the move",
                         s.sid, waiting)
@@ -277,7 +340,8 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
     environ = sio.environ.get(s.sid, {})  # internals: socketio-handover-state
     env = {k: v for k, v in environ.items()
            if isinstance(v, str) and k.startswith(_ENVIRON_PREFIXES)}
-    rest = s.receive_buffer.buf[s.receive_buffer.pos:]
+    rb = s.receive_buffer
+    rest = rb.buf[rb.pos:] if rb is not None else b""
     state = {"v": 1, "eio_sid": s.sid, "last_ping": s.last_ping, "namespaces": spaces,
              "environ": env, "rest": base64.b64encode(rest).decode()}
     try:
@@ -288,6 +352,217 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
     if getattr(worker, "recovery", None) is not None:
         worker.recovery.leaving(state)  # pids: recoverable on the new worker too
     return state
+
+
+# ---- polling sessions -----------------------------------------------------------
+
+
+class _Upgrading(Exception):
+    """The session began its upgrade while the hand-over waited: start again."""
+
+
+def _move_out_polling(worker, s: sessions.ClusterSocket) -> bool:
+    """Move a long-polling session: its state, its queued packets, and the GET
+    it has parked (if one waits) with that GET's socket. Requests naming the
+    session wait while it moves (`gate`), then follow it (FORWARD)."""
+    try:
+        return _move_polling(worker, s)
+    finally:
+        # Whatever happened, nothing may wait on the move for ever.
+        if s.handover_state == "stopping":
+            _release(s)
+
+
+def _move_polling(worker, s: sessions.ClusterSocket) -> bool:
+    sio, eio = worker.app.sio, worker.app.eio
+    deadline = time.monotonic() + HANDLER_WAIT
+    while True:
+        if s.closed or s.closing or not s.connected:
+            log.info("%s: not handed over: closing or not connected", s.sid)
+            return False
+        # An upgrade in progress ends in about one round trip (probe, PONG,
+        # the client's last poll, UPGRADE): wait for it, then move the
+        # session as what it has become.
+        if s.ws_claimed and not s.upgraded:
+            if time.monotonic() > deadline:
+                log.info("%s: not handed over: its upgrade did not end in time", s.sid)
+                return False
+            eventlet.sleep(0.005)
+            continue
+        if s.upgraded:
+            return _move_out_websocket(worker, s)
+        s.handover_done = eventlet.event.Event()
+        s.handover_parked = eventlet.event.Event()
+        s.handover_state = "stopping"  # from here requests naming it wait (gate)
+        try:
+            get = _stop_requests(s, deadline)
+            break
+        except _Upgrading:
+            _release(s)
+        except Refused as e:
+            log.info("%s: not handed over: %s", s.sid, e)
+            _release(s)
+            return False
+    try:
+        state = _take_state(worker, sio, eio, s)
+        if s.closed or s.closing:
+            raise Refused("it closed meanwhile")
+        state["relay_seen"] = 10**12  # room for the number, set below
+        state["heir_seen"] = 10**12  # room for the master's number (move_in)
+    except Refused as e:
+        log.info("%s: not handed over: %s", s.sid, e)
+        _release(s)
+        return False
+    # From here to the send, no yield: nothing reaches the queue unseen.
+    queued = list(s._take_queued())
+    packets = []
+    for pkt in queued:
+        if pkt is None or pkt is sessions.PARK:
+            continue  # (None: cannot be, closing sessions were refused above)
+        enc = pkt.encode()
+        packets.append({"b": base64.b64encode(enc).decode()} if isinstance(enc, bytes)
+                       else {"t": enc})
+    state["transport"] = "polling"
+    state["queue"] = packets
+    sock = None
+    if get is not None:
+        state["get"] = base64.b64encode(request_head(get)).decode()
+        sock = get["eventlet.input"].get_socket()  # internals: eventlet-wsgi-environ
+    if len(ch.encode_json(state)) > ch.FRAGMENT:
+        for pkt in queued:
+            s.queue.put(pkt)
+        log.info("%s: not handed over: its state takes more than one channel frame", s.sid)
+        _release(s)
+        return False
+    _forget(sio, eio, s, state)
+    moved_out.add(s.sid)
+    relay = getattr(worker, "relay", None)
+    if relay is not None:
+        state["relay_seen"] = relay.handled
+        state["heir_seen"] = 0  # the master puts the heir's number here
+    else:
+        del state["relay_seen"], state["heir_seen"]
+    fd = internals.raw_socket(sock).fileno() if sock is not None else None
+    sent = worker.link.send(ch.HANDOVER, ch.encode_json(state), fd=fd)
+    if not sent:
+        log.warning("%s: the channel refused the hand-over; the session is lost", s.sid)
+        moved_out.discard(s.sid)  # its requests now get "unknown session"
+    elif sock is not None:
+        handed_over.add(sock)  # the parked GET's connection ends here, untouched
+    s.handover_state = "moved"
+    s.handover_done.send(True)  # the parked GET ends unanswered; held requests follow
+    return True
+
+
+def _release(s: sessions.ClusterSocket) -> None:
+    """The session stays: requests held for it are served here again."""
+    s.handover_state = None
+    if s.handover_done is not None and not s.handover_done.ready():
+        s.handover_done.send(False)
+
+
+def _stop_requests(s: sessions.ClusterSocket, deadline: float) -> dict | None:
+    """Wait until no request for the session is in flight here but a parked GET,
+    and take that GET (its environ) out of waiting; None if none was parked."""
+    asked = False
+    while True:
+        if s.closed or s.closing:
+            raise Refused("closing")
+        if s.ws_claimed or s.upgraded:
+            raise _Upgrading()
+        parked = s.handover_parked
+        if parked.ready():
+            if parked.wait() == "parked":
+                return _gets.get(s.sid)
+            # Answered here with what was queued before the mark: wait for that
+            # request to end, then look again.
+            s.handover_parked = eventlet.event.Event()
+            asked = False
+        n = _requests.get(s.sid, 0)
+        if n == 0 and not s.polling:
+            return None
+        if n == 1 and s.polling and not asked and s.sid in _gets:
+            s.queue.put(sessions.PARK)
+            asked = True
+        if time.monotonic() > deadline:
+            raise Refused("its requests did not end in time")
+        eventlet.sleep(0.002)
+
+
+# Engine.IO sids of sessions that left this worker, and, per sid, the requests
+# for it in flight here and the environ of its GET in flight (the one a
+# hand-over may park). Only kept with --handover yes (see `enable`).
+moved_out: set[str] = set()
+_requests: dict[str, int] = {}
+_gets: dict[str, dict] = {}
+_forward = None  # the worker's FORWARD sender, set by `enable`
+
+
+def enable(forward) -> None:
+    """Turn on the request gate (`--handover yes`): `forward(sock, head)` sends a
+    client socket and the head of its request, already read, to the master
+    (FORWARD); it returns False if the channel is closed."""
+    global _forward
+    _forward = forward
+
+
+def enabled() -> bool:
+    return _forward is not None
+
+
+def gate(environ: dict, sid: str | None, sockets: dict, serve):
+    """Serve one Engine.IO request (`serve()`), minding hand-overs.
+
+    A request naming a session that is moving waits for the move to end; one
+    naming a session that moved leaves for its new owner: its connection goes
+    to the master with the head of the request (FORWARD), the body unread in
+    the socket, and HandingOver ends the request here without an answer.
+    In flight requests are counted per session, so that a move waits for them.
+    """
+    if sid is None:
+        return serve()
+    s = sockets.get(sid)  # internals: engineio-server-attrs (sockets)
+    if (s is not None and s.handover_state == "stopping" and s.handover_done is not None
+            and not s.upgraded):
+        s.handover_done.wait()
+    if sid in moved_out:
+        sock = environ["eventlet.input"].get_socket()  # internals: eventlet-wsgi-environ
+        head = request_head(environ)
+        if len(head) <= ch.FRAGMENT and _forward(sock, head):
+            handed_over.add(sock)
+            raise HandingOver()
+        # The channel is closed: the request gets the usual "unknown session".
+    is_get = (environ.get("REQUEST_METHOD") == "GET" and "HTTP_UPGRADE" not in environ)
+    _requests[sid] = _requests.get(sid, 0) + 1
+    if is_get:
+        _gets[sid] = environ
+    try:
+        return serve()
+    finally:
+        n = _requests[sid] - 1
+        if n:
+            _requests[sid] = n
+        else:
+            del _requests[sid]
+        if is_get and _gets.get(sid) is environ:
+            del _gets[sid]
+
+
+def request_head(environ: dict) -> bytes:
+    """The request line and headers of a WSGI request, rebuilt from its environ
+    (eventlet keeps the raw path in RAW_PATH_INFO), for another worker to read
+    as if it came from the socket. The body, if any, is still in the socket."""
+    path = environ.get("RAW_PATH_INFO") or environ.get("PATH_INFO") or "/"
+    qs = environ.get("QUERY_STRING")
+    lines = [f"{environ.get('REQUEST_METHOD', 'GET')} {path}{'?' + qs if qs else ''} HTTP/1.1"]
+    for k, v in environ.items():
+        if k.startswith("HTTP_") and isinstance(v, str):
+            lines.append(f"{k[5:].replace('_', '-').title()}: {v}")
+    if environ.get("CONTENT_LENGTH"):
+        lines.append(f"Content-Length: {environ['CONTENT_LENGTH']}")
+        if environ.get("CONTENT_TYPE"):
+            lines.append(f"Content-Type: {environ['CONTENT_TYPE']}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
 
 
 def _forget(sio, eio, s: sessions.ClusterSocket, state: dict) -> None:
@@ -302,33 +577,47 @@ def _forget(sio, eio, s: sessions.ClusterSocket, state: dict) -> None:
 # ---- the new worker --------------------------------------------------------------
 
 
-def move_in(worker, payload: bytes, fd: int) -> None:
-    """Rebuild the session described by `payload` over the client socket `fd`
-    and serve it; closes `fd` if the state is unusable."""
-    sock = socket.socket(fileno=fd)  # green, after monkey_patch
+def move_in(worker, payload: bytes, fd: int | None) -> None:
+    """Rebuild the session described by `payload` and serve it: a WebSocket
+    over the client socket `fd`, or a polling session, whose parked GET (if
+    it had one) arrives as `fd`; closes `fd` if the state is unusable."""
+    sock = socket.socket(fileno=fd) if fd is not None else None  # green, after monkey_patch
     try:
         state = json.loads(payload)
         eio_sid = state["eio_sid"]
         spaces = state["namespaces"]
         rest = base64.b64decode(state.get("rest", ""))
+        polling = state.get("transport") == "polling"
+        queued = [eio_packet.Packet(encoded_packet=p["t"] if "t" in p
+                                    else base64.b64decode(p["b"]))
+                  for p in state.get("queue", ())]
+        get = base64.b64decode(state["get"]) if polling and "get" in state else None
+        if not polling and sock is None:
+            raise ValueError("a WebSocket session without its socket")
     except (ValueError, KeyError, TypeError) as e:
         log.error("a hand-over with unusable state (%s); closing its connection", e)
-        eventlet.greenio.shutdown_safe(sock)
-        sock.close()
+        if sock is not None:
+            eventlet.greenio.shutdown_safe(sock)
+            sock.close()
         return
     sio, eio = worker.app.sio, worker.app.eio
     s = sessions.ClusterSocket(eio, eio_sid)
     s.connected = True
-    s.upgraded = True
-    s.ws_claimed = True
     s.session = state.get("session") or {}
     s.last_ping = state.get("last_ping")
     environ = dict(state.get("environ") or {})
     environ["imcluster.handover"] = True
-    ws = eventlet.websocket.RFC6455WebSocket(sock, environ, version=13)
-    # Writable before it is registered: what is sent to it from now on goes out
-    # (an Engine.IO queue would have no writer to take it).
-    s.adopt_websocket(ws, rest)
+    ws = None
+    if polling:
+        for pkt in queued:
+            s.queue.put(pkt)
+    else:
+        s.upgraded = True
+        s.ws_claimed = True
+        ws = eventlet.websocket.RFC6455WebSocket(sock, environ, version=13)
+        # Writable before it is registered: what is sent to it from now on goes
+        # out (an Engine.IO queue would have no writer to take it).
+        s.adopt_websocket(ws, rest)
     eio.sockets[eio_sid] = s  # internals: engineio-server-attrs (sockets)
     mgr = sio.manager
     sio.environ[eio_sid] = environ  # internals: socketio-handover-state
@@ -342,10 +631,26 @@ def move_in(worker, payload: bytes, fd: int) -> None:
             # internals: socketio-manager-callbacks (basic_enter_room)
             for room in (None, sid, *space["rooms"]):
                 mgr.basic_enter_room(sid, ns, room, eio_sid=eio_sid)
-        # internals: socketio-manager-callbacks
-        mgr.callbacks[sid] = {0: itertools.count(int(space.get("next_ack", 1)))}
-    if getattr(worker, "recovery", None) is not None:
-        worker.recovery.arrived(sio, state, s.session)
+            # internals: socketio-manager-callbacks
+            mgr.callbacks[sid] = {0: itertools.count(int(space.get("next_ack", 1)))}
+    recovery = getattr(worker, "recovery", None)
+    if recovery is not None:
+        recovery.arrived(sio, state, s.session)
+    # What this worker published itself before the session was here and after
+    # the master took the hand-over in reached neither the session here nor at
+    # its old worker: deliver it now, in order, before anything newer. With
+    # connection state recovery, an emit without an ack is delivered here only
+    # when the master sends it back (RELAY, to every worker): the old worker
+    # got it too, and REPLAY covers what it had not handled.
+    relay = getattr(worker, "relay", None)
+    heir_seen = state.get("heir_seen")
+    if relay is not None and isinstance(heir_seen, int):
+        for n, message in list(relay.own):
+            if n > heir_seen and not (recovery is not None and _echoed(message)):
+                try:
+                    replay(worker, eio_sid, message)
+                except Exception:  # one odd message must not leave the session unserved
+                    log.exception("%s: replaying a broadcast to a session moved in", eio_sid)
     arrived = hook("arrived")
     if arrived is not None:
         for space in spaces:
@@ -353,14 +658,26 @@ def move_in(worker, payload: bytes, fd: int) -> None:
                 arrived(space["sid"], space["namespace"])
             except Exception:
                 log.exception("the app's on_handover(arrived=...) failed")
-    worker.connections += 1
     # The next PING one interval from now; with a PING pending (last_ping set)
     # its PONG, which reaches this worker, schedules the next one.
     if s.last_ping is None:
         s.schedule_ping()
     else:
         s.await_pong()
-    worker.pool.spawn(_serve, worker, s, ws)
+    if ws is not None:
+        worker.connections += 1
+        worker.pool.spawn(_serve, worker, s, ws)
+    elif sock is not None:
+        serve_request(worker, sock, get)
+
+
+def serve_request(worker, sock: socket.socket, head: bytes | None) -> None:
+    """Serve a client connection whose request head another worker already read
+    (a parked GET that moved, or a FORWARD): from `head`, then from the socket."""
+    if head:
+        replay_heads[sock] = head
+    worker.connections += 1
+    worker.pool.spawn(serve_connection, worker.server, sock, worker._closed_one)
 
 
 def _serve(worker, s: sessions.ClusterSocket, ws) -> None:
@@ -404,6 +721,16 @@ def count_handlers(sio) -> None:
                 del inflight[eio_sid]
 
     sio._handle_event_internal = counted
+
+
+def _echoed(message: bytes) -> bool:
+    """Whether a published message comes back to its publisher with connection
+    state recovery on: an emit without an ack (master/loop.py `_relay`)."""
+    try:
+        msg = json.loads(message)
+    except ValueError:
+        return False
+    return isinstance(msg, dict) and msg.get("method") == "emit" and msg.get("callback") is None
 
 
 def replay(worker, eio_sid: str, message: bytes) -> None:

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable
 
 import eventlet
+import eventlet.hubs
 import eventlet.wsgi
 from eventlet.hubs import trampoline
 
@@ -30,9 +31,23 @@ log = logging.getLogger("imcluster.worker")
 PEEK_BYTES = 64 * 1024
 STATE_HANDED = "handed back"
 
-# Client sockets whose WebSocket session moved to another worker
-# (workers/handover.py): their connection ends here without a shutdown.
+# Client sockets whose session moved to another worker, or whose request was
+# forwarded to it (workers/handover.py): their connection ends here without a
+# shutdown, which would end it for the new owner too.
 handed_over: weakref.WeakSet = weakref.WeakSet()
+# Client sockets received with their next request's head already read by the
+# worker that sent them (a polling session's parked GET, a forwarded request):
+# the request is served from these bytes, then the rest from the socket.
+replay_heads: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class HandingOver(BaseException):
+    """Ends a request, or a WebSocket's reader, whose connection leaves for
+    another worker (workers/handover.py), without an answer or a shutdown.
+
+    A BaseException, like eventlet's Timeout, so that no `except Exception`
+    on the way (eventlet's frame reader and request handler, ours) takes it
+    for an error and writes a 500 or closes the socket."""
 
 
 class ExactReader:
@@ -211,11 +226,13 @@ def peek_request_line(sock: socket.socket, timeout: float) -> httpline.RequestLi
 
 
 def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.socket], bool],
-                  keepalive: float, idle: set):
+                  keepalive: float, idle: dict):
     """An eventlet HttpProtocol that serves only this worker's requests.
 
     While a kept-alive connection waits for its next request its socket is in
-    `idle`, so a draining worker can close exactly those (no request in flight).
+    `idle` (socket -> the greenlet waiting on it), so a draining worker can close
+    exactly those (no request in flight), or, with hand-over, pass them back to
+    the master (`release_idle`).
     """
 
     # internals: eventlet-wsgi-conn-state (self.request, self.conn_state)
@@ -230,6 +247,9 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
             except OSError:
                 pass
             self.rfile = ExactReader(conn)
+            head = replay_heads.pop(conn, None)
+            if head:
+                self.rfile._buf += head
             self.wfile = GatherWriter(conn)
 
         # internals: eventlet-wsgi-handle (a copy of eventlet's loop, with the peek)
@@ -241,7 +261,10 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
                 if not first and not self._next_is_ours():
                     break
                 first = False
-                self.handle_one_request()
+                try:
+                    self.handle_one_request()
+                except HandingOver:
+                    break  # the connection left with its request (finish() knows)
                 if internals.conn_status(self.conn_state) == internals.WSGI_STATE_CLOSE:
                     self.close_connection = 1
                 else:
@@ -252,11 +275,19 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
         def _next_is_ours(self) -> bool:
             if self.rfile.has_buffered():
                 return True  # cannot happen with ExactReader; serve rather than lose bytes
-            idle.add(self.connection)
+            idle[self.connection] = eventlet.getcurrent()
             try:
                 line = peek_request_line(self.connection, keepalive)
+            except HandingOver:
+                # A draining worker whose sessions moved (`release_idle`): the
+                # master routes this connection's next request, which names a
+                # session that is elsewhere now. Nothing of it was read here.
+                if hand_back(self.connection):
+                    self.handed_back = True
+                    internals.set_conn_status(self.conn_state, STATE_HANDED)
+                return False
             finally:
-                idle.discard(self.connection)
+                idle.pop(self.connection, None)
             if line is None:
                 return False
             owner = line.owner
@@ -291,6 +322,22 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
             super().finish()
 
     return ClusterProtocol
+
+
+def release_idle(idle: dict) -> None:
+    """Pass every kept-alive connection waiting for its next request back to the
+    master (HANDBACK) instead of closing it: a draining worker whose sessions were
+    handed over, whose clients' next requests belong to their new owner."""
+    hub = eventlet.hubs.get_hub()
+
+    def release(sock, waiter) -> None:
+        # Run by the hub: the waiter is parked in the peek exactly when it is
+        # still in `idle` (it leaves `idle` before doing anything else).
+        if idle.get(sock) is waiter:
+            waiter.throw(HandingOver())
+
+    for sock, waiter in list(idle.items()):
+        hub.schedule_call_global(0, release, sock, waiter)
 
 
 class FdListener:

@@ -159,6 +159,15 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
     ("eventlet-wsgi-states", Reach(
         _EV, "eventlet.wsgi", "read", "workers/internals.py WSGI_STATE_IDLE, WSGI_STATE_CLOSE",
         "the status values of a connection's state", attrs=("STATE_IDLE", "STATE_CLOSE"))),
+    ("eventlet-wsgi-environ", Reach(
+        _EV, "eventlet.wsgi:Input", "read", "workers/handover.py gate, _move_out_polling",
+        "a request's environ holds its connection as environ['eventlet.input'].get_socket() "
+        "(as eventlet's own WebSocket code takes it) and the undecoded path as "
+        "RAW_PATH_INFO: a request that follows its session to another worker is rebuilt "
+        "from them", attrs=("get_socket",),
+        source=("env['RAW_PATH_INFO'] = pq[0]",
+                "env['wsgi.input'] = env['eventlet.input'] = Input("),
+        source_in="eventlet.wsgi:HttpProtocol.get_environ")),
     ("eventlet-wsgi-server", Reach(
         _EV, "eventlet.wsgi:Server.__init__", "call", "workers/main.py serve",
         "the class under eventlet.wsgi.server(), built directly to serve fds we receive: "

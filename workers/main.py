@@ -29,7 +29,7 @@ from imcluster import sid as sidcodec
 from imcluster.master.lifecycle import APP_LOAD_ERROR
 from imcluster.workers import admin, fastpath, handover, protocol, sessions, speedups
 from imcluster.workers import app as appmod
-from imcluster.workers.http import FdListener, make_protocol, serve_connection
+from imcluster.workers.http import FdListener, make_protocol, release_idle, serve_connection
 from imcluster.workers.link import Link
 from imcluster.workers.recovery import Recovery
 from imcluster.workers.redis_manager import ClusterRedisManager, InterestRedisManager
@@ -73,8 +73,9 @@ class WorkerServer:
         self.default_manager: socketio.PubSubManager | None = None
         self.pool = eventlet.GreenPool(MAX_CONNECTIONS)
         self.joiner = ch.Joiner()
-        self.idle: set = set()  # kept-alive sockets waiting for their next request
+        self.idle: dict = {}  # kept-alive sockets waiting for their next request: greenlet
         self.done = eventlet.event.Event()
+        self.emptied = eventlet.event.Event()  # the master's EMPTIED (--handover)
 
     # ---- start ---------------------------------------------------------------
 
@@ -105,6 +106,7 @@ class WorkerServer:
             self._install_manager(app.sio)
             if self.spec.get("handover"):
                 handover.count_handlers(app.sio)
+                handover.enable(self._forward)
             if rec is not None:
                 mgr = app.sio.manager
                 if isinstance(mgr, ClusterRedisManager):
@@ -213,19 +215,31 @@ class WorkerServer:
             if self.handoffs % ACK_EVERY == 0:
                 self._report()  # the ACK reopens the master's hand-off window
             return
-        if kind == ch.HANDOVER and len(fds) == 1 and not flags & ch.MORE:
-            self.handoffs += 1  # the master counts it in its hand-off window
-            if self.app is None or self.stopping:
-                os.close(fds[0])  # cannot happen: only READY workers are sent sessions
+        if kind in (ch.HANDOVER, ch.FORWARD) and len(fds) <= 1 and not flags & ch.MORE:
+            # A polling session moves without a socket when it had no GET parked.
+            fd = fds[0] if fds else None
+            if fd is not None:
+                self.handoffs += 1  # the master counts it in its hand-off window
+            # Sessions go only to READY workers; a request for one may reach a
+            # draining worker that holds it still (it serves or forwards it).
+            late = kind == ch.HANDOVER and self.stopping
+            if self.app is None or late or (kind == ch.FORWARD and fd is None):
+                if fd is not None:
+                    os.close(fd)  # the client reconnects
                 return
+            if kind == ch.HANDOVER:
+                step = lambda: handover.move_in(self, payload, fd)  # noqa: E731
+            else:
+                sock = socket.socket(fileno=fd)
+                step = lambda: handover.serve_request(self, sock, payload)  # noqa: E731
             if self.relay is not None:
                 # After the broadcasts relayed before it: those went out from the
                 # old worker (or were published before the move), so the session
-                # must not be here yet when they are handled.
-                fd = fds[0]
-                self.relay.after_pending(lambda: handover.move_in(self, payload, fd))
+                # must not be here yet when they are handled. A FORWARD comes after
+                # the HANDOVER of its session, and so runs after it.
+                self.relay.after_pending(step)
             else:
-                handover.move_in(self, payload, fds[0])
+                step()
             if self.handoffs % ACK_EVERY == 0:
                 self._report()
             return
@@ -244,9 +258,15 @@ class WorkerServer:
             self.recovery.answered(whole)
         elif kind == ch.STOP:
             self.stop("asked by the master")
+        elif kind == ch.EMPTIED and not self.emptied.ready():
+            self.emptied.send()
 
     def _closed_one(self) -> None:
         self.connections -= 1
+
+    def _forward(self, sock: socket.socket, head: bytes) -> bool:
+        """A request for a session that moved away: its connection to the master (FORWARD)."""
+        return self.link.send(ch.FORWARD, head, fd=sock.fileno())
 
     def _hand_back(self, sock: socket.socket) -> bool:
         return self.link.send(ch.HANDBACK, fd=sock.fileno())
@@ -312,9 +332,17 @@ class WorkerServer:
                 if move:
                     log.info("handed over %d session(s), closed %d", self.handed_over,
                              self.closed_on_stop)
+                    # Serve (forward) what the master routed here before it learnt
+                    # that: a connection left in the channel would die with us.
+                    if self.link.send(ch.EMPTIED):
+                        self.emptied.wait()
+            handed = self.emptied.ready()  # (--handover: the sessions went elsewhere)
             while self.pool.running():
-                for sock in list(self.idle):
-                    eventlet.greenio.shutdown_safe(sock)  # nothing in flight on these
+                if handed:
+                    release_idle(self.idle)  # their next requests go where the sessions went
+                else:
+                    for sock in list(self.idle):
+                        eventlet.greenio.shutdown_safe(sock)  # nothing in flight on these
                 eventlet.sleep(0.05)
         self.done.send()
 

@@ -28,7 +28,7 @@ import engineio
 import socketio
 from socketio import packet as sio_packet
 
-from imcluster.workers import internals
+from imcluster.workers import handover, internals
 
 # Engine.IO v4, "Sending data" and the test suite: the answer to a POST.
 POST_ANSWER = b"ok"
@@ -53,6 +53,15 @@ class EngineRules:
 
     # internals: engineio-handle-request
     def handle_request(self, environ: dict, start_response) -> list[bytes]:
+        if handover.enabled():
+            # --handover yes: a request naming a session that moves waits, and
+            # one naming a session that moved follows it (workers/handover.py).
+            sid = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("sid", [None])[0]
+            return handover.gate(environ, sid or None, self.sockets,
+                                 lambda: self._handle_request(environ, start_response))
+        return self._handle_request(environ, start_response)
+
+    def _handle_request(self, environ: dict, start_response) -> list[bytes]:
         why = self._protocol_refusal(environ)
         if why is not None:
             # Built as python-engineio builds its own 400s.

@@ -13,6 +13,8 @@ sockets that asked for recovery get the offset as the event's last argument.
 
 from __future__ import annotations
 
+import collections
+
 import eventlet.queue
 
 from imcluster import channel as ch
@@ -28,9 +30,16 @@ class MasterRelayManager(ClusterPubSubManager):
         self.link = link
         self.inbox: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
         self.handled = 0  # relayed messages taken by the listener (channel.py, REPLAY)
+        # Our own publishes, numbered from 1 as the master counts them, the last
+        # REPLAY_KEEP kept (a session handed over to us gets those it missed).
+        self.published = 0
+        self.own: collections.deque = collections.deque(maxlen=ch.REPLAY_KEEP)
 
     def _publish(self, data) -> None:
-        self.link.send(ch.PUBLISH, self.json.dumps(data).encode())
+        payload = self.json.dumps(data).encode()
+        self.published += 1
+        self.own.append((self.published, payload))
+        self.link.send(ch.PUBLISH, payload)
 
     def deliver(self, payload: bytes) -> None:
         """Called by the channel reader for every relayed message."""

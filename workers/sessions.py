@@ -43,7 +43,7 @@ from engineio import exceptions as eio_exceptions  # internals: engineio-excepti
 from engineio import packet as eio_packet
 
 from imcluster.workers import internals, speedups
-from imcluster.workers.http import handed_over
+from imcluster.workers.http import HandingOver, handed_over
 
 log = logging.getLogger("imcluster.worker")
 
@@ -402,6 +402,7 @@ class ClusterSocket(internals.ENGINE_SOCKET):
     handover_state: str | None = None  # "stopping", "moved", "failed" (workers/handover.py)
     handover_stopped = None  # an eventlet Event: the reader stopped for a hand-over
     handover_done = None  # an eventlet Event: True once the session left
+    handover_parked = None  # an eventlet Event: what became of the GET a hand-over asked for
 
     def _eventlet(self) -> bool:
         return self.server.async_mode == "eventlet"
@@ -448,19 +449,41 @@ class ClusterSocket(internals.ENGINE_SOCKET):
         empty = self.server.get_queue_empty_exception()
         self.polling = True
         try:
-            packets = [self.queue.get(
-                timeout=self.server.ping_interval + self.server.ping_timeout)]
-            self.queue.task_done()
-        except empty:
-            raise eio_exceptions.QueueEmpty() from None
+            while True:
+                try:
+                    pkt = self.queue.get(
+                        timeout=self.server.ping_interval + self.server.ping_timeout)
+                    self.queue.task_done()
+                except empty:
+                    raise eio_exceptions.QueueEmpty() from None
+                if pkt is not PARK:
+                    break
+                parked = self.handover_parked
+                if parked is None or parked.ready():
+                    continue  # a mark left by a hand-over that gave up
+                # A hand-over (workers/handover.py) asks for this GET: it
+                # leaves unanswered, with its socket, for the session's new
+                # owner to answer. If the move fails, it waits on here.
+                self.handover_parked.send("parked")
+                if self.handover_done.wait():
+                    raise HandingOver()
         finally:
             self.polling = False
-        if packets[0] is None:
+        packets = [pkt]
+        if pkt is None:
             return []
-        if packets[0] is not self.probe_noop:
+        if pkt is not self.probe_noop:
             for pkt in self._take_queued():
                 if pkt is None:
                     self.queue.put(None)  # the close mark stays for the next poll
+                    break
+                if pkt is PARK:
+                    parked = self.handover_parked
+                    if parked is None or parked.ready():
+                        continue  # a mark left by a hand-over that gave up
+                    # The hand-over asked too late: this GET is answered here,
+                    # and what was queued after the mark moves with the session.
+                    parked.send("answered")
                     break
                 packets.append(pkt)
                 if pkt is self.probe_noop:
@@ -688,11 +711,9 @@ class ClusterSocket(internals.ENGINE_SOCKET):
         return []
 
 
-class HandingOver(BaseException):
-    """Thrown into a session's reader to stop it for a hand-over.
-
-    A BaseException, like eventlet's Timeout, so that no `except Exception`
-    on the way (eventlet's frame reader, ours) takes it for a socket error."""
+# Put in a polling session's queue by a hand-over (workers/handover.py): the
+# GET waiting for packets, if one is, takes it and leaves with the session.
+PARK = object()
 
 
 class DuplicatePoll(eio_exceptions.EngineIOError):

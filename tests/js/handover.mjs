@@ -1,6 +1,7 @@
 // Session hand-over seen from the official socket.io-client (tests/test_handover.py).
-// Usage: node handover.mjs '{"url": "...", "clients": 100}'
-// N WebSocket clients (reconnection on, as a real app has it) join a room, then each
+// Usage: node handover.mjs '{"url": "...", "clients": 100, "transports": ["websocket"]}'
+// N clients (reconnection on, as a real app has it; "transports": ["polling"] for
+// long-polling, null for the default: polling, then the upgrade) join a room, then each
 // echoes with an ack in a loop and now and then says something to the room, until
 // stdin closes (the test runs `imcluster reload` meanwhile). First line printed:
 // {"ready": true, "pids": [...]} once every client is connected and in the room.
@@ -11,8 +12,9 @@ import { sleep } from "./common.mjs";
 
 const opt = {
   clients: 100, room: "handover", ack_timeout_ms: 10000, say_every: 10, deliver_ms: 5000,
-  ...JSON.parse(process.argv[2] || "{}"),
+  transports: ["websocket"], ...JSON.parse(process.argv[2] || "{}"),
 };
+const transports = opt.transports ? { transports: opt.transports } : {};
 
 const clients = [];
 const stats = {
@@ -20,7 +22,7 @@ const stats = {
   said_sent: 0, said_duplicates: 0, said_missing: 0,
 };
 for (let i = 0; i < opt.clients; i++) {
-  const s = io(opt.url, { transports: ["websocket"], forceNew: true, reconnection: true });
+  const s = io(opt.url, { ...transports, forceNew: true, reconnection: true });
   s.heard = new Set();
   s.on("said", (m) => {
     if (s.heard.has(m.text)) stats.said_duplicates++; else s.heard.add(m.text);
@@ -79,6 +81,11 @@ const missing = () => clients.reduce((m, s) => m + sent.filter((t) => !s.heard.h
 while (missing() && Date.now() < deadline) await sleep(50);
 stats.said_missing = missing();
 stats.sid_changed = clients.filter((s, i) => s.io.engine.id !== firstSid[i]).length;
+stats.transports = {};
+for (const s of clients) {
+  const t = s.io.engine.transport.name;
+  stats.transports[t] = (stats.transports[t] || 0) + 1;
+}
 const after = await whoami();
 console.log(JSON.stringify({ ...stats, pids_before: [...new Set(before)],
   pids_after: [...new Set(after)] }));
