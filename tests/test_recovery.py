@@ -84,7 +84,7 @@ def test_a_rolling_reload_recovers_every_session(cluster_factory, relay_or_redis
     cluster.wait_ready()
     proc = subprocess.Popen(["node", str(JS / "recovery.mjs"), json.dumps(
         {"url": cluster.url, "clients": 12, "messages": 300, "rate": 40, "kill_after": 40,
-         "hold_after": 200, "sender_reconnects": True})],
+         "hold_after": 200, "sender_reconnects": True, "sender_acks": True})],
         cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     try:
@@ -104,8 +104,16 @@ def test_a_rolling_reload_recovers_every_session(cluster_factory, relay_or_redis
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    # The sender's worker is replaced too: a `say` it wrote as its worker drained
+    # may be lost before anyone hears it (seen: 1 in about 10 runs), for every
+    # member alike. Every number the server acknowledged reaches every member, and
+    # all hear the same numbers, once each, in order.
+    acked = result["acked"]
+    assert len(acked) >= 290, len(acked)
+    common = result["members"][0]["heard"]
+    assert common == sorted(set(common)) and set(acked) <= set(common), _gaps(common, acked)
     for m in result["members"]:
-        assert m["heard"] == list(range(300)), (m["worker"], _gaps(m["heard"], list(range(300))))
+        assert m["heard"] == common, (m["worker"], _gaps(m["heard"], common))
         assert m["connects"] >= 2 and m["recovered"] is True, m
 
 

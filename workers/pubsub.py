@@ -279,6 +279,10 @@ class ClusterPubSubManager(socketio.PubSubManager):
         skip = skip if isinstance(skip, list) else [skip]
         plain = marked = None
         n = int(offset)
+        if advance:
+            # A session restored while this one is being delivered is not among its
+            # participants (taken below, before any send yields): it gets it replayed.
+            rec.delivering = n
         for sid, eio_sid in self.get_participants(namespace, message.get("room")):
             if sid in skip:
                 continue
@@ -297,6 +301,7 @@ class ClusterPubSubManager(socketio.PubSubManager):
                 self.server._send_eio_packet(eio_sid, p)
         if advance:
             rec.last_offset = n
+            rec.delivering = 0
             if rec.skip:
                 for key in [k for k, upto in rec.skip.items() if upto <= n]:
                     del rec.skip[key]

@@ -154,6 +154,7 @@ class Recovery:
         self.paused = 0
         self.resumed = eventlet.event.Event()
         self.last_offset = 0  # of the last broadcast the relay's listener delivered
+        self.delivering = 0  # the offset the listener is delivering now (0: none)
         # (namespace, sid) -> offset: a session restored from Redis already had every
         # broadcast up to it (replayed); the listener skips those for it.
         self.skip: dict[tuple[str, str], int] = {}
@@ -329,7 +330,8 @@ class RecoveryRules:
         # was relayed before this worker started (it will never hear those).
         # The rest is on its way and reaches the session in its rooms.
         relay_from = r.get("relay_from")
-        cut = max(rec.last_offset, relay_from - 1 if isinstance(relay_from, int) else 0)
+        cut = max(rec.last_offset, rec.delivering,
+                  relay_from - 1 if isinstance(relay_from, int) else 0)
         upto = r.get("upto")
         if isinstance(upto, int):
             # Redis (redis_recovery.py): every missed one up to the last offset given

@@ -15,7 +15,8 @@
 //    (the test kills another worker then) and goes on.
 // 4. Once every member holds every number (or `deliver_ms` passed), prints the result:
 //    per member its worker, what it heard (in order), whether it reconnected and recovered,
-//    and with `state` what the app's `state` event answers (tests/apps/recovery_app.py).
+//    and with `state` what the app's `state` event answers (tests/apps/recovery_app.py);
+//    with `sender_acks`, the numbers whose `say` the server acknowledged ("acked").
 import { io } from "socket.io-client";
 import { sleep, withTimeout, TRANSPORTS } from "./common.mjs";
 
@@ -76,8 +77,17 @@ if (sender === null) throw new Error("no sender off the victim's worker");
 console.log(JSON.stringify({ victim, sender: sender.worker, counts,
                              pids: members.map((s) => s._pid ?? null) }));
 
+const acked = [];
 for (let seq = 0; seq < opt.messages; seq++) {
-  sender.emit("say", { room: opt.room, seq });
+  if (opt.sender_acks) {
+    // Which numbers the server took in (acked): one emitted as the sender's own
+    // worker drains may be lost before anyone hears it (an emit is at most once).
+    sender.timeout(opt.timeout_ms).emit("say", { room: opt.room, seq }, (err) => {
+      if (!err) acked.push(seq);
+    });
+  } else {
+    sender.emit("say", { room: opt.room, seq });
+  }
   if (seq + 1 === opt.kill_after) console.log(JSON.stringify({ kill: true }));
   if (seq + 1 === opt.hold_after) {
     // Quiet until the test says go (it adds a worker meanwhile); then the members
@@ -96,13 +106,14 @@ for (let seq = 0; seq < opt.messages; seq++) {
   if (seq + 1 === opt.kill2_after) console.log(JSON.stringify({ kill2: true }));
   await sleep(1000 / opt.rate);
 }
-const all = () => members.every((s) => s.heard.length >= opt.messages);
+const all = () => members.every((s) => s.heard.length >= opt.messages
+                                       - (opt.sender_acks ? opt.messages - acked.length : 0));
 const deadline = Date.now() + opt.deliver_ms;
 while (!all() && Date.now() < deadline) await sleep(50);
 await sleep(300);  // anything heard twice would arrive now, after the last number
 const states = opt.state ? await Promise.all(members.map((s) => ask(s, "state"))) : [];
 console.log(JSON.stringify({
-  messages: opt.messages,
+  messages: opt.messages, acked: opt.sender_acks ? acked.sort((a, b) => a - b) : null,
   members: members.map((s, i) => ({
     worker: s.worker, heard: s.heard, connects: s.connects, recovered: s.recoveredOnce,
     pids: s.pids.map((p) => p ?? null), id: s.id, state: states[i] ?? null,
