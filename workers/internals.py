@@ -182,6 +182,13 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         params=("conn_state",), source=("(conn_state, self)",))),
 
     # ---- python-engineio -------------------------------------------------------------
+    ("engineio-payload-max-packets", Reach(
+        _EIO, "engineio.payload:Payload", "replace", "workers/protocol.py adapt",
+        "a POST's payload is refused as a whole beyond the class attribute "
+        "max_decode_packets; we raise it to what max_http_buffer_size admits",
+        attrs=("max_decode_packets",),
+        source=("if len(encoded_packets) > self.max_decode_packets:",),
+        source_in="engineio.payload:Payload.decode")),
     ("engineio-socket-class", Reach(
         _EIO, "engineio.socket:Socket", "replace", "workers/sessions.py install",
         "the server makes each session with socket.Socket(self, sid), looked up in the "

@@ -25,6 +25,7 @@ import urllib.parse
 from typing import Any
 
 import engineio
+import engineio.payload
 import socketio
 from socketio import packet as sio_packet
 
@@ -219,6 +220,16 @@ def adapt(eio: engineio.Server, sio: socketio.Server | None = None, recovery=Non
     """Make the app's servers follow the protocols as written (see the module doc);
     with `recovery` (a workers.recovery.Recovery), add connection state recovery."""
     eio.__class__ = _with_rules(type(eio), EngineRules)
+    # A long-polling POST may carry as many packets as fit in the payload the
+    # server announced (the handshake's maxPayload, `max_http_buffer_size`
+    # bytes): the official client fills it with every packet it queued. The
+    # Engine.IO protocol sets no count; python-engineio refuses more than 16 and
+    # drops the whole POST while answering it "ok" (the client's messages were
+    # silently lost under load). Each packet takes at least two bytes with its
+    # separator, so this bound is the payload's own.
+    # internals: engineio-payload-max-packets
+    engineio.payload.Payload.max_decode_packets = max(
+        engineio.payload.Payload.max_decode_packets, eio.max_http_buffer_size // 2 + 1)
     if sio is not None:
         sio._imcluster_holds = {}
         sio.__class__ = _with_rules(type(sio), SocketRules)
