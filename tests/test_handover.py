@@ -399,3 +399,30 @@ def test_a_kept_alive_connection_idle_on_the_old_worker_follows_its_session(clus
         assert new != old
         assert c.request("POST", rawhttp.poll_target(sid), b'422["whoami"]')[0] == 200
         assert rawhttp.parse_ack(c.request("GET", rawhttp.poll_target(sid))[2], 2) == new
+
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_sessions_that_end_after_a_move_leave_the_worker(cluster_factory, transport):
+    """A worker that got its sessions by hand-over alone (no handshake of its own)
+    still forgets those that end: python-engineio purges closed sessions in a
+    service task it starts at a worker's first handshake, which such a worker
+    never had, so sessions whose clients vanished stayed counted, and held, for
+    good (found by a trial user). The clients here die with kill -9; `quick`
+    pings every 0.3 s with a 3 s timeout."""
+    cluster = cluster_factory(app="protocol_app:quick", workers=1, cwd=APPS, handover=True)
+    cluster.wait_ready()
+    proc = subprocess.Popen(["node", str(JS / "clients.mjs"),
+                             json.dumps({"url": cluster.url, "clients": 5,
+                                         "transport": transport, "mode": "hold"})],
+                            cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(proc.stdout.readline() or "{}").get("held") == 5
+        reload_one(cluster)
+        wait_for(lambda: [w["sessions"] for w in cluster.status()["workers"]] == [5], 10,
+                 what="the five sessions on the new worker")
+    finally:
+        proc.kill()
+        proc.wait(10)
+    wait_for(lambda: cluster.status()["workers"][0]["sessions"] == 0, 20,
+             what="the ended sessions gone from the new worker's count")

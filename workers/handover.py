@@ -619,6 +619,13 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
         # out (an Engine.IO queue would have no writer to take it).
         s.adopt_websocket(ws, rest)
     eio.sockets[eio_sid] = s  # internals: engineio-server-attrs (sockets)
+    # python-engineio purges closed sessions (a client gone without a word, then
+    # timed out) in a service task it starts at its first handshake; a worker
+    # that got its sessions by hand-over alone never had one, so start it here.
+    # internals: engineio-service-task
+    if eio.start_service_task:
+        eio.start_service_task = False
+        eio.service_task_handle = eio.start_background_task(eio._service_task)
     mgr = sio.manager
     sio.environ[eio_sid] = environ  # internals: socketio-handover-state
     # The interest Redis manager would wait for each new channel's subscription;

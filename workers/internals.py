@@ -182,6 +182,16 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         params=("conn_state",), source=("(conn_state, self)",))),
 
     # ---- python-engineio -------------------------------------------------------------
+    ("engineio-service-task", Reach(
+        _EIO, "engineio.server:Server._service_task", "call", "workers/handover.py move_in",
+        "closed sessions leave `sockets` in the service task, which _handle_connect "
+        "starts at the first handshake (start_service_task, service_task_handle); a "
+        "worker whose sessions all came by hand-over starts it as the handshake would",
+        params=(),
+        source=("if self.start_service_task:", "self.start_service_task = False",
+                "self.service_task_handle = self.start_background_task(",
+                "self._service_task)"),
+        source_in="engineio.server:Server._handle_connect")),
     ("engineio-payload-max-packets", Reach(
         _EIO, "engineio.payload:Payload", "replace", "workers/protocol.py adapt",
         "a POST's payload is refused as a whole beyond the class attribute "

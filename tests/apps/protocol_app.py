@@ -7,8 +7,10 @@ pings every 300 ms (python-engineio advertises 0) with a 3 s timeout, so a
 silent client times out within a test, while a test's next request still
 comes well before the deadline. Both serve the default namespace only; their
 connect handler emits `hello` with the auth data (as the protocol's own test
-server does), and `echo` acks its payload.
+server does), `echo` acks its payload and `whoami` answers the worker's pid.
 """
+
+import os
 
 import socketio
 
@@ -24,6 +26,10 @@ def _server(ping_interval: float, ping_timeout: float) -> socketio.Server:
     @sio.on("echo")
     def echo(sid, data=None):
         return data
+
+    @sio.on("whoami")  # what tests/js/clients.mjs asks
+    def whoami(sid, data=None):
+        return os.getpid()
 
     return sio
 
