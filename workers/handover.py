@@ -533,17 +533,12 @@ def gate(environ: dict, sid: str | None, sockets: dict, serve):
             raise HandingOver()
         # The channel is closed: the request gets the usual "unknown session".
     is_get = (environ.get("REQUEST_METHOD") == "GET" and "HTTP_UPGRADE" not in environ)
-    _requests[sid] = _requests.get(sid, 0) + 1
     if is_get:
         _gets[sid] = environ
     try:
-        return serve()
+        with _counted(_requests, sid):
+            return serve()
     finally:
-        n = _requests[sid] - 1
-        if n:
-            _requests[sid] = n
-        else:
-            del _requests[sid]
         if is_get and _gets.get(sid) is environ:
             del _gets[sid]
 
@@ -704,6 +699,20 @@ def worker_inflight(sio) -> dict:
     return sio.__dict__.setdefault("_imcluster_inflight", {})
 
 
+@contextlib.contextmanager
+def _counted(counts: dict, key):
+    """`counts[key]` one higher while the block runs; the key leaves at zero."""
+    counts[key] = counts.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        n = counts[key] - 1
+        if n:
+            counts[key] = n
+        else:
+            del counts[key]
+
+
 def count_handlers(sio) -> None:
     """Count the event handlers running per Engine.IO sid, so that a session
     leaves only once its handlers have written their acks.
@@ -717,15 +726,8 @@ def count_handlers(sio) -> None:
     inflight = worker_inflight(sio)
 
     def counted(server, sid, eio_sid, data, namespace, id):
-        inflight[eio_sid] = inflight.get(eio_sid, 0) + 1
-        try:
+        with _counted(inflight, eio_sid):
             return original(server, sid, eio_sid, data, namespace, id)
-        finally:
-            n = inflight[eio_sid] - 1
-            if n:
-                inflight[eio_sid] = n
-            else:
-                del inflight[eio_sid]
 
     sio._handle_event_internal = counted
 
