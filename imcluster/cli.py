@@ -6,10 +6,11 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 
 from imcluster import __version__, settings
-from imcluster.control import Control, ControlError, ReloadTimeout, StopTimeout
+from imcluster.control import Control, ControlError, ControlRefused, ReloadTimeout, StopTimeout
 from imcluster.redact import redact, setup_logging
 
 # LSB status codes, as supervisorctl uses them.
@@ -56,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                            help="give up waiting after this long (default 600)")
         if name == "scale":
-            c.add_argument("to", metavar="N|+N|-N")
+            c.add_argument("to", metavar="N|+N|-N", type=_scale_target)
         if name == "stop":
             c.add_argument("--no-wait", action="store_true",
                            help="return once the stop has started")
@@ -88,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     hh.add_argument("--dry-run", action="store_true",
                     help="print the runtime-API commands instead of sending them")
     return p
+
+
+def _scale_target(text: str) -> str:
+    """argparse type of `scale`'s argument: N (a count, at least 1), +N or -N."""
+    if not re.fullmatch(r"[+-][0-9]{1,6}|0*[1-9][0-9]{0,5}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of workers: give N (1 or more), +N or -N")
+    return text
 
 
 def _haproxy_paths(p: argparse.ArgumentParser) -> None:
@@ -128,7 +137,10 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "reload":
             return _reload(ctl, args.no_wait, args.timeout)
         if args.command == "scale":
-            print(f"scaling to {ctl.scale(args.to)} workers")
+            answer = ctl.request("scale", to=args.to)
+            n = int(answer["workers"])
+            print(f"scaling to {n} worker{'' if n == 1 else 's'}"
+                  + (" once the reload in progress ends" if answer.get("deferred") else ""))
             return 0
         if args.command in ("drain", "undrain"):
             code = ctl.drain(args.command == "drain")
@@ -146,6 +158,9 @@ def _main(argv: list[str] | None) -> int:
             return 1
         print("stopped")
         return 0
+    except ControlRefused as e:
+        print(f"imcluster: refused: {e}", file=sys.stderr)
+        return 1
     except ControlError as e:
         print(f"imcluster: {e}", file=sys.stderr)
         return STATUS_UNKNOWN
@@ -288,9 +303,19 @@ def _status(ctl: Control, as_json: bool) -> int:
             print(f"slot {w['slot']}: {w['last_error']}")
     if any(w["retired"] or w["replacement"] for w in st["workers"]):
         print("* retired, draining   + replacement, starting")
+    # The forwarding map names worker ids (the ones in sids); the table shows slots and
+    # pids, so each line names the holder by its slot and pid, one line per holder.
+    holders: dict[int, list[dict]] = {}
     for f in st.get("forwarding") or ():
-        print(f"forwarding: sids of worker {f['from']} go to worker {f['to']} "
-              f"({f['sessions']} session(s) handed over)")
+        holders.setdefault(f["to"], []).append(f)
+    by_id = {w.get("worker_id"): w for w in st["workers"]}
+    for to, fs in holders.items():
+        w = by_id.get(to)
+        where = f"slot {w['slot']} (pid {w['pid']})" if w else f"worker {to}"
+        n = sum(f["sessions"] for f in fs)
+        ids = ", ".join(str(f["from"]) for f in fs)
+        print(f"forwarding: {where} holds the sessions handed over from retired "
+              f"worker{'s' if len(fs) > 1 else ''} {ids} ({n} session{'' if n == 1 else 's'})")
     if st.get("reload"):
         r = st["reload"]
         print(f"reload in progress ({r['reason']}): slot {r['slot']} {r['phase']}, "

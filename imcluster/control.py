@@ -125,6 +125,12 @@ class ControlError(Exception):
     """The control socket cannot be reached or answered badly; the text says why."""
 
 
+class ControlRefused(ControlError):
+    """The master was reached and refused the command (a bad argument, or not now);
+    the text is the master's reason. The CLI exits 1 for it, 4 only when the master
+    cannot be reached."""
+
+
 class ReloadTimeout(ControlError):
     """A reload waited for has not ended in time (it goes on in the master)."""
 
@@ -167,7 +173,7 @@ def request(path: str, cmd: str, timeout: float = 5.0, **args) -> dict:
     except ValueError:
         raise ControlError(f"unreadable answer from {path}") from None
     if isinstance(answer, dict) and "error" in answer:
-        raise ControlError(answer["error"])
+        raise ControlRefused(answer["error"])
     return answer
 
 

@@ -8,6 +8,7 @@ environment, then config file, then the default.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import tomllib
@@ -37,15 +38,22 @@ def _non_negative_int(v: Any) -> int:
     return n
 
 
-def _positive_float(v: Any) -> float:
+def _finite_float(v: Any) -> float:
     x = float(v)
+    if not math.isfinite(x):
+        raise ValueError("must be a number of seconds (not inf or nan)")
+    return x
+
+
+def _positive_float(v: Any) -> float:
+    x = _finite_float(v)
     if not x > 0:
         raise ValueError("must be greater than 0")
     return x
 
 
 def _non_negative_float(v: Any) -> float:
-    x = float(v)
+    x = _finite_float(v)
     if not x >= 0:
         raise ValueError("must be 0 or more")
     return x
@@ -363,6 +371,10 @@ def resolve(args: argparse.Namespace | None = None,
         raise SettingError(f"{cfg.sources['redis']}: several Redis servers need "
                            "--redis-channels interest (with 'single' every worker hears one "
                            "channel, on one server)")
+    if cfg.values["redis_channels"] == "interest" and not cfg.values["redis"]:
+        raise SettingError(f"{cfg.sources['redis_channels']}: interest channels are Redis "
+                           "channels: give --redis URL too (without Redis the master relays "
+                           "broadcasts and there are no channels to choose)")
     if (cfg.values["redis"] and cfg.values["recovery_window"]
             and cfg.values["redis_channels"] == "interest"):
         raise SettingError(f"{cfg.sources['recovery_window']}: connection state recovery "

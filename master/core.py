@@ -285,7 +285,8 @@ class Core:
         while len(self.slots) > target:
             self.retire(self.slots.pop(), now)
         if target != before:
-            self.log.info("scaled from %d to %d workers", before, target)
+            self.log.info("scaled from %d to %d worker%s", before, target,
+                          "" if target == 1 else "s")
         return {"ok": True, "workers": target}
 
     def _give_up(self, why: str, now: float) -> None:

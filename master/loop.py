@@ -114,8 +114,8 @@ class Master:
                     *self.cfg.metrics, e.strerror or e)) from None
             log.info("metrics at http://%s:%d/metrics", *self.cfg.metrics)
         self._apply(self.core.start(time.monotonic()))
-        log.info("listening on http://%s:%d with %d workers (%s), control socket %s",
-                 *self.cfg.bind, self.cfg.workers,
+        log.info("listening on http://%s:%d with %d worker%s (%s), control socket %s",
+                 *self.cfg.bind, self.cfg.workers, "" if self.cfg.workers == 1 else "s",
                  "redis " + redact_url(self.cfg.redis) if self.cfg.redis else "master relay",
                  self.cfg.control)
         try:

@@ -170,7 +170,9 @@ def test_scale_up_down_and_to_n(cluster_factory):
         os.kill(cluster.pid, signal.SIGTTIN)
         wait_for(count_ready(3), 15, what="3 workers after TTIN")
         r = imcluster("scale", "-5", "--control", cluster.control)
-        assert r.returncode == 4 and "at least one worker" in r.stderr
+        assert r.returncode == 1 and "refused: at least one worker" in r.stderr, r.stderr
+        r = imcluster("scale", "abc", "--control", cluster.control)
+        assert r.returncode == 2 and "'abc' is not a number of workers" in r.stderr, r.stderr
     finally:
         for c in clients:
             c.close()

@@ -298,6 +298,10 @@ def test_precedence_cli_env_file_default(tmp_path):
     ({"redis": "redis://a:1/0,http://b:2/0", "redis_channels": "interest"}, {},
      "expected redis://HOST:PORT/DB"),
     ({"redis_channels": "rooms"}, {}, "--redis-channels='rooms': single or interest"),
+    ({"recovery_window": "inf"}, {}, "--recovery-window='inf': must be a number of seconds"),
+    ({}, {"IMCLUSTER_RECOVERY_WINDOW": "nan"}, "IMCLUSTER_RECOVERY_WINDOW='nan': must be a"),
+    ({"redis_channels": "interest"}, {}, "--redis-channels: interest channels are Redis "
+                                         "channels: give --redis URL too"),
     ({"redis": "redis://a:1/0", "redis_channels": "interest", "recovery_window": "30"}, {},
      "--recovery-window: connection state recovery with Redis needs --redis-channels single"),
 ])
