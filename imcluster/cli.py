@@ -200,7 +200,8 @@ def _haproxy_config(args: argparse.Namespace, argv: list[str]) -> int:
                                     args.maxconn, shown))
     if warning:
         print(f"imcluster: warning: {warning}", file=sys.stderr)
-    print(f"imcluster: wrote {args.map} ({len(hosts)} hosts)", file=sys.stderr)
+    print(f"imcluster: wrote {args.map} ({len(hosts)} host{'' if len(hosts) == 1 else 's'})",
+          file=sys.stderr)
     return 0
 
 
