@@ -314,7 +314,9 @@ def _status(ctl: Control, as_json: bool) -> int:
         w = by_id.get(to)
         where = f"slot {w['slot']} (pid {w['pid']})" if w else f"worker {to}"
         n = sum(f["sessions"] for f in fs)
-        ids = ", ".join(str(f["from"]) for f in fs)
+        ids = ", ".join(str(f["from"]) for f in fs[:8])
+        if len(fs) > 8:
+            ids += f" and {len(fs) - 8} more"
         print(f"forwarding: {where} holds the sessions handed over from retired "
               f"worker{'s' if len(fs) > 1 else ''} {ids} ({n} session{'' if n == 1 else 's'})")
     if st.get("reload"):
