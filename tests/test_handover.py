@@ -90,11 +90,16 @@ def assert_nothing_noticed(stats: dict) -> None:
     assert stats["said_missing"] == 0, stats
 
 
-def test_reload_moves_websocket_sessions_without_the_client_noticing(cluster_factory):
-    cluster = cluster_factory(workers=2, handover=True)
+def test_reload_moves_websocket_sessions_without_the_client_noticing(cluster_factory,
+                                                                      relay_or_redis):
+    """Broadcasts through the master relay, then through Redis (one channel): room
+    messages in flight during a move reach each moved session once (the relay's
+    REPLAY frames; with Redis workers/redis_order.py)."""
+    cluster = cluster_factory(workers=2, handover=True, redis=relay_or_redis)
     old = {w["pid"] for w in cluster.wait_ready()}
     stats = under_traffic(cluster, lambda: reload(cluster))
-    print(f"FIGURE handover reload: {CLIENTS} JS clients, {stats}")
+    print(f"FIGURE handover reload, {'redis' if relay_or_redis else 'relay'}: "
+          f"{CLIENTS} JS clients, {stats}")
     assert set(stats["pids_before"]) == old
     assert_nothing_noticed(stats)
     new = set(stats["pids_after"])
@@ -102,16 +107,19 @@ def test_reload_moves_websocket_sessions_without_the_client_noticing(cluster_fac
     assert cluster.status()["master"]["counters"]["handovers"] >= CLIENTS
 
 
-def test_reload_moves_polling_sessions_without_the_client_noticing(cluster_factory):
+def test_reload_moves_polling_sessions_without_the_client_noticing(cluster_factory,
+                                                                    relay_or_redis):
     """Long-polling clients: each session's state and queued packets move, the GET it
     has parked moves with its socket and is answered by the new owner, and requests
     naming the sid reach the new owner (forwarded by the old worker while it drains,
-    routed by the master's forwarding map once it has exited)."""
-    cluster = cluster_factory(workers=2, handover=True)
+    routed by the master's forwarding map once it has exited). Through the relay,
+    then through Redis (one channel)."""
+    cluster = cluster_factory(workers=2, handover=True, redis=relay_or_redis)
     old = {w["pid"] for w in cluster.wait_ready()}
     stats = under_traffic(cluster, lambda: reload(cluster), transports=["polling"])
     counters = cluster.status()["master"]["counters"]
-    print(f"FIGURE handover reload, polling: {CLIENTS} JS clients, {stats}, "
+    print(f"FIGURE handover reload, polling, {'redis' if relay_or_redis else 'relay'}: "
+          f"{CLIENTS} JS clients, {stats}, "
           f"master counters {counters}")
     assert set(stats["pids_before"]) == old
     assert_nothing_noticed(stats)
