@@ -203,10 +203,15 @@ def _move_out_websocket(worker, s: sessions.ClusterSocket) -> bool:
         log.info("%s: not handed over: %s", s.sid, e)
         return False
     relay = getattr(worker, "relay", None)
+    order = getattr(sio.manager, "order", None)
     try:
         state = _take_state(worker, sio, eio, s)
         state["relay_seen"] = 10**12  # room for the number, set below
         state["heir_seen"] = 10**12  # room for the master's number (move_in)
+        if order is not None:
+            # No yield from here to _forget: the Redis listener stays between two
+            # messages, and this is where it is (workers/redis_order.py).
+            state["order"] = order.state_of(s.sid)
         if len(ch.encode_json(state)) > ch.FRAGMENT:
             raise Refused("its state takes more than one channel frame")
     except Refused as e:
@@ -217,6 +222,8 @@ def _move_out_websocket(worker, s: sessions.ClusterSocket) -> bool:
     # between, note how many relayed broadcasts reached it from here: the master
     # replays the rest to its new owner (channel.py, REPLAY).
     _forget(sio, eio, s, state)
+    if order is not None:
+        order.left(s.sid)
     if getattr(worker, "recovery", None) is not None:
         worker.recovery.left(state)
     if relay is not None:
@@ -413,6 +420,9 @@ def _move_polling(worker, s: sessions.ClusterSocket) -> bool:
         log.info("%s: not handed over: %s", s.sid, e)
         _release(s)
         return False
+    order = getattr(sio.manager, "order", None)
+    if order is not None:
+        state["order"] = order.state_of(s.sid)  # no yield to _forget, as for a WebSocket
     # From here to the send, no yield: nothing reaches the queue unseen.
     queued = list(s._take_queued())
     packets = []
@@ -435,6 +445,8 @@ def _move_polling(worker, s: sessions.ClusterSocket) -> bool:
         _release(s)
         return False
     _forget(sio, eio, s, state)
+    if order is not None:
+        order.left(s.sid)
     moved_out.add(s.sid)
     relay = getattr(worker, "relay", None)
     if relay is not None:
@@ -638,6 +650,12 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
     recovery = getattr(worker, "recovery", None)
     if recovery is not None:
         recovery.arrived(sio, state, s.session)
+    order = getattr(mgr, "order", None)
+    if order is not None:
+        # Redis, one channel: what the old worker's listener had not applied, or
+        # hold what this one has not reached yet (workers/redis_order.py). No
+        # yield since the rooms were entered.
+        order.arrived(eio_sid, state.get("order"))
     # What this worker published itself before the session was here and after
     # the master took the hand-over in reached neither the session here nor at
     # its old worker: deliver it now, in order, before anything newer. With
@@ -750,26 +768,9 @@ def replay(worker, eio_sid: str, message: bytes) -> None:
     session in that instant is not (rare: it needs a call from another worker
     naming this sid during the move).
     """
-    sio = worker.app.sio
-    mgr = sio.manager
     try:
         msg = json.loads(message)
     except ValueError:
         return
-    if not isinstance(msg, dict) or msg.get("method") != "emit":
-        return
-    ns = msg.get("namespace") or "/"
-    sid = mgr.sid_from_eio_sid(eio_sid, ns)
-    if sid is None:
-        return
-    rooms = msg.get("room")
-    rooms = rooms if isinstance(rooms, list) else [rooms]
-    skip = msg.get("skip_sid")
-    skip = skip if isinstance(skip, list) else [skip]
-    if sid in skip:
-        return
-    here = mgr.rooms.get(ns, {})  # internals: socketio-manager-callbacks (rooms)
-    if not any(r is None or sid in here.get(r, ()) for r in rooms):
-        return
-    # internals: socketio-return-callback-use (_handle_emit decodes as for any relay)
-    mgr._handle_emit(dict(msg, room=sid, skip_sid=None))
+    if isinstance(msg, dict):
+        worker.app.sio.manager.emit_to_session(eio_sid, msg)
