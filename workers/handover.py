@@ -144,9 +144,36 @@ The relay is ordered per channel, and the move is ordered with it:
 So nothing reaches the session twice and nothing is missed, as long as a
 move takes less than REPLAY_KEEP messages of either kind. Only emits are
 replayed, not a relayed room change or disconnect naming the session in that
-instant. With Redis (`--redis`) nothing orders the move with broadcasts yet:
-a message published during a move can reach the session twice or not at all
-(README).
+instant.
+
+Broadcasts in flight (Redis, one channel)
+-----------------------------------------
+With `--redis` (`--redis-channels single`, the default) no master sees every
+message, but every worker reads the one channel in the same order
+(workers/redis_order.py has the design and its bounds):
+- every published message carries an id (publisher, number, and whether its
+  publisher delivered it to its own clients at once);
+- W, with no yield between this and the detach, puts in the state where its
+  listener is (`order.cursor`: the last id it applied and how many messages
+  after it) and which of the local deliveries the session already had
+  (`order.had`: W's own publishes so far);
+- V, when the session arrives (no yield since its rooms were entered), either
+  has read past the cursor and delivers to the session alone, if addressed
+  to it, what came after it from a ring of recent messages, or holds channel
+  deliveries to that session until its listener reaches the cursor; after
+  the cursor it skips what `had` covers (W's own emits, which W delivered at
+  once and V would deliver again) and delivers its own emits from before the
+  arrival (which V delivered without the session and ignores when Redis
+  sends them back).
+So nothing reaches the session twice and nothing is missed, as long as V's
+listener is at most RING_KEEP messages ahead and reaches the cursor within
+ORDER_WAIT (each fallback is logged). With `--recovery-window` the offsets
+given by Redis follow the same order (only emits with an ack are delivered
+at once by their publisher), so a moved session's offsets go on counting.
+With `--redis-channels interest` there is no one order (a room's channel, a
+worker's channel, several Redis servers): the move is not ordered with
+broadcasts, and a message published during a move can reach the session
+twice or not at all (README).
 """
 
 from __future__ import annotations
