@@ -154,19 +154,19 @@ message, but every worker reads the one channel in the same order
 - every published message carries an id (publisher, number, and whether its
   publisher delivered it to its own clients at once);
 - W, with no yield between this and the detach, puts in the state where its
-  listener is (`order.cursor`: the last id it applied and how many messages
-  after it) and which of the local deliveries the session already had
-  (`order.had`: W's own publishes so far);
+  listener is (`order.seen`: the last number it applied of each publisher,
+  and `order.mark` for messages without an id) and which of the local
+  deliveries the session already had (`order.had`: W's own publishes so far);
 - V, when the session arrives (no yield since its rooms were entered), either
-  has read past the cursor and delivers to the session alone, if addressed
-  to it, what came after it from a ring of recent messages, or holds channel
-  deliveries to that session until its listener reaches the cursor; after
-  the cursor it skips what `had` covers (W's own emits, which W delivered at
+  has read past that position and delivers to the session alone, if
+  addressed to it, what came after it from a ring of recent messages, or
+  holds channel deliveries to that session until its listener passes it;
+  after that position it skips what `had` covers (W's own emits, which W delivered at
   once and V would deliver again) and delivers its own emits from before the
   arrival (which V delivered without the session and ignores when Redis
   sends them back).
 So nothing reaches the session twice and nothing is missed, as long as V's
-listener is at most RING_KEEP messages ahead and reaches the cursor within
+listener is at most RING_KEEP messages ahead and passes W's position within
 ORDER_WAIT (each fallback is logged). With `--recovery-window` the offsets
 given by Redis follow the same order (only emits with an ack are delivered
 at once by their publisher), so a moved session's offsets go on counting.

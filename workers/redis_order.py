@@ -32,37 +32,43 @@ The design
   Other fields are untouched: python-socketio's RedisManager and external
   emitters ignore the key, and their own messages (without it) still count as
   positions.
-- Each listener counts the messages it reads (`index`) and keeps the last
-  RING_KEEP with their index and id.
-- The old worker puts in the session's state, with no yield between this and
-  the session's removal (so its listener is between two messages):
-  `cursor` = [PUB, N, K], the last identified message its listener had
-  applied and how many messages it applied after that one; and `had` =
-  {PUB: [LO, HI]}: the session already got every LOCAL message of PUB numbered
-  LO < N <= HI (its own: from 0, or from when the session arrived, to its last
-  publish).
+- Each listener counts the messages it reads, keeps the last RING_KEEP with
+  their ids, and the last number it read of each publisher.
+- What a listener has applied is a prefix of the channel: everything from its
+  subscription (long before any session it holds) to where it is now. So the
+  old worker puts in the session's state, with no yield between this and the
+  session's removal (its listener is then between two messages), the last
+  number it read of each publisher (`seen`, the STATE_PUBLISHERS latest) and
+  its last identified message with the count of plain ones after it (`mark`:
+  PUB, N, K, for messages without an id), and `had` = {PUB: [LO, HI]}: the
+  session already got every LOCAL message of PUB numbered LO < N <= HI (its
+  own publishes: from 0, or from when the session arrived, to its last).
+  A message with id (PUB, N) was applied by the old worker if and only if
+  N <= seen[PUB]; a publisher it never heard published after its position.
 - The new worker, when the session arrives (on the same no-yield path as its
-  registration in the rooms), finds the cursor in its own count:
-  * passed already: it delivers to the session alone, if addressed to it (the
-    room, namespace and skip_sid rules), each message of the ring after the
-    cursor, except those `had` says it got;
-  * not reached yet: it holds every channel message back from that session
-    until its listener passes the cursor (the old worker delivered those);
-  then, for the messages after the cursor: those `had` covers are skipped for
-  the session, and its own LOCAL publishes from before the session arrived
+  registration in the rooms), looks for the last message of its ring that the
+  old worker applied:
+  * with messages after it, or none found while it has read later numbers of
+    a publisher in `seen` (it subscribed after that position, a worker READY
+    before its subscription was confirmed): it is ahead, and delivers to the
+    session alone, if addressed to it (the room, namespace and skip_sid
+    rules), each of those later messages, except those `had` says it got;
+  * otherwise it is behind, and holds from that session every channel message
+    the old worker applied, until the first it had not;
+  after that position, the messages `had` covers are skipped for the session,
+  and this worker's own LOCAL publishes from before the session arrived
   (delivered without it, and ignored when Redis sends them back) are
   delivered to it alone when they come back. The session's entry ends when
   all of that is behind the listener: then the plain rules hold again.
 - A session that moves again while its entry is open carries the entry on
-  (the older cursor if this worker had not reached it, the open `had`).
+  (the older position if this worker had not reached it, the open `had`).
 
 Bounds and fallbacks (each logged): an entry lives at most ORDER_WAIT seconds
-(a cursor never reached, e.g. the new worker's subscription was down when the
-cursor's message went by: the session then gets the channel from then on,
-and what was held may be missed or duplicated); a cursor that has already
-left the ring (the new worker was more than RING_KEEP messages ahead) gets no
-catch-up; an old worker that had read no message with an id gives no cursor
-(both cases: deliveries from then on, as without ordering). Only emits are
+(a position never passed, e.g. the new worker's subscription was down: the
+session then gets the channel from then on, and what was held may be missed
+or twice); a new worker more than RING_KEEP messages ahead delivers what its
+ring holds (older ones are missed); an old worker that had read no message
+with an id gives no position (deliveries from then on). Only emits are
 ordered, as with the master relay: a room change or disconnect published by
 another worker for this very sid during the move is not.
 
@@ -85,27 +91,39 @@ log = logging.getLogger("imcluster.worker")
 
 KEY = "imc_id"
 # Messages each listener keeps (a session arriving from a worker whose listener
-# lags this one's by more than this gets no catch-up, and says so).
+# lags this one's by more than this may miss some, and says so).
 RING_KEEP = 4096
 # Seconds a moved session's entry may stay open.
 ORDER_WAIT = 10.0
-# Publishers whose last number is remembered (workers come and go).
+# Publishers whose last number a listener remembers (workers come and go), and
+# how many of the latest a session's state names.
 MAX_PUBLISHERS = 1024
+STATE_PUBLISHERS = 64
 
 
 class _Entry:
-    """A session moved in, whose deliveries follow the old worker's cursor."""
+    """A session moved in, whose deliveries follow the old worker's position."""
 
-    __slots__ = ("eio_sid", "cursor", "target", "passed", "had", "own", "deadline")
+    __slots__ = ("eio_sid", "seen", "mark", "target", "passed", "had", "own", "deadline")
 
-    def __init__(self, eio_sid: str, cursor, had: dict, own: int):
+    def __init__(self, eio_sid: str, seen: dict, mark, had: dict, own: int):
         self.eio_sid = eio_sid
-        self.cursor = cursor  # [PUB, N, K] from the old worker, or None
-        self.target: int | None = None  # the cursor in this listener's count, once known
-        self.passed = False
+        self.seen = seen  # {PUB: N}: the last of each publisher the old worker applied
+        self.mark = mark  # (PUB, N, K): its last identified message, K plain ones after
+        self.target: int | None = None  # the mark plus K in this listener's count
+        self.passed = False  # this listener is past the old worker's position
         self.had = had  # {PUB: (LO, HI)}
         self.own = own  # this worker's publishes before the session arrived
         self.deadline = time.monotonic() + ORDER_WAIT
+
+    def applied(self, pub, n: int) -> bool | None:
+        """Whether the old worker had applied the message with this id: True, False,
+        or None for a message without an id (its place says)."""
+        if pub is None:
+            return None
+        # A publisher it never heard: published after its position (its listener
+        # had read everything from long before this session to that position).
+        return n <= self.seen.get(pub, 0)
 
 
 class ChannelOrder:
@@ -118,7 +136,6 @@ class ChannelOrder:
         self.published = 0
         self.index = 0  # messages the listener read
         self.ring: collections.deque = collections.deque()  # (index, pub, n, local, data)
-        self.at: dict[tuple[str, int], int] = {}  # (pub, n) -> index, for those in the ring
         self.last: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.mark: tuple[str, int, int] | None = None  # last identified (pub, n, index)
         self.entries: dict[str, _Entry] = {}  # Engine.IO sid ->
@@ -147,12 +164,9 @@ class ChannelOrder:
             if len(self.last) > MAX_PUBLISHERS:
                 self.last.popitem(last=False)
             self.mark = (pub, n, i)
-            self.at[(pub, n)] = i
         self.ring.append((i, pub, n, local, data))
         if len(self.ring) > RING_KEEP:
-            _, p, k, _, _ = self.ring.popleft()
-            if p is not None:
-                self.at.pop((p, k), None)
+            self.ring.popleft()
         if not self.entries:
             return data
         skip: list[str] = []
@@ -162,16 +176,12 @@ class ChannelOrder:
                 self._expire(e)
                 continue
             if not e.passed:
-                if e.target is None and pub is not None and pub == e.cursor[0] \
-                        and n >= e.cursor[1]:
-                    if n == e.cursor[1]:
-                        e.target = i + e.cursor[2]
-                    else:
-                        log.warning("%s: moved in, but this worker's listener missed the "
-                                    "old worker's position; delivering from here",
-                                    e.eio_sid)
-                        e.target = i - 1
-                if e.target is None or i <= e.target:
+                applied = e.applied(pub, n)
+                if applied is None:
+                    applied = e.target is None or i <= e.target
+                elif applied and e.mark is not None and (pub, n) == e.mark[:2]:
+                    e.target = i + e.mark[2]
+                if applied:
                     skip.append(e.eio_sid)  # the old worker delivered it
                     continue
                 e.passed = True
@@ -205,9 +215,9 @@ class ChannelOrder:
     def _expire(self, e: _Entry) -> None:
         del self.entries[e.eio_sid]
         if not e.passed:
-            log.warning("%s: moved in, but this worker's listener did not reach the old "
-                        "worker's position in %.0f s (Redis subscription down?): it gets "
-                        "broadcasts from here on, a few may be missed or twice",
+            log.warning("%s: moved in, but this worker's listener did not get past the "
+                        "old worker's position in %.0f s (Redis subscription down?): it "
+                        "gets broadcasts from here on, a few may be missed or twice",
                         e.eio_sid, ORDER_WAIT)
 
     def _deliver(self, eio_sid: str, data: dict) -> None:
@@ -223,18 +233,22 @@ class ChannelOrder:
         with no yield before the session leaves the manager (the listener is then
         between two messages)."""
         e = self.entries.get(eio_sid)
+        seen = dict(list(self.last.items())[-STATE_PUBLISHERS:])
         if e is not None and not e.passed:
-            cursor = e.cursor
+            # Not yet where its old worker was: that position still holds.
+            for p, k in e.seen.items():
+                seen[p] = max(k, seen.get(p, 0))
+            mark = list(e.mark) if e.mark is not None else None
         elif self.mark is not None:
             pub, n, i = self.mark
-            cursor = [pub, n, self.index - i]
+            mark = [pub, n, self.index - i]
         else:
-            cursor = None
+            mark = None
         had = {}
         if e is not None:
             had = {p: [lo, hi] for p, (lo, hi) in e.had.items() if self.last.get(p, 0) < hi}
         had[self.me] = [e.own if e is not None else 0, self.published]
-        return {"cursor": cursor, "had": had}
+        return {"seen": seen, "mark": mark, "had": had}
 
     def left(self, eio_sid: str) -> None:
         """The session has gone."""
@@ -244,51 +258,61 @@ class ChannelOrder:
         """The session `eio_sid` is registered here (its rooms), with `state` from
         `state_of` on its old worker: catch up or hold (see the module). Call with
         no yield since the registration."""
-        if not isinstance(state, dict):
-            log.info("%s: moved in without a channel position (from a worker without "
-                     "ordering); broadcasts from here on", eio_sid)
-            return
         try:
-            cursor = state.get("cursor")
-            if cursor is not None:
-                pub, n, k = cursor
-                cursor = [str(pub), int(n), int(k)]
+            seen = {str(p): int(k) for p, k in state["seen"].items()}
+            mark = state.get("mark")
+            if mark is not None:
+                mark = (str(mark[0]), int(mark[1]), int(mark[2]))
             had = {str(p): (int(lo), int(hi)) for p, (lo, hi) in
                    (state.get("had") or {}).items()}
-        except (TypeError, ValueError):
-            log.warning("%s: moved in with an unusable channel position; broadcasts "
-                        "from here on", eio_sid)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError):
+            log.warning("%s: moved in without a usable channel position (from a worker "
+                        "without ordering?); broadcasts from here on", eio_sid)
             return
-        e = _Entry(eio_sid, cursor, had, self.published)
-        if cursor is None:
+        e = _Entry(eio_sid, seen, mark, had, self.published)
+        if not seen:
             log.info("%s: its old worker had read no broadcast with an id: broadcasts "
                      "from here on", eio_sid)
             e.passed = True
-        elif self.last.get(cursor[0], -1) >= cursor[1]:
-            i0 = self.at.get((cursor[0], cursor[1]))
-            if i0 is None:
-                log.warning("%s: moved in from a worker more than %d messages behind "
-                            "this one (or this one missed its position): no catch-up",
-                            eio_sid, RING_KEEP)
-                e.passed = True
-            elif i0 + cursor[2] <= self.index:
-                self._catch_up(e, i0 + cursor[2])
-                e.passed = True
-            else:
-                e.target = i0 + cursor[2]
+        else:
+            self._place(e)
         if not self._done(e):
             self.entries[eio_sid] = e
 
-    def _catch_up(self, e: _Entry, after: int) -> None:
-        """Deliver to the session what this listener read after `after`, which the
-        old worker had not, except what `had` says it got."""
-        for i, pub, n, local, data in list(self.ring):
-            if i <= after or data.get("method") != "emit":
+    def _place(self, e: _Entry) -> None:
+        """Find the old worker's position in the ring: deliver what came after it
+        (this listener is ahead), or leave the entry to hold (it is behind)."""
+        ring = self.ring
+        # The old worker applied a prefix of the channel: the last entry it applied
+        # is where it was (plus K plain messages after its mark).
+        cut = None
+        for i, pub, n, _, _ in reversed(ring):
+            if e.applied(pub, n):
+                cut = i
+                if e.mark is not None and (pub, n) == e.mark[:2]:
+                    e.target = cut = i + e.mark[2]
+                break
+        if cut is None:
+            # Nothing here that it applied: this listener is behind it, unless it
+            # heard later messages of a publisher the old worker heard (then it
+            # started listening after that position, or is far ahead).
+            if not any(self.last.get(p, 0) > k for p, k in e.seen.items()):
+                return
+            if ring and ring[0][0] > 1:
+                log.warning("%s: moved in from a worker more than %d messages behind "
+                            "this one: broadcasts before those may be missed",
+                            e.eio_sid, RING_KEEP)
+            cut = 0
+        if cut >= self.index:
+            return  # just there: the next one decides
+        for i, pub, n, local, data in list(ring):
+            if i <= cut or data.get("method") != "emit":
                 continue
             lo_hi = e.had.get(pub) if local else None
             if lo_hi is not None and lo_hi[0] < n <= lo_hi[1]:
                 continue
             self._deliver(e.eio_sid, data)
+        e.passed = True
 
 
 def _id(data: dict) -> tuple:
