@@ -165,8 +165,6 @@ def test_handover_and_recovery_together_through_a_reload_then_a_kill(cluster_fac
             proc.kill()
             proc.wait()
     wanted = list(range(n))
-    for m, w in zip(result["members"], back["workers"], strict=True):  # DEBUGTMP
-        print("DEBUGTMP", w, m["connects"], _gaps(m["heard"], wanted))
     for m, w in zip(result["members"], back["workers"], strict=True):
         assert m["heard"] == wanted, (w, _gaps(m["heard"], wanted))
         assert len(set(m["pids"])) == 1, m  # one pid throughout
