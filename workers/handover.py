@@ -161,10 +161,10 @@ message, but every worker reads the one channel in the same order
   has read past that position and delivers to the session alone, if
   addressed to it, what came after it from a ring of recent messages, or
   holds channel deliveries to that session until its listener passes it;
-  after that position it skips what `had` covers (W's own emits, which W delivered at
-  once and V would deliver again) and delivers its own emits from before the
-  arrival (which V delivered without the session and ignores when Redis
-  sends them back).
+  after that position it skips what `had` covers (W's own emits, which W
+  delivered at once and V would deliver again) and delivers its own emits
+  from before the arrival (which V delivered without the session and ignores
+  when Redis sends them back).
 So nothing reaches the session twice and nothing is missed, as long as V's
 listener is at most RING_KEEP messages ahead and passes W's position within
 ORDER_WAIT (each fallback is logged). With `--recovery-window` the offsets
