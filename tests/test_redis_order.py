@@ -102,6 +102,18 @@ def test_a_position_counts_messages_without_an_id():
     assert v.read(plain[0], plain[1], plain[2]) == [False, False, True]
 
 
+def test_an_heir_behind_the_old_workers_last_message_holds_the_plain_ones_before_it():
+    w, v = Worker(), Worker()
+    w.here.add(S)
+    m1, x0, m2 = foreign("m1"), {"method": "emit", "event": "x0", "namespace": "/",
+                                 "room": "r"}, foreign("m2")
+    w.read(m1, x0, m2)
+    v.read(m1, x0)
+    w.move_to(v)
+    assert v.alone == []  # x0 reached the session from the old worker
+    assert v.read(m2, foreign("m3")) == [False, True]
+
+
 def test_the_heirs_own_emits_from_before_the_arrival_reach_the_session_once():
     """One of v's emits from before the session arrived: v delivered it without the
     session, and ignores it when Redis sends it back. If w read it first, w

@@ -286,12 +286,16 @@ class ChannelOrder:
         # The old worker applied a prefix of the channel: the last entry it applied
         # is where it was (plus K plain messages after its mark).
         cut = None
+        later = False  # a message with an id after it (one the old worker had not)
         for i, pub, n, _, _ in reversed(ring):
             if e.applied(pub, n):
                 cut = i
                 if e.mark is not None and (pub, n) == e.mark[:2]:
                     e.target = cut = i + e.mark[2]
+                elif not later:
+                    return  # before its mark: behind (the plain ones since, it had)
                 break
+            later = later or pub is not None
         if cut is None:
             # Nothing here that it applied: this listener is behind it, unless it
             # heard later messages of a publisher the old worker heard (then it
