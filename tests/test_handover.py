@@ -148,12 +148,17 @@ def test_reload_moves_default_clients_polling_then_upgraded(cluster_factory):
 
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
-def test_scale_down_moves_the_removed_workers_sessions(cluster_factory, transport):
-    cluster = cluster_factory(workers=2, handover=True)
+def test_scale_down_moves_the_removed_workers_sessions(cluster_factory, transport,
+                                                       relay_or_redis):
+    """The heir is a worker as old as the one that leaves (with Redis: its listener
+    has read the same messages, and more before the other started)."""
+    cluster = cluster_factory(workers=2, handover=True, redis=relay_or_redis)
     old = {w["pid"] for w in cluster.wait_ready()}
     kept = {w["pid"] for w in cluster.wait_ready() if w["slot"] == 0}
-    stats = under_traffic(cluster, lambda: scale_down(cluster), transports=[transport])
-    print(f"FIGURE handover scale -1, {transport}: {CLIENTS} JS clients, {stats}")
+    stats = under_traffic(cluster, lambda: scale_down(cluster), transports=[transport],
+                          say_every=2 if relay_or_redis else 10)
+    print(f"FIGURE handover scale -1, {transport}, "
+          f"{'redis' if relay_or_redis else 'relay'}: {CLIENTS} JS clients, {stats}")
     assert set(stats["pids_before"]) == old
     assert_nothing_noticed(stats)
     assert set(stats["pids_after"]) == kept, "every session now on the remaining worker"
