@@ -32,10 +32,11 @@ def imcluster(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def under_traffic(cluster, act, transports: list[str] | None = ("websocket",),
-                  clients: int = CLIENTS) -> dict:
+                  clients: int = CLIENTS, say_every: int = 10) -> dict:
     """Start the JS clients, `act()` while they talk, stop them; their counts.
-    `transports`: the clients' (None: the default, polling then the upgrade)."""
-    args = {"url": cluster.url, "clients": clients,
+    `transports`: the clients' (None: the default, polling then the upgrade);
+    `say_every`: each client says something to the room every that many echoes."""
+    args = {"url": cluster.url, "clients": clients, "say_every": say_every,
             "transports": list(transports) if transports else None}
     proc = subprocess.Popen(["node", str(JS / "handover.mjs"), json.dumps(args)],
                             cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -90,11 +91,19 @@ def assert_nothing_noticed(stats: dict) -> None:
     assert stats["said_missing"] == 0, stats
 
 
-def test_reload_moves_websocket_sessions_without_the_client_noticing(cluster_factory):
-    cluster = cluster_factory(workers=2, handover=True)
+def test_reload_moves_websocket_sessions_without_the_client_noticing(cluster_factory,
+                                                                      relay_or_redis):
+    """Broadcasts through the master relay, then through Redis (one channel): room
+    messages in flight during a move reach each moved session once (the relay's
+    REPLAY frames; with Redis workers/redis_order.py)."""
+    cluster = cluster_factory(workers=2, handover=True, redis=relay_or_redis)
     old = {w["pid"] for w in cluster.wait_ready()}
-    stats = under_traffic(cluster, lambda: reload(cluster))
-    print(f"FIGURE handover reload: {CLIENTS} JS clients, {stats}")
+    # More room traffic through Redis: without ordering, messages in flight during
+    # the moves then reach some sessions twice or not at all in every run.
+    stats = under_traffic(cluster, lambda: reload(cluster),
+                          say_every=2 if relay_or_redis else 10)
+    print(f"FIGURE handover reload, {'redis' if relay_or_redis else 'relay'}: "
+          f"{CLIENTS} JS clients, {stats}")
     assert set(stats["pids_before"]) == old
     assert_nothing_noticed(stats)
     new = set(stats["pids_after"])
@@ -102,16 +111,20 @@ def test_reload_moves_websocket_sessions_without_the_client_noticing(cluster_fac
     assert cluster.status()["master"]["counters"]["handovers"] >= CLIENTS
 
 
-def test_reload_moves_polling_sessions_without_the_client_noticing(cluster_factory):
+def test_reload_moves_polling_sessions_without_the_client_noticing(cluster_factory,
+                                                                    relay_or_redis):
     """Long-polling clients: each session's state and queued packets move, the GET it
     has parked moves with its socket and is answered by the new owner, and requests
     naming the sid reach the new owner (forwarded by the old worker while it drains,
-    routed by the master's forwarding map once it has exited)."""
-    cluster = cluster_factory(workers=2, handover=True)
+    routed by the master's forwarding map once it has exited). Through the relay,
+    then through Redis (one channel)."""
+    cluster = cluster_factory(workers=2, handover=True, redis=relay_or_redis)
     old = {w["pid"] for w in cluster.wait_ready()}
-    stats = under_traffic(cluster, lambda: reload(cluster), transports=["polling"])
+    stats = under_traffic(cluster, lambda: reload(cluster), transports=["polling"],
+                          say_every=2 if relay_or_redis else 10)
     counters = cluster.status()["master"]["counters"]
-    print(f"FIGURE handover reload, polling: {CLIENTS} JS clients, {stats}, "
+    print(f"FIGURE handover reload, polling, {'redis' if relay_or_redis else 'relay'}: "
+          f"{CLIENTS} JS clients, {stats}, "
           f"master counters {counters}")
     assert set(stats["pids_before"]) == old
     assert_nothing_noticed(stats)
@@ -135,12 +148,17 @@ def test_reload_moves_default_clients_polling_then_upgraded(cluster_factory):
 
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
-def test_scale_down_moves_the_removed_workers_sessions(cluster_factory, transport):
-    cluster = cluster_factory(workers=2, handover=True)
+def test_scale_down_moves_the_removed_workers_sessions(cluster_factory, transport,
+                                                       relay_or_redis):
+    """The heir is a worker as old as the one that leaves (with Redis: its listener
+    has read the same messages, and more before the other started)."""
+    cluster = cluster_factory(workers=2, handover=True, redis=relay_or_redis)
     old = {w["pid"] for w in cluster.wait_ready()}
     kept = {w["pid"] for w in cluster.wait_ready() if w["slot"] == 0}
-    stats = under_traffic(cluster, lambda: scale_down(cluster), transports=[transport])
-    print(f"FIGURE handover scale -1, {transport}: {CLIENTS} JS clients, {stats}")
+    stats = under_traffic(cluster, lambda: scale_down(cluster), transports=[transport],
+                          say_every=2 if relay_or_redis else 10)
+    print(f"FIGURE handover scale -1, {transport}, "
+          f"{'redis' if relay_or_redis else 'relay'}: {CLIENTS} JS clients, {stats}")
     assert set(stats["pids_before"]) == old
     assert_nothing_noticed(stats)
     assert set(stats["pids_after"]) == kept, "every session now on the remaining worker"

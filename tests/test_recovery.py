@@ -117,7 +117,8 @@ def test_a_rolling_reload_recovers_every_session(cluster_factory, relay_or_redis
         assert m["connects"] >= 2 and m["recovered"] is True, m
 
 
-def test_handover_and_recovery_together_through_a_reload_then_a_kill(cluster_factory):
+def test_handover_and_recovery_together_through_a_reload_then_a_kill(cluster_factory,
+                                                                     relay_or_redis):
     """--handover yes with --recovery-window: a reload moves every session (no
     disconnect, no recovery needed, offsets go on counting: every number once, in
     order), every worker is new; then kill -9 of the worker holding most of them:
@@ -125,8 +126,10 @@ def test_handover_and_recovery_together_through_a_reload_then_a_kill(cluster_fac
     holds their pid), still every number once, in order. Fails without
     Recovery.arrived (workers/recovery.py): a moved session hears broadcasts
     without offsets, so its recovery replays from its last offset before the move
-    (numbers twice)."""
-    cluster = cluster_factory(workers=WORKERS, recovery_window=10, handover=True)
+    (numbers twice). State and offsets in the master (relay) or in Redis, where
+    the move is ordered with the channel (workers/redis_order.py)."""
+    cluster = cluster_factory(workers=WORKERS, recovery_window=10, handover=True,
+                              redis=relay_or_redis)
     cluster.wait_ready()
     before = cluster.worker_pids()
     n = 400

@@ -144,9 +144,36 @@ The relay is ordered per channel, and the move is ordered with it:
 So nothing reaches the session twice and nothing is missed, as long as a
 move takes less than REPLAY_KEEP messages of either kind. Only emits are
 replayed, not a relayed room change or disconnect naming the session in that
-instant. With Redis (`--redis`) nothing orders the move with broadcasts yet:
-a message published during a move can reach the session twice or not at all
-(README).
+instant.
+
+Broadcasts in flight (Redis, one channel)
+-----------------------------------------
+With `--redis` (`--redis-channels single`, the default) no master sees every
+message, but every worker reads the one channel in the same order
+(workers/redis_order.py has the design and its bounds):
+- every published message carries an id (publisher, number, and whether its
+  publisher delivered it to its own clients at once);
+- W, with no yield between this and the detach, puts in the state where its
+  listener is (`order.seen`: the last number it applied of each publisher,
+  and `order.mark` for messages without an id) and which of the local
+  deliveries the session already had (`order.had`: W's own publishes so far);
+- V, when the session arrives (no yield since its rooms were entered), either
+  has read past that position and delivers to the session alone, if
+  addressed to it, what came after it from a ring of recent messages, or
+  holds channel deliveries to that session until its listener passes it;
+  after that position it skips what `had` covers (W's own emits, which W
+  delivered at once and V would deliver again) and delivers its own emits
+  from before the arrival (which V delivered without the session and ignores
+  when Redis sends them back).
+So nothing reaches the session twice and nothing is missed, as long as V's
+listener is at most RING_KEEP messages ahead and passes W's position within
+ORDER_WAIT (each fallback is logged). With `--recovery-window` the offsets
+given by Redis follow the same order (only emits with an ack are delivered
+at once by their publisher), so a moved session's offsets go on counting.
+With `--redis-channels interest` there is no one order (a room's channel, a
+worker's channel, several Redis servers): the move is not ordered with
+broadcasts, and a message published during a move can reach the session
+twice or not at all (README).
 """
 
 from __future__ import annotations
@@ -203,10 +230,15 @@ def _move_out_websocket(worker, s: sessions.ClusterSocket) -> bool:
         log.info("%s: not handed over: %s", s.sid, e)
         return False
     relay = getattr(worker, "relay", None)
+    order = getattr(sio.manager, "order", None)
     try:
         state = _take_state(worker, sio, eio, s)
         state["relay_seen"] = 10**12  # room for the number, set below
         state["heir_seen"] = 10**12  # room for the master's number (move_in)
+        if order is not None:
+            # No yield from here to _forget: the Redis listener stays between two
+            # messages, and this is where it is (workers/redis_order.py).
+            state["order"] = order.state_of(s.sid)
         if len(ch.encode_json(state)) > ch.FRAGMENT:
             raise Refused("its state takes more than one channel frame")
     except Refused as e:
@@ -217,6 +249,8 @@ def _move_out_websocket(worker, s: sessions.ClusterSocket) -> bool:
     # between, note how many relayed broadcasts reached it from here: the master
     # replays the rest to its new owner (channel.py, REPLAY).
     _forget(sio, eio, s, state)
+    if order is not None:
+        order.left(s.sid)
     if getattr(worker, "recovery", None) is not None:
         worker.recovery.left(state)
     if relay is not None:
@@ -413,6 +447,9 @@ def _move_polling(worker, s: sessions.ClusterSocket) -> bool:
         log.info("%s: not handed over: %s", s.sid, e)
         _release(s)
         return False
+    order = getattr(sio.manager, "order", None)
+    if order is not None:
+        state["order"] = order.state_of(s.sid)  # no yield to _forget, as for a WebSocket
     # From here to the send, no yield: nothing reaches the queue unseen.
     queued = list(s._take_queued())
     packets = []
@@ -435,6 +472,8 @@ def _move_polling(worker, s: sessions.ClusterSocket) -> bool:
         _release(s)
         return False
     _forget(sio, eio, s, state)
+    if order is not None:
+        order.left(s.sid)
     moved_out.add(s.sid)
     relay = getattr(worker, "relay", None)
     if relay is not None:
@@ -638,6 +677,12 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
     recovery = getattr(worker, "recovery", None)
     if recovery is not None:
         recovery.arrived(sio, state, s.session)
+    order = getattr(mgr, "order", None)
+    if order is not None:
+        # Redis, one channel: what the old worker's listener had not applied, or
+        # hold what this one has not reached yet (workers/redis_order.py). No
+        # yield since the rooms were entered.
+        order.arrived(eio_sid, state.get("order"))
     # What this worker published itself before the session was here and after
     # the master took the hand-over in reached neither the session here nor at
     # its old worker: deliver it now, in order, before anything newer. With
@@ -750,26 +795,9 @@ def replay(worker, eio_sid: str, message: bytes) -> None:
     session in that instant is not (rare: it needs a call from another worker
     naming this sid during the move).
     """
-    sio = worker.app.sio
-    mgr = sio.manager
     try:
         msg = json.loads(message)
     except ValueError:
         return
-    if not isinstance(msg, dict) or msg.get("method") != "emit":
-        return
-    ns = msg.get("namespace") or "/"
-    sid = mgr.sid_from_eio_sid(eio_sid, ns)
-    if sid is None:
-        return
-    rooms = msg.get("room")
-    rooms = rooms if isinstance(rooms, list) else [rooms]
-    skip = msg.get("skip_sid")
-    skip = skip if isinstance(skip, list) else [skip]
-    if sid in skip:
-        return
-    here = mgr.rooms.get(ns, {})  # internals: socketio-manager-callbacks (rooms)
-    if not any(r is None or sid in here.get(r, ()) for r in rooms):
-        return
-    # internals: socketio-return-callback-use (_handle_emit decodes as for any relay)
-    mgr._handle_emit(dict(msg, room=sid, skip_sid=None))
+    if isinstance(msg, dict):
+        worker.app.sio.manager.emit_to_session(eio_sid, msg)

@@ -498,7 +498,8 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "the old worker reads (and refuses a move for) and the new one fills in",
         attrs=("environ", "_binary_packet"))),
     ("socketio-manager-callbacks", Reach(
-        _SIO, "socketio:PubSubManager", "read", "workers/handover.py _take_state, move_in",
+        _SIO, "socketio:PubSubManager", "read",
+        "workers/handover.py _take_state, move_in; workers/pubsub.py emit_to_session",
         "the server's pending acks by Socket.IO sid, {0: itertools.count, id: callback}: "
         "a moving session waits for them and carries the counter's next id",
         attrs=("callbacks", "rooms", "basic_disconnect", "basic_enter_room", "get_namespaces"),

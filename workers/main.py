@@ -33,6 +33,7 @@ from imcluster.workers.http import FdListener, make_protocol, release_idle, serv
 from imcluster.workers.link import Link
 from imcluster.workers.recovery import Recovery
 from imcluster.workers.redis_manager import ClusterRedisManager, InterestRedisManager
+from imcluster.workers.redis_order import ChannelOrder
 from imcluster.workers.redis_recovery import RedisRecoveryStore
 from imcluster.workers.relay import MasterRelayManager
 
@@ -106,6 +107,11 @@ class WorkerServer:
             if self.spec.get("handover"):
                 handover.count_handlers(app.sio)
                 handover.enable(self._forward)
+                mgr = app.sio.manager
+                if (isinstance(mgr, ClusterRedisManager)
+                        and not isinstance(mgr, InterestRedisManager)):
+                    # One channel, one order: a move is ordered with the broadcasts.
+                    mgr.order = ChannelOrder(mgr)
             if rec is not None:
                 mgr = app.sio.manager
                 if isinstance(mgr, ClusterRedisManager):

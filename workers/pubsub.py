@@ -162,6 +162,11 @@ class ClusterPubSubManager(socketio.PubSubManager):
         """Whether the listener acts on `data` (a subclass drops duplicates here)."""
         return True
 
+    def _heard(self, data: dict) -> dict:
+        """Every accepted message, in the order read, before the listener acts on
+        it; returns what to act on (a subclass orders hand-overs here)."""
+        return data
+
     # internals: socketio-listen
     def _listen(self):
         """What python-socketio's listener (`PubSubManager._thread`) reads: every
@@ -178,6 +183,7 @@ class ClusterPubSubManager(socketio.PubSubManager):
                     continue
             if not self._accept(data):
                 continue
+            data = self._heard(data)
             handler = self.cluster_handlers.get(data.get("method"))
             if handler is None:
                 if (self.recovery is not None and data.get("offset") is not None
@@ -246,6 +252,28 @@ class ClusterPubSubManager(socketio.PubSubManager):
             # with its offset, and without moving this listener's position.
             return self._emit_logged(message, advance=False)
         return super()._handle_emit(message)
+
+    def emit_to_session(self, eio_sid: str, message: dict) -> None:
+        """Deliver an emit message to one session of this worker alone, if it was
+        addressed to it (its room(s), namespace and skip_sid), as the listener
+        would have: for a session that moved in and missed it (workers/handover.py)."""
+        if message.get("method") != "emit":
+            return
+        ns = message.get("namespace") or "/"
+        sid = self.sid_from_eio_sid(eio_sid, ns)
+        if sid is None:
+            return
+        rooms = message.get("room")
+        rooms = rooms if isinstance(rooms, list) else [rooms]
+        skip = message.get("skip_sid")
+        skip = skip if isinstance(skip, list) else [skip]
+        if sid in skip:
+            return
+        here = self.rooms.get(ns, {})  # internals: socketio-manager-callbacks (rooms)
+        if not any(r is None or sid in here.get(r, ()) for r in rooms):
+            return
+        # internals: socketio-return-callback-use (_handle_emit decodes as for any relay)
+        self._handle_emit(dict(message, room=sid, skip_sid=None))
 
     def deliver_here(self, message: dict) -> None:
         """Deliver an emit message to this worker's participants as python-socketio

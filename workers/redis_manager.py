@@ -405,6 +405,9 @@ class ClusterRedisManager(ClusterPubSubManager):
         # Connection state recovery in Redis (redis_recovery.py), set by the worker,
         # single channel only: its offsets order what is published on `channel`.
         self.store = None
+        # Hand-over ordered with the channel (redis_order.py), set by the worker with
+        # --handover yes, single channel only.
+        self.order = None
         self.redis = self.nodes[0][0].redis
         self.nodes[0][0].on_dropped = self._dropped
         self.nodes[0][1].on_restored = self._subscription_restored
@@ -435,6 +438,8 @@ class ClusterRedisManager(ClusterPubSubManager):
                 "published": sum(pub.published for pub, _ in self.nodes)}
 
     def _publish(self, data) -> None:
+        if self.order is not None:
+            data = self.order.stamp(data)
         text = self.json.dumps(data)
         if (self.store is not None and data.get("method") == "emit"
                 and data.get("callback") is None):
@@ -458,6 +463,9 @@ class ClusterRedisManager(ClusterPubSubManager):
                     self.deliver_here(entry.data)
                 except Exception:
                     log.exception("local delivery of a broadcast failed")
+
+    def _heard(self, data: dict) -> dict:
+        return self.order.heard(data) if self.order is not None else data
 
     def _subscription_restored(self) -> None:
         if self.recovery is not None:

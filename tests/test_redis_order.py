@@ -1,0 +1,209 @@
+"""The hand-over's order with one Redis channel (workers/redis_order.py), as data:
+the channel is a list of messages that each worker's ChannelOrder reads in the
+same order, as Redis delivers one channel to every subscriber. The real-process
+measure (100 JS clients through a reload with --redis) is in test_handover.py.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from imcluster.workers import redis_order
+from imcluster.workers.redis_order import ChannelOrder
+
+S = "eioS"  # the Engine.IO sid of the session that moves
+SID = "sioS"  # its Socket.IO sid in "/"
+
+
+class Worker:
+    """A worker's manager as ChannelOrder sees it: which sessions are here, and
+    what it delivered to one session alone."""
+
+    recovery = None
+
+    def __init__(self):
+        self.here: set[str] = set()
+        self.alone: list[tuple[str, str]] = []  # (eio_sid, event)
+        self.order = ChannelOrder(self)
+
+    def sid_from_eio_sid(self, eio_sid, namespace):
+        return SID if eio_sid in self.here else None
+
+    def emit_to_session(self, eio_sid, message):
+        self.alone.append((eio_sid, message["event"]))
+
+    def emit(self, event: str) -> dict:
+        """A room emit this worker publishes (and delivered here at once)."""
+        return self.order.stamp({"method": "emit", "event": event, "namespace": "/",
+                                 "room": "r", "skip_sid": None, "callback": None})
+
+    def read(self, *messages: dict) -> list[bool]:
+        """The listener reads `messages`; for each, whether the session (if here)
+        gets it through the normal path (python-socketio skips its own)."""
+        got = []
+        for m in messages:
+            out = self.order.heard(m)
+            own = m.get(redis_order.KEY, [None])[0] == self.order.me
+            got.append(S in self.here and not own and SID not in (out.get("skip_sid") or []))
+        return got
+
+    def move_to(self, heir: Worker) -> None:
+        state = self.order.state_of(S)
+        self.here.discard(S)
+        self.order.left(S)
+        heir.here.add(S)
+        heir.order.arrived(S, state)
+
+
+def foreign(event: str, pub: str = "other") -> dict:
+    """A message from a worker that is neither of the two (another publisher)."""
+    return {"method": "emit", "event": event, "namespace": "/", "room": "r",
+            "skip_sid": None, "callback": None, redis_order.KEY: [pub, int(event[1:]), 1]}
+
+
+def test_the_heir_ahead_delivers_what_the_old_worker_had_not_read_except_its_local_emits():
+    w, v = Worker(), Worker()
+    w.here.add(S)
+    m1, m2 = foreign("m1"), foreign("m2")
+    mine = w.emit("w1")  # delivered by w at once
+    m3 = foreign("m3")
+    assert w.read(m1) == [True]
+    assert v.read(m1, m2, mine, m3) == [False] * 4
+    w.move_to(v)
+    # v had read m2, w1 and m3 after w's position: m2 and m3, not w1 (w delivered it)
+    assert v.alone == [(S, "m2"), (S, "m3")]
+    assert v.read(foreign("m4")) == [True]
+    assert not v.order.entries
+
+
+def test_the_heir_behind_holds_until_it_reaches_the_old_workers_position():
+    w, v = Worker(), Worker()
+    w.here.add(S)
+    msgs = [foreign(f"m{i}") for i in range(1, 6)]
+    assert w.read(*msgs) == [True] * 5
+    v.read(msgs[0])
+    w.move_to(v)
+    assert v.alone == []
+    assert v.read(*msgs[1:]) == [False] * 4  # w delivered those
+    assert v.read(foreign("m6")) == [True]
+
+
+def test_a_position_counts_messages_without_an_id():
+    """External emitters publish without an id: the cursor counts them after the
+    last message with one."""
+    w, v = Worker(), Worker()
+    w.here.add(S)
+    plain = [{"method": "emit", "event": f"x{i}", "namespace": "/", "room": "r"}
+             for i in range(3)]
+    m1 = foreign("m1")
+    w.read(m1, plain[0], plain[1])
+    v.read(m1)
+    w.move_to(v)
+    assert v.read(plain[0], plain[1], plain[2]) == [False, False, True]
+
+
+def test_an_heir_behind_the_old_workers_last_message_holds_the_plain_ones_before_it():
+    w, v = Worker(), Worker()
+    w.here.add(S)
+    m1, x0, m2 = foreign("m1"), {"method": "emit", "event": "x0", "namespace": "/",
+                                 "room": "r"}, foreign("m2")
+    w.read(m1, x0, m2)
+    v.read(m1, x0)
+    w.move_to(v)
+    assert v.alone == []  # x0 reached the session from the old worker
+    assert v.read(m2, foreign("m3")) == [False, True]
+
+
+def test_the_heirs_own_emits_from_before_the_arrival_reach_the_session_once():
+    """One of v's emits from before the session arrived: v delivered it without the
+    session, and ignores it when Redis sends it back. If w read it first, w
+    delivered it; if not, v delivers it to the session alone when it comes back."""
+    w, v = Worker(), Worker()
+    w.here.add(S)
+    early, late = v.emit("v1"), v.emit("v2")
+    m1 = foreign("m1")
+    assert w.read(m1, early) == [True, True]
+    v.read(m1)
+    w.move_to(v)
+    v.read(early, late)
+    assert v.alone == [(S, "v2")]
+    assert not v.order.entries
+    after = v.emit("v3")  # delivered at once, now that the session is here
+    v.read(after)
+    assert v.alone == [(S, "v2")]
+
+
+def test_the_old_workers_local_emits_after_its_position_are_not_delivered_twice():
+    w, v = Worker(), Worker()
+    w.here.add(S)
+    m1 = foreign("m1")
+    w.read(m1)
+    v.read(m1)
+    sent = [w.emit("w1"), w.emit("w2")]  # reached the session from w at once
+    w.move_to(v)
+    later = w.emit("w3")  # after the move: the session was not on w
+    assert v.read(*sent, later) == [False, False, True]
+    assert not v.order.entries
+
+
+def test_a_second_move_carries_the_open_entry():
+    """w -> v while v is behind, then v -> x before v reached w's position: x uses
+    w's position and skips w's local emits too."""
+    w, v, x = Worker(), Worker(), Worker()
+    w.here.add(S)
+    m1, m2, m3 = foreign("m1"), foreign("m2"), foreign("m3")
+    mine = w.emit("w1")
+    w.read(m1, m2, mine)
+    v.read(m1)
+    x.read(m1)
+    w.move_to(v)
+    v.move_to(x)
+    assert x.alone == []
+    assert x.read(m2, mine, m3) == [False, False, True]
+
+
+def test_an_heir_that_started_listening_after_the_old_workers_position():
+    """The heir subscribed after the last message the old worker read (a worker
+    READY before its subscription is confirmed), and that publisher is gone: what
+    the heir hears is after that position, so it reaches the session."""
+    w, v = Worker(), Worker()
+    w.here.add(S)
+    w.read(foreign("m1", "gone"), foreign("m2", "gone"))
+    w.move_to(v)
+    assert v.read(foreign("q1", "new"), foreign("m3", "other")) == [True, True]
+    # ...and one that heard a later message of a publisher the old worker heard,
+    # before the session came, delivers it when it comes.
+    w, v = Worker(), Worker()
+    w.here.add(S)
+    w.read(foreign("m1"), foreign("m2"))
+    v.read(foreign("m3"))
+    w.move_to(v)
+    assert v.alone == [(S, "m3")]
+    assert v.read(foreign("m4")) == [True]
+
+
+def test_a_position_never_passed_is_given_up_and_logged(monkeypatch, caplog):
+    monkeypatch.setattr(redis_order, "ORDER_WAIT", -1.0)
+    w, v = Worker(), Worker()
+    w.here.add(S)
+    m1, m2 = foreign("m1"), foreign("m2")
+    w.read(m1, m2)
+    w.move_to(v)
+    with caplog.at_level(logging.WARNING, "imcluster.worker"):
+        assert v.read(m1) == [True]  # the old worker had it: given up, delivered
+    assert "did not get past the old worker's position" in caplog.text
+    assert not v.order.entries
+
+
+def test_the_ring_is_bounded_and_an_heir_ahead_by_more_says_so(monkeypatch, caplog):
+    monkeypatch.setattr(redis_order, "RING_KEEP", 4)
+    w, v = Worker(), Worker()
+    w.here.add(S)
+    msgs = [foreign(f"m{i}") for i in range(1, 8)]
+    w.read(msgs[0])
+    v.read(*msgs)
+    assert len(v.order.ring) == 4
+    with caplog.at_level(logging.WARNING, "imcluster.worker"):
+        w.move_to(v)
+    assert v.alone == [(S, f"m{i}") for i in range(4, 8)]
+    assert "may be missed" in caplog.text

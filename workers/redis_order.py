@@ -1,0 +1,327 @@
+"""Session hand-over ordered with the broadcasts of one Redis channel (`--handover yes`
+with `--redis` and `--redis-channels single`): a session that moves while room
+messages fly gets each of them exactly once.
+
+Why something is needed
+-----------------------
+Without it a message published during a move can reach the session twice or
+not at all: the old worker W delivers what its listener has read by the time
+the session leaves, the new worker V what its listener reads after the session
+arrived, and the two listeners are at different places in the channel (either
+may lag; V's may be ahead). A worker also delivers its own emits to its own
+clients at once (python-socketio's PubSubManager.emit) and ignores them when
+Redis sends them back, so an emit of W just before the move reached the
+session from W and reaches it again from V when V reads it; one of V's just
+before the session arrived reached neither (V delivered it without the
+session, and W may not have read it yet).
+
+What makes it possible: on one channel of one Redis server every subscriber
+receives the publishes in the same order (PUBLISH writes the message to each
+subscriber's output buffer as it runs, one command at a time), so a position in
+the channel means the same thing to every worker. A worker's own publishes
+reach the channel in the order it made them (one publishing connection,
+workers/redis_manager.py).
+
+The design
+----------
+- Every message a worker publishes carries an id, `"imc_id": [PUB, N, LOCAL]`:
+  PUB the worker's publisher id (random, 8 hex digits), N its count of
+  publishes (1, 2, ...), LOCAL 1 when the publisher delivered it to its own
+  clients at once (an emit; with `--recovery-window` only an emit with an ack:
+  the others come back from Redis with their offset and are delivered then).
+  Other fields are untouched: python-socketio's RedisManager and external
+  emitters ignore the key, and their own messages (without it) still count as
+  positions.
+- Each listener counts the messages it reads, keeps the last RING_KEEP with
+  their ids, and the last number it read of each publisher.
+- What a listener has applied is a prefix of the channel: everything from its
+  subscription (long before any session it holds) to where it is now. So the
+  old worker puts in the session's state, with no yield between this and the
+  session's removal (its listener is then between two messages), the last
+  number it read of each publisher (`seen`, the STATE_PUBLISHERS latest) and
+  its last identified message with the count of plain ones after it (`mark`:
+  PUB, N, K, for messages without an id), and `had` = {PUB: [LO, HI]}: the
+  session already got every LOCAL message of PUB numbered LO < N <= HI (its
+  own publishes: from 0, or from when the session arrived, to its last).
+  A message with id (PUB, N) was applied by the old worker if and only if
+  N <= seen[PUB]; a publisher it never heard published after its position.
+- The new worker, when the session arrives (on the same no-yield path as its
+  registration in the rooms), looks for the last message of its ring that the
+  old worker applied:
+  * with messages after it, or none found while it has read later numbers of
+    a publisher in `seen` (it subscribed after that position, a worker READY
+    before its subscription was confirmed): it is ahead, and delivers to the
+    session alone, if addressed to it (the room, namespace and skip_sid
+    rules), each of those later messages, except those `had` says it got;
+  * otherwise it is behind, and holds from that session every channel message
+    the old worker applied, until the first it had not;
+  after that position, the messages `had` covers are skipped for the session,
+  and this worker's own LOCAL publishes from before the session arrived
+  (delivered without it, and ignored when Redis sends them back) are
+  delivered to it alone when they come back. The session's entry ends when
+  all of that is behind the listener: then the plain rules hold again.
+- A session that moves again while its entry is open carries the entry on
+  (the older position if this worker had not reached it, the open `had`).
+
+Bounds and fallbacks (each logged): an entry lives at most ORDER_WAIT seconds
+(a position never passed, e.g. the new worker's subscription was down: the
+session then gets the channel from then on, and what was held may be missed
+or twice); a new worker more than RING_KEEP messages ahead delivers what its
+ring holds (older ones are missed); an old worker that had read no message
+with an id gives no position (deliveries from then on). Only emits are
+ordered, as with the master relay: a room change or disconnect published by
+another worker for this very sid during the move is not.
+
+With `--redis-channels interest` there is no single order: a worker hears a
+room's messages on the room's channel, possibly on another Redis server,
+each channel in its own order, and a session's rooms are not the same
+channels on both workers at the moment of the move. So this is single-channel
+only; with interest channels a message published while a session moves can
+still reach it twice or not at all (README).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import secrets
+import time
+
+log = logging.getLogger("imcluster.worker")
+
+KEY = "imc_id"
+# Messages each listener keeps (a session arriving from a worker whose listener
+# lags this one's by more than this may miss some, and says so).
+RING_KEEP = 4096
+# Seconds a moved session's entry may stay open.
+ORDER_WAIT = 10.0
+# Publishers whose last number a listener remembers (workers come and go), and
+# how many of the latest a session's state names.
+MAX_PUBLISHERS = 1024
+STATE_PUBLISHERS = 64
+
+
+class _Entry:
+    """A session moved in, whose deliveries follow the old worker's position."""
+
+    __slots__ = ("eio_sid", "seen", "mark", "target", "passed", "had", "own", "deadline")
+
+    def __init__(self, eio_sid: str, seen: dict, mark, had: dict, own: int):
+        self.eio_sid = eio_sid
+        self.seen = seen  # {PUB: N}: the last of each publisher the old worker applied
+        self.mark = mark  # (PUB, N, K): its last identified message, K plain ones after
+        self.target: int | None = None  # the mark plus K in this listener's count
+        self.passed = False  # this listener is past the old worker's position
+        self.had = had  # {PUB: (LO, HI)}
+        self.own = own  # this worker's publishes before the session arrived
+        self.deadline = time.monotonic() + ORDER_WAIT
+
+    def applied(self, pub, n: int) -> bool | None:
+        """Whether the old worker had applied the message with this id: True, False,
+        or None for a message without an id (its place says)."""
+        if pub is None:
+            return None
+        # A publisher it never heard: published after its position (its listener
+        # had read everything from long before this session to that position).
+        return n <= self.seen.get(pub, 0)
+
+
+class ChannelOrder:
+    """One worker's side (see the module): ids on what it publishes, the count
+    and ring of what its listener reads, and the sessions moved in."""
+
+    def __init__(self, manager):
+        self.manager = manager
+        self.me = secrets.token_hex(4)
+        self.published = 0
+        self.index = 0  # messages the listener read
+        self.ring: collections.deque = collections.deque()  # (index, pub, n, local, data)
+        self.last: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.mark: tuple[str, int, int] | None = None  # last identified (pub, n, index)
+        self.entries: dict[str, _Entry] = {}  # Engine.IO sid ->
+
+    # ---- publishing ---------------------------------------------------------------------
+
+    def stamp(self, data: dict) -> dict:
+        """`data` with its id (a copy)."""
+        self.published += 1
+        local = data.get("method") == "emit" and not (
+            self.manager.recovery is not None and data.get("callback") is None)
+        return {**data, KEY: [self.me, self.published, 1 if local else 0]}
+
+    # ---- the listener -------------------------------------------------------------------
+
+    def heard(self, data: dict) -> dict:
+        """Called by the listener for every message it reads, in order, before it
+        acts on it; returns the message to act on (skip_sid extended for the
+        sessions that must not get it from here)."""
+        self.index += 1
+        i = self.index
+        pub, n, local = _id(data)
+        if pub is not None:
+            self.last[pub] = n
+            self.last.move_to_end(pub)
+            if len(self.last) > MAX_PUBLISHERS:
+                self.last.popitem(last=False)
+            self.mark = (pub, n, i)
+        self.ring.append((i, pub, n, local, data))
+        if len(self.ring) > RING_KEEP:
+            self.ring.popleft()
+        if not self.entries:
+            return data
+        skip: list[str] = []
+        now = time.monotonic()
+        for e in list(self.entries.values()):
+            if now > e.deadline:
+                self._expire(e)
+                continue
+            if not e.passed:
+                applied = e.applied(pub, n)
+                if applied is None:
+                    applied = e.target is None or i <= e.target
+                elif applied and e.mark is not None and (pub, n) == e.mark[:2]:
+                    e.target = i + e.mark[2]
+                if applied:
+                    skip.append(e.eio_sid)  # the old worker delivered it
+                    continue
+                e.passed = True
+            if data.get("method") == "emit" and local:
+                lo_hi = e.had.get(pub)
+                if lo_hi is not None and lo_hi[0] < n <= lo_hi[1]:
+                    skip.append(e.eio_sid)
+                elif pub == self.me and n <= e.own:
+                    self._deliver(e.eio_sid, data)  # its publisher's listener ignores it
+            if self._done(e):
+                del self.entries[e.eio_sid]
+        if skip and data.get("method") == "emit":
+            data = self._skipping(data, skip)
+        return data
+
+    def _skipping(self, data: dict, eio_sids: list[str]) -> dict:
+        ns = data.get("namespace") or "/"
+        mgr = self.manager
+        sids = [sid for sid in (mgr.sid_from_eio_sid(e, ns) for e in eio_sids)
+                if sid is not None]
+        if not sids:
+            return data
+        skip = data.get("skip_sid")
+        skip = list(skip) if isinstance(skip, list) else ([] if skip is None else [skip])
+        return {**data, "skip_sid": skip + sids}
+
+    def _done(self, e: _Entry) -> bool:
+        return (e.passed and self.last.get(self.me, 0) >= e.own
+                and all(self.last.get(p, 0) >= hi for p, (_, hi) in e.had.items()))
+
+    def _expire(self, e: _Entry) -> None:
+        del self.entries[e.eio_sid]
+        if not e.passed:
+            log.warning("%s: moved in, but this worker's listener did not get past the "
+                        "old worker's position in %.0f s (Redis subscription down?): it "
+                        "gets broadcasts from here on, a few may be missed or twice",
+                        e.eio_sid, ORDER_WAIT)
+
+    def _deliver(self, eio_sid: str, data: dict) -> None:
+        try:
+            self.manager.emit_to_session(eio_sid, data)
+        except Exception:  # one odd message must not stop the listener
+            log.exception("%s: delivering a broadcast to a session moved in", eio_sid)
+
+    # ---- hand-over ----------------------------------------------------------------------
+
+    def state_of(self, eio_sid: str) -> dict:
+        """What the session's state carries (see the module); exact only when taken
+        with no yield before the session leaves the manager (the listener is then
+        between two messages)."""
+        e = self.entries.get(eio_sid)
+        seen = dict(list(self.last.items())[-STATE_PUBLISHERS:])
+        if e is not None and not e.passed:
+            # Not yet where its old worker was: that position still holds.
+            for p, k in e.seen.items():
+                seen[p] = max(k, seen.get(p, 0))
+            mark = list(e.mark) if e.mark is not None else None
+        elif self.mark is not None:
+            pub, n, i = self.mark
+            mark = [pub, n, self.index - i]
+        else:
+            mark = None
+        had = {}
+        if e is not None:
+            had = {p: [lo, hi] for p, (lo, hi) in e.had.items() if self.last.get(p, 0) < hi}
+        had[self.me] = [e.own if e is not None else 0, self.published]
+        return {"seen": seen, "mark": mark, "had": had}
+
+    def left(self, eio_sid: str) -> None:
+        """The session has gone."""
+        self.entries.pop(eio_sid, None)
+
+    def arrived(self, eio_sid: str, state) -> None:
+        """The session `eio_sid` is registered here (its rooms), with `state` from
+        `state_of` on its old worker: catch up or hold (see the module). Call with
+        no yield since the registration."""
+        try:
+            seen = {str(p): int(k) for p, k in state["seen"].items()}
+            mark = state.get("mark")
+            if mark is not None:
+                mark = (str(mark[0]), int(mark[1]), int(mark[2]))
+            had = {str(p): (int(lo), int(hi)) for p, (lo, hi) in
+                   (state.get("had") or {}).items()}
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError):
+            log.warning("%s: moved in without a usable channel position (from a worker "
+                        "without ordering?); broadcasts from here on", eio_sid)
+            return
+        e = _Entry(eio_sid, seen, mark, had, self.published)
+        if not seen:
+            log.info("%s: its old worker had read no broadcast with an id: broadcasts "
+                     "from here on", eio_sid)
+            e.passed = True
+        else:
+            self._place(e)
+        if not self._done(e):
+            self.entries[eio_sid] = e
+
+    def _place(self, e: _Entry) -> None:
+        """Find the old worker's position in the ring: deliver what came after it
+        (this listener is ahead), or leave the entry to hold (it is behind)."""
+        ring = self.ring
+        # The old worker applied a prefix of the channel: the last entry it applied
+        # is where it was (plus K plain messages after its mark).
+        cut = None
+        later = False  # a message with an id after it (one the old worker had not)
+        for i, pub, n, _, _ in reversed(ring):
+            if e.applied(pub, n):
+                cut = i
+                if e.mark is not None and (pub, n) == e.mark[:2]:
+                    e.target = cut = i + e.mark[2]
+                elif not later:
+                    return  # before its mark: behind (the plain ones since, it had)
+                break
+            later = later or pub is not None
+        if cut is None:
+            # Nothing here that it applied: this listener is behind it, unless it
+            # heard later messages of a publisher the old worker heard (then it
+            # started listening after that position, or is far ahead).
+            if not any(self.last.get(p, 0) > k for p, k in e.seen.items()):
+                return
+            if ring and ring[0][0] > 1:
+                log.warning("%s: moved in from a worker more than %d messages behind "
+                            "this one: broadcasts before those may be missed",
+                            e.eio_sid, RING_KEEP)
+            cut = 0
+        if cut >= self.index:
+            return  # just there: the next one decides
+        for i, pub, n, local, data in list(ring):
+            if i <= cut or data.get("method") != "emit":
+                continue
+            lo_hi = e.had.get(pub) if local else None
+            if lo_hi is not None and lo_hi[0] < n <= lo_hi[1]:
+                continue
+            self._deliver(e.eio_sid, data)
+        e.passed = True
+
+
+def _id(data: dict) -> tuple:
+    tag = data.get(KEY)
+    if (isinstance(tag, list) and len(tag) == 3 and isinstance(tag[0], str)
+            and isinstance(tag[1], int) and isinstance(tag[2], int)):
+        return tag[0], tag[1], bool(tag[2])
+    return None, 0, False
