@@ -174,8 +174,8 @@ class Publisher:
                 if callable(entry):
                     entry(pipe)
                 else:
-                    pipe.publish(*entry)
-            pipe.execute()
+                    self._queue(pipe, *entry)
+            self._execute(pipe, batch)
         except Exception as e:  # redis-py's errors, and anything else: the publisher lives on
             self.dropped += len(batch)
             self.on_dropped(batch)
@@ -192,6 +192,13 @@ class Publisher:
                         "other workers again (%d messages could not be sent meanwhile)%s",
                         self.dropped, self.where)
             self.dropped = 0
+
+    # Where a Redis Cluster publishes otherwise (workers/redis_cluster.py).
+    def _queue(self, pipe, channel: str, text: str) -> None:
+        pipe.publish(channel, text)
+
+    def _execute(self, pipe, batch: list) -> None:
+        pipe.execute()
 
 
 class Subscriber:
@@ -225,6 +232,7 @@ class Subscriber:
         # Its first SUBSCRIBE went out (redis-py connects in it): from then on
         # add() and remove() send their own commands; before, the reader does.
         self.ready = False
+        self.stopped = False  # stop(): the reader ends
         self.listening = False
         self.ever_listened = False
         self.received = 0  # messages Redis delivered to this worker (the cost of interest)
@@ -241,7 +249,7 @@ class Subscriber:
         if ps is not None and self.ready:
             self.pending[channel] = self.pending.get(channel, 0) + 1
             try:
-                ps.subscribe(channel)
+                self._subscribe(ps, [channel])
             except Exception:  # the reader sees the broken connection and remakes it
                 pass
 
@@ -253,9 +261,25 @@ class Subscriber:
         ps = self.pubsub
         if ps is not None and self.ready:
             try:
-                ps.unsubscribe(channel)
+                self._unsubscribe(ps, [channel])
             except Exception:
                 pass
+
+    def stop(self) -> None:
+        """End the reader within a read timeout (a third of `silence_timeout`, at
+        most), closing its connection."""
+        self.stopped = True
+
+    # The commands, and what the server sent unasked: a Redis Cluster's sharded
+    # pub/sub differs here (workers/redis_cluster.py).
+    def _subscribe(self, ps, channels: list[str]) -> None:
+        ps.subscribe(*channels)
+
+    def _unsubscribe(self, ps, channels: list[str]) -> None:
+        ps.unsubscribe(*channels)
+
+    def _dropped_by_server(self, channel: str) -> None:
+        """An unsubscribe message for `channel` (asked for, or not)."""
 
     def wait_confirmed(self, channel: str, timeout: float) -> bool:
         """Wait (at most `timeout` s) until Redis confirmed the subscription to
@@ -294,7 +318,7 @@ class Subscriber:
         backoff = 0.25
         down_since = None  # when messages from other workers stopped arriving
         ping_every = self.silence_timeout / 3
-        while True:
+        while not self.stopped:
             pubsub = self.redis.pubsub()
             heard = time.monotonic()  # anything read on this connection, or its start
             try:
@@ -309,24 +333,24 @@ class Subscriber:
                         for c in more:
                             self.pending[c] = self.pending.get(c, 0) + 1
                         sent |= more
-                        pubsub.subscribe(*sorted(more))
+                        self._subscribe(pubsub, sorted(more))
                     if fewer:
                         sent -= fewer
-                        pubsub.unsubscribe(*sorted(fewer))
+                        self._unsubscribe(pubsub, sorted(fewer))
                 self.ready = True
                 pinged = None  # when the unanswered PING went out
-                while True:
+                while not self.stopped:
                     message = pubsub.get_message(timeout=ping_every / 2)
                     now = time.monotonic()
                     if message is not None:
                         heard, pinged = now, None
                         kind = message["type"]
-                        if kind == "message":
+                        if kind in ("message", "smessage"):
                             self.received += 1
                             self.deliver(message["data"])
                             # Time spent in the consumer is not silence.
                             heard = time.monotonic()
-                        elif kind == "subscribe":
+                        elif kind in ("subscribe", "ssubscribe"):
                             channel = message["channel"]
                             self._confirmed(channel.decode() if isinstance(channel, bytes)
                                             else channel)
@@ -340,6 +364,10 @@ class Subscriber:
                                                 now - down_since, self.where)
                                     down_since = None
                                     self.on_restored()
+                        elif kind == "sunsubscribe":
+                            channel = message["channel"]
+                            self._dropped_by_server(channel.decode()
+                                                    if isinstance(channel, bytes) else channel)
                         continue
                     if now - heard >= self.silence_timeout:
                         raise SubscriptionSilent(now - heard)
@@ -575,6 +603,9 @@ class InterestRedisManager(ClusterRedisManager):
     def _sub(self, channel: str) -> Subscriber:
         return self.nodes[self.node_of(channel)][1]
 
+    def _pub(self, channel: str) -> Publisher:
+        return self.nodes[self.node_of(channel)][0]
+
     # ---- membership follows the rooms -------------------------------------------------
 
     # Overrides python-socketio 5.18's BaseManager.basic_enter_room / basic_leave_room,
@@ -765,7 +796,7 @@ class InterestRedisManager(ClusterRedisManager):
             return
         text = self.json.dumps(data)
         for channel in channels:
-            self.nodes[self.node_of(channel)][0].publish(channel, text)
+            self._pub(channel).publish(channel, text)
 
     def _accept(self, data: dict) -> bool:
         mid = data.get("mid")
