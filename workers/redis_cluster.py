@@ -238,6 +238,9 @@ class ShardSubscriber(Subscriber):
 
     def _dropped_by_server(self, channel: str) -> None:
         if channel in self.want:  # not asked for: its slot left this node
+            # Gone here already (a SUNSUBSCRIBE now would be answered MOVED, which
+            # costs the whole connection): the slot map places it anew.
+            self.want.discard(channel)
             self.confirmed.discard(channel)
             self.on_moved(channel)
 
@@ -318,7 +321,9 @@ class ShardedRedisManager(InterestRedisManager):
         self.prefer: str | None = None  # ask this node first (it dropped a channel)
         self.running = False  # the listener started: new subscribers start at once
         self.retired_received = 0  # `received` of subscribers stopped since
-        self.moves = 0  # channel moves between masters (slot changes) since start
+        # Channels subscribed again since start: at a slot's new master, or at the
+        # same one after it dropped them.
+        self.resubscribed = 0
         self.reachable = True
         self.placed = _Placed(self)
         self.nowhere = _Nowhere()
@@ -377,9 +382,10 @@ class ShardedRedisManager(InterestRedisManager):
                 r.close()
         return None
 
-    def refresh(self, prefer: str | None = None) -> bool:
-        """Read the slot map; on a change, move the channels held to their new
-        masters. Returns whether the map changed."""
+    def refresh(self, prefer: str | None = None, place: bool = False) -> bool:
+        """Read the slot map; on a change (or with `place`: a master dropped some
+        channels), put every channel held on its slot's master. Returns whether
+        the map changed."""
         topo = self._read_topology(prefer)
         if topo is None:
             if self.reachable:
@@ -390,13 +396,14 @@ class ShardedRedisManager(InterestRedisManager):
         if not self.reachable:
             self.reachable = True
             log.warning("redis cluster: slot map read again")
-        if topo == self.topology:
-            return False
-        self._apply(topo)
-        return True
+        changed = topo != self.topology
+        if changed or place:
+            self._apply(topo)
+        return changed
 
     def _apply(self, topo: Topology) -> None:
         old, self.topology = self.topology, topo
+        changed = topo != old
         targets = {name: {topo.keeper(name, self.channel)} for name in topo.masters}
         for c in self.wanted:
             owner = topo.owner(c)
@@ -436,10 +443,14 @@ class ShardedRedisManager(InterestRedisManager):
                 self._start(self.base_sub)
         self.nodes = list(self.links.values())
         if old is not None:
-            self.moves += moved
-            log.warning("redis cluster: slot map changed (%d masters: %s); %d channels "
-                        "this worker holds moved to their new masters", len(topo.masters),
-                        ", ".join(topo.masters), moved)
+            self.resubscribed += moved
+            if changed:
+                log.warning("redis cluster: slot map changed (%d masters: %s); %d channels "
+                            "this worker holds moved to their new masters",
+                            len(topo.masters), ", ".join(topo.masters), moved)
+            elif moved:
+                log.warning("redis cluster: %d channels dropped unasked by their master "
+                            "(which still owns their slots): subscribed again", moved)
         if not self.known.ready():
             self.known.send()
 
@@ -471,9 +482,13 @@ class ShardedRedisManager(InterestRedisManager):
             with eventlet.Timeout(REFRESH_INTERVAL if calm else REFRESH_WHILE_DOWN, False):
                 self.poke.wait()
             prefer, self.prefer = self.prefer, None
-            self.poke.reset()
+            if self.poke.ready():
+                self.poke.reset()
             try:
-                self.refresh(prefer)
+                # A master that dropped channels unasked may still own their slot
+                # (CLUSTER SETSLOT … NODE to itself deletes and re-adds it): they
+                # are placed again even if the map reads the same.
+                self.refresh(prefer, place=prefer is not None)
             except Exception:  # the watcher must live on
                 log.exception("redis cluster: reading the slot map failed")
 
@@ -495,12 +510,13 @@ class ShardedRedisManager(InterestRedisManager):
 
     def stats(self) -> dict:
         """As ClusterRedisManager.stats; `channels` counts the channels held (not
-        the keepers), `moves` the channels moved between masters since start."""
+        the keepers); `resubscribed`, channels subscribed again after a slot
+        change since start."""
         subs = self._subscribers()
         return {"received": self.retired_received + sum(s.received for s in subs),
                 "channels": len(self.wanted) + 1,
                 "published": sum(p.published for p in self.publishers.values()),
-                "moves": self.moves}
+                "resubscribed": self.resubscribed}
 
     def _receive(self):
         self.listener = eventlet.getcurrent()
