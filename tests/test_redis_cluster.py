@@ -248,11 +248,10 @@ def _say_until_heard(sender: Client, room: str, group: list[Client], timeout: fl
         text = f"{room}-{next(labels)}-{next(tries)}"
         sender.sio.emit("say", {"room": room, "text": text, "ts": 0})
         time.sleep(1.0)
-        ok = [any(m["text"] == text for m in cl.said) for cl in group]
-        if all(ok):
+        if all(any(m["text"] == text for m in cl.said) for cl in group):
             found["text"] = text
             return True
-        return ok
+        return False
 
     wait_for(delivered, timeout, interval=0, what=f"a message in {room} at every member")
     return found["text"]
