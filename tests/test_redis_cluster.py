@@ -350,6 +350,7 @@ def test_a_slot_moved_to_another_master_takes_its_channel_along(cluster_factory,
         finally:
             for cl in clients:
                 cl.sio.disconnect()
+            c.stop()  # before the Redis Cluster, or its workers log it gone
     finally:
         rc.stop()
 
@@ -391,5 +392,6 @@ def test_a_master_killed_and_its_replica_taking_over(cluster_factory, tmp_path):
         finally:
             for cl in clients:
                 cl.sio.disconnect()
+            c.stop()  # before the Redis Cluster, or its workers log it gone
     finally:
         rc.stop()
