@@ -21,7 +21,13 @@ import test_interest
 from conftest import ROOT, Cluster, free_port, wait_for
 from pyclients import Client
 from rediscluster import RedisCluster
-from test_interest import MEMBERS, Fleet, heard, send
+from test_interest import (
+    MEMBERS,
+    Fleet,
+    heard,
+    send,
+    test_an_emit_after_a_remote_disconnect_does_not_reach_the_session,  # noqa: F401 (run here too)
+)
 from test_values import Party
 
 from imcluster.workers.redis_cluster import Topology, key_slot, seed_urls

@@ -36,9 +36,10 @@ trip before the worker's SSUBSCRIBE reaches it.
 
 redis-py's own cluster pub/sub (RedisCluster.pubsub, redis-py >= 5.0) reads
 its per-node connections round-robin with one timeout each and follows a
-slot that moves only in recent releases (8.1, with a thread of its own); this module uses redis-py's public
-single-node API only (Redis, PubSub.ssubscribe, pipelines), so the same
-Publisher and Subscriber (breaker, silence PING, logging) serve both.
+slot that moves only in recent releases (8.1, with a thread of its own);
+this module uses redis-py's public single-node API only (Redis,
+PubSub.ssubscribe, pipelines), so the same Publisher and Subscriber
+(breaker, silence PING, logging) serve both.
 PubSub.ssubscribe came with redis-py 5.0: on 4.x this manager refuses to
 start, with a message, while the other schemes keep working.
 """

@@ -526,7 +526,8 @@ MAX_SEEN = 100_000
 
 # internals: socketio-manager-name, socketio-publish, socketio-basic-enter-room,
 # socketio-basic-leave-room, socketio-manager-attrs (self.json, self.host_id),
-# socketio-remote-enter-room, socketio-remote-leave-room
+# socketio-remote-enter-room, socketio-remote-leave-room, socketio-remote-disconnect,
+# socketio-can-disconnect
 class InterestRedisManager(ClusterRedisManager):
     """`--redis-channels interest`: a worker hears a broadcast only when it has a
     client the broadcast is for.
@@ -535,7 +536,8 @@ class InterestRedisManager(ClusterRedisManager):
       `socketio`                   python-socketio's own: external emitters (first server)
       `socketio:w:HOST:WORKER`     what is addressed to a sid that worker made
                                    (emit to a sid, acks, remote enter/leave/disconnect)
-                                   and the replies to its remote enter/leave (room_done)
+                                   and the replies to its remote enter/leave/disconnect
+                                   (room_done)
       `socketio:r:["/ns","room"]`  a room's broadcasts, held while a member is here
       `socketio:r:["/ns",null]`    emit to all of a namespace, held while a client is here
       `socketio:fleet`             every worker (the Admin UI's announce)
@@ -572,7 +574,8 @@ class InterestRedisManager(ClusterRedisManager):
         self.room_changes: dict[str, eventlet.event.Event] = {}
         self.cluster_handlers.update({"enter_room": self._handle_room_change,
                                       "leave_room": self._handle_room_change,
-                                      "room_done": self._handle_room_done})
+                                      "room_done": self._handle_room_done,
+                                      "disconnect": self._handle_disconnect_here})
 
     # ---- channel names ----------------------------------------------------------------
 
@@ -676,13 +679,32 @@ class InterestRedisManager(ClusterRedisManager):
             return super().leave_room(sid, namespace, room)
         self._remote_room_change("leave_room", sid, namespace, room)
 
-    def _remote_room_change(self, method: str, sid, namespace, room) -> None:
+    # Overrides python-socketio 5.18's PubSubManager.can_disconnect (what
+    # Server.disconnect asks) and disconnect, for a sid of another worker: as
+    # enter_room, the call returns once the sid's worker has disconnected it, at
+    # most REDIS_TIMEOUT later, so that `disconnect(sid)` then `emit(to=room)`
+    # does not reach the session, as on one worker.
+    def can_disconnect(self, sid, namespace):
+        if self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace):
+            return super().can_disconnect(sid, namespace)
+        self._remote_room_change("disconnect", sid, namespace)
+        return False
+
+    def disconnect(self, sid, namespace=None, **kwargs):
+        if (kwargs.get("ignore_queue") or self.is_connected(sid, namespace or "/")
+                or self.is_pre_connected(sid, namespace or "/")):
+            return super().disconnect(sid, namespace, **kwargs)
+        self._remote_room_change("disconnect", sid, namespace)
+
+    def _remote_room_change(self, method: str, sid, namespace, room=None) -> None:
         rid = uuid.uuid4().hex
         done = self.room_changes[rid] = eventlet.event.Event()
+        message = {"method": method, "sid": sid, "namespace": namespace or "/",
+                   "host_id": self.host_id, "reply": rid}
+        if method != "disconnect":
+            message["room"] = room
         try:
-            self._publish({"method": method, "sid": sid, "room": room,
-                           "namespace": namespace or "/", "host_id": self.host_id,
-                           "reply": rid})
+            self._publish(message)
             # Not on the listener, which would read the reply; a sid nobody holds
             # (gone) costs the caller this wait.
             if eventlet.getcurrent() is not self.listener:
@@ -716,6 +738,18 @@ class InterestRedisManager(ClusterRedisManager):
             self._publish(reply)
 
         eventlet.spawn(confirm)  # the listener reads on meanwhile
+
+    def _handle_disconnect_here(self, message: dict) -> None:
+        """Another worker's (or an external emitter's) disconnect of a sid: made here
+        if the session is here; then the reply, when one is asked for."""
+        sid, namespace = message.get("sid"), message.get("namespace") or "/"
+        if not (self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace)):
+            return
+        self.server.disconnect(sid=sid, namespace=namespace, ignore_queue=True)
+        rid = message.get("reply")
+        if isinstance(rid, str):
+            self._publish({"method": "room_done", "reply": rid, "to": message.get("host_id"),
+                           "host_id": self.host_id})
 
     def _handle_room_done(self, message: dict) -> None:
         done = self.room_changes.get(message.get("reply"))
