@@ -341,6 +341,8 @@ class Subscriber:
                 pinged = None  # when the unanswered PING went out
                 while not self.stopped:
                     message = pubsub.get_message(timeout=ping_every / 2)
+                    if self.stopped:
+                        break  # what it read is no longer for this worker (a retired node)
                     now = time.monotonic()
                     if message is not None:
                         heard, pinged = now, None
