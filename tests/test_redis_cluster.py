@@ -288,14 +288,22 @@ def test_a_slot_moved_to_another_master_takes_its_channel_along(cluster_factory,
     """A room's slot is moved to another master (CLUSTER SETSLOT … NODE, as a
     resharding ends): the old master drops the worker's SSUBSCRIBE (Redis 7 sends
     SUNSUBSCRIBE), the worker resubscribes at the new owner, and the room's
-    messages reach every member on both workers again; each member hears each
-    message at most once throughout."""
+    messages reach every member on both workers again, from a member and from a
+    sender on another host whose worker holds no member (it learns of the move
+    only when the old master refuses its SPUBLISH, or at its next read of the
+    slot map); each member hears each message at most once throughout."""
     (tmp_path / "rc").mkdir()
     rc = RedisCluster(tmp_path / "rc", masters=3)
     rc.start()
     try:
-        c = cluster_factory(workers=2, redis=rc.url, redis_channels="interest")
+        ip1, ip2 = "127.0.0.2", "127.0.0.3"
+        c = cluster_factory(workers=2, redis=rc.url, redis_channels="interest", host_id=1,
+                            bind=f"{ip1}:{free_port(ip1)}")
+        c2 = cluster_factory(workers=1, redis=rc.url, redis_channels="interest", host_id=2,
+                             bind=f"{ip2}:{free_port(ip2)}")
         c.wait_ready()
+        c2.wait_ready()
+        outsider = Client(c2.url, "websocket")
         topo = _topology(rc)
         src, dst = rc.masters()[0], rc.masters()[1]
         room = _rooms_on(topo, src.port, 1)[0]
@@ -345,6 +353,8 @@ def test_a_slot_moved_to_another_master_takes_its_channel_along(cluster_factory,
                 assert r.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1] == 0
             finally:
                 r.close()
+            text = _say_until_heard(outsider, room, clients, 10)
+            assert text.endswith("-0"), "the outsider's first message after the move was lost"
             text = _say_until_heard(clients[1], room, clients, 10)
             assert text.endswith("-0"), "the first message after the move was lost"
             time.sleep(0.5)
@@ -354,9 +364,10 @@ def test_a_slot_moved_to_another_master_takes_its_channel_along(cluster_factory,
             assert c.log().count("slot map changed") >= 2
             assert sum(w["pubsub"]["resubscribed"] for w in c.status()["workers"]) >= 2
         finally:
-            for cl in clients:
+            for cl in clients + [outsider]:
                 cl.sio.disconnect()
             c.stop()  # before the Redis Cluster, or its workers log it gone
+            c2.stop()
     finally:
         rc.stop()
 

@@ -52,6 +52,7 @@ import urllib.parse
 
 import eventlet
 import eventlet.event
+import eventlet.semaphore
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -325,7 +326,10 @@ class ShardedRedisManager(InterestRedisManager):
         # Channels subscribed again since start: at a slot's new master, or at the
         # same one after it dropped them.
         self.resubscribed = 0
+        self.resent = 0  # publishes refused by a master (slot moved) and re-sent
         self.reachable = True
+        self.reads = 0  # slot maps read since start
+        self.reading = eventlet.semaphore.Semaphore()  # one read at a time
         self.placed = _Placed(self)
         self.nowhere = _Nowhere()
         self.refresh()
@@ -366,7 +370,10 @@ class ShardedRedisManager(InterestRedisManager):
     # ---- the slot map ---------------------------------------------------------------------
 
     def _read_topology(self, prefer: str | None = None) -> Topology | None:
-        names = ([prefer] if prefer else []) + (self.topology.masters if self.topology else [])
+        # The master that dropped a channel knows first; then the masters that
+        # answer (a dead one would cost a connect timeout), then the rest.
+        masters = sorted(self.links, key=lambda n: not self.links[n][1].listening)
+        names = ([prefer] if prefer else []) + masters
         urls = [node_url(self.seeds[0], n) for n in dict.fromkeys(names)] + self.seeds
         for url in dict.fromkeys(urls):
             r = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT,
@@ -388,6 +395,7 @@ class ShardedRedisManager(InterestRedisManager):
         channels), put every channel held on its slot's master. Returns whether
         the map changed."""
         topo = self._read_topology(prefer)
+        self.reads += 1
         if topo is None:
             if self.reachable:
                 self.reachable = False
@@ -466,15 +474,29 @@ class ShardedRedisManager(InterestRedisManager):
         again, each goes to its slot's new master; to the same one, it is dropped."""
 
         def resend() -> None:
-            self.refresh()
+            self._refresh_shared()
+            sent = 0
             for channel, text in entries:
                 new = self._pub(channel)
                 if new is pub or new is self.nowhere:
                     pub.dropped += 1
                 else:
                     new.publish(channel, text)
+                    sent += 1
+            self.resent += sent
+            log.warning("redis cluster: %d publishes refused by %s (their slots moved): %d "
+                        "re-sent to the slots' new masters", len(entries),
+                        pub.where.strip(" ()"), sent)
 
         eventlet.spawn(resend)
+
+    def _refresh_shared(self, prefer: str | None = None, place: bool = False) -> None:
+        """refresh(); a greenlet that finds another reading waits for that read
+        instead of making its own (a burst of refused publishes reads the map once)."""
+        seen = self.reads
+        with self.reading:
+            if self.reads == seen or place:
+                self.refresh(prefer, place)
 
     def _watch(self) -> None:
         while True:
@@ -489,7 +511,7 @@ class ShardedRedisManager(InterestRedisManager):
                 # A master that dropped channels unasked may still own their slot
                 # (CLUSTER SETSLOT … NODE to itself deletes and re-adds it): they
                 # are placed again even if the map reads the same.
-                self.refresh(prefer, place=prefer is not None)
+                self._refresh_shared(prefer, place=prefer is not None)
             except Exception:  # the watcher must live on
                 log.exception("redis cluster: reading the slot map failed")
 
@@ -512,12 +534,13 @@ class ShardedRedisManager(InterestRedisManager):
     def stats(self) -> dict:
         """As ClusterRedisManager.stats; `channels` counts the channels held (not
         the keepers); `resubscribed`, channels subscribed again after a slot
-        change since start."""
+        change since start; `resent`, publishes a master refused (MOVED …) and
+        this worker re-sent to the slot's new master."""
         subs = self._subscribers()
         return {"received": self.retired_received + sum(s.received for s in subs),
                 "channels": len(self.wanted) + 1,
                 "published": sum(p.published for p in self.publishers.values()),
-                "resubscribed": self.resubscribed}
+                "resubscribed": self.resubscribed, "resent": self.resent}
 
     def _receive(self):
         self.listener = eventlet.getcurrent()
