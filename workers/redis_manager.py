@@ -11,6 +11,10 @@ Two channel schemes (`--redis-channels`, docs/several-hosts.md):
   has a client there; the channels spread over one or several Redis servers
   (`--redis URL1,URL2,...`) by a hash of the channel name. A publish costs one
   delivery per worker with interest in it.
+- `interest` on a Redis Cluster (`--redis redis+cluster://…`): the same
+  channels, on the cluster's masters by hash slot with sharded pub/sub
+  (ShardedRedisManager, workers/redis_cluster.py, built on the Publisher and
+  Subscriber here).
 
 In both, the `socketio` channel stays python-socketio's, so an external
 `socketio.RedisManager(url, write_only=True)` can emit to imcluster's
