@@ -30,7 +30,7 @@ from test_interest import (
 )
 from test_values import Party
 
-from imcluster.workers.redis_cluster import Topology, key_slot, seed_urls
+from imcluster.workers.redis_cluster import Topology, key_slot, node_url, seed_urls
 
 tags = itertools.count()
 labels = itertools.count()
@@ -105,6 +105,10 @@ def test_seed_urls():
         seed_urls("redis://h:7000")
     with pytest.raises(ValueError):
         seed_urls("redis+cluster://h:7000/3")
+    # A master's URL: the seed's scheme, credentials and options, the master's address.
+    assert node_url("rediss://u:pw@h:7000?ssl_cert_reqs=none", "10.0.0.2:7001") == \
+        "rediss://u:pw@10.0.0.2:7001?ssl_cert_reqs=none"
+    assert node_url("redis://h:7000", "::1:7001") == "redis://[::1]:7001"
 
 
 def test_each_member_gets_each_message_once(fleet, parties):
