@@ -26,7 +26,7 @@ The slot map comes from CLUSTER SLOTS, read when the manager starts, every
 REFRESH_INTERVAL seconds, every REFRESH_WHILE_DOWN seconds while a subscriber
 is down (a master failing over), and at once when a master drops a channel
 unasked (Redis 7 sends SUNSUBSCRIBE for every shard channel of a slot that
-leaves a node) or answers a SPUBLISH with MOVED/ASK/TRYAGAIN/CLUSTERDOWN. On a
+leaves a node) or answers a SPUBLISH with MOVED or ASK. On a
 change the worker moves each channel it holds to the slot's new owner
 (SUNSUBSCRIBE at the old one, SSUBSCRIBE at the new) and re-sends the refused
 publishes once through the new owner. What is lost: messages published to a
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import time
 import urllib.parse
 
 import eventlet
@@ -185,10 +186,12 @@ class Topology:
         raise ValueError(f"{name} owns no slot")
 
 
-# redis-py's errors for a command sent to a node that does not serve its slot now.
-_REDIRECTS = tuple(getattr(redis.exceptions, n) for n in
-                   ("MovedError", "AskError", "TryAgainError", "ClusterDownError")
+# redis-py's errors for a command sent to a node that does not serve its slot now
+# (CLUSTERDOWN, a cluster missing a slot, is an outage: the publisher's breaker).
+_REDIRECTS = tuple(getattr(redis.exceptions, n) for n in ("MovedError", "AskError")
                    if hasattr(redis.exceptions, n))
+# How often the re-sent publishes are logged (seconds).
+RESENT_LOG_INTERVAL = 10.0
 
 
 class ShardPublisher(Publisher):
@@ -327,6 +330,8 @@ class ShardedRedisManager(InterestRedisManager):
         # same one after it dropped them.
         self.resubscribed = 0
         self.resent = 0  # publishes refused by a master (slot moved) and re-sent
+        self.refused = 0
+        self.refused_logged = -RESENT_LOG_INTERVAL
         self.reachable = True
         self.reads = 0  # slot maps read since start
         self.reading = eventlet.semaphore.Semaphore()  # one read at a time
@@ -484,9 +489,13 @@ class ShardedRedisManager(InterestRedisManager):
                     new.publish(channel, text)
                     sent += 1
             self.resent += sent
-            log.warning("redis cluster: %d publishes refused by %s (their slots moved): %d "
-                        "re-sent to the slots' new masters", len(entries),
-                        pub.where.strip(" ()"), sent)
+            self.refused += len(entries)
+            now = time.monotonic()
+            if now - self.refused_logged >= RESENT_LOG_INTERVAL:
+                self.refused_logged = now
+                log.warning("redis cluster: %d publishes so far refused by a master that no "
+                            "longer owns their slot; %d re-sent to the new owner",
+                            self.refused, self.resent)
 
         eventlet.spawn(resend)
 
