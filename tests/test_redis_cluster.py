@@ -416,3 +416,43 @@ def test_a_master_killed_and_its_replica_taking_over(cluster_factory, tmp_path):
             c.stop()  # before the Redis Cluster, or its workers log it gone
     finally:
         rc.stop()
+
+
+def test_a_master_without_replica_restarted(cluster_factory, tmp_path):
+    """Three masters, no replica. One is killed (kill -9): the cluster refuses
+    keyed commands while a slot has no master (cluster-require-full-coverage,
+    Redis's default), so every room stops crossing workers; the same node is
+    started again on its port, with its slots: every worker resubscribes there,
+    and both a room on it and a room on another master reach every member."""
+    (tmp_path / "rc").mkdir()
+    rc = RedisCluster(tmp_path / "rc", masters=3)
+    rc.start()
+    try:
+        c = cluster_factory(workers=2, redis=rc.url, redis_channels="interest")
+        c.wait_ready()
+        topo = _topology(rc)
+        victim = next(m for m in rc.masters() if m.port != rc.nodes[0].port)
+        other = next(m for m in rc.masters() if m is not victim)
+        hit = _rooms_on(topo, victim.port, 1)[0]
+        safe = _rooms_on(topo, other.port, 1)[0]
+        clients = [Client(c.url, "websocket") for _ in range(6)]
+        try:
+            for cl in clients:
+                assert cl.join(hit) is True and cl.join(safe) is True
+            _say_until_heard(clients[0], hit, clients, 10)
+            victim.kill()
+            wait_for(lambda: all(w["broadcast"] != "ok" for w in c.status()["workers"]), 15,
+                     what="every worker reporting its broadcasts down")
+            victim.start()
+            wait_for(rc.ok, 30, what="the cluster ok again")
+            _say_until_heard(clients[0], hit, clients, 20)
+            _say_until_heard(clients[0], safe, clients, 20)
+            wait_for(lambda: all(w["broadcast"] == "ok" for w in c.status()["workers"]), 15,
+                     what="every worker's broadcasts ok")
+            assert "redis subscription restored" in c.log()
+        finally:
+            for cl in clients:
+                cl.sio.disconnect()
+            c.stop()
+    finally:
+        rc.stop()

@@ -452,8 +452,9 @@ class ShardedRedisManager(InterestRedisManager):
             self.base_node = base_node
             if base_node is not None:
                 url = node_url(self.seeds[0], base_node)
-                self.base_sub = Subscriber(url, self.silence_timeout, self.inbox.put,
-                                           {self.channel}, f" ({redact_url(url)})")
+                self.base_sub = Subscriber(
+                    url, self.silence_timeout, self.inbox.put, {self.channel},
+                    f" ({redact_url(url)}, the {self.channel} channel: SUBSCRIBE)")
                 self._start(self.base_sub)
         self.nodes = list(self.links.values())
         if old is not None:
