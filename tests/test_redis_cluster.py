@@ -168,6 +168,25 @@ def test_channels_spread_over_the_masters_by_slot(fleet, parties):
                                 "event": "x", "args": []}) is True
 
 
+def test_a_room_left_and_joined_again_at_once_is_not_taken_for_a_moved_slot(fleet):
+    """Leave then join at once: the SUNSUBSCRIBE's answer arrives while the
+    channel is wanted again; the worker tells it from a channel its master
+    dropped (no re-placement, no log line) and the member hears the room."""
+    p = Party(fleet.hosts[3].url)
+    try:
+        for _ in range(5):
+            room = f"again-{next(tags)}"
+            assert p.call("join", room) is True
+            assert p.call("move", {"op": "leave", "sid": p.sid, "room": room}) is True
+            assert p.call("join", room) is True
+            event = send(p, room)
+            wait_for(lambda e=event: heard(p, e) == 1, 10, what="the room after the rejoin")
+        time.sleep(1.0)
+        assert "dropped unasked" not in fleet.hosts[3].log()
+    finally:
+        p.sio.disconnect()
+
+
 def test_a_room_on_one_host_costs_the_other_hosts_nothing(fleet, parties):
     """As tests/test_interest.py: room `one` lives on host 1 alone; hosts 2 and 3
     receive only the marker sent to room `three`."""

@@ -47,6 +47,7 @@ start, with a message, while the other schemes keep working.
 from __future__ import annotations
 
 import bisect
+import collections
 import logging
 import time
 import urllib.parse
@@ -232,16 +233,27 @@ class ShardSubscriber(Subscriber):
     def __init__(self, url: str, silence_timeout: float, deliver, want, where: str, on_moved):
         super().__init__(url, silence_timeout, deliver, want, where)
         self.on_moved = on_moved
+        # SUNSUBSCRIBEs sent on one connection (its PubSub) and not yet answered:
+        # a channel left and joined again at once is then not taken for one the
+        # server dropped.
+        self.leaving: tuple[object, collections.Counter] = (None, collections.Counter())
 
     def _subscribe(self, ps, channels: list[str]) -> None:
         for c in channels:
             ps.ssubscribe(c)
 
     def _unsubscribe(self, ps, channels: list[str]) -> None:
+        if self.leaving[0] is not ps:
+            self.leaving = (ps, collections.Counter())
         for c in channels:
+            self.leaving[1][c] += 1
             ps.sunsubscribe(c)
 
     def _dropped_by_server(self, channel: str) -> None:
+        conn, asked = self.leaving
+        if conn is self.pubsub and asked[channel] > 0:
+            asked[channel] -= 1
+            return
         if channel in self.want:  # not asked for: its slot left this node
             # Gone here already (a SUNSUBSCRIBE now would be answered MOVED, which
             # costs the whole connection): the slot map places it anew.
