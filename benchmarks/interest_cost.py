@@ -2,6 +2,7 @@
 """What a room broadcast costs the fleet: `--redis-channels single` against `interest`.
 
     .venv/bin/python benchmarks/interest_cost.py [--workers 2] [--messages 2000]
+        [--schemes single,interest,cluster]
 
 Three hosts (clusters with --host-id 1-3 on 127.0.0.2, .3 and .4, the bench app,
 N workers each) share one redis-server started here. Every room lives on host 1:
@@ -15,7 +16,10 @@ every message is awaited at both members, then the figures settle and are read:
 - CPU per broadcast: each host's workers' CPU time (user + system, from status)
   over the run, divided by the messages, in ms; and redis-server's (INFO cpu).
 
-Then the same with the other scheme, on fresh processes. Prints one JSON line per
+Then the same with the other scheme, on fresh processes. `cluster` is the
+interest scheme on a Redis Cluster of three masters started here
+(`redis+cluster://`, sharded pub/sub): redis CPU is then the masters' sum, and
+each master's share is printed too. Prints one JSON line per
 scheme and a ratio line. CPU on a shared machine is noisy: compare the two
 schemes of one run, never figures of different runs. Everything on loopback,
 stopped by pid.
@@ -55,6 +59,41 @@ def start_redis(d: str) -> tuple[subprocess.Popen, str]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def start_cluster(d: str, masters: int = 3) -> tuple[list[subprocess.Popen], list[str]]:
+    """A Redis Cluster of `masters` masters on loopback; (processes, node URLs)."""
+    procs, urls = [], []
+    for k in range(masters):
+        nd = os.path.join(d, f"node{k}")
+        os.makedirs(nd)
+        port = free_port()
+        procs.append(subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", nd, "--cluster-enabled", "yes",
+             "--cluster-port", str(free_port()), "--cluster-config-file",
+             os.path.join(nd, "nodes.conf")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        urls.append(f"redis://127.0.0.1:{port}/0")
+    deadline = time.monotonic() + 10
+    for url in urls:
+        while True:
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    subprocess.run([shutil.which("redis-cli"), "--cluster", "create",
+                    *[u[len("redis://"):-len("/0")] for u in urls], "--cluster-yes"],
+                   check=True, capture_output=True, timeout=60)
+    while not all("cluster_state:ok" in redis.Redis.from_url(u).execute_command(
+            "CLUSTER", "INFO").decode() for u in urls):
+        if time.monotonic() > deadline + 30:
+            raise RuntimeError("the cluster did not come up")
+        time.sleep(0.2)
+    return procs, urls
 
 
 def redis_cpu(url: str) -> float:
@@ -99,7 +138,12 @@ def settled(hosts: dict[int, Cluster]) -> dict[int, dict]:
 
 def run(scheme: str, args) -> dict:
     tmp = tempfile.mkdtemp(prefix="interest-cost-")
-    rproc, url = start_redis(tmp)
+    if scheme == "cluster":
+        rprocs, nodes = start_cluster(tmp)
+        url, channels = "redis+cluster://" + nodes[0][len("redis://"):-len("/0")], "interest"
+    else:
+        rproc, url = start_redis(tmp)
+        rprocs, nodes, channels = [rproc], [url], scheme
     hosts: dict[int, Cluster] = {}
     members: list[Member] = []
     try:
@@ -107,7 +151,7 @@ def run(scheme: str, args) -> dict:
             ip = f"127.0.0.{i + 1}"
             hosts[i] = Cluster("imcluster.examples.bench:sio", args.workers, host_id=i,
                                bind=f"{ip}:{free_port(ip)}", redis=url,
-                               redis_channels=scheme, log_dir=tmp).start()
+                               redis_channels=channels, log_dir=tmp).start()
         rooms = [f"room{k}" for k in range(args.rooms)]
         for room in rooms:
             members += [Member(hosts[1].url, room) for _ in range(2)]
@@ -115,7 +159,7 @@ def run(scheme: str, args) -> dict:
             members += [Member(hosts[i].url, f"elsewhere{i}-{k}") for k in range(args.rooms)]
         senders = members[:2 * args.rooms]
         time.sleep(2)
-        before, rcpu0 = settled(hosts), redis_cpu(url)
+        before, rcpu0 = settled(hosts), [redis_cpu(n) for n in nodes]
         t0 = time.monotonic()
         for n in range(args.messages):
             k = n % args.rooms
@@ -127,7 +171,7 @@ def run(scheme: str, args) -> dict:
         while any(m.count < want for m in senders) and time.monotonic() < deadline:
             time.sleep(0.05)
         elapsed = time.monotonic() - t0
-        after, rcpu1 = settled(hosts), redis_cpu(url)
+        after, rcpu1 = settled(hosts), [redis_cpu(n) for n in nodes]
         delivered = sum(m.count for m in senders)
         return {
             "scheme": scheme, "workers_per_host": args.workers, "rooms": args.rooms,
@@ -139,7 +183,11 @@ def run(scheme: str, args) -> dict:
             "cpu_ms_per_broadcast": {
                 i: round(1000 * (after[i]["cpu"] - before[i]["cpu"]) / args.messages, 3)
                 for i in hosts},
-            "redis_cpu_ms_per_broadcast": round(1000 * (rcpu1 - rcpu0) / args.messages, 3),
+            "redis_cpu_ms_per_broadcast": round(1000 * (sum(rcpu1) - sum(rcpu0))
+                                                / args.messages, 3),
+            "redis_cpu_ms_per_broadcast_per_node": [
+                round(1000 * (b - a) / args.messages, 3) for a, b in zip(rcpu0, rcpu1,
+                                                                            strict=True)],
         }
     finally:
         for m in members:
@@ -149,8 +197,10 @@ def run(scheme: str, args) -> dict:
                 pass
         for c in hosts.values():
             c.stop()
-        rproc.terminate()
-        rproc.wait(10)
+        for rproc in rprocs:
+            rproc.terminate()
+        for rproc in rprocs:
+            rproc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -160,14 +210,20 @@ def main() -> None:
     p.add_argument("--rooms", type=int, default=10)
     p.add_argument("--messages", type=int, default=2000)
     p.add_argument("--rate", type=float, default=500.0, help="messages per second")
+    p.add_argument("--schemes", default="single,interest",
+                   help="comma-separated: single, interest, cluster (interest on a Redis "
+                        "Cluster of three masters)")
     args = p.parse_args()
+    schemes = args.schemes.split(",")
     print(json.dumps({"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                       "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                                  f"{platform.platform()}"}))
     results = {}
-    for scheme in ("single", "interest"):
+    for scheme in schemes:
         results[scheme] = run(scheme, args)
         print(json.dumps(results[scheme]))
+    if "single" not in results or "interest" not in results:
+        return
     s, i = results["single"], results["interest"]
     others = (2, 3)
     print(json.dumps({

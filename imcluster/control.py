@@ -80,7 +80,10 @@ unless said otherwise.
     workers[].pubsub         obj|null     with --redis, from its last LOAD: received (messages
                                           Redis delivered to it since it started: the cost
                                           of the channel scheme), channels (held now),
-                                          published (messages it sent)
+                                          published (messages it sent); on a Redis
+                                          Cluster also resubscribed (channels subscribed
+                                          again after a slot moved or a failover) and
+                                          resent (publishes refused, slot moved, re-sent)
     workers[].handoffs       int          client sockets the master routed to this process
     workers[].last_error     str|null     why it last failed (app import error, exit...)
     workers[].exit_status    int|null     its last exit code (negative: killed by that signal)

@@ -79,6 +79,8 @@ def _bind(v: Any) -> tuple[str, int]:
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+# A Redis Cluster's seed nodes (workers/redis_cluster.py: sharded pub/sub).
+REDIS_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
 def _redis_url(v: Any) -> str | None:
@@ -88,9 +90,12 @@ def _redis_url(v: Any) -> str | None:
     if s is None:
         return None
     u = urllib.parse.urlsplit(s)
-    if u.scheme not in REDIS_SCHEMES:
-        raise ValueError("expected redis://HOST:PORT/DB, rediss://… or unix:///PATH "
+    if u.scheme not in REDIS_SCHEMES + REDIS_CLUSTER_SCHEMES:
+        raise ValueError("expected redis://HOST:PORT/DB, rediss://…, unix:///PATH, or "
+                         "redis+cluster://HOST:PORT for a Redis Cluster "
                          f"(scheme {u.scheme or 'missing'!r})")
+    if u.scheme in REDIS_CLUSTER_SCHEMES and u.path not in ("", "/", "/0"):
+        raise ValueError("a Redis Cluster has database 0 only")
     try:
         u.port  # noqa: B018  (raises ValueError for a port that is not a number)
     except ValueError:
@@ -107,7 +112,18 @@ def _redis_urls(v: Any) -> str | None:
     urls = [u.strip() for u in s.split(",")]
     if any(not u for u in urls):
         raise ValueError("an empty URL in the list (two commas, or one at an end)")
-    return ",".join(_redis_url(u) for u in urls)
+    checked = [_redis_url(u) for u in urls]
+    cluster = {urllib.parse.urlsplit(u).scheme in REDIS_CLUSTER_SCHEMES for u in checked}
+    if len(cluster) > 1:
+        raise ValueError("redis+cluster:// URLs name seed nodes of one Redis Cluster: "
+                         "not to be mixed with standalone servers")
+    return ",".join(checked)
+
+
+def is_redis_cluster(urls: str | None) -> bool:
+    """Whether a checked `--redis` value names a Redis Cluster."""
+    return bool(urls) and urllib.parse.urlsplit(urls.split(",")[0]).scheme in \
+        REDIS_CLUSTER_SCHEMES
 
 
 REDIS_CHANNELS = ("single", "interest")
@@ -226,7 +242,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Redis URL for cross-worker and cross-host broadcasts; without it the master "
             "relays broadcasts between its own workers. Several URLs, comma-separated, "
             "with --redis-channels interest: channels spread over those servers (every "
-            "host must list the same servers in the same order)", metavar="URL[,URL...]"),
+            "host must list the same servers in the same order). A Redis Cluster (7.0 or "
+            "later), with --redis-channels interest: redis+cluster://HOST:PORT (or "
+            "rediss+cluster://), one or more seed nodes: channels spread over its masters "
+            "by hash slot with sharded pub/sub (SSUBSCRIBE/SPUBLISH) and follow slot "
+            "moves and failovers", metavar="URL[,URL...]"),
     Setting("redis_channels", _redis_channels, "single",
             "how broadcasts use Redis: 'single', every worker hears every broadcast on one "
             "channel (python-socketio's); 'interest', a worker hears a room's broadcasts "
@@ -366,6 +386,11 @@ def resolve(args: argparse.Namespace | None = None,
         except (TypeError, ValueError) as e:
             raise SettingError(f"{source}={raw!r}: {e}") from None
         cfg.sources[s.name] = source
+    if (is_redis_cluster(cfg.values["redis"])
+            and cfg.values["redis_channels"] != "interest"):
+        raise SettingError(f"{cfg.sources['redis']}: a Redis Cluster (redis+cluster://) needs "
+                           "--redis-channels interest (its channels spread over the "
+                           "cluster's masters by hash slot)")
     if (cfg.values["redis"] and "," in cfg.values["redis"]
             and cfg.values["redis_channels"] != "interest"):
         raise SettingError(f"{cfg.sources['redis']}: several Redis servers need "

@@ -244,6 +244,33 @@ def test_room_changes_and_disconnect_of_a_session_on_another_host(fleet, parties
         gone.sio.disconnect()
 
 
+def test_an_emit_after_a_remote_disconnect_does_not_reach_the_session(fleet, parties):
+    """`disconnect(sid)` of a session on another host returns once its worker has
+    disconnected it (interest channels wait for the reply; one channel keeps the
+    order), so an emit to its room right after, in the same handler, does not
+    reach it; a member that stays hears every one of those emits."""
+    a1, a3 = parties["a1"], parties["a3"]
+    room = f"bye-{next(tags)}"
+    assert a3.call("join", room) is True
+    victims = [Party(fleet.hosts[k].url) for k in (2, 3, 2, 3, 2, 3, 2, 3)]
+    try:
+        for v in victims:
+            assert v.call("join", room) is True
+        after = {}
+        for v in victims:
+            after[v.sid] = f"e{next(tags)}"
+            assert a1.call("move", {"op": "disconnect", "sid": v.sid, "room": room,
+                                    "then_emit": after[v.sid]}) is True
+        wait_for(lambda: all("/" not in v.sio.namespaces for v in victims), 10,
+                 what="every session disconnected")
+        wait_for(lambda: all(heard(a3, e) == 1 for e in after.values()), 10,
+                 what="each emit at the member that stayed")
+        assert [heard(v, after[v.sid]) for v in victims] == [0] * len(victims)
+    finally:
+        for v in victims:
+            v.sio.disconnect()
+
+
 def test_an_external_write_only_emitter_reaches_every_member(fleet, parties):
     """python-socketio's own `socketio` channel (a Celery task's
     RedisManager(write_only=True)), on the first Redis server."""

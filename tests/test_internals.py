@@ -24,6 +24,7 @@ import engineio.socket
 import eventlet.greenio
 import eventlet.websocket
 import pytest
+import redis
 import socketio
 from conftest import ROOT
 
@@ -187,6 +188,7 @@ def _our_classes():
         protocol,
         pubsub,
         recovery,
+        redis_cluster,
         redis_manager,
         relay,
         sessions,
@@ -205,6 +207,10 @@ def _our_classes():
         (redis_manager.InterestRedisManager, socketio.PubSubManager,
          lambda: redis_manager.InterestRedisManager("redis://127.0.0.1:1/0,redis://h:2/0",
                                                     1, 2)),
+        # redis-py < 5.0 has no sharded pub/sub: the manager refuses to start there.
+        (redis_cluster.ShardedRedisManager, socketio.PubSubManager,
+         (lambda: redis_cluster.ShardedRedisManager("redis+cluster://127.0.0.1:1", 1, 2))
+         if hasattr(redis.client.PubSub, "ssubscribe") else None),
         (http.make_protocol(1, 0, lambda sock: False, 1.0, set()), eventlet.wsgi.HttpProtocol,
          None),
         (admin.ClusterInstrumentedServer, admin._UPSTREAM, None),

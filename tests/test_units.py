@@ -302,6 +302,12 @@ def test_precedence_cli_env_file_default(tmp_path):
     ({}, {"IMCLUSTER_RECOVERY_WINDOW": "nan"}, "IMCLUSTER_RECOVERY_WINDOW='nan': must be a"),
     ({"redis_channels": "interest"}, {}, "--redis-channels: interest channels are Redis "
                                          "channels: give --redis URL too"),
+    ({"redis": "redis+cluster://a:7000"}, {},
+     "--redis: a Redis Cluster (redis+cluster://) needs --redis-channels interest"),
+    ({"redis": "redis+cluster://a:7000,redis://b:2/0", "redis_channels": "interest"}, {},
+     "not to be mixed with standalone servers"),
+    ({"redis": "redis+cluster://a:7000/2", "redis_channels": "interest"}, {},
+     "a Redis Cluster has database 0 only"),
     ({"redis": "redis://a:1/0", "redis_channels": "interest", "recovery_window": "30"}, {},
      "--recovery-window: connection state recovery with Redis needs --redis-channels single"),
 ])
@@ -329,6 +335,14 @@ def test_redis_channels_default_single_and_several_servers_with_interest():
     cfg = cfgmod.resolve(_args(redis="redis://a:1/0, redis://b:2/0"),
                          {"IMCLUSTER_REDIS_CHANNELS": "Interest"})
     assert cfg.redis == "redis://a:1/0,redis://b:2/0" and cfg.redis_channels == "interest"
+
+
+def test_a_redis_cluster_is_named_by_its_seed_nodes():
+    cfg = cfgmod.resolve(_args(redis="redis+cluster://a:7000, rediss+cluster://:pw@b:7001/0",
+                               redis_channels="interest"), {})
+    assert cfg.redis == "redis+cluster://a:7000,rediss+cluster://:pw@b:7001/0"
+    assert cfgmod.is_redis_cluster(cfg.redis)
+    assert not cfgmod.is_redis_cluster("redis://a:1/0") and not cfgmod.is_redis_cluster(None)
 
 
 def test_host_id_defaults_to_0_one_host():

@@ -481,6 +481,21 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "workers/redis_manager.py InterestRedisManager", "leave_room(sid, namespace, room), "
         "as enter_room", params=("sid", "namespace", "room"),
         source=("message = {'method': 'leave_room', 'sid': sid, 'room': room,",))),
+    ("socketio-can-disconnect", Reach(
+        _SIO, "socketio:PubSubManager.can_disconnect", "override",
+        "workers/redis_manager.py InterestRedisManager", "can_disconnect(sid, namespace), "
+        "what Server.disconnect asks: true for a sid of this worker; otherwise it "
+        "publishes {'method': 'disconnect', 'sid', 'namespace', 'host_id'}; the interest "
+        "scheme publishes it too, then waits for the sid's worker",
+        params=("sid", "namespace"),
+        source=("message = {'method': 'disconnect', 'sid': sid,",))),
+    ("socketio-remote-disconnect", Reach(
+        _SIO, "socketio:PubSubManager.disconnect", "override",
+        "workers/redis_manager.py InterestRedisManager", "disconnect(sid, namespace, "
+        "**kwargs): with ignore_queue, the local disconnect; otherwise as can_disconnect",
+        params=("sid", "namespace", "**kwargs"),
+        source=("if kwargs.get('ignore_queue'):",
+                "message = {'method': 'disconnect', 'sid': sid,"))),
     ("socketio-manager-name", Reach(
         _SIO, "socketio:PubSubManager.name", "override",
         "workers/relay.py MasterRelayManager; workers/redis_manager.py ClusterRedisManager",

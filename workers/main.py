@@ -32,6 +32,7 @@ from imcluster.workers import app as appmod
 from imcluster.workers.http import FdListener, make_protocol, release_idle, serve_connection
 from imcluster.workers.link import Link
 from imcluster.workers.recovery import Recovery
+from imcluster.workers.redis_cluster import ShardedRedisManager, is_cluster_url
 from imcluster.workers.redis_manager import ClusterRedisManager, InterestRedisManager
 from imcluster.workers.redis_order import ChannelOrder
 from imcluster.workers.redis_recovery import RedisRecoveryStore
@@ -130,6 +131,10 @@ class WorkerServer:
     def _cluster_manager(self) -> socketio.PubSubManager:
         if self.spec.get("redis"):
             if self.spec.get("redis_channels") == "interest":
+                if is_cluster_url(self.spec["redis"]):
+                    return ShardedRedisManager(
+                        self.spec["redis"], self.host_id, self.worker_id,
+                        silence_timeout=self.spec["redis_silence_timeout"])
                 return InterestRedisManager(self.spec["redis"], self.host_id, self.worker_id,
                                             silence_timeout=self.spec["redis_silence_timeout"])
             return ClusterRedisManager(self.spec["redis"],

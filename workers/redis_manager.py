@@ -11,6 +11,10 @@ Two channel schemes (`--redis-channels`, docs/several-hosts.md):
   has a client there; the channels spread over one or several Redis servers
   (`--redis URL1,URL2,...`) by a hash of the channel name. A publish costs one
   delivery per worker with interest in it.
+- `interest` on a Redis Cluster (`--redis redis+cluster://…`): the same
+  channels, on the cluster's masters by hash slot with sharded pub/sub
+  (ShardedRedisManager, workers/redis_cluster.py, built on the Publisher and
+  Subscriber here).
 
 In both, the `socketio` channel stays python-socketio's, so an external
 `socketio.RedisManager(url, write_only=True)` can emit to imcluster's
@@ -174,8 +178,8 @@ class Publisher:
                 if callable(entry):
                     entry(pipe)
                 else:
-                    pipe.publish(*entry)
-            pipe.execute()
+                    self._queue(pipe, *entry)
+            self._execute(pipe, batch)
         except Exception as e:  # redis-py's errors, and anything else: the publisher lives on
             self.dropped += len(batch)
             self.on_dropped(batch)
@@ -192,6 +196,13 @@ class Publisher:
                         "other workers again (%d messages could not be sent meanwhile)%s",
                         self.dropped, self.where)
             self.dropped = 0
+
+    # Where a Redis Cluster publishes otherwise (workers/redis_cluster.py).
+    def _queue(self, pipe, channel: str, text: str) -> None:
+        pipe.publish(channel, text)
+
+    def _execute(self, pipe, batch: list) -> None:
+        pipe.execute()
 
 
 class Subscriber:
@@ -225,6 +236,7 @@ class Subscriber:
         # Its first SUBSCRIBE went out (redis-py connects in it): from then on
         # add() and remove() send their own commands; before, the reader does.
         self.ready = False
+        self.stopped = False  # stop(): the reader ends
         self.listening = False
         self.ever_listened = False
         self.received = 0  # messages Redis delivered to this worker (the cost of interest)
@@ -241,7 +253,7 @@ class Subscriber:
         if ps is not None and self.ready:
             self.pending[channel] = self.pending.get(channel, 0) + 1
             try:
-                ps.subscribe(channel)
+                self._subscribe(ps, [channel])
             except Exception:  # the reader sees the broken connection and remakes it
                 pass
 
@@ -253,9 +265,25 @@ class Subscriber:
         ps = self.pubsub
         if ps is not None and self.ready:
             try:
-                ps.unsubscribe(channel)
+                self._unsubscribe(ps, [channel])
             except Exception:
                 pass
+
+    def stop(self) -> None:
+        """End the reader within a read timeout (a third of `silence_timeout`, at
+        most), closing its connection."""
+        self.stopped = True
+
+    # The commands, and what the server sent unasked: a Redis Cluster's sharded
+    # pub/sub differs here (workers/redis_cluster.py).
+    def _subscribe(self, ps, channels: list[str]) -> None:
+        ps.subscribe(*channels)
+
+    def _unsubscribe(self, ps, channels: list[str]) -> None:
+        ps.unsubscribe(*channels)
+
+    def _dropped_by_server(self, channel: str) -> None:
+        """An unsubscribe message for `channel` (asked for, or not)."""
 
     def wait_confirmed(self, channel: str, timeout: float) -> bool:
         """Wait (at most `timeout` s) until Redis confirmed the subscription to
@@ -294,7 +322,7 @@ class Subscriber:
         backoff = 0.25
         down_since = None  # when messages from other workers stopped arriving
         ping_every = self.silence_timeout / 3
-        while True:
+        while not self.stopped:
             pubsub = self.redis.pubsub()
             heard = time.monotonic()  # anything read on this connection, or its start
             try:
@@ -309,24 +337,26 @@ class Subscriber:
                         for c in more:
                             self.pending[c] = self.pending.get(c, 0) + 1
                         sent |= more
-                        pubsub.subscribe(*sorted(more))
+                        self._subscribe(pubsub, sorted(more))
                     if fewer:
                         sent -= fewer
-                        pubsub.unsubscribe(*sorted(fewer))
+                        self._unsubscribe(pubsub, sorted(fewer))
                 self.ready = True
                 pinged = None  # when the unanswered PING went out
-                while True:
+                while not self.stopped:
                     message = pubsub.get_message(timeout=ping_every / 2)
+                    if self.stopped:
+                        break  # what it read is no longer for this worker (a retired node)
                     now = time.monotonic()
                     if message is not None:
                         heard, pinged = now, None
                         kind = message["type"]
-                        if kind == "message":
+                        if kind in ("message", "smessage"):
                             self.received += 1
                             self.deliver(message["data"])
                             # Time spent in the consumer is not silence.
                             heard = time.monotonic()
-                        elif kind == "subscribe":
+                        elif kind in ("subscribe", "ssubscribe"):
                             channel = message["channel"]
                             self._confirmed(channel.decode() if isinstance(channel, bytes)
                                             else channel)
@@ -340,6 +370,10 @@ class Subscriber:
                                                 now - down_since, self.where)
                                     down_since = None
                                     self.on_restored()
+                        elif kind == "sunsubscribe":
+                            channel = message["channel"]
+                            self._dropped_by_server(channel.decode()
+                                                    if isinstance(channel, bytes) else channel)
                         continue
                     if now - heard >= self.silence_timeout:
                         raise SubscriptionSilent(now - heard)
@@ -506,7 +540,8 @@ MAX_SEEN = 100_000
 
 # internals: socketio-manager-name, socketio-publish, socketio-basic-enter-room,
 # socketio-basic-leave-room, socketio-manager-attrs (self.json, self.host_id),
-# socketio-remote-enter-room, socketio-remote-leave-room
+# socketio-remote-enter-room, socketio-remote-leave-room, socketio-remote-disconnect,
+# socketio-can-disconnect
 class InterestRedisManager(ClusterRedisManager):
     """`--redis-channels interest`: a worker hears a broadcast only when it has a
     client the broadcast is for.
@@ -515,7 +550,8 @@ class InterestRedisManager(ClusterRedisManager):
       `socketio`                   python-socketio's own: external emitters (first server)
       `socketio:w:HOST:WORKER`     what is addressed to a sid that worker made
                                    (emit to a sid, acks, remote enter/leave/disconnect)
-                                   and the replies to its remote enter/leave (room_done)
+                                   and the replies to its remote enter/leave/disconnect
+                                   (room_done)
       `socketio:r:["/ns","room"]`  a room's broadcasts, held while a member is here
       `socketio:r:["/ns",null]`    emit to all of a namespace, held while a client is here
       `socketio:fleet`             every worker (the Admin UI's announce)
@@ -552,7 +588,8 @@ class InterestRedisManager(ClusterRedisManager):
         self.room_changes: dict[str, eventlet.event.Event] = {}
         self.cluster_handlers.update({"enter_room": self._handle_room_change,
                                       "leave_room": self._handle_room_change,
-                                      "room_done": self._handle_room_done})
+                                      "room_done": self._handle_room_done,
+                                      "disconnect": self._handle_disconnect_here})
 
     # ---- channel names ----------------------------------------------------------------
 
@@ -582,6 +619,9 @@ class InterestRedisManager(ClusterRedisManager):
 
     def _sub(self, channel: str) -> Subscriber:
         return self.nodes[self.node_of(channel)][1]
+
+    def _pub(self, channel: str) -> Publisher:
+        return self.nodes[self.node_of(channel)][0]
 
     # ---- membership follows the rooms -------------------------------------------------
 
@@ -653,13 +693,32 @@ class InterestRedisManager(ClusterRedisManager):
             return super().leave_room(sid, namespace, room)
         self._remote_room_change("leave_room", sid, namespace, room)
 
-    def _remote_room_change(self, method: str, sid, namespace, room) -> None:
+    # Overrides python-socketio 5.18's PubSubManager.can_disconnect (what
+    # Server.disconnect asks) and disconnect, for a sid of another worker: as
+    # enter_room, the call returns once the sid's worker has disconnected it, at
+    # most REDIS_TIMEOUT later, so that `disconnect(sid)` then `emit(to=room)`
+    # does not reach the session, as on one worker.
+    def can_disconnect(self, sid, namespace):
+        if self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace):
+            return super().can_disconnect(sid, namespace)
+        self._remote_room_change("disconnect", sid, namespace)
+        return False
+
+    def disconnect(self, sid, namespace=None, **kwargs):
+        if (kwargs.get("ignore_queue") or self.is_connected(sid, namespace or "/")
+                or self.is_pre_connected(sid, namespace or "/")):
+            return super().disconnect(sid, namespace, **kwargs)
+        self._remote_room_change("disconnect", sid, namespace)
+
+    def _remote_room_change(self, method: str, sid, namespace, room=None) -> None:
         rid = uuid.uuid4().hex
         done = self.room_changes[rid] = eventlet.event.Event()
+        message = {"method": method, "sid": sid, "namespace": namespace or "/",
+                   "host_id": self.host_id, "reply": rid}
+        if method != "disconnect":
+            message["room"] = room
         try:
-            self._publish({"method": method, "sid": sid, "room": room,
-                           "namespace": namespace or "/", "host_id": self.host_id,
-                           "reply": rid})
+            self._publish(message)
             # Not on the listener, which would read the reply; a sid nobody holds
             # (gone) costs the caller this wait.
             if eventlet.getcurrent() is not self.listener:
@@ -693,6 +752,18 @@ class InterestRedisManager(ClusterRedisManager):
             self._publish(reply)
 
         eventlet.spawn(confirm)  # the listener reads on meanwhile
+
+    def _handle_disconnect_here(self, message: dict) -> None:
+        """Another worker's (or an external emitter's) disconnect of a sid: made here
+        if the session is here; then the reply, when one is asked for."""
+        sid, namespace = message.get("sid"), message.get("namespace") or "/"
+        if not (self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace)):
+            return
+        self.server.disconnect(sid=sid, namespace=namespace, ignore_queue=True)
+        rid = message.get("reply")
+        if isinstance(rid, str):
+            self._publish({"method": "room_done", "reply": rid, "to": message.get("host_id"),
+                           "host_id": self.host_id})
 
     def _handle_room_done(self, message: dict) -> None:
         done = self.room_changes.get(message.get("reply"))
@@ -773,7 +844,7 @@ class InterestRedisManager(ClusterRedisManager):
             return
         text = self.json.dumps(data)
         for channel in channels:
-            self.nodes[self.node_of(channel)][0].publish(channel, text)
+            self._pub(channel).publish(channel, text)
 
     def _accept(self, data: dict) -> bool:
         mid = data.get("mid")

@@ -38,6 +38,14 @@ def join(sid, room):
     return True
 
 
+@sio.on("rejoin")
+def rejoin(sid, room):
+    """Leave `room` and enter it again at once, in one handler."""
+    sio.leave_room(sid, room)
+    sio.enter_room(sid, room)
+    return True
+
+
 def _data(args: list):
     return args[0] if len(args) == 1 else tuple(args)
 
