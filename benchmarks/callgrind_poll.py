@@ -256,8 +256,9 @@ def wall(a: argparse.Namespace) -> None:
                 flush=True)
     first = trees[0]
     for t in trees:
-        ratios = [x["front_us"] / y["front_us"] for x, y in zip(runs[t], runs[first])]
-        wratios = [x["worker_us"] / y["worker_us"] for x, y in zip(runs[t], runs[first])]
+        pairs = list(zip(runs[t], runs[first], strict=True))
+        ratios = [x["front_us"] / y["front_us"] for x, y in pairs]
+        wratios = [x["worker_us"] / y["worker_us"] for x, y in pairs]
         print(json.dumps({
             "tree": str(t),
             "front_us_median": round(statistics.median(x["front_us"] for x in runs[t]), 1),
