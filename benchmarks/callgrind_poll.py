@@ -18,9 +18,11 @@ then GET for the ack; `--mode handshake` repeats whole polling handshakes
 (open, POST CONNECT, GET the CONNECT reply). After `warmup` requests it zeroes
 each server process's counters (callgrind_control -z), sends `requests` more
 and dumps. Prints instructions (Ir) per request for the master ("front") and
-the worker apart. User space only: the kernel's share of accept, recv and
-sendmsg is not in it (that is what `--wall` sees). Python under valgrind runs
-~50x slower: keep the counts small. `--annotate N` also prints the N
+the worker apart, and "net": less what the same processes execute in the same
+time with no request at all (the master's 0.25 s tick, heartbeats; a run under
+valgrind takes minutes, so this is not small). User space only: the kernel's
+share of accept, recv and sendmsg is not in it (that is what `--wall` sees).
+Python under valgrind runs ~50x slower: keep the counts small. `--annotate N` also prints the N
 functions of the master with the most inclusive instructions.
 
 `--wall`: no valgrind. Each TREE given (`--tree A --tree B ...`, e.g. a
@@ -156,27 +158,53 @@ def callgrind(a: argparse.Namespace) -> None:
         work(port, a.mode, sid, a.warmup)
         procs = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
         pids = [p.pid for p in procs if "valgrind" in " ".join(p.cmdline())]
-        for pid in pids:
-            subprocess.run(["callgrind_control", "-z", str(pid)], check=True,
-                           capture_output=True)
+        def zero() -> None:
+            for pid in pids:
+                subprocess.run(["callgrind_control", "-z", str(pid)], check=True,
+                               capture_output=True)
+
+        def dump() -> dict[int, int]:
+            per = {}
+            for pid in pids:
+                subprocess.run(["callgrind_control", "-d", str(pid)], check=True,
+                               capture_output=True)
+                files[pid] = sorted(glob.glob(f"{out}/cg.{pid}.*"), key=os.path.getmtime)[-1]
+                with open(files[pid]) as f:
+                    for line in f:
+                        if line.startswith(("summary:", "totals:")):
+                            per[pid] = int(line.split()[1])
+            return per
+
+        files: dict[int, str] = {}
+        zero()
+        t0 = time.monotonic()
         made = work(port, a.mode, sid, a.requests)
-        per, files = {}, {}
-        for pid in pids:
-            subprocess.run(["callgrind_control", "-d", str(pid)], check=True,
-                           capture_output=True)
-            files[pid] = sorted(glob.glob(f"{out}/cg.{pid}.*"), key=os.path.getmtime)[-1]
-            with open(files[pid]) as f:
-                for line in f:
-                    if line.startswith(("summary:", "totals:")):
-                        per[pid] = int(line.split()[1])
-        front = per.get(proc.pid, 0)
-        workers = sum(v for p, v in per.items() if p != proc.pid)
+        took = time.monotonic() - t0
+        per = dump()
+        # The same time again with no requests: what the processes spend on their
+        # own (timers, heartbeats; under valgrind a run lasts minutes), not per request.
+        zero()
+        time.sleep(took)
+        idle = dump()
+
+        def split(counts: dict[int, int]) -> tuple[int, int]:
+            front = counts.get(proc.pid, 0)
+            return front, sum(v for p, v in counts.items() if p != proc.pid)
+
+        front, workers = split(per)
+        front_idle, workers_idle = split(idle)
+        apart = a.server == "imcluster"
         print(json.dumps({
             "tree": str(tree), "server": a.server, "mode": a.mode, "requests": made,
+            "seconds": round(took, 1),
             "ir_per_request": round((front + workers) / made),
-            "ir_per_request_front": round(front / made) if a.server == "imcluster" else None,
-            "ir_per_request_workers": round(workers / made)
-            if a.server == "imcluster" else None,
+            "ir_per_request_front": round(front / made) if apart else None,
+            "ir_per_request_workers": round(workers / made) if apart else None,
+            "idle_ir_per_request_time": round((front_idle + workers_idle) / made),
+            "net_ir_per_request": round((front + workers - front_idle - workers_idle) / made),
+            "net_ir_per_request_front": round((front - front_idle) / made) if apart else None,
+            "net_ir_per_request_workers": round((workers - workers_idle) / made)
+            if apart else None,
             "out": str(out)}))
         if a.annotate and a.server == "imcluster":
             r = subprocess.run(["callgrind_annotate", "--inclusive=yes", files[proc.pid]],
