@@ -74,6 +74,26 @@ class Link:
         return self.delivered - self.confirmed
 
 
+class Listener(socket.socket):
+    """The listening socket. socket.accept() builds each client's socket from the
+    listener's `family` and `type`, which the standard class converts to enums
+    on every read: here they are read as the plain ints they were given."""
+
+    __slots__ = ("_family", "_kind")
+
+    def __init__(self, family: int, kind: int):
+        super().__init__(family, kind)
+        self._family, self._kind = int(family), int(kind)
+
+    @property
+    def family(self) -> int:
+        return self._family
+
+    @property
+    def type(self) -> int:
+        return self._kind
+
+
 class Master:
     def __init__(self, cfg: Config, app: str | None):
         self.cfg = cfg
@@ -141,7 +161,7 @@ class Master:
     def _bind(self) -> None:
         host, port = self.cfg.bind
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        s = socket.socket(family, socket.SOCK_STREAM)
+        s = Listener(family, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
