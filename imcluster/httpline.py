@@ -55,7 +55,8 @@ class RequestLine(NamedTuple):
     @property
     def is_readiness(self) -> bool:
         """A health check of this host (READY_PATH, any query), answered by the master."""
-        return self.target.split("?", 1)[0] == READY_PATH
+        target = self.target
+        return target.startswith(READY_PATH) and target[len(READY_PATH):][:1] in ("", "?")
 
     @property
     def owner(self) -> tuple[int, int] | None:
