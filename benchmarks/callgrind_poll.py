@@ -29,8 +29,9 @@ functions of the master with the most inclusive instructions.
 baseline and the working tree) is started in turn, `--rounds` times,
 interleaved, so both see the same neighbours on a shared machine; `clients`
 threads loop polling echo for `seconds`, and it prints the master's CPU
-seconds (user + system, psutil) per hand-off (the master's own counter) and
-the worker's per request, with each tree's median ratio to the first.
+seconds (user + system, psutil; system apart) per hand-off (the master's own
+counter) and the worker's per request, with each tree's median ratio to the
+first.
 """
 
 from __future__ import annotations
@@ -262,6 +263,7 @@ def wall_once(tree: Path, a: argparse.Namespace) -> dict:
         handoffs = h1 - h0
         return {"handoffs": handoffs, "requests": r1 - r0,
                 "front_us": 1e6 * (m1.user + m1.system - m0.user - m0.system) / handoffs,
+                "front_sys_us": 1e6 * (m1.system - m0.system) / handoffs,
                 "worker_us": 1e6 * (w1.user + w1.system - w0.user - w0.system) / (r1 - r0)}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -290,6 +292,8 @@ def wall(a: argparse.Namespace) -> None:
         print(json.dumps({
             "tree": str(t),
             "front_us_median": round(statistics.median(x["front_us"] for x in runs[t]), 1),
+            "front_sys_us_median": round(
+                statistics.median(x["front_sys_us"] for x in runs[t]), 1),
             "worker_us_median": round(statistics.median(x["worker_us"] for x in runs[t]), 1),
             "front_ratio_to_first": round(statistics.median(ratios), 3),
             "worker_ratio_to_first": round(statistics.median(wratios), 3)}))
