@@ -89,6 +89,7 @@ from __future__ import annotations
 import array
 import json
 import socket
+import sys
 from collections.abc import Iterator
 
 # master -> worker
@@ -149,7 +150,12 @@ def frames(kind: bytes, payload: bytes = b"", flags: int = 0) -> Iterator[bytes]
 
 
 def fd_ancillary(fd: int) -> list[tuple[int, int, bytes]]:
-    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+    """The SCM_RIGHTS ancillary data that passes `fd` (one C int, native order)."""
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(_INT, _ORDER, signed=True))]
+
+
+_INT = array.array("i").itemsize
+_ORDER = sys.byteorder
 
 
 def recv_frame(sock: socket.socket) -> tuple[bytes, int, bytes, list[int]] | None:

@@ -8,7 +8,7 @@ it. This module only parses bytes; it never touches a socket.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote
 
 from imcluster import sid as sidcodec
@@ -39,8 +39,9 @@ class BadRequest(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class RequestLine:
+class RequestLine(NamedTuple):
+    """A parsed request line (a tuple: one is made for every request routed)."""
+
     method: str
     target: str
     version: str
@@ -54,7 +55,8 @@ class RequestLine:
     @property
     def is_readiness(self) -> bool:
         """A health check of this host (READY_PATH, any query), answered by the master."""
-        return self.target.split("?", 1)[0] == READY_PATH
+        target = self.target
+        return target.startswith(READY_PATH) and target[len(READY_PATH):][:1] in ("", "?")
 
     @property
     def owner(self) -> tuple[int, int] | None:
@@ -82,6 +84,12 @@ def parse(data: bytes, limit: int = MAX_REQUEST_LINE) -> RequestLine:
     status to answer) when the bytes can never become a valid request line.
     Never raises anything else, whatever `data` holds.
     """
+    # The usual case: a whole line at the very start. The line's LF is the
+    # first in `data` (no part of the pattern admits one), so this is exactly
+    # what the general path below finds.
+    m = _REQUEST_LINE.match(data)
+    if m is not None and m.end() <= limit:
+        return _request_line(m)
     # Tolerate the empty lines RFC 9112 lets a client send before a request.
     start = 0
     while data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
@@ -97,13 +105,14 @@ def parse(data: bytes, limit: int = MAX_REQUEST_LINE) -> RequestLine:
     m = _REQUEST_LINE.fullmatch(data, start, end + 1)
     if m is None:
         raise BadRequest(400, "Bad Request")
-    target = m.group(2).decode("ascii")
-    return RequestLine(
-        method=m.group(1).decode("ascii"),
-        target=target,
-        version="HTTP/1." + m.group(3).decode("ascii"),
-        sid=sid_from_target(target),
-    )
+    return _request_line(m)
+
+
+def _request_line(m: re.Match) -> RequestLine:
+    method, target, minor = m.group(1, 2, 3)
+    target = target.decode("ascii")
+    return RequestLine(method.decode("ascii"), target,
+                       "HTTP/1.1" if minor == b"1" else "HTTP/1.0", sid_from_target(target))
 
 
 def _check_prefix(partial: bytes) -> None:
@@ -122,6 +131,9 @@ def sid_from_target(target: str) -> str | None:
     The one python-engineio reads: it parses the query with `parse_qs`, which
     drops blank values, so `?sid=&sid=X` names session X there too.
     """
+    q = target.find("sid=")  # (a handshake names none: the common case ends here)
+    if q < 0:
+        return None
     q = target.find("?")
     if q < 0:
         return None

@@ -48,6 +48,7 @@ class Core:
         self.cfg = cfg
         self.app = app
         self.wall_offset = wall_offset
+        self.host_id = cfg.host_id  # read per request (a Config attribute is a failed lookup first)
         self.slots: list[WorkerProcess] = []  # index = slot; each holds Role.SLOT
         self.retiring: list[WorkerProcess] = []  # Role.RETIRED, until reaped
         self.by_id: dict[int, WorkerProcess] = {}  # every worker spawned and not yet reaped
@@ -503,7 +504,7 @@ class Core:
         if e.readiness:
             self._out.append(ev.Reply(e.conn, *self.readiness()))
             return
-        if e.host_id is not None and e.host_id != self.cfg.host_id:
+        if e.host_id is not None and e.host_id != self.host_id:
             # Another host's session (the router in front sent it here because that
             # host is down, draining out or unknown to it): no worker here knows
             # it, so say so at once, as Engine.IO does for any unknown session
@@ -511,7 +512,7 @@ class Core:
             # live host.
             self._out.append(ev.Reply(
                 e.conn, 400, f"Invalid session: it belongs to host {e.host_id}, "
-                f"this is host {self.cfg.host_id}", "other_host"))
+                f"this is host {self.host_id}", "other_host"))
             return
         w = router.choose(self.slots, self.by_id, e.worker_id, self.moved, self.emptied)
         if w is None:

@@ -52,7 +52,7 @@ class Link:
 
     __slots__ = ("worker_id", "slot", "pid", "channel", "outq", "out_bytes", "delivered",
                  "confirmed", "joiner", "relayed", "recent", "published",
-                 "relay_from")
+                 "relay_from", "writing")
 
     def __init__(self, worker_id: int, slot: int, pid: int, channel: socket.socket):
         self.worker_id, self.slot, self.pid, self.channel = worker_id, slot, pid, channel
@@ -66,11 +66,32 @@ class Link:
         self.published = 0  # PUBLISH messages received from it (HANDOVER's heir_seen)
         # The first broadcast offset relayed to it (recovery): it never hears earlier ones.
         self.relay_from = 0
+        self.writing = False  # registered for EVENT_WRITE: the channel was full
 
     @property
     def unconfirmed(self) -> int:
         """Hand-offs in the kernel's queue that the worker has not confirmed."""
         return self.delivered - self.confirmed
+
+
+class Listener(socket.socket):
+    """The listening socket. socket.accept() builds each client's socket from the
+    listener's `family` and `type`, which the standard class converts to enums
+    on every read: here they are read as the plain ints they were given."""
+
+    __slots__ = ("_family", "_kind")
+
+    def __init__(self, family: int, kind: int):
+        super().__init__(family, kind)
+        self._family, self._kind = int(family), int(kind)
+
+    @property
+    def family(self) -> int:
+        return self._family
+
+    @property
+    def type(self) -> int:
+        return self._kind
 
 
 class Master:
@@ -94,6 +115,9 @@ class Master:
         self.recovery = RecoveryStore(cfg.recovery_window) if cfg.recovery_window else None
         self.counters = {"accepted": 0, "handoffs": 0, "handbacks": 0, "handovers": 0,
                          "rerouted": 0, "relayed": 0, "relay_dropped": 0, "forwarded": 0}
+        # Read once per connection: a Config attribute is a failed lookup first.
+        self.max_queued = cfg.max_queued
+        self.handoff_window = cfg.handoff_window
 
     @property
     def exit_code(self) -> int:
@@ -137,7 +161,7 @@ class Master:
     def _bind(self) -> None:
         host, port = self.cfg.bind
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        s = socket.socket(family, socket.SOCK_STREAM)
+        s = Listener(family, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -202,7 +226,7 @@ class Master:
                    if w.accepts_new and (r := _rss(w.pid))}
             self._feed(ev.Memory(rss))
         self._feed(ev.Tick())
-        if self.queued_socks < self.cfg.max_queued // 2 and not self.core.stopping:
+        if self.queued_socks < self.max_queued // 2 and not self.core.stopping:
             self._accepting(True)
 
     # ---- events in, actions out ------------------------------------------------------
@@ -451,7 +475,7 @@ class Master:
         self.queued_socks += 1
         self.counters["handoffs"] += 1
         self._flush(link)
-        if self.queued_socks >= self.cfg.max_queued:
+        if self.queued_socks >= self.max_queued:
             self._accepting(False)
 
     def _move(self, conn: tuple[bytes, socket.socket, list[bytes]], wid: int | None) -> None:
@@ -479,35 +503,38 @@ class Master:
         chan = link.channel
         if chan is None:
             return
-        while link.outq:
-            frame, sock = link.outq[0]
-            if sock is not None and link.unconfirmed >= self.cfg.handoff_window:
-                # The kernel's queue dies with the worker; ours can be re-routed.
-                # Wait for the worker to acknowledge what it has (ACK) first.
-                break
+        outq = link.outq
+        while outq:
+            frame, sock = outq[0]
             try:
                 if sock is None:
                     chan.send(frame)
+                elif link.unconfirmed >= self.handoff_window:
+                    # The kernel's queue dies with the worker; ours can be re-routed.
+                    # Wait for the worker to acknowledge what it has (ACK) first.
+                    break
                 else:
                     chan.sendmsg([frame], ch.fd_ancillary(sock.fileno()))
             except (BlockingIOError, InterruptedError):
-                self.selector.modify(chan, selectors.EVENT_READ | selectors.EVENT_WRITE,
-                                     self.selector.get_key(chan).data)
+                if not link.writing:
+                    link.writing = True
+                    self.selector.modify(chan, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                         self.selector.get_key(chan).data)
                 return
             except OSError as e:
                 if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
                     log.warning("slot %d: channel send failed: %s", link.slot, e)
                 self._close_link(link, tell_core=True)
                 return
-            link.outq.popleft()
+            outq.popleft()
             link.out_bytes -= len(frame)
             if sock is not None:
                 link.delivered += 1
                 sock.close()
                 self.queued_socks -= 1
-        key = self.selector.get_key(chan)
-        if key.events & selectors.EVENT_WRITE:
-            self.selector.modify(chan, selectors.EVENT_READ, key.data)
+        if link.writing:
+            link.writing = False
+            self.selector.modify(chan, selectors.EVENT_READ, self.selector.get_key(chan).data)
 
     def _close_link(self, link: Link, tell_core: bool = False, reroute: bool = True) -> None:
         """The worker is gone (or going): stop using its channel and re-route the

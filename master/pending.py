@@ -33,6 +33,8 @@ REASONS = {
 # After an error answer we read and drop what the client still sends, so the
 # close does not turn into a reset that could destroy the answer in flight.
 LINGER_SECONDS = 2.0
+# A socket is peeked at before it is made non-blocking (most are routed at once).
+PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
 def error_response(status: int, detail: str = "") -> bytes:
@@ -44,14 +46,16 @@ def error_response(status: int, detail: str = "") -> bytes:
 
 
 class Pending:
-    __slots__ = ("sock", "deadline", "seen", "line", "closing")
+    __slots__ = ("sock", "fd", "deadline", "seen", "line", "closing", "watched")
 
     def __init__(self, sock: socket.socket, deadline: float):
         self.sock = sock
+        self.fd = sock.fileno()
         self.deadline = deadline
         self.seen = 0  # bytes seen by the last peek
         self.line: httpline.RequestLine | None = None  # parsed, waiting for a worker
         self.closing = False  # answered with an error; lingering before close
+        self.watched = False  # in `pending` and registered with the selector
 
 
 class PendingConnections:
@@ -78,8 +82,13 @@ class PendingConnections:
         return len(self.pending) + len(self.waiting)
 
     def add(self, sock: socket.socket, now: float) -> None:
-        """Take a fresh client socket (accepted, or handed back by a worker)."""
-        sock.setblocking(False)
+        """Take a fresh client socket (accepted, or handed back by a worker).
+
+        Its request line is usually queued already: it is peeked at at once,
+        and the socket is watched (registered, made non-blocking) only when
+        it has to wait for more bytes or lingers after an error answer. A
+        connection routed at once costs no selector call and no fcntl: the
+        peek says MSG_DONTWAIT, and the worker makes the fd non-blocking."""
         if len(self.pending) >= self.max_pending:
             # Slowloris and idle floods fill this table; the oldest entry is the
             # likeliest abuser, since honest clients send their line at once.
@@ -93,10 +102,15 @@ class PendingConnections:
                 except OSError:
                     pass
             self._drop(oldest)
-        p = Pending(sock, now + self.header_timeout)
-        self.pending[sock.fileno()] = p
-        self.selector.register(sock, selectors.EVENT_READ, self._on_readable)
-        self._examine(p, now)
+        self._examine(Pending(sock, now + self.header_timeout), now)
+
+    def _watch(self, p: Pending) -> None:
+        """Track `p` (deadline, eviction) and wake up when it is readable."""
+        if not p.watched:
+            p.sock.setblocking(False)
+            self.pending[p.fd] = p
+            self.selector.register(p.sock, selectors.EVENT_READ, self._on_readable)
+            p.watched = True
 
     def _on_readable(self, key: selectors.SelectorKey, mask: int) -> None:
         p = self.pending.get(key.fd)
@@ -108,8 +122,9 @@ class PendingConnections:
             self._linger(p)
             return
         try:
-            data = p.sock.recv(httpline.MAX_REQUEST_LINE + 2, socket.MSG_PEEK)
+            data = p.sock.recv(httpline.MAX_REQUEST_LINE + 2, PEEK)
         except (BlockingIOError, InterruptedError):
+            self._watch(p)
             return
         except OSError:
             self._drop(p)
@@ -123,6 +138,7 @@ class PendingConnections:
             p.seen = len(data)
             # Readable again only once a byte more than we have seen arrives.
             _set_lowat(p.sock, p.seen + 1)
+            self._watch(p)
             return
         except httpline.BadRequest as e:
             self.counters["too_long" if e.status == 414 else "bad_request"] += 1
@@ -182,7 +198,7 @@ class PendingConnections:
         cause, status, reason = verdict
         if cause is not None:
             self.counters[cause] = self.counters.get(cause, 0) + 1
-        self._fail(p, status, reason, time.monotonic(), registered=False)
+        self._fail(p, status, reason, time.monotonic())
 
     def expire(self, now: float) -> None:
         """Answer or close every connection past its deadline."""
@@ -199,28 +215,27 @@ class PendingConnections:
                 continue
             self.waiting.pop(p.sock.fileno(), None)
             self.counters["unavailable"] += 1
-            self._fail(p, 503, "no worker is ready; try again", now, registered=False)
+            self._fail(p, 503, "no worker is ready; try again", now)
 
     def close_all(self) -> None:
         for p in list(self.pending.values()) + list(self.waiting.values()):
             self._drop(p)
 
-    def _fail(self, p: Pending, status: int, reason: str, now: float,
-              registered: bool = True) -> None:
+    def _fail(self, p: Pending, status: int, reason: str, now: float) -> None:
         try:
-            p.sock.send(error_response(status, reason))
+            # (a socket not watched yet is still blocking: never wait on it)
+            p.sock.send(error_response(status, reason), socket.MSG_DONTWAIT)
             p.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._drop(p)
             return
         _set_lowat(p.sock, 1)
-        fd = p.sock.fileno()
-        self.pending.pop(fd, None)
-        if not registered:
-            self.selector.register(p.sock, selectors.EVENT_READ, self._on_readable)
+        if p.watched:
+            self.pending.move_to_end(p.fd)  # the eviction order: its time starts now
+        else:
+            self._watch(p)
         p.closing = True
         p.deadline = now + LINGER_SECONDS
-        self.pending[fd] = p
         self._linger(p)
 
     def _linger(self, p: Pending) -> None:
@@ -239,13 +254,15 @@ class PendingConnections:
 
     def _forget(self, p: Pending) -> int:
         """Stop tracking and watching `p`; returns its fd."""
-        fd = p.sock.fileno()
+        fd = p.fd
         self.pending.pop(fd, None)
         self.waiting.pop(fd, None)
-        try:
-            self.selector.unregister(p.sock)
-        except (KeyError, ValueError):
-            pass
+        if p.watched:
+            p.watched = False
+            try:
+                self.selector.unregister(p.sock)
+            except (KeyError, ValueError):
+                pass
         return fd
 
     def _drop(self, p: Pending) -> None:

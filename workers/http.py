@@ -371,7 +371,11 @@ def serve_connection(server: eventlet.wsgi.Server, sock: socket.socket,
     except Exception:
         log.exception("connection from %s failed", addr)
     finally:
-        if internals.conn_status(conn) != STATE_HANDED and sock not in handed_over:
-            eventlet.greenio.shutdown_safe(sock)
-        sock.close()
+        # The protocol's finish() has usually shut down and closed it already
+        # (a second shutdown would only raise EBADF): only an error on the way
+        # leaves it open.
+        if sock.fileno() != -1:
+            if internals.conn_status(conn) != STATE_HANDED and sock not in handed_over:
+                eventlet.greenio.shutdown_safe(sock)
+            sock.close()
         on_close()
