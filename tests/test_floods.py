@@ -139,7 +139,7 @@ def test_handshake_flood(cluster_factory):
 def test_member_that_stops_reading_is_cut_off_not_buffered(cluster_factory):
     """A WebSocket member that takes nothing while its room is flooded: the
     worker holds at most WRITE_BACKLOG_LIMIT (8 MB) for it beyond what the
-    kernel takes, then closes it; the other members get every message, in order."""
+    kernel takes, then closes it; the other members get every message, once."""
     import websocket  # websocket-client, a plain client we can stop reading from
 
     cluster = cluster_factory(workers=1)
@@ -164,7 +164,11 @@ def test_member_that_stops_reading_is_cut_off_not_buffered(cluster_factory):
                 wait_for(lambda i=i: len(member.said) > i, 20,
                          what=f"message {i} at the reading member")
         wait_for(lambda: len(member.said) >= n, 20, what=f"{n} messages at the reading member")
-        assert [int(m["text"].split()[0]) for m in member.said] == list(range(n))
+        # Each once; the order is not checked here: python-socketio's client runs
+        # each message's handler in a thread of its own, so `said` can list two
+        # neighbours swapped (seen: 640 before 639, ~1 run in 8). The order a
+        # member receives is tested with the JS client in test_ordering.py.
+        assert sorted(int(m["text"].split()[0]) for m in member.said) == list(range(n))
         wait_for(lambda: "closing a WebSocket: more than" in cluster.log(), 20,
                  what="the worker to cut the silent member off")
         grown = worker.memory_info().rss - rss0
