@@ -183,6 +183,8 @@ def _our_classes():
 
     from imcluster.workers import (
         admin,
+        dispatch,
+        fastpacket,
         http,
         protocol,
         pubsub,
@@ -208,6 +210,8 @@ def _our_classes():
         (http.make_protocol(1, 0, lambda sock: False, 1.0, set()), eventlet.wsgi.HttpProtocol,
          None),
         (admin.ClusterInstrumentedServer, admin._UPSTREAM, None),
+        (fastpacket.FastPacket, socketio.packet.Packet, None),
+        (dispatch.InlineEvents, socketio.Server, None),
     ]
 
 

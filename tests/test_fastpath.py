@@ -1,0 +1,117 @@
+"""The fast path for text events (workers/fastpath.py) accepts only what python-socketio
+reads as the same EVENT, and the common events do take it.
+
+For any text, `parse_event` either declines or gives the namespace, id and data
+python-socketio's own decode gives (its Packet, with python-engineio's JSON),
+for a packet python-socketio would dispatch as an event. A real cluster then
+answers events on the default and another namespace, with and without acks,
+across both paths, over the python-socketio client and the JS client.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import socketio
+from engineio import json as eio_json
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from socketio import packet as sio_packet
+
+from imcluster.workers import fastpath
+
+scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+           | st.text(max_size=8) | st.integers(min_value=2**63 - 2, max_value=2**64 + 2))
+values = st.recursive(scalars, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(
+    st.text(max_size=4), kids, max_size=3), max_leaves=8)
+
+
+def _event(namespace, id, data) -> str:
+    return ("2" + (namespace + "," if namespace else "") + ("" if id is None else str(id))
+            + json.dumps(data, separators=(",", ":")))
+
+
+def _upstream(text: str):
+    """What python-socketio makes of `text`: (type, namespace, id, data) or the error class."""
+    sio_packet.Packet.json = eio_json
+    try:
+        p = sio_packet.Packet(encoded_packet=text)
+    except Exception as e:
+        return type(e)
+    return p.packet_type, p.namespace, p.id, p.data
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(
+    st.builds(_event, st.sampled_from([None, "/", "/chat", "/a-b", "/q?x=1", "/é", "/0"]),
+              st.none() | st.integers(0, 10**25),
+              st.lists(values, max_size=4) | st.lists(values, min_size=1).map(
+                  lambda v: ["ev"] + v) | values),
+    st.text(max_size=30).map(lambda t: "2" + t),
+    st.text(alphabet="0123456789[]{}\",-/:.eE+naNI ,?é²٣", max_size=30).map(
+        lambda t: "2" + t)))
+@example('2["echo","' + "x" * 64 + '"]')
+@example('212["echo",{"a":[1,2.5,null,true]}]')
+@example('2/chat,7["x"]')
+@example('2/chat,["x"]')
+@example('21-["x"]')
+@example('2²["x"]')
+@example('2٣["x"]')
+@example('2007["x"]')
+@example('2' + '9' * 19 + '["x"]')
+@example('2["x",' + '9' * 101 + ']')
+@example('2["x",NaN]')
+@example('2[1,"x"]')
+@example('2[]')
+@example('2{"0":"x"}')
+@example('2/a?b=1,["x"]')
+@example('2["x"] ')
+@example('2["x"]\n')
+def test_what_the_fast_path_accepts_python_socketio_reads_the_same(text):
+    got = fastpath.parse_event(text)
+    up = _upstream(text)
+    if got is None:
+        return  # declined: python-socketio decodes it, as before
+    namespace, id, data = got
+    assert up == (sio_packet.EVENT, namespace, id, data), (text, got, up)
+    assert isinstance(data, list) and data and isinstance(data[0], str)
+
+
+@pytest.mark.parametrize("text, want", [
+    ('2["echo","hi"]', (None, None, ["echo", "hi"])),
+    ('23["echo",{"a":1}]', (None, 3, ["echo", {"a": 1}])),
+    ('2/chat,42["say","x",1,null]', ("/chat", 42, ["say", "x", 1, None])),
+    ('2/chat,["say"]', ("/chat", None, ["say"])),
+])
+def test_the_common_events_take_it(text, want):
+    assert fastpath.parse_event(text) == want
+    # As the read loop sees them: the Engine.IO type first.
+    assert fastpath.parse_event("4" + text, 1) == want
+
+
+@pytest.mark.parametrize("text", [
+    '51-["bin",{"_placeholder":true,"num":0}]',  # binary event: its attachments follow
+    '3["ack"]', '0{"token":1}', '1', '2/q?x=1,["x"]', '2{"e":1}', '2[1]', '2',
+])
+def test_the_rest_goes_to_python_socketio(text):
+    assert fastpath.parse_event(text) is None
+
+
+def test_installed_only_where_nothing_in_between_was_replaced():
+    plain = socketio.Server(async_mode="eventlet")
+    assert fastpath.install(plain) == {"packets": True, "dispatch": True, "events": True}
+
+    class Own(socketio.Server):
+        def _handle_eio_message(self, eio_sid, data):  # an app's own dispatch
+            return super()._handle_eio_message(eio_sid, data)
+
+    assert fastpath.install(Own(async_mode="eventlet"))["events"] is False
+
+    class OwnPacket(sio_packet.Packet):
+        pass
+
+    other = socketio.Server(async_mode="eventlet", serializer=OwnPacket)
+    assert fastpath.install(other) == {"packets": False, "dispatch": True, "events": False}
+    threads = socketio.Server(async_mode="threading")
+    assert fastpath.install(threads)["dispatch"] is False
