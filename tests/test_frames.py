@@ -2,8 +2,8 @@
 
 A worker cuts whole text frames out of its receive buffer itself and leaves
 every other frame, and every error, to eventlet's reader. For any stream of
-client frames (text, binary, fragmented, pings, empty, oversized, unmasked,
-invalid UTF-8, truncated), sent in any chunking, both readers return the
+client frames (text, binary, fragmented, pings, closes, empty, oversized,
+unmasked, invalid UTF-8, truncated), sent in any chunking, both readers return the
 same messages and write the same bytes back (pongs, close frames). In
 process, over a real socket pair, with eventlet's RFC6455WebSocket.
 """
@@ -60,6 +60,11 @@ frames = st.one_of(
     st.builds(frame, st.just(0), texts, st.booleans()),  # continuation
     st.builds(frame, st.just(1), st.just(b"x" * 66000)),  # above the fast path's limit
     st.builds(frame, st.sampled_from([3, 7, 11]), st.binary(max_size=5)),  # unknown opcode
+    # close, empty or with a status code and a reason: the reader answers it and ends,
+    # whatever follows it in the same read
+    st.builds(frame, st.just(8), st.one_of(st.just(b""), st.builds(
+        lambda code, why: struct.pack("!H", code) + why,
+        st.sampled_from([1000, 1001, 1002, 1011, 4000, 999]), texts))),
 )
 
 
@@ -118,6 +123,7 @@ def _run(data: bytes, cuts: list[int], fast: bool):
 @example([frame(1, b"x", masked=False)], [], 0)
 @example([frame(1, b"ab", fin=False), frame(0, b"cd")], [5], 0)
 @example([frame(1, "é".encode())], [3], 0)
+@example([frame(1, b'42["echo",1]'), frame(8, struct.pack("!H", 1000)), frame(1, b"x")], [], 0)
 def test_next_message_reads_what_eventlet_reads(frames_, cuts, truncate):
     data = b"".join(frames_)
     if truncate and data:
