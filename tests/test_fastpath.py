@@ -1,5 +1,6 @@
 """The fast path for text events (workers/fastpath.py) accepts only what python-socketio
-reads as the same EVENT, and the common events do take it.
+reads as the same EVENT, and the common events do take it; a plain ack written
+directly is the text python-socketio and python-engineio would send.
 
 For any text, `parse_event` either declines or gives the namespace, id and data
 python-socketio's own decode gives (its Packet, with python-engineio's JSON),
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+import engineio
 import pytest
 import socketio
 from engineio import json as eio_json
@@ -100,7 +102,8 @@ def test_the_rest_goes_to_python_socketio(text):
 
 def test_installed_only_where_nothing_in_between_was_replaced():
     plain = socketio.Server(async_mode="eventlet")
-    assert fastpath.install(plain) == {"packets": True, "dispatch": True, "events": True}
+    assert fastpath.install(plain) == {"packets": True, "dispatch": True, "events": True,
+                                       "acks": True}
 
     class Own(socketio.Server):
         def _handle_eio_message(self, eio_sid, data):  # an app's own dispatch
@@ -108,10 +111,53 @@ def test_installed_only_where_nothing_in_between_was_replaced():
 
     assert fastpath.install(Own(async_mode="eventlet"))["events"] is False
 
+    class OwnSend(socketio.Server):
+        def _send_packet(self, eio_sid, pkt):  # an app that sees every packet it sends
+            return super()._send_packet(eio_sid, pkt)
+
+    class OwnHandling(socketio.Server):
+        def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):
+            return super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+
+    assert fastpath.install(OwnSend(async_mode="eventlet"))["acks"] is False
+    assert fastpath.install(OwnHandling(async_mode="eventlet"))["acks"] is False
+    wrapped = socketio.Server(async_mode="eventlet")
+    wrapped.eio.send = lambda sid, data: None  # python-engineio's send replaced
+    assert fastpath.install(wrapped)["acks"] is False
+
     class OwnPacket(sio_packet.Packet):
         pass
 
     other = socketio.Server(async_mode="eventlet", serializer=OwnPacket)
-    assert fastpath.install(other) == {"packets": False, "dispatch": True, "events": False}
+    assert fastpath.install(other) == {"packets": False, "dispatch": True, "events": False,
+                                       "acks": False}
     threads = socketio.Server(async_mode="threading")
     assert fastpath.install(threads)["dispatch"] is False
+
+
+def _upstream_ack(namespace, id, data) -> str:
+    """The Engine.IO MESSAGE text python-socketio and python-engineio send for an ack."""
+    sio_packet.Packet.json = eio_json
+    text = sio_packet.Packet(sio_packet.ACK, namespace=namespace, id=id, data=data).encode()
+    return engineio.packet.Packet(engineio.packet.MESSAGE, data=text).encode()
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from([None, "/", "/chat", "/é"]), st.integers(0, 10**6),
+       st.lists(values | st.binary(max_size=3) | st.tuples(st.integers()), max_size=3))
+@example(None, 0, ["x" * 64])
+@example("/chat", 12, [{"a": [1, 2.5, None, True]}])
+@example(None, 1, [float("inf")])
+@example(None, 1, ["\ud800"])
+@example(None, 1, [b"x"])
+def test_a_direct_ack_is_the_text_python_socketio_sends(namespace, id, data):
+    got = fastpath.ack_text(namespace, id, data)
+    if got is None:
+        return  # not plain: the ack takes python-socketio's way
+    up = _upstream_ack(namespace, id, data)
+    # The same packet; the JSON the same value (orjson writes non-ASCII as UTF-8 and
+    # floats in their shortest form, as FastPacket does: tests/test_fastpacket.py).
+    head = up.index("[")  # "43", the namespace and ",", the id
+    assert got[:head] == up[:head], (got, up)
+    assert json.loads(got[head:]) == json.loads(up[head:]), (got, up)
+    assert sio_packet.Packet(encoded_packet=got[1:]).data == data

@@ -185,6 +185,7 @@ def _our_classes():
         admin,
         dispatch,
         fastpacket,
+        fastpath,
         http,
         protocol,
         pubsub,
@@ -212,6 +213,7 @@ def _our_classes():
         (admin.ClusterInstrumentedServer, admin._UPSTREAM, None),
         (fastpacket.FastPacket, socketio.packet.Packet, None),
         (dispatch.InlineEvents, socketio.Server, None),
+        (fastpath.DirectAcks, socketio.Server, None),
     ]
 
 

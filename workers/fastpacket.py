@@ -107,6 +107,18 @@ def _plain(x) -> bool:
     return False
 
 
+# For workers/fastpath.py's direct acks.
+plain = _plain
+
+
+def orjson_dumps(data) -> str | None:
+    """orjson's JSON text of `data`, which must be `plain` (then the same value as
+    python-socketio's dumps gives); None without orjson. TypeError as orjson raises it."""
+    if _OR_DUMPS is None:
+        return None
+    return _OR_DUMPS(data).decode()
+
+
 def dumps(data) -> str:
     """python-socketio's `json.dumps(data, separators=(',', ':'))`, as JSON text
     that parses to the same value (or the same error for what JSON cannot hold)."""

@@ -27,8 +27,9 @@ import logging
 
 import engineio
 import socketio
+from socketio import packet as sio_packet
 
-from imcluster.workers import dispatch, fastpacket
+from imcluster.workers import dispatch, fastpacket, protocol, sessions
 
 # The functions whose work receive() does in their place: if any is not what
 # the server's class uses, the fast path stays off for that server.
@@ -39,6 +40,16 @@ _EIO_MESSAGE = socketio.Server._handle_eio_message
 _TRIGGER = engineio.Server._trigger_event
 
 _MAX_ID_DIGITS = 18  # a longer id goes to python-socketio (its limit is 100 digits)
+
+# What an ack passes through between the handler and the socket; DirectAcks
+# writes the frame itself only while each is python-socketio's, python-engineio's
+# or ours as read here. internals: socketio-handle-event-internal-copy,
+# socketio-send-packet, engineio-server-send, engineio-message-encode,
+# engineio-socket-send
+_EVENT_INTERNAL = socketio.Server._handle_event_internal
+_SEND_PACKET_OK = {socketio.Server._send_packet}  # plus the rules below, at install
+_EIO_SEND = (engineio.Server.send, engineio.Server.send_packet)
+_SESSION_SEND = sessions.ClusterSocket.send
 
 
 def parse_event(text: str, start: int = 0) -> tuple[str | None, int | None, list] | None:
@@ -102,12 +113,109 @@ class FastEvents:
         return True
 
 
+class DirectAcks:
+    """python-socketio's `_handle_event_internal`, writing a plain ack's frame itself.
+
+    Upstream answers a handler's return value with an ACK Packet, encodes it,
+    and hands the text to python-engineio's `send`, which wraps it in a MESSAGE
+    Packet for the session's `send`, which frames it: two packet objects and
+    five calls per ack (about 6% of a worker's instructions per echo,
+    docs/benchmarks.md). Here, for a session whose WebSocket our frame writer
+    holds and an ack whose data orjson writes as `json` does (`FastPacket`'s
+    rule: no bytes, plain types), the text `43[/ns,]id[...]` is written as the
+    session's `send` would write it, after the same ping-timeout check. Any
+    other case (polling, a closed or unknown session, packets held for a
+    CONNECT by workers/protocol.py, binary or unusual data, Engine.IO logging
+    at INFO) takes upstream's way.
+    """
+
+    _imcluster_direct_acks = False  # set per server by install_acks
+
+    # internals: socketio-handle-event-internal-copy (a copy, changed)
+    def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):
+        r = server._trigger_event(data[0], namespace, sid, *data[1:])
+        if r != self.not_handled and id is not None:
+            # send ACK packet with the response returned by the handler
+            # tuples are expanded as multiple arguments
+            if r is None:
+                data = []
+            elif isinstance(r, tuple):
+                data = list(r)
+            else:
+                data = [r]
+            if not (self._imcluster_direct_acks and write_ack(self, eio_sid, namespace, id, data)):
+                server._send_packet(eio_sid, self.packet_class(
+                    sio_packet.ACK, namespace=namespace, id=id, data=data))
+
+
+def ack_text(namespace: str | None, id: int, data: list) -> str | None:
+    """The Engine.IO MESSAGE text of a Socket.IO ACK ("43...") as python-socketio's
+    Packet and python-engineio's encode make it, or None when `data` is not what
+    orjson writes as `json` does (fastpacket.FastPacket's rule)."""
+    if not fastpacket.plain(data):
+        return None
+    try:
+        body = fastpacket.orjson_dumps(data)
+    except TypeError:  # lone surrogates, deep nesting: upstream's json decides
+        return None
+    if body is None:
+        return None
+    if namespace is not None and namespace != "/":
+        return "43" + namespace + "," + str(id) + body
+    return "43" + str(id) + body
+
+
+def write_ack(sio, eio_sid: str, namespace: str | None, id: int, data: list) -> bool:
+    """Write the ACK of `id` to session `eio_sid` if it can go the direct way
+    (DirectAcks); False, with nothing done, when upstream's way must take it."""
+    s = sio.eio.sockets.get(eio_sid)  # internals: engineio-server-attrs
+    if (s is None or type(s).send is not _SESSION_SEND or s.closed or s.writer is None
+            or s.upgrading):
+        return False
+    holds = sio.__dict__.get("_imcluster_holds")  # workers/protocol.py, CONNECT order
+    if holds and eio_sid in holds:
+        return False
+    if sio.eio.logger.isEnabledFor(logging.INFO):
+        return False
+    text = ack_text(namespace, id, data)
+    if text is None:
+        return False
+    if s.check_ping_timeout():
+        s.writer.write(sessions.ws_frame(text))
+    return True
+
+
+def install_acks(sio: socketio.Server) -> bool:
+    """Write `sio`'s plain acks directly (DirectAcks) when nothing an ack passes
+    through was replaced; True if so. Needs FastPacket."""
+    eio = sio.eio
+    ok_send = _SEND_PACKET_OK | {protocol.SocketRules._send_packet, _recovery_send_packet()}
+    cls = type(sio)
+    if (not isinstance(sio, socketio.Server) or sio.packet_class is not fastpacket.FastPacket
+            or cls._handle_event_internal not in (_EVENT_INTERNAL,
+                                                  DirectAcks._handle_event_internal)
+            or "_handle_event_internal" in sio.__dict__ or "_send_packet" in sio.__dict__
+            or any("_send_packet" in vars(k) and vars(k)["_send_packet"] not in ok_send
+                   for k in cls.__mro__)
+            or (type(eio).send, type(eio).send_packet) != _EIO_SEND
+            or "send" in eio.__dict__ or "send_packet" in eio.__dict__):
+        return False
+    sio.__class__ = protocol.with_rules(cls, DirectAcks)
+    sio._imcluster_direct_acks = True
+    return True
+
+
+def _recovery_send_packet():
+    from imcluster.workers import recovery  # imports eventlet-only parts: only when asked
+    return recovery.RecoveryRules._send_packet
+
+
 def install(sio: socketio.Server) -> dict[str, bool]:
     """Every per-event saving that applies to `sio`: FastPacket as its packet class
     (workers/fastpacket.py), handlers started directly (workers/dispatch.py), and
     text events taken the short way (here). Which were installed, by name."""
     return {"packets": fastpacket.install(sio), "dispatch": dispatch.install(sio),
-            "events": install_events(sio)}
+            "events": install_events(sio), "acks": install_acks(sio)}
 
 
 def install_events(sio: socketio.Server) -> bool:

@@ -365,7 +365,8 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
                 "or self.namespaces == '*' or namespace in self.namespaces:"))),
     ("socketio-send-packet", Reach(
         _SIO, "socketio:Server._send_packet", "override",
-        "workers/protocol.py SocketRules; workers/recovery.py RecoveryRules (CONNECT's pid)",
+        "workers/protocol.py SocketRules; workers/recovery.py RecoveryRules (CONNECT's pid); "
+        "workers/fastpath.py install_acks (direct acks only while these are the overrides)",
         "every Socket.IO packet to a client goes through _send_packet(eio_sid, pkt) (an "
         "emit with a callback among them)",
         params=("eio_sid", "pkt"), source=("self.server._send_packet(eio_sid, pkt)",),
@@ -560,6 +561,30 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "workers/dispatch.py HandlerGreenlet.run", "an exception escaping a GreenThread is "
         "printed to stderr when the hub's debug_exceptions is set; ours does the same",
         source=("if self.debug_exceptions:", "traceback.print_exception(*exc_info)"))),
+    # ---- plain acks written directly (workers/fastpath.py DirectAcks) ------------------
+    ("socketio-handle-event-internal-copy", Reach(
+        _SIO, "socketio:Server._handle_event_internal", "copy",
+        "workers/fastpath.py DirectAcks", "ours repeats upstream's (the handler through "
+        "server._trigger_event, its return value as the ack's list) and writes a plain ack "
+        "itself, else sends upstream's ACK packet through _send_packet",
+        params=("server", "sid", "eio_sid", "data", "namespace", "id"),
+        source=("r = server._trigger_event(data[0], namespace, sid, *data[1:])",
+                "if r != self.not_handled and id is not None:", "if r is None:",
+                "elif isinstance(r, tuple):", "data = list(r)", "data = [r]",
+                "server._send_packet(eio_sid, self.packet_class(",
+                "packet.ACK, namespace=namespace, id=id, data=data))"))),
+    ("engineio-server-send", Reach(
+        _EIO, "engineio:Server.send", "read", "workers/fastpath.py write_ack",
+        "a Socket.IO packet's text goes out as a MESSAGE Packet to the session's "
+        "send(pkt), found in sockets (a closed one is dropped there, with a warning)",
+        params=("sid", "data"),
+        source=("self.send_packet(sid, packet.Packet(packet.MESSAGE, data=data))",))),
+    ("engineio-message-encode", Reach(
+        _EIO, "engineio.packet:Packet.encode", "read", "workers/fastpath.py ack_text",
+        "a text MESSAGE is encoded as its type ('4') followed by the text, unchanged",
+        params=("b64",), source=("encoded_packet = str(self.packet_type)",
+                                 "if isinstance(self.data, str):",
+                                 "encoded_packet += self.data"))),
     # ---- text events the short way (workers/fastpath.py) -------------------------------
     ("socketio-handle-eio-message", Reach(
         _SIO, "socketio:Server._handle_eio_message", "read", "workers/fastpath.py",
