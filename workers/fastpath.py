@@ -168,6 +168,8 @@ def ack_text(namespace: str | None, id: int, data: list) -> str | None:
 def write_ack(sio, eio_sid: str, namespace: str | None, id: int, data: list) -> bool:
     """Write the ACK of `id` to session `eio_sid` if it can go the direct way
     (DirectAcks); False, with nothing done, when upstream's way must take it."""
+    if sio.packet_class is not fastpacket.FastPacket:  # an app chose its own since
+        return False
     s = sio.eio.sockets.get(eio_sid)  # internals: engineio-server-attrs
     if (s is None or type(s).send is not _SESSION_SEND or s.closed or s.writer is None
             or s.upgrading):
