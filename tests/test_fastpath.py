@@ -161,3 +161,25 @@ def test_a_direct_ack_is_the_text_python_socketio_sends(namespace, id, data):
     assert got[:head] == up[:head], (got, up)
     assert json.loads(got[head:]) == json.loads(up[head:]), (got, up)
     assert sio_packet.Packet(encoded_packet=got[1:]).data == data
+
+
+ECHOED = ["x" * 64, 0, -1, 2**63 - 1, 2**64 + 5, 10**30, 1e-07, -0.0, 2.5, True, None,
+          "é ☃ \U0001f600", {"a": [1, {"b": None}], "é": ""}, [[], {}], b"\x00\xff",
+          {"bin": [b"ab", 1]}, "\u2028", {"n": 1.0}]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_acks_come_back_as_python_socketio_sent_them(cluster_factory, transport):
+    """A real worker's acks: over a WebSocket the plain ones are written directly,
+    the rest (bytes, integers beyond 64 bits) and every polling ack take
+    python-socketio's way; the client reads every one back as it was sent."""
+    cluster = cluster_factory(workers=1)
+    cluster.wait_ready()
+    c = socketio.Client(reconnection=False)
+    c.connect(cluster.url, transports=[transport], wait_timeout=10)
+    try:
+        for value in ECHOED:
+            got = c.call("echo", value, timeout=10)
+            assert got == value and type(got) is type(value), (value, got)
+    finally:
+        c.disconnect()
