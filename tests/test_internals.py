@@ -184,6 +184,9 @@ def _our_classes():
 
     from imcluster.workers import (
         admin,
+        dispatch,
+        fastpacket,
+        fastpath,
         http,
         protocol,
         pubsub,
@@ -214,6 +217,9 @@ def _our_classes():
         (http.make_protocol(1, 0, lambda sock: False, 1.0, set()), eventlet.wsgi.HttpProtocol,
          None),
         (admin.ClusterInstrumentedServer, admin._UPSTREAM, None),
+        (fastpacket.FastPacket, socketio.packet.Packet, None),
+        (dispatch.InlineEvents, socketio.Server, None),
+        (fastpath.DirectAcks, socketio.Server, None),
     ]
 
 

@@ -108,11 +108,22 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         source_in="eventlet.websocket:RFC6455WebSocket._handle_control_frame")),
     ("eventlet-ws-socket", Reach(
         _EV, "eventlet.websocket:RFC6455WebSocket", "read",
-        "workers/sessions.py FrameWriter, BufferedReceive, ClusterSocket._websocket_handler",
+        "workers/sessions.py FrameWriter, BufferedReceive, next_message, "
+        "ClusterSocket._websocket_handler",
         "a WebSocket's green socket is ws.socket and every read is self.socket.recv(n), so "
         "a buffered reader can take its place; ws.extensions holds the negotiated ones",
-        attrs=("socket", "extensions"), source=("self.socket.recv(length - received)",),
+        attrs=("socket", "extensions", "max_frame_length"),
+        source=("self.socket.recv(length - received)",),
         source_in="eventlet.websocket:RFC6455WebSocket._recv_frame")),
+    ("eventlet-ws-iter-frames", Reach(
+        _EV, "eventlet.websocket:RFC6455WebSocket._iter_frames", "copy",
+        "workers/sessions.py next_message", "ws.wait() returns the next message from "
+        "_iter_frames, which holds no state between two messages (a fragment is pending only "
+        "inside one call), decodes a final text frame with a UTF-8 decoder, refuses frames "
+        "above max_frame_length, and on a socket error sends a close frame (1011) and raises; "
+        "next_message cuts whole text frames itself and repeats that last rule",
+        params=(), source=("yield data", "except Exception:",
+                           "self.close(close_data=(1011, 'Internal Server Error'))"))),
     ("eventlet-green-fd", Reach(
         _EV, "eventlet.greenio.base:GreenSocket", "read",
         "workers/sessions.py FrameWriter; workers/http.py peek_request_line",
@@ -261,13 +272,13 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
                 "except exceptions.SocketIsClosedError:"))),
     ("engineio-server-attrs", Reach(
         _EIO, "engineio:Server", "read",
-        "workers/sessions.py, workers/protocol.py, workers/main.py",
-        "the server's settings and sessions as our code reads them",
+        "workers/sessions.py, workers/protocol.py, workers/main.py, workers/fastpath.py",
+        "the server's settings, sessions and event handlers as our code reads them",
         attrs=("sockets", "ping_interval", "ping_timeout", "ping_interval_grace_period",
                "max_http_buffer_size", "logger", "async_mode", "cors_allowed_origins",
                "get_queue_empty_exception", "reason.PING_TIMEOUT", "reason.TRANSPORT_ERROR",
-               "reason.TRANSPORT_CLOSE"),
-        adds=("_imcluster_pinger",))),
+               "reason.TRANSPORT_CLOSE", "handlers", "async_handlers"),
+        adds=("_imcluster_pinger", "_imcluster_fast"))),
     ("engineio-cors-origins", Reach(
         _EIO, "engineio.base_server:BaseServer._cors_allowed_origins", "read",
         "workers/main.py WorkerServer.load", "cors_allowed_origins set after the server is built "
@@ -354,7 +365,8 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
                 "or self.namespaces == '*' or namespace in self.namespaces:"))),
     ("socketio-send-packet", Reach(
         _SIO, "socketio:Server._send_packet", "override",
-        "workers/protocol.py SocketRules; workers/recovery.py RecoveryRules (CONNECT's pid)",
+        "workers/protocol.py SocketRules; workers/recovery.py RecoveryRules (CONNECT's pid); "
+        "workers/fastpath.py install_acks (direct acks only while these are the overrides)",
         "every Socket.IO packet to a client goes through _send_packet(eio_sid, pkt) (an "
         "emit with a callback among them)",
         params=("eio_sid", "pkt"), source=("self.server._send_packet(eio_sid, pkt)",),
@@ -506,6 +518,119 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "carried in messages only: the interest scheme sets its own, naming the worker), "
         "JSON module, channel, logger and callback trigger",
         attrs=("host_id", "json", "channel", "trigger_callback", "_get_logger"))),
+    # ---- faster packets (workers/fastpacket.py) ---------------------------------------
+    ("socketio-packet-class", Reach(
+        _SIO, "socketio:Server", "read", "workers/fastpacket.py install",
+        "every Socket.IO packet the server and its manager make is self.packet_class(...) "
+        "(the `serializer` argument); we swap in a subclass when it is the default Packet "
+        "with python-engineio's JSON module (Packet.json)",
+        attrs=("packet_class",), source=("pkt = self.packet_class(encoded_packet=data)",),
+        source_in="socketio:Server._handle_eio_message")),
+    ("socketio-packet-encode", Reach(
+        _SIO, "socketio.packet:Packet.encode", "override", "workers/fastpacket.py FastPacket",
+        "a text packet is str(type), the namespace and ',' unless '/', the id, then "
+        "json.dumps(data, separators=(',', ':')) unless data is None; binary ones are "
+        "left to upstream", params=(),
+        source=("encoded_packet = str(self.packet_type)",
+                "if self.namespace is not None and self.namespace != '/':",
+                "encoded_packet += self.namespace + ','", "encoded_packet += str(self.id)",
+                "encoded_packet += self.json.dumps(data, separators=(',', ':'))"))),
+    ("socketio-packet-decode", Reach(
+        _SIO, "socketio.packet:Packet.decode", "override", "workers/fastpacket.py FastPacket",
+        "upstream's decode parses the payload with self.json.loads(ep), which ours points "
+        "at a faster module for the call", params=("encoded_packet",),
+        source=("self.data = self.json.loads(ep)",))),
+    ("socketio-packet-binary", Reach(
+        _SIO, "socketio.packet:Packet.data_is_binary", "override",
+        "workers/fastpacket.py FastPacket", "a classmethod: True when bytes or bytearray "
+        "sit anywhere in lists and dict values; ours answers the same",
+        params=("data",), source=("if isinstance(data, (bytes, bytearray)):",
+                                  "elif isinstance(data, list):",
+                                  "elif isinstance(data, dict):",
+                                  "for item in data.values()],"))),
+    ("engineio-json-loads", Reach(
+        _EIO, "engineio.json:loads", "copy", "workers/fastpacket.py _safe_int",
+        "python-engineio's loads refuses integers longer than 100 digits (parse_int); "
+        "our decoder does the same", source=("if len(s) > 100:",),
+        source_in="engineio.json:_safe_int")),
+    # ---- handlers started directly (workers/dispatch.py) ------------------------------
+    ("socketio-handle-event", Reach(
+        _SIO, "socketio:Server._handle_event", "copy", "workers/dispatch.py InlineEvents",
+        "ours repeats upstream's (sid lookup, log, connected check) and starts "
+        "_handle_event_internal(self, sid, eio_sid, data, namespace, id) with run_now in "
+        "place of start_background_task", params=("eio_sid", "namespace", "id", "data"),
+        source=("namespace = namespace or '/'",
+                "sid = self.manager.sid_from_eio_sid(eio_sid, namespace)",
+                "if not self.manager.is_connected(sid, namespace):",
+                "if self.async_handlers:",
+                "self.start_background_task(self._handle_event_internal, self, sid,",
+                "eio_sid, data, namespace, id)"))),
+    ("eventlet-hub-switch-out", Reach(
+        _EV, "eventlet.hubs.hub:BaseHub.switch", "read", "workers/dispatch.py HandlerGreenlet",
+        "a greenlet that waits goes through hub.switch(), which first calls the greenlet's "
+        "switch_out() if it has one, then makes the hub its parent",
+        params=(), source=("switch_out = getattr(cur, 'switch_out', None)", "switch_out()",
+                           "cur.parent = self.greenlet"))),
+    ("eventlet-hub-debug-exceptions", Reach(
+        _EV, "eventlet.hubs.hub:BaseHub.squelch_timer_exception", "read",
+        "workers/dispatch.py HandlerGreenlet.run", "an exception escaping a GreenThread is "
+        "printed to stderr when the hub's debug_exceptions is set; ours does the same",
+        source=("if self.debug_exceptions:", "traceback.print_exception(*exc_info)"))),
+    # ---- plain acks written directly (workers/fastpath.py DirectAcks) ------------------
+    ("socketio-handle-event-internal-copy", Reach(
+        _SIO, "socketio:Server._handle_event_internal", "copy",
+        "workers/fastpath.py DirectAcks", "ours repeats upstream's (the handler through "
+        "server._trigger_event, its return value as the ack's list) and writes a plain ack "
+        "itself, else sends upstream's ACK packet through _send_packet",
+        params=("server", "sid", "eio_sid", "data", "namespace", "id"),
+        source=("r = server._trigger_event(data[0], namespace, sid, *data[1:])",
+                "if r != self.not_handled and id is not None:", "if r is None:",
+                "elif isinstance(r, tuple):", "data = list(r)", "data = [r]",
+                "server._send_packet(eio_sid, self.packet_class(",
+                "packet.ACK, namespace=namespace, id=id, data=data))"))),
+    ("engineio-server-send", Reach(
+        _EIO, "engineio:Server.send", "read", "workers/fastpath.py write_ack",
+        "a Socket.IO packet's text goes out as a MESSAGE Packet to the session's "
+        "send(pkt), found in sockets (a closed one is dropped there, with a warning)",
+        params=("sid", "data"),
+        source=("self.send_packet(sid, packet.Packet(packet.MESSAGE, data=data))",))),
+    ("engineio-message-encode", Reach(
+        _EIO, "engineio.packet:Packet.encode", "read", "workers/fastpath.py ack_text",
+        "a text MESSAGE is encoded as its type ('4') followed by the text, unchanged",
+        params=("b64",), source=("encoded_packet = str(self.packet_type)",
+                                 "if isinstance(self.data, str):",
+                                 "encoded_packet += self.data"))),
+    # ---- text events the short way (workers/fastpath.py) -------------------------------
+    ("socketio-handle-eio-message", Reach(
+        _SIO, "socketio:Server._handle_eio_message", "read", "workers/fastpath.py",
+        "what FastEvents.receive does in its place for a text EVENT: no binary packet "
+        "pending for the session, a packet decoded by packet_class, then "
+        "_handle_event(eio_sid, namespace, id, data)", params=("eio_sid", "data"),
+        source=("if eio_sid in self._binary_packet:",
+                "pkt = self.packet_class(encoded_packet=data)",
+                "elif pkt.packet_type == packet.EVENT:",
+                "self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)"))),
+    ("engineio-trigger-event", Reach(
+        _EIO, "engineio:Server._trigger_event", "read", "workers/fastpath.py",
+        "a message reaches handlers['message'](sid, data), run inline unless "
+        "async_handlers, anything it raises logged as 'message handler error'",
+        source=("return self.handlers[event](*args)",
+                "self.logger.exception(event + ' handler error')",
+                "if run_async:"))),
+    ("engineio-socket-receive-message", Reach(
+        _EIO, "engineio.socket:Socket.receive", "read", "workers/fastpath.py",
+        "a MESSAGE is logged at INFO and passed to _trigger_event('message', sid, data, "
+        "run_async=async_handlers); its text is the packet less its type, as python-"
+        "engineio's decode gives it for a Socket.IO packet (it refuses JSON that starts "
+        "with a digit)",
+        source=("self.server._trigger_event('message', self.sid, pkt.data,",
+                "run_async=self.server.async_handlers)"))),
+    ("engineio-packet-decode", Reach(
+        _EIO, "engineio.packet:Packet.decode", "read", "workers/fastpath.py",
+        "a text MESSAGE whose data is not JSON keeps its data as the string; a Socket.IO "
+        "EVENT ('2' then '[' or '/' or an id) never is (4.15 refuses data starting with a "
+        "digit before trying JSON, 4.11 tries JSON, which fails on the text after the '2')",
+        source=("self.json.loads(encoded_packet[1:])", "self.data = encoded_packet[1:]"))),
     # ---- session hand-over (workers/handover.py) ---------------------------------------
     ("socketio-handover-state", Reach(
         _SIO, "socketio:Server", "read", "workers/handover.py move_out, move_in",

@@ -27,7 +27,7 @@ import socketio
 from imcluster import channel as ch
 from imcluster import sid as sidcodec
 from imcluster.master.lifecycle import APP_LOAD_ERROR
-from imcluster.workers import admin, handover, protocol, sessions, speedups
+from imcluster.workers import admin, fastpath, handover, protocol, sessions, speedups
 from imcluster.workers import app as appmod
 from imcluster.workers.http import FdListener, make_protocol, release_idle, serve_connection
 from imcluster.workers.link import Link
@@ -104,6 +104,7 @@ class WorkerServer:
             rec = self.recovery = Recovery(self.link)
         protocol.adapt(app.eio, app.sio, rec)  # internals: socketio-server-attrs
         if app.sio is not None:
+            fastpath.install(app.sio)  # same behaviour, less CPU per event (workers/fastpath.py)
             self._install_manager(app.sio)
             if self.spec.get("handover"):
                 handover.count_handlers(app.sio)

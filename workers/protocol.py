@@ -212,6 +212,10 @@ def _with_rules(cls: type, rules: type) -> type:
     return mixed
 
 
+# The same mixing for other modules' rules (workers/dispatch.py).
+with_rules = _with_rules
+
+
 def adapt(eio: engineio.Server, sio: socketio.Server | None = None, recovery=None) -> None:
     """Make the app's servers follow the protocols as written (see the module doc);
     with `recovery` (a workers.recovery.Recovery), add connection state recovery."""

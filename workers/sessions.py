@@ -42,7 +42,7 @@ import eventlet.greenio
 from engineio import exceptions as eio_exceptions  # internals: engineio-exceptions
 from engineio import packet as eio_packet
 
-from imcluster.workers import internals
+from imcluster.workers import internals, speedups
 from imcluster.workers.http import HandingOver, handed_over
 
 log = logging.getLogger("imcluster.worker")
@@ -68,11 +68,13 @@ def ws_frame(payload: str | bytes) -> bytes:
 
 def frame_of(pkt: eio_packet.Packet) -> bytes:
     """The WebSocket frame of an Engine.IO packet, built once per packet object."""
-    try:
-        return pkt._imcluster_ws_frame  # internals: engineio-packet
-    except AttributeError:
-        frame = pkt._imcluster_ws_frame = ws_frame(pkt.encode())
-        return frame
+    # A dict lookup, not getattr: a miss (every unicast packet) would raise and
+    # catch an AttributeError. internals: engineio-packet
+    attrs = pkt.__dict__
+    frame = attrs.get("_imcluster_ws_frame")
+    if frame is None:
+        frame = attrs["_imcluster_ws_frame"] = ws_frame(pkt.encode())
+    return frame
 
 
 def shut_down(ws, close_data=None) -> None:
@@ -224,8 +226,76 @@ class BufferedReceive:
         self.buf, self.pos = data, n
         return data[:n]
 
+    def fill(self) -> bool:
+        """Wait for bytes if none are buffered; False at end of file (nothing
+        taken: the next recv() sees it again, as a socket does)."""
+        if self.pos < len(self.buf):
+            return True
+        self.parked = True
+        try:
+            data = self.sock.recv(self.CHUNK)
+        finally:
+            self.parked = False
+        if not data:
+            return False
+        self.buf, self.pos = data, 0
+        return True
+
+    def take_text(self, limit: int) -> str | None:
+        """The next message if the buffer holds it whole as one final, masked,
+        uncompressed text frame of 1 to min(limit, 65535) bytes of valid UTF-8;
+        else None, with nothing taken (eventlet's reader then reads it: other
+        frames, and every error, stay eventlet's to handle)."""
+        buf, pos = self.buf, self.pos
+        end = len(buf)
+        if end - pos < 6 or buf[pos] != 0x81:  # FIN, no RSV bits, opcode 1 (text)
+            return None
+        n = buf[pos + 1]
+        if n < 0x80:  # a client's frame without a mask: eventlet refuses it
+            return None
+        n &= 0x7F
+        start = pos + 2
+        if n == 126:
+            if end - pos < 8:
+                return None
+            n = (buf[start] << 8) | buf[start + 1]
+            start += 2
+        elif n == 127 or n == 0:
+            return None
+        stop = start + 4 + n
+        if n > limit or stop > end:
+            return None
+        try:
+            text = speedups.apply_mask(buf[start + 4:stop], buf[start:start + 4], n).decode()
+        except UnicodeDecodeError:
+            return None
+        self.boundary = False
+        if stop >= end:
+            self.buf, self.pos = b"", 0
+        else:
+            self.pos = stop
+        return text
+
     def __getattr__(self, name):  # shutdown, close, fileno...: the socket's own
         return getattr(self.sock, name)
+
+
+def next_message(ws, buf: BufferedReceive):
+    """The WebSocket's next message, as eventlet's ws.wait() returns it (str, bytes,
+    or None once the connection closed); a text frame already whole in the buffer
+    is cut from it here, without eventlet's frame reader (a third of a worker's
+    busy time under the echo benchmark, docs/benchmarks.md)."""
+    try:
+        if not buf.fill():
+            return ws.wait()  # end of file: eventlet's reader sees it and ends
+    except Exception:
+        # What eventlet's frame reader does when the socket fails under it
+        # (RFC6455WebSocket._iter_frames): a close frame 1011, then the error.
+        # internals: eventlet-ws-iter-frames
+        ws.close(close_data=(1011, "Internal Server Error"))
+        raise
+    text = buf.take_text(min(ws.max_frame_length, 65535))
+    return ws.wait() if text is None else text
 
 
 class Schedule:
@@ -523,11 +593,12 @@ class ClusterSocket(internals.ENGINE_SOCKET):
         limit = server.max_http_buffer_size
 
         def receive():
-            data = ws.wait()
+            data = ws.wait() if buf is None else next_message(ws, buf)
             if data and len(data) > limit:
                 raise ValueError("packet is too large")
             return data
 
+        buf = None  # the buffered reader, once the probe exchange is over
         # A fallback for a silent client: the pinger closes it first, at its
         # PONG deadline, with a CLOSE packet. (python-engineio's interval +
         # timeout would race that deadline for a client that never sent a frame.)
@@ -554,7 +625,7 @@ class ClusterSocket(internals.ENGINE_SOCKET):
             self.upgraded = True
 
         writer = FrameWriter(ws)
-        ws.socket = self.receive_buffer = BufferedReceive(ws.socket)
+        ws.socket = self.receive_buffer = buf = BufferedReceive(ws.socket)
         # What was queued before the writer took over (a direct WebSocket's
         # OPEN packet, what was sent during the probe) goes first, in order.
         # No yield from here until self.writer is set.
@@ -583,9 +654,10 @@ class ClusterSocket(internals.ENGINE_SOCKET):
     def resume_websocket(self, ws) -> list:
         """Read a session taken over with `adopt_websocket` until it ends."""
         limit = self.server.max_http_buffer_size
+        buf = self.receive_buffer
 
         def receive():
-            data = ws.wait()
+            data = next_message(ws, buf)
             if data and len(data) > limit:
                 raise ValueError("packet is too large")
             return data
@@ -599,6 +671,11 @@ class ClusterSocket(internals.ENGINE_SOCKET):
         server = self.server
         buf = self.receive_buffer
         self.reader = eventlet.getcurrent()
+        # A text EVENT the short way, when the server has it (workers/fastpath.py)
+        # and nothing replaced this class's receive. internals: engineio-server-attrs
+        fast = server.__dict__.get("_imcluster_fast")
+        if type(self).receive is not ClusterSocket.receive:
+            fast = None
         while True:
             buf.boundary = True
             try:
@@ -617,6 +694,9 @@ class ClusterSocket(internals.ENGINE_SOCKET):
             if data is None:  # the client closed the connection
                 break
             try:
+                if (fast is not None and data.__class__ is str and data.startswith("42")
+                        and fast.receive(self, data)):
+                    continue
                 self.receive(eio_packet.Packet(encoded_packet=data))
             except eio_exceptions.UnknownPacketError:
                 pass

@@ -1,0 +1,111 @@
+"""Event handlers started at once, in a greenlet of their own, without a trip through the hub.
+
+python-socketio runs every event in a background task (`async_handlers`,
+its default): on eventlet a GreenThread, scheduled with a timer on the hub
+and started on the hub's next turn, with an exit event and links to resolve
+at its end. Profiled on a worker under the echo benchmark
+(docs/benchmarks.md, "Per-ack cost"), that was the largest cost of a
+packet after the socket calls.
+
+Here the greenlet that read the packet switches straight into a new plain
+greenlet running the handler, and gets control back when it ends:
+
+- A handler that runs to the end without waiting costs one greenlet, no
+  timer and no hub turn, and its ack is written before the next packet of
+  the connection is read.
+- A handler that waits (I/O, a lock, `sio.sleep`, `sio.call` to a client,
+  anything that switches to eventlet's hub) stops being inline right
+  there: eventlet's hub calls the greenlet's `switch_out` before it
+  switches away, which schedules the reader to resume, and the handler
+  carries on as any other greenlet under the hub (the hub becomes its
+  parent, as eventlet does for every greenlet that waits). So a blocking
+  handler never stalls the connection's other events, or anyone else's:
+  handlers stay concurrent, as python-socketio's are.
+- What a handler sees is what it saw in a background task: a greenlet of
+  its own (greenlet-local and thread-local state start empty), an empty
+  `contextvars` context, and an exception that escapes it printed to
+  stderr as eventlet prints one escaping a GreenThread.
+
+One thing is ordered differently, and only in a race: a handler that does
+not wait now runs before the reader takes the connection's next packet, as
+Node's socket.io does, where before the reader went on with the packets
+already received (a disconnect sent right after an event, say) first.
+
+Only servers on eventlet with `async_handlers` get it; tests/test_dispatch.py
+drives a real cluster with blocking handlers.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import eventlet.hubs
+import greenlet
+import socketio
+
+from imcluster.workers import protocol
+
+_RESUMED = object()  # what the reader's switch returns when its handler started waiting
+
+
+class HandlerGreenlet(greenlet.greenlet):
+    """One event handler, switched to directly by the greenlet that read its packet."""
+
+    def __init__(self, reader: greenlet.greenlet):
+        super().__init__(parent=reader)
+        self.reader: greenlet.greenlet | None = reader
+
+    # internals: eventlet-hub-switch-out
+    def switch_out(self) -> None:
+        """Called by eventlet's hub as this greenlet starts to wait: let the reader go on."""
+        reader = self.reader
+        if reader is not None:
+            self.reader = None
+            eventlet.hubs.get_hub().schedule_call_global(0, reader.switch, _RESUMED)
+
+    def run(self, fn, args) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            # As eventlet's hub reports an exception escaping a GreenThread
+            # (squelch_timer_exception). internals: eventlet-hub-debug-exceptions
+            if getattr(eventlet.hubs.get_hub(), "debug_exceptions", True):
+                traceback.print_exception(*sys.exc_info())
+                sys.stderr.flush()
+
+
+def run_now(fn, *args) -> None:
+    """Run fn(*args) in a greenlet of its own, now; return when it ends or starts waiting."""
+    here = greenlet.getcurrent()
+    if here is eventlet.hubs.get_hub().greenlet:  # not from a greenlet that may switch
+        eventlet.spawn_n(fn, *args)
+        return
+    HandlerGreenlet(here).switch(fn, args)
+
+
+class InlineEvents:
+    """socketio.Server's event dispatch, with `run_now` for the background task."""
+
+    # internals: socketio-handle-event (a copy, changed)
+    def _handle_event(self, eio_sid, namespace, id, data):
+        if not self.async_handlers:
+            return super()._handle_event(eio_sid, namespace, id, data)
+        # python-socketio 5.18's Server._handle_event, but for its
+        # start_background_task(self._handle_event_internal, ...).
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        self.logger.info('received event "%s" from %s [%s]', data[0], sid, namespace)
+        if not self.manager.is_connected(sid, namespace):
+            self.logger.warning("%s is not connected to namespace %s", sid, namespace)
+            return None
+        run_now(self._handle_event_internal, self, sid, eio_sid, data, namespace, id)
+        return None
+
+
+def install(sio: socketio.Server) -> bool:
+    """Dispatch `sio`'s events with `run_now` if it runs on eventlet; True if so."""
+    if sio.eio.async_mode != "eventlet" or not isinstance(sio, socketio.Server):
+        return False
+    sio.__class__ = protocol.with_rules(type(sio), InlineEvents)
+    return True
