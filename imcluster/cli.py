@@ -277,7 +277,8 @@ def _status(ctl: Control, as_json: bool) -> int:
         print(json.dumps(st, indent=2))
         return code
     m = st["master"]
-    broadcasts = m["broadcast"] + (f" {m['redis']}" if m.get("redis") else "")
+    broadcasts = m["broadcast"] + (f" {m['redis']}" if m.get("redis") else "") + (
+        f" ({m['redis_channels']} channels)" if m.get("redis_channels") else "")
     print(f"master  pid {m['pid']}  up {_dur(m['uptime'])}  fds {m['fds']}  "
           f"bind {m['bind']}  broadcasts {broadcasts}  pending {m['pending']}"
           + (f"  host {m['host_id']}" if m.get("host_id") else "")
@@ -318,7 +319,8 @@ def _status(ctl: Control, as_json: bool) -> int:
         if len(fs) > 8:
             ids += f" and {len(fs) - 8} more"
         print(f"forwarding: {where} holds the sessions handed over from retired "
-              f"worker{'s' if len(fs) > 1 else ''} {ids} ({n} session{'' if n == 1 else 's'})")
+              f"worker{'s' if len(fs) > 1 else ''} {ids} ({n} session{'' if n == 1 else 's'} "
+              "handed over in all)")
     if st.get("reload"):
         r = st["reload"]
         print(f"reload in progress ({r['reason']}): slot {r['slot']} {r['phase']}, "

@@ -24,15 +24,25 @@ class SettingError(ValueError):
     """A setting has a value we refuse; the message names the setting and its source."""
 
 
+def _whole(v: Any) -> int:
+    """An int from a TOML int or a string of digits; a clear error otherwise."""
+    if isinstance(v, bool) or isinstance(v, float):
+        raise ValueError("must be a whole number")
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise ValueError("must be a whole number") from None
+
+
 def _positive_int(v: Any) -> int:
-    n = int(v)
+    n = _whole(v)
     if n < 1:
         raise ValueError("must be at least 1")
     return n
 
 
 def _non_negative_int(v: Any) -> int:
-    n = int(v)
+    n = _whole(v)
     if n < 0:
         raise ValueError("must be 0 or more")
     return n
@@ -60,7 +70,7 @@ def _non_negative_float(v: Any) -> float:
 
 
 def _host_id(v: Any) -> int:
-    n = int(v)
+    n = _whole(v)
     if not 0 <= n <= MAX_HOST_ID:
         raise ValueError(f"must be 0 (one host) or a host number 1..{MAX_HOST_ID}")
     return n
@@ -75,6 +85,9 @@ def _bind(v: Any) -> tuple[str, int]:
     p = int(port)
     if not 0 <= p <= 65535:
         raise ValueError("port out of range")
+    if p == 0:
+        raise ValueError("port 0 (any free port) cannot be used: clients, the control "
+                         "socket's name and HAProxy all need to know the port; give one")
     return host, p
 
 
@@ -96,6 +109,9 @@ def _redis_url(v: Any) -> str | None:
                          f"(scheme {u.scheme or 'missing'!r})")
     if u.scheme in REDIS_CLUSTER_SCHEMES and u.path not in ("", "/", "/0"):
         raise ValueError("a Redis Cluster has database 0 only")
+    if u.scheme in REDIS_SCHEMES[:2] and not re.fullmatch(r"/?|/[0-9]{1,5}", u.path):
+        raise ValueError(f"the database {u.path[1:]!r} is not a number (redis://HOST:PORT/DB, "
+                         "DB 0, 1, …)")
     try:
         u.port  # noqa: B018  (raises ValueError for a port that is not a number)
     except ValueError:

@@ -136,10 +136,10 @@ class Master:
             except OSError as e:
                 raise SystemExit("imcluster: cannot serve metrics on {}:{}: {}".format(
                     *self.cfg.metrics, e.strerror or e)) from None
-            log.info("metrics at http://%s:%d/metrics", *self.cfg.metrics)
+            log.info("metrics at http://%s/metrics", _hostport(*self.cfg.metrics))
         self._apply(self.core.start(time.monotonic()))
-        log.info("listening on http://%s:%d with %d worker%s (%s), control socket %s",
-                 *self.cfg.bind, self.cfg.workers, "" if self.cfg.workers == 1 else "s",
+        log.info("listening on http://%s with %d worker%s (%s), control socket %s",
+                 _hostport(*self.cfg.bind), self.cfg.workers, "" if self.cfg.workers == 1 else "s",
                  "redis " + redact_url(self.cfg.redis) if self.cfg.redis else "master relay",
                  self.cfg.control)
         try:
@@ -625,7 +625,7 @@ class Master:
         return {
             "master": {
                 "pid": os.getpid(), "uptime": round(time.time() - self.started_at, 1),
-                "fds": _count_fds(), "bind": "{}:{}".format(*self.cfg.bind),
+                "fds": _count_fds(), "bind": _hostport(*self.cfg.bind),
                 "pending": len(self.pending), "queued": self.queued_socks,
                 "stopping": self.core.stopping, "host_id": self.cfg.host_id,
                 "drained": self.core.drained, "readiness": self.core.readiness()[0],
@@ -648,6 +648,11 @@ class Master:
         for link in list(self.links.values()):
             self._close_link(link, reroute=False)
         log.info("master exiting (code %d)", self.exit_code)
+
+
+def _hostport(host: str, port: int) -> str:
+    """HOST:PORT as a URL writes it: an IPv6 address in brackets ([::1]:8000)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _unseen(link: Link, state: bytes) -> list[bytes]:

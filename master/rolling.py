@@ -109,7 +109,9 @@ def replacement_failed(new: WorkerProcess, now: float, deadline: float) -> str |
             return f"the new worker refused to start: {new.last_error}"
         if new.last_error:
             return f"the new worker could not load the app: {new.last_error}"
-        return f"the new worker exited (status {new.exit_status}) before it was READY"
+        code = new.exit_status
+        how = f"signal {-code}" if code is not None and code < 0 else f"code {code}"
+        return f"the new worker exited ({how}) before it was READY"
     if new.state is State.STARTING and now >= deadline:
         return "the new worker did not become READY in time"
     return None

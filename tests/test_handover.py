@@ -370,7 +370,7 @@ def test_a_parked_get_moves_with_its_socket_and_the_new_owner_answers_it(cluster
     out = imcluster("status", "--control", cluster.control).stdout
     [slot] = [w["slot"] for w in cluster.status()["workers"] if w["pid"] == new]
     assert f"forwarding: slot {slot} (pid {new}) holds the sessions handed over from " \
-        f"retired worker {fwd['from']} (1 session)" in out, out
+        f"retired worker {fwd['from']} (1 session handed over in all)" in out, out
 
 
 def test_a_session_in_the_middle_of_its_upgrade_moves_once_the_upgrade_ends(cluster_factory):

@@ -299,6 +299,10 @@ def test_precedence_cli_env_file_default(tmp_path):
      "expected redis://HOST:PORT/DB"),
     ({"redis_channels": "rooms"}, {}, "--redis-channels='rooms': single or interest"),
     ({"recovery_window": "inf"}, {}, "--recovery-window='inf': must be a number of seconds"),
+    ({"workers": "abc"}, {}, "--workers='abc': must be a whole number"),
+    ({}, {"IMCLUSTER_HOST_ID": "x"}, "IMCLUSTER_HOST_ID='x': must be a whole number"),
+    ({"bind": "127.0.0.1:0"}, {}, "--bind='127.0.0.1:0': port 0 (any free port) cannot be"),
+    ({"redis": "redis://127.0.0.1:6379/abc"}, {}, "the database 'abc' is not a number"),
     ({}, {"IMCLUSTER_RECOVERY_WINDOW": "nan"}, "IMCLUSTER_RECOVERY_WINDOW='nan': must be a"),
     ({"redis_channels": "interest"}, {}, "--redis-channels: interest channels are Redis "
                                          "channels: give --redis URL too"),
