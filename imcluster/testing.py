@@ -93,11 +93,14 @@ class ClusterClient:
     close together may be recorded in either order.)
     """
 
-    def __init__(self, sio, worker: WorkerStatus):
+    def __init__(self, sio, worker: WorkerStatus, cluster: Cluster | None = None):
         self.sio = sio
         self.worker = worker
         self.events: list[tuple[str, tuple]] = []
         self._cond = threading.Condition()
+        self._cluster = cluster
+        self._eio_sid = sio.eio.sid  # the session `worker` was looked up for
+        self._seen = cluster._replacements if cluster is not None else 0
 
     @property
     def slot(self) -> int:
@@ -132,12 +135,54 @@ class ClusterClient:
                         f"{len(got)} {event!r} event(s) in {timeout}s, expected {count}")
                 self._cond.wait(left)
 
-    def emit(self, event: str, *args) -> None:
+    def _connected(self) -> bool:
+        return self.sio.connected and "/" in self.sio.namespaces
+
+    def _replaced(self) -> bool:
+        """Workers were killed, reloaded or scaled through the cluster since this
+        client last checked where its session is."""
+        return self._cluster is not None and self._cluster._replacements != self._seen
+
+    def wait_connected(self, timeout: float = 10.0) -> ClusterClient:
+        """Wait until the client is connected (default namespace too) on a live
+        worker: after its worker was killed, or reloaded without hand-over,
+        python-socketio's client notices and reconnects by itself, as a new
+        session; until it has noticed, it still looks connected, so this also
+        asks the master whether the session's worker lives. Then `worker`
+        (`slot`, `pid`) name the worker holding the session now. AssertionError
+        after `timeout` seconds; returns the client."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._connected():
+                sid = self.sio.eio.sid
+                worker = self._cluster.worker_of(sid) if self._cluster else self.worker
+                if worker is not None and worker.pid and process_alive(worker.pid):
+                    self.worker, self._eio_sid = worker, sid
+                    if self._cluster is not None:
+                        self._seen = self._cluster._replacements
+                    return self
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"client not connected to a live worker within "
+                                     f"{timeout}s (it was on worker slot {self.slot}, "
+                                     f"pid {self.pid})")
+            time.sleep(0.05)
+
+    def emit(self, event: str, *args, timeout: float = 10.0) -> None:
+        """Emit `event`; while the client is reconnecting (its worker was replaced),
+        first wait up to `timeout` seconds for it to be back (see wait_connected;
+        a client that still looks connected is not checked further)."""
+        if not self._connected() or self._replaced():
+            self.wait_connected(timeout)
         self.sio.emit(event, args[0] if len(args) == 1 else args if args else None)
 
     def call(self, event: str, *args, timeout: float = 10.0):
+        """Emit `event` and return the ack's value (python-socketio's TimeoutError
+        after `timeout`); waits for a reconnection first, as emit does."""
+        deadline = time.monotonic() + timeout
+        if not self._connected() or self._replaced():
+            self.wait_connected(timeout)
         return self.sio.call(event, args[0] if len(args) == 1 else args if args else None,
-                             timeout=timeout)
+                             timeout=max(0.1, deadline - time.monotonic()))
 
     def disconnect(self) -> None:
         self.sio.disconnect()
@@ -166,6 +211,7 @@ class Cluster:
                  extra_args: tuple[str, ...] | list[str] = (), **settings: Any):
         self.app = app
         self.size = workers
+        self._replacements = 0  # kills, reloads, scales: clients then check their worker
         self.cwd = Path(cwd) if cwd is not None else Path.cwd()
         self.env = env
         self.ready_timeout = ready_timeout
@@ -324,16 +370,21 @@ class Cluster:
 
     def kill(self, slot: int, sig: int = signal.SIGKILL) -> int:
         """Send `sig` to the worker in `slot` (default SIGKILL: a crash). Returns its pid;
-        the master refills the slot, `wait_ready()` waits for that."""
+        with SIGKILL, once that process is gone (at most 5 s). The master refills the
+        slot, `wait_ready()` waits for that."""
         for w in self.workers:
             if w.slot == slot and w.pid:
+                self._replacements += 1
                 os.kill(w.pid, sig)
+                if sig == signal.SIGKILL:
+                    _wait_gone(w.pid, 5.0)
                 return w.pid
         raise ValueError(f"no running worker in slot {slot}")
 
     def reload(self, wait: bool = True, timeout: float = 120.0) -> ReloadResult | None:
         """A rolling reload (new code, one worker at a time); see Control.reload."""
         self._remember_pids()
+        self._replacements += 1
         result = self.control.reload(wait=wait, timeout=timeout)
         self._remember_pids()
         return result
@@ -342,6 +393,7 @@ class Cluster:
         """Change the number of workers (4, "+1", "-1"); with `wait`, return once that
         many are READY and the removed ones have exited."""
         self._remember_pids()
+        self._replacements += 1
         target = self.control.scale(n)
         self.size = target
         if wait:
@@ -359,9 +411,18 @@ class Cluster:
     # ---- clients -------------------------------------------------------------
 
     def worker_of(self, sid: str) -> WorkerStatus | None:
-        """The worker that holds the session with Engine.IO sid `sid`, if it is alive."""
+        """The worker that holds the session with Engine.IO sid `sid`, if it is alive:
+        the one the sid names, or, for a session handed over (`handover="yes"`), the
+        one the master's forwarding map says holds that worker's sessions now."""
+        st = self.status()
         wid = sidcodec.worker_of(sid)
-        return next((w for w in self.status().workers if w.worker_id == wid), None)
+        forwarded = {f.source: f.to for f in st.forwarding}
+        for _ in range(len(forwarded) + 1):
+            w = next((w for w in st.workers if w.worker_id == wid and not w.retired), None)
+            if w is not None or wid not in forwarded:
+                return w
+            wid = forwarded[wid]
+        return None
 
     def connect(self, transport: str = "default", **client_options) -> ClusterClient:
         """One python-socketio client (transport "polling", "websocket" or "default":
@@ -387,7 +448,7 @@ class Cluster:
         if worker is None:
             sio.disconnect()
             raise RuntimeError(f"session {sio.eio.sid} is on no live worker")
-        client = ClusterClient(sio, worker)
+        client = ClusterClient(sio, worker, self)
         holder.append(client)
         for event, args in pending:
             client._record(event, *args)

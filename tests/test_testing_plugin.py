@@ -123,6 +123,25 @@ def test_control_api_status_reload_scale(tmp_path):
         Control(cluster.control.path, timeout=2).status()
 
 
+def test_a_client_carries_on_after_its_worker_is_replaced(tmp_path):
+    """Without hand-over a reload ends each session; the harness client's call waits
+    for python-socketio's reconnection instead of raising BadNamespaceError, and
+    then names its new worker."""
+    with Cluster("imcluster.examples.bench:sio", workers=1, log_dir=tmp_path,
+                 graceful_timeout=5) as cluster:
+        client = cluster.connect("websocket", reconnection_delay=0.1)
+        old = client.pid
+        assert client.call("whoami") == old
+        cluster.reload()
+        assert client.call("whoami", timeout=30) == client.pid != old
+        assert client.pid == cluster.workers[0].pid
+        second = client.pid
+        cluster.kill(0)
+        assert client.call("whoami", timeout=30) == client.pid not in (old, second, None)
+        assert client.call("echo", "after a kill") == "after a kill"
+        client.disconnect()
+
+
 def test_reload_of_broken_code_says_why(tmp_path):
     app = tmp_path / "flaky_app.py"
     app.write_text("import socketio\nsio = socketio.Server(async_mode='eventlet')\n")
