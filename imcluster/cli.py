@@ -163,6 +163,9 @@ def _main(argv: list[str] | None) -> int:
         return 1
     except ControlError as e:
         print(f"imcluster: {e}", file=sys.stderr)
+        if args.command == "status" and args.json:
+            # A script parsing the output gets JSON here too, not an empty string.
+            print(json.dumps({"error": str(e), "reachable": False}))
         return STATUS_UNKNOWN
 
 

@@ -43,6 +43,10 @@ def test_status_on_a_dead_control_path_is_one_clear_line(tmp_path):
     assert r.returncode == 4
     assert "no control socket at" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    r = imcluster("status", "--json", "--control", str(tmp_path / "nothing.sock"))
+    assert r.returncode == 4
+    assert json.loads(r.stdout) == {"error": r.stderr.strip()[len("imcluster: "):],
+                                    "reachable": False}
 
 
 def test_status_table_and_json(cluster_factory):
