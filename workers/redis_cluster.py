@@ -66,6 +66,7 @@ from imcluster.workers.redis_manager import (
     InterestRedisManager,
     Publisher,
     Subscriber,
+    health_of,
     split_urls,
 )
 
@@ -545,13 +546,8 @@ class ShardedRedisManager(InterestRedisManager):
 
     def health(self) -> str:
         known = self.topology is not None
-        listening = known and all(s.listening for s in self._subscribers())
-        publishing = known and all(pub.publishing for pub, _ in self.links.values())
-        if listening and publishing:
-            return "ok"
-        if publishing:
-            return "subscription down"
-        return "publishing down" if listening else "down"
+        return health_of(known and all(s.listening for s in self._subscribers()),
+                      known and all(pub.publishing for pub, _ in self.links.values()))
 
     def stats(self) -> dict:
         """As ClusterRedisManager.stats; `channels` counts the channels held (not

@@ -104,6 +104,17 @@ def server_of(channel: str, servers: int, base: str = "socketio") -> int:
     return zlib.crc32(channel.encode()) % servers
 
 
+def health_of(listening: bool, publishing: bool) -> str:
+    """A worker's broadcast health from its two directions: "ok", "subscription
+    down" (the others' broadcasts do not reach its clients), "publishing down"
+    (its broadcasts do not reach the others) or "down" (both)."""
+    if listening and publishing:
+        return "ok"
+    if publishing:
+        return "subscription down"
+    return "publishing down" if listening else "down"
+
+
 class SubscriptionSilent(Exception):
     """The subscription answered nothing, not even a PING, for this many seconds."""
 
@@ -455,13 +466,8 @@ class ClusterRedisManager(ClusterPubSubManager):
         broadcasts do not reach its clients), "publishing down" (its broadcasts do
         not reach the others) or "down" (both); with several Redis servers, "down"
         on any of them counts. Reported to the master (LOAD)."""
-        listening = all(sub.listening for _, sub in self.nodes if sub.want)
-        publishing = all(pub.publishing for pub, _ in self.nodes)
-        if listening and publishing:
-            return "ok"
-        if publishing:
-            return "subscription down"
-        return "publishing down" if listening else "down"
+        return health_of(all(sub.listening for _, sub in self.nodes if sub.want),
+                      all(pub.publishing for pub, _ in self.nodes))
 
     def stats(self) -> dict:
         """Pub/sub figures for the master's status (LOAD): `received`, messages
