@@ -126,6 +126,12 @@ class ExactReader:
                 break
         return lines
 
+    def take_head(self, n: int) -> None:
+        """Consume a request's head, n bytes that a peek has shown are queued,
+        into the buffer `readline` serves first."""
+        if n:
+            self._buf += self._take(n)
+
     def has_buffered(self) -> bool:
         return bool(self._buf)
 
@@ -231,16 +237,17 @@ def peek_request_line(sock: socket.socket, timeout: float) -> httpline.RequestLi
 HEAD_COMPLETE, HEAD_EOF, HEAD_TIMEOUT = "complete", "eof", "timeout"
 
 
-def await_head(sock: socket.socket, deadline: float) -> str:
+def await_head(sock: socket.socket, deadline: float) -> tuple[str, int]:
     """Wait, without consuming it, until a request's whole head is queued on `sock`.
 
     A head is the request line and the header lines up to the empty line
     that ends them (RFC 9112 §2.1): bytes that stop before that line are not
     a request. Empty lines before the request line are consumed here (RFC
     9112 §2.2: a server SHOULD ignore at least one). `deadline` is a
-    time.monotonic() value. Returns HEAD_COMPLETE (also when PEEK_BYTES are
-    queued with no end in sight: the request handling then refuses the size),
-    HEAD_EOF (the client closed first, or the socket failed) or HEAD_TIMEOUT.
+    time.monotonic() value. Returns (HEAD_COMPLETE, the head's length in
+    bytes), or (HEAD_COMPLETE, 0) when PEEK_BYTES are queued with no end in
+    sight (the request handling then refuses the size), or (HEAD_EOF, 0)
+    when the client closed first or the socket failed, or (HEAD_TIMEOUT, 0).
     Like `peek_request_line`, it sleeps until a byte more than it has seen
     arrives (SO_RCVLOWAT), so a client dripping bytes costs no busy loop.
     """
@@ -255,30 +262,36 @@ def await_head(sock: socket.socket, deadline: float) -> str:
             except BlockingIOError:
                 data = None
             if data == b"":
-                return HEAD_EOF
+                return HEAD_EOF, 0
             if data:
                 blank = len(data) - len(data.lstrip(b"\r\n"))
                 if blank:
                     raw.recv(blank)  # empty lines before the request line
                     continue
-                if b"\r\n\r\n" in data or b"\n\n" in data or len(data) >= PEEK_BYTES:
-                    return HEAD_COMPLETE
+                end = data.find(b"\r\n\r\n")
+                if end >= 0:
+                    return HEAD_COMPLETE, end + 4
+                end = data.find(b"\n\n")
+                if end >= 0:
+                    return HEAD_COMPLETE, end + 2
+                if len(data) >= PEEK_BYTES:
+                    return HEAD_COMPLETE, 0
                 if len(data) >= size:
                     size = PEEK_BYTES
                     continue
                 if _peer_done(raw):
-                    return HEAD_EOF  # queued bytes, then the FIN: no more will come
+                    return HEAD_EOF, 0  # queued bytes, then the FIN: no more will come
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, len(data) + 1)
                 lowat = True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return HEAD_TIMEOUT
+                return HEAD_TIMEOUT, 0
             try:
                 trampoline(raw, read=True, timeout=remaining, timeout_exc=socket.timeout)
             except TimeoutError:
-                return HEAD_TIMEOUT
+                return HEAD_TIMEOUT, 0
     except OSError:
-        return HEAD_EOF
+        return HEAD_EOF, 0
     finally:
         if lowat:
             try:
@@ -368,8 +381,10 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
         def _head_arrives(self, deadline: float) -> bool:
             """Wait for the whole head of the next request (`await_head`); on a
             timeout answer 408. False: nothing is to be served."""
-            state = await_head(self.connection, deadline)
+            state, length = await_head(self.connection, deadline)
             if state == HEAD_COMPLETE:
+                # Taken now, the head is read from the buffer, with no second peek.
+                self.rfile.take_head(length)
                 return True
             if state == HEAD_TIMEOUT:
                 log.warning("request head from %s not complete within %gs: 408",
