@@ -125,6 +125,37 @@ def _check_prefix(partial: bytes) -> None:
         raise BadRequest(400, "Bad Request")
 
 
+def split_absolute(target: str) -> tuple[str, str] | None:
+    """(authority, origin-form) of a request target in absolute-form, else None.
+
+    RFC 9112 §3.2.2: a server MUST accept `http://host:port/path?query` (what
+    a client sends to a proxy, `curl --proxy`), route it as `/path?query` (an
+    empty path is "/") and take the host from it rather than from Host.
+    """
+    lower = target[:8].lower()
+    if lower.startswith("http://"):
+        rest = target[7:]
+    elif lower.startswith("https://"):
+        rest = target[8:]
+    else:
+        return None
+    cut = len(rest)
+    for ch in "/?#":
+        i = rest.find(ch)
+        if 0 <= i < cut:
+            cut = i
+    authority, path = rest[:cut], rest[cut:]
+    authority = authority.rpartition("@")[2]  # no userinfo (RFC 9110 §4.2.4)
+    return authority, path if path.startswith("/") else "/" + path
+
+
+def origin_form(target: str) -> str:
+    """`target` in origin-form: the path and query of an absolute-form target
+    (`split_absolute`), any other target unchanged."""
+    parts = split_absolute(target)
+    return target if parts is None else parts[1]
+
+
 def sid_from_target(target: str) -> str | None:
     """The value of the first non-empty `sid` query parameter of a request target.
 

@@ -282,7 +282,9 @@ SETTINGS: tuple[Setting, ...] = (
             "in Redis with --redis", metavar="SECONDS"),
     Setting("header_timeout", _positive_float, 10.0,
             "seconds a new connection has to send its request line before the master "
-            "answers 408 and closes it", metavar="SECONDS"),
+            "answers 408 and closes it; the worker then gives its headers as long again "
+            "from the hand-off (and each further request's head from its request line)",
+            metavar="SECONDS"),
     Setting("max_pending", _positive_int, 1024,
             "connections the master holds while waiting for their request line; past it "
             "the oldest is closed", metavar="N"),

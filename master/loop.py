@@ -279,7 +279,7 @@ class Master:
             "app": self.app, "worker_id": wid, "slot": slot, "host_id": self.cfg.host_id,
             "redis": self.cfg.redis, "redis_silence_timeout": self.cfg.redis_silence_timeout,
             "redis_channels": self.cfg.redis_channels,
-            "keepalive": self.cfg.keepalive,
+            "keepalive": self.cfg.keepalive, "header_timeout": self.cfg.header_timeout,
             "log_level": self.cfg.log_level, "cwd": os.getcwd(),
             "graceful_timeout": self.cfg.graceful_timeout,
             "cors_origins": self.cfg.cors_origins,

@@ -146,3 +146,92 @@ def test_master_keeps_serving_after_abuse(cluster):
     finally:
         c.close()
     assert cluster.proc.poll() is None
+
+
+HANDSHAKE_LINE = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n"
+
+
+def test_cut_off_head_is_no_request(cluster):
+    """A head that ends (the client's FIN) before its empty line is not a request:
+    no answer, no session (RFC 9112 §2.1)."""
+    with socket.create_connection(("127.0.0.1", cluster.port), 5) as s:
+        s.sendall(HANDSHAKE_LINE + b"Host: x\r\n")
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(HEADER_TIMEOUT + 5)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    assert out == b"", out
+    # The same head, whole, is served: the refusal above was for the cut.
+    answer, _ = raw(cluster.port, HANDSHAKE_LINE + b"Host: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"sid"' in answer, answer
+
+
+@pytest.mark.parametrize("drip", [False, True])
+def test_unfinished_head_gets_408(cluster, drip):
+    """The whole head, not only its request line, is bounded by --header-timeout,
+    also for a client that keeps sending one header line at a time."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", cluster.port), 5) as s:
+        s.sendall(HANDSHAKE_LINE + b"Host: x\r\n")
+        s.settimeout(HEADER_TIMEOUT / 4 if drip else HEADER_TIMEOUT * 4)
+        t0 = time.monotonic()
+        i = 0
+        while time.monotonic() - t0 < HEADER_TIMEOUT * 4:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                i += 1
+                try:
+                    s.sendall(f"X-Drip-{i}: {i}\r\n".encode())
+                except OSError:
+                    break
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"Connection: close" in answer
+
+
+def test_absolute_form_target_is_served(cluster):
+    """RFC 9112 §3.2.2: absolute-form (what `curl --proxy` sends) is routed like
+    origin-form, the sid included."""
+    base = f"http://127.0.0.1:{cluster.port}".encode()
+    answer, _ = raw(cluster.port, b"GET " + base + HANDSHAKE_LINE[4:]
+                    + b"Host: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"sid"' in answer, answer
+    sid = answer.split(b'"sid":"', 1)[1].split(b'"', 1)[0]
+    answer, _ = raw(cluster.port, b"POST " + base + b"/socket.io/?EIO=4&transport=polling&sid="
+                    + sid + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                    b"Connection: close\r\n\r\n40")
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok"), answer
+
+
+def test_too_many_headers_plain_431_logged(cluster):
+    """http.server's refusals come plain and short, without the Python version,
+    and are logged once by the worker's logger."""
+    head = HANDSHAKE_LINE + b"".join(b"X-H%d: 1\r\n" % i for i in range(5000)) + b"\r\n"
+    answer, _ = raw(cluster.port, head)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"Python" not in answer and b"<" not in answer, answer
+    wait_log = time.monotonic() + 5
+    while "431 Request Header Fields Too Large" not in cluster.log() \
+            and time.monotonic() < wait_log:
+        time.sleep(0.1)
+    log = cluster.log()
+    lines = [ln for ln in log.splitlines() if "431 Request Header Fields" in ln]
+    assert len(lines) == 1 and "WARNING" in lines[0] and "127.0.0.1" in lines[0], lines
+    assert "Too many headers" in lines[0] and "code 431" not in log and '" 431 -' not in log, lines
+
+
+def test_empty_line_before_request_line_is_ignored(cluster):
+    """RFC 9112 §2.2: an empty line before the request line is skipped."""
+    answer, _ = raw(cluster.port, b"\r\n" + HANDSHAKE_LINE
+                    + b"Host: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"sid"' in answer, answer

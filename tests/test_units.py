@@ -522,3 +522,13 @@ def test_haproxy_host_specs():
     for bad in ("0", "x", "4096"):
         with pytest.raises(ValueError):
             haproxy.parse_host_id(bad)
+
+
+def test_origin_form_of_absolute_targets():
+    from imcluster.httpline import origin_form, sid_from_target, split_absolute
+    assert origin_form("http://127.0.0.1:8000/socket.io/?EIO=4&sid=a") == "/socket.io/?EIO=4&sid=a"
+    assert origin_form("HTTPS://h") == "/" and origin_form("http://h?x=1") == "/?x=1"
+    assert origin_form("/a?b") == "/a?b" and origin_form("*") == "*"
+    assert sid_from_target("http://h:1/socket.io/?EIO=4&sid=abc") == "abc"
+    assert split_absolute("http://u:p@h:1?a") == ("h:1", "/?a")
+    assert split_absolute("/x") is None

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import eventlet
 import eventlet.hubs
+import eventlet.patcher
 import eventlet.wsgi
 from eventlet.hubs import trampoline
 
@@ -27,6 +28,8 @@ from imcluster import httpline
 from imcluster.workers import internals
 
 log = logging.getLogger("imcluster.worker")
+# The blocking select module (a patched worker's has no poll()); poll(0) never blocks.
+_select = eventlet.patcher.original("select")
 
 PEEK_BYTES = 64 * 1024
 STATE_HANDED = "handed back"
@@ -122,6 +125,12 @@ class ExactReader:
             if 0 < hint <= total:
                 break
         return lines
+
+    def take_head(self, n: int) -> None:
+        """Consume a request's head, n bytes that a peek has shown are queued,
+        into the buffer `readline` serves first."""
+        if n:
+            self._buf += self._take(n)
 
     def has_buffered(self) -> bool:
         return bool(self._buf)
@@ -225,14 +234,106 @@ def peek_request_line(sock: socket.socket, timeout: float) -> httpline.RequestLi
                 pass
 
 
+HEAD_COMPLETE, HEAD_EOF, HEAD_TIMEOUT = "complete", "eof", "timeout"
+
+
+def await_head(sock: socket.socket, deadline: float) -> tuple[str, int]:
+    """Wait, without consuming it, until a request's whole head is queued on `sock`.
+
+    A head is the request line and the header lines up to the empty line
+    that ends them (RFC 9112 §2.1): bytes that stop before that line are not
+    a request. Empty lines before the request line are consumed here (RFC
+    9112 §2.2: a server SHOULD ignore at least one). `deadline` is a
+    time.monotonic() value. Returns (HEAD_COMPLETE, the head's length in
+    bytes), or (HEAD_COMPLETE, 0) when PEEK_BYTES are queued with no end in
+    sight (the request handling then refuses the size), or (HEAD_EOF, 0)
+    when the client closed first or the socket failed, or (HEAD_TIMEOUT, 0).
+    Like `peek_request_line`, it sleeps until a byte more than it has seen
+    arrives (SO_RCVLOWAT), so a client dripping bytes costs no busy loop.
+    """
+    lowat = False
+    size = 4096
+    raw = internals.raw_socket(sock)  # internals: eventlet-green-fd
+    try:
+        while True:
+            try:
+                # Most heads fit the first few KB; a larger peek only when not.
+                data = raw.recv(size, socket.MSG_PEEK)
+            except BlockingIOError:
+                data = None
+            if data == b"":
+                return HEAD_EOF, 0
+            if data:
+                blank = len(data) - len(data.lstrip(b"\r\n"))
+                if blank:
+                    raw.recv(blank)  # empty lines before the request line
+                    continue
+                end = data.find(b"\r\n\r\n")
+                if end >= 0:
+                    return HEAD_COMPLETE, end + 4
+                end = data.find(b"\n\n")
+                if end >= 0:
+                    return HEAD_COMPLETE, end + 2
+                if len(data) >= PEEK_BYTES:
+                    return HEAD_COMPLETE, 0
+                if len(data) >= size:
+                    size = PEEK_BYTES
+                    continue
+                if _peer_done(raw):
+                    return HEAD_EOF, 0  # queued bytes, then the FIN: no more will come
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, len(data) + 1)
+                lowat = True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return HEAD_TIMEOUT, 0
+            try:
+                trampoline(raw, read=True, timeout=remaining, timeout_exc=socket.timeout)
+            except TimeoutError:
+                return HEAD_TIMEOUT, 0
+    except OSError:
+        return HEAD_EOF, 0
+    finally:
+        if lowat:
+            try:
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            except OSError:
+                pass
+
+
+def _peer_done(raw: socket.socket) -> bool:
+    """True when the peer has shut down its sending side (POLLRDHUP), even
+    with bytes still queued (a peek cannot tell, and the fd stays readable)."""
+    p = _select.poll()
+    p.register(raw.fileno(), _select.POLLRDHUP)
+    return any(ev & (_select.POLLRDHUP | _select.POLLHUP | _select.POLLERR)
+               for _, ev in p.poll(0))
+
+
+def error_response(status: int, reason: str) -> bytes:
+    """A short plain-text error answer that closes the connection (no server banner)."""
+    body = f"{status} {reason}\n".encode("ascii")
+    return (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode("ascii") + body
+
+
 def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.socket], bool],
-                  keepalive: float, idle: dict):
+                  keepalive: float, idle: dict, header_timeout: float = 10.0):
     """An eventlet HttpProtocol that serves only this worker's requests.
 
     While a kept-alive connection waits for its next request its socket is in
     `idle` (socket -> the greenlet waiting on it), so a draining worker can close
     exactly those (no request in flight), or, with hand-over, pass them back to
     the master (`release_idle`).
+
+    A request's head (request line and headers) must be whole within
+    `header_timeout` seconds (the master's --header-timeout): counted from
+    the hand-off for the connection's first request (the master has already
+    bounded the request line from the accept), and from the arrival of the
+    request line for each further one (the wait for that line is the
+    keep-alive's, `keepalive` seconds). Past it the answer is 408 and the
+    connection closes; a client that closes before its head ends gets no
+    answer, and no request is served.
     """
 
     # internals: eventlet-wsgi-conn-state (self.request, self.conn_state)
@@ -257,10 +358,15 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
             # The master routed the first request here; it is ours whatever it names.
             self.close_connection = True
             first = True
+            deadline = time.monotonic() + header_timeout
             while True:
-                if not first and not self._next_is_ours():
-                    break
+                if not first:
+                    if not self._next_is_ours():
+                        break
+                    deadline = time.monotonic() + header_timeout
                 first = False
+                if not self.rfile.has_buffered() and not self._head_arrives(deadline):
+                    break
                 try:
                     self.handle_one_request()
                 except HandingOver:
@@ -271,6 +377,57 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
                     internals.set_conn_status(self.conn_state, internals.WSGI_STATE_IDLE)
                 if self.close_connection:
                     break
+
+        def _head_arrives(self, deadline: float) -> bool:
+            """Wait for the whole head of the next request (`await_head`); on a
+            timeout answer 408. False: nothing is to be served."""
+            state, length = await_head(self.connection, deadline)
+            if state == HEAD_COMPLETE:
+                # Taken now, the head is read from the buffer, with no second peek.
+                self.rfile.take_head(length)
+                return True
+            if state == HEAD_TIMEOUT:
+                log.warning("request head from %s not complete within %gs: 408",
+                            self.client_address[0], header_timeout)
+                try:
+                    self.wfile.write(error_response(408, "Request Timeout"))
+                    self.wfile.flush()
+                except OSError:
+                    pass
+            return False
+
+        # internals: eventlet-wsgi-parse-request
+        def parse_request(self) -> bool:
+            """http.server's parse, then an absolute-form target made origin-form
+            with its host as Host (httpline.split_absolute, RFC 9112 §3.2.2), which
+            the WSGI environ and Engine.IO route."""
+            if not super().parse_request():
+                return False
+            parts = httpline.split_absolute(self.path)
+            if parts is not None:
+                authority, self.path = parts
+                if authority:
+                    del self.headers["Host"]
+                    self.headers["Host"] = authority
+            return True
+
+        # internals: eventlet-wsgi-send-error
+        def send_error(self, code: int, message: str | None = None,
+                       explain: str | None = None) -> None:
+            """http.server's error answer (a malformed request line, too many
+            headers, an unsupported version...), plain and short, logged here."""
+            reason = self.responses.get(code, ("Error",))[0]
+            log.warning("bad request from %s: %d %s (%.200s)", self.client_address[0], code,
+                        reason, message or reason)
+            self.close_connection = True
+            try:
+                self.wfile.write(error_response(code, reason))
+            except OSError:
+                pass
+
+        # internals: eventlet-wsgi-log-message
+        def log_message(self, format: str, *args) -> None:
+            log.info("%s: %s", self.client_address[0], format % args)
 
         def _next_is_ours(self) -> bool:
             if self.rfile.has_buffered():

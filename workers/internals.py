@@ -148,6 +148,26 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "workers/http.py ClusterProtocol", "eventlet's finish() shuts the socket down, which "
         "would end a handed-back connection for its next owner too", params=(),
         source=("greenio.shutdown_safe(self.connection)",))),
+    ("eventlet-wsgi-parse-request", Reach(
+        _EV, "eventlet.wsgi:HttpProtocol.parse_request", "override",
+        "workers/http.py ClusterProtocol", "http.server's parse_request() -> bool sets "
+        "self.path from the request line; eventlet's get_environ splits self.path into "
+        "PATH_INFO and QUERY_STRING, so an absolute-form target is made origin-form between",
+        params=(), source=("pq = self.path.split('?', 1)",),
+        source_in="eventlet.wsgi:HttpProtocol.get_environ")),
+    ("eventlet-wsgi-send-error", Reach(
+        _EV, "eventlet.wsgi:HttpProtocol.send_error", "override",
+        "workers/http.py ClusterProtocol", "http.server's parse_request answers a malformed "
+        "head (400, 414, 431, 505) through send_error(code, message, explain); ours writes "
+        "a short plain answer and logs it, instead of an HTML page with the Python version",
+        params=("code", "message", "explain"),
+        source=('"Too many headers"', "self.send_error("),
+        source_in="http.server:BaseHTTPRequestHandler.parse_request")),
+    ("eventlet-wsgi-log-message", Reach(
+        _EV, "eventlet.wsgi:HttpProtocol.log_message", "override",
+        "workers/http.py ClusterProtocol", "http.server writes its messages to stderr "
+        "through log_message(format, *args); ours goes to the worker's logger",
+        params=("format", "*args"))),
     ("eventlet-wsgi-conn-state", Reach(
         _EV, "eventlet.wsgi:HttpProtocol.__init__", "read",
         "workers/http.py ClusterProtocol, serve_connection",
