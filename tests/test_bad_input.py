@@ -21,12 +21,16 @@ def cluster(cluster_factory):
     return c
 
 
-def raw(port: int, data: bytes, wait: float = 5.0) -> tuple[bytes, float]:
-    """Send `data`, read until the server closes; returns (answer, seconds to close)."""
+def raw(port: int, data: bytes, wait: float = 5.0,
+        half_close: bool = False) -> tuple[bytes, float]:
+    """Send `data` (then, with `half_close`, our FIN), read until the server closes;
+    returns (answer, seconds to close)."""
     with socket.create_connection(("127.0.0.1", port), 5) as s:
         t0 = time.monotonic()
         if data:
             s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
         s.settimeout(wait)
         out = b""
         try:
@@ -154,16 +158,8 @@ HANDSHAKE_LINE = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n"
 def test_cut_off_head_is_no_request(cluster):
     """A head that ends (the client's FIN) before its empty line is not a request:
     no answer, no session (RFC 9112 §2.1)."""
-    with socket.create_connection(("127.0.0.1", cluster.port), 5) as s:
-        s.sendall(HANDSHAKE_LINE + b"Host: x\r\n")
-        s.shutdown(socket.SHUT_WR)
-        s.settimeout(HEADER_TIMEOUT + 5)
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
+    out, _ = raw(cluster.port, HANDSHAKE_LINE + b"Host: x\r\n", wait=HEADER_TIMEOUT + 5,
+                 half_close=True)
     assert out == b"", out
     # The same head, whole, is served: the refusal above was for the cut.
     answer, _ = raw(cluster.port, HANDSHAKE_LINE + b"Host: x\r\nConnection: close\r\n\r\n")

@@ -212,26 +212,40 @@ def peek_request_line(sock: socket.socket, timeout: float) -> httpline.RequestLi
                 except httpline.BadRequest:
                     return httpline.RequestLine("?", "", "", None)
                 except httpline.Incomplete:
-                    # Stay asleep until a byte more than we have seen arrives;
-                    # otherwise a slow client would wake us in a tight loop.
-                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, len(data) + 1)
                     lowat = True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            try:
-                trampoline(raw, read=True, timeout=remaining,
-                           timeout_exc=socket.timeout)
-            except TimeoutError:
+            if not _sleep_for_more(raw, len(data) if data else 0, deadline):
                 return None
     except OSError:
         return None
     finally:
         if lowat:
-            try:
-                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
-            except OSError:
-                pass
+            _reset_low_water(raw)
+
+
+def _sleep_for_more(raw: socket.socket, seen: int, deadline: float) -> bool:
+    """Sleep until more than `seen` bytes are queued on `raw` (0: anything), or
+    until `deadline` (a time.monotonic() value): False then. With `seen`, the
+    socket's SO_RCVLOWAT is raised to seen + 1 so that a slow client, queued
+    bytes already seen, does not wake us in a tight loop; the caller sets it
+    back with `_reset_low_water` when done."""
+    if seen:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, seen + 1)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return False
+    try:
+        trampoline(raw, read=True, timeout=remaining, timeout_exc=socket.timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _reset_low_water(raw: socket.socket) -> None:
+    """SO_RCVLOWAT back to 1 after `_sleep_for_more` raised it."""
+    try:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+    except OSError:
+        pass
 
 
 HEAD_COMPLETE, HEAD_EOF, HEAD_TIMEOUT = "complete", "eof", "timeout"
@@ -281,23 +295,14 @@ def await_head(sock: socket.socket, deadline: float) -> tuple[str, int]:
                     continue
                 if _peer_done(raw):
                     return HEAD_EOF, 0  # queued bytes, then the FIN: no more will come
-                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, len(data) + 1)
                 lowat = True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return HEAD_TIMEOUT, 0
-            try:
-                trampoline(raw, read=True, timeout=remaining, timeout_exc=socket.timeout)
-            except TimeoutError:
+            if not _sleep_for_more(raw, len(data) if data else 0, deadline):
                 return HEAD_TIMEOUT, 0
     except OSError:
         return HEAD_EOF, 0
     finally:
         if lowat:
-            try:
-                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
-            except OSError:
-                pass
+            _reset_low_water(raw)
 
 
 def _peer_done(raw: socket.socket) -> bool:
