@@ -138,8 +138,9 @@ class Master:
                     *self.cfg.metrics, e.strerror or e)) from None
             log.info("metrics at http://%s/metrics", _hostport(*self.cfg.metrics))
         self._apply(self.core.start(time.monotonic()))
-        log.info("listening on http://%s with %d worker%s (%s), control socket %s",
+        log.info("listening on http://%s with %d worker%s serving %s (%s), control socket %s",
                  _hostport(*self.cfg.bind), self.cfg.workers, "" if self.cfg.workers == 1 else "s",
+                 self.app or "the chat demo (no app named)",
                  "redis " + redact_url(self.cfg.redis) if self.cfg.redis else "master relay",
                  self.cfg.control)
         try:

@@ -52,6 +52,7 @@ def test_status_on_a_dead_control_path_is_one_clear_line(tmp_path):
 def test_status_table_and_json(cluster_factory):
     c = cluster_factory(workers=2)
     c.wait_ready()
+    assert "with 2 workers serving imcluster.examples.bench:sio (master relay)" in c.log(), c.log()
     r = imcluster("status", "--control", c.control)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -96,6 +97,8 @@ def test_stop_verb_and_sigterm_stop_everything(cluster_factory):
 def test_no_app_serves_the_chat_demo_across_workers(cluster_factory):
     c = cluster_factory(app=None, workers=2)
     c.wait_ready()
+    # The start line says what is served, named or not.
+    assert "with 2 workers serving the chat demo (no app named)" in c.log(), c.log()
     page = requests.get(c.url + "/", timeout=10)
     assert page.status_code == 200 and "imcluster chat" in page.text
     js = requests.get(c.url + "/static/vendor/socket.io.min.js", timeout=10)

@@ -64,11 +64,45 @@ def test_anything_but_names_and_literal_calls_is_refused(attr):
     ("proxyfix_app:app", "Flask"),
     ("flask_wsgiapp:app", "Flask"),               # socketio.WSGIApp in its wsgi_app chain
     ("django_project.wsgi:application", "WSGIApp"),
+    # MODULE alone, as gunicorn and Flask's CLI take it: app, then application, then
+    # the one server at module level, then a create_app()/make_app() factory
+    ("flask_sio_app", "Flask"),
+    ("django_project.wsgi", "WSGIApp"),
+    ("flask_factory", "Flask"),
+    # a file path, as Flask's --app takes it (a file in a package is imported in it)
+    ("flask_sio_app.py", "Flask"),
+    ("./flask_sio_app.py:socketio", "Flask"),
+    ("django_project/wsgi.py", "WSGIApp"),
 ])
 def test_walker_finds_the_server_and_serves_the_outermost_callable(apps_on_path, spec, served):
     app = appmod.load(spec, str(APPS))
     assert type(app.wsgi).__name__ == served
     assert app.sio is not None and app.eio is app.sio.eio
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("flask_factory:socketio", "flask_factory:socketio is a flask_socketio.SocketIO that no "
+     "init_app(app) has attached to a Flask app yet (if the app is made by its factory, "
+     "name it: 'flask_factory:create_app()')"),
+    ("flask_factory:app", "module 'flask_factory' has no attribute 'app' (if the app is "
+     "made by its factory, name it: 'flask_factory:create_app()')"),
+    ("nope.py", "no Python file"),
+    ("contract", "module 'contract' has none of 'app', 'application' (gunicorn's default)"),
+])
+def test_a_name_that_cannot_be_served_says_what_to_name(apps_on_path, spec, says):
+    with pytest.raises(appmod.AppError) as e:
+        appmod.load(spec, str(APPS))
+    assert says in str(e.value)
+
+
+def test_a_file_path_is_imported_from_its_directory_as_part_of_its_package():
+    assert appmod._module_of_path("django_project/wsgi.py", str(APPS), "") == (
+        "django_project.wsgi", str(APPS))
+    assert appmod._module_of_path("./flask_sio_app.py", str(APPS), "") == (
+        "flask_sio_app", str(APPS))
+    assert appmod._module_of_path(str(APPS / "flask_sio_app.py"), "/", "") == (
+        "flask_sio_app", str(APPS))
+    assert appmod._module_of_path("flask_sio_app", "/x", "") == ("flask_sio_app", "/x")
 
 
 def test_walker_is_cycle_safe_and_bounded():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -51,19 +52,33 @@ class App:
     sio: socketio.Server | None  # None for a bare Engine.IO app
 
 
+# What `imcluster run MODULE` (no ATTR) looks for, in this order: the names
+# gunicorn and Flask's CLI use for the app (gunicorn's default is
+# `application`, Flask's `app`), then one Socket.IO server at module level,
+# then the app factories Flask's CLI calls (`create_app`, `make_app`).
+DEFAULT_ATTRS = ("app", "application")
+DEFAULT_FACTORIES = ("create_app", "make_app")
+
+
 def load(spec: str | None, cwd: str) -> App:
     """Import MODULE:ATTR (from `cwd`, as gunicorn does) and find its servers.
 
-    ATTR may be a dotted path, or a call of one with literal arguments
-    (`create_app()`, `create_app('prod', debug=True)`), which is made once.
+    MODULE is a dotted module name, or a path to a `.py` file (`app.py`,
+    `./src/app.py`, as Flask's `--app` takes it; a file inside a package is
+    imported as part of it). ATTR may be a dotted path, or a call of one with
+    literal arguments (`create_app()`, `create_app('prod', debug=True)`),
+    which is made once. Without ATTR: `app`, then `application`, then the one
+    socketio.Server / flask_socketio.SocketIO at module level, then a
+    `create_app()` or `make_app()` factory (DEFAULT_ATTRS, DEFAULT_FACTORIES).
     Raises AppError, with one line for the operator, when the module or
     attribute is missing or no Socket.IO server can be found in what it names.
     """
     spec = spec or DEMO_APP
-    module_name, sep, attr = spec.partition(":")
+    module_name, sep, attr = _split_spec(spec)
     if not module_name or (sep and not attr):
         raise AppError(f"{spec!r} is not MODULE:ATTR")
-    path, args, kwargs = parse_attr(attr or "app", spec)
+    path, args, kwargs = parse_attr(attr, spec) if attr else ([], None, {})
+    module_name, cwd = _module_of_path(module_name, cwd, spec)
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
@@ -72,13 +87,15 @@ def load(spec: str | None, cwd: str) -> App:
         if getattr(e, "name", None) and module_name.startswith(e.name):
             raise AppError(f"cannot import module {module_name!r} (from {cwd}): {e}") from e
         raise
+    if not attr:
+        return _default(module, module_name, spec)
     obj = module
     for part in path:
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise AppError(f"module {module_name!r} has no attribute "
-                           f"{'.'.join(path)!r}") from None
+                           f"{'.'.join(path)!r}{_factory_hint(module, module_name)}") from None
     if args is not None:
         if not callable(obj):
             raise AppError(f"{spec}: {'.'.join(path)} is a {type(obj).__name__}, "
@@ -86,7 +103,78 @@ def load(spec: str | None, cwd: str) -> App:
         obj = obj(*args, **kwargs)
         if obj is None:
             raise AppError(f"{spec} returned None; the factory must return the app")
-    return find(_owner(obj, module), spec)
+    return find(_owner(obj, module), spec, _factory_hint(module, module_name))
+
+
+def _split_spec(spec: str) -> tuple[str, str, str]:
+    """MODULE, ':', ATTR; a Windows-style drive colon is not looked for (POSIX only)."""
+    return spec.partition(":")
+
+
+def _module_of_path(module_name: str, cwd: str, spec: str) -> tuple[str, str]:
+    """(dotted module name, directory to import it from) for MODULE.
+
+    A dotted name is returned as it is, with `cwd`. A file path (it ends in
+    `.py` or holds a `/`) is resolved against `cwd`; the directory to import
+    from is the first one up from the file that is not a package (has no
+    `__init__.py`), so `src/pkg/app.py` is `pkg.app` imported from `src/`,
+    as Flask's CLI does. Raises AppError for a path that is not a file.
+    """
+    if not (module_name.endswith(".py") or "/" in module_name):
+        return module_name, cwd
+    file = os.path.normpath(os.path.join(cwd, module_name))
+    if os.path.isdir(file) and os.path.isfile(os.path.join(file, "__init__.py")):
+        file = os.path.join(file, "__init__.py")
+    if not file.endswith(".py") or not os.path.isfile(file):
+        raise AppError(f"{spec!r}: no Python file {file}")
+    directory, name = os.path.split(file[:-3])
+    parts = [] if name == "__init__" else [name]
+    while os.path.isfile(os.path.join(directory, "__init__.py")):
+        directory, package = os.path.split(directory)
+        parts.insert(0, package)
+    if not parts or not all(p.isidentifier() for p in parts):
+        raise AppError(f"{spec!r}: {file} cannot be imported as a module "
+                       "(its name is not a Python identifier)")
+    return ".".join(parts), directory
+
+
+def _default(module: Any, module_name: str, spec: str) -> App:
+    """The app of `imcluster run MODULE`, looked for as DEFAULT_ATTRS says."""
+    for name in DEFAULT_ATTRS:
+        if name in vars(module) and not inspect.ismodule(vars(module)[name]):
+            return find(_owner(getattr(module, name), module), f"{module_name}:{name}",
+                        _factory_hint(module, module_name))
+    # A SocketIO() that the factory will init_app() holds no server yet.
+    servers = [(name, value) for name, value in vars(module).items()
+               if isinstance(value, socketio.Server)
+               or (_is_flask_socketio(value) and value.__dict__.get("server") is not None)]
+    if len(servers) == 1:
+        name, value = servers[0]
+        return find(_owner(value, module), f"{module_name}:{name}")
+    for name in DEFAULT_FACTORIES:
+        factory = vars(module).get(name)
+        if callable(factory):
+            obj = factory()
+            if obj is None:
+                raise AppError(f"{module_name}:{name}() returned None; the factory must "
+                               "return the app")
+            return find(_owner(obj, module), f"{module_name}:{name}()")
+    if len(servers) > 1:
+        names = ", ".join(n for n, _ in servers)
+        raise AppError(f"module {module_name!r} has no 'app' or 'application' and "
+                       f"{len(servers)} Socket.IO servers ({names}); name one: "
+                       f"'{module_name}:{servers[0][0]}'")
+    raise AppError(f"module {module_name!r} has none of 'app', 'application' (gunicorn's "
+                   "default), a socketio.Server, or a create_app()/make_app() factory; "
+                   f"name what to serve: '{module_name}:ATTR'")
+
+
+def _factory_hint(module: Any, module_name: str) -> str:
+    """' (it has create_app: ...)' when the module has a factory, for an error line."""
+    for name in DEFAULT_FACTORIES:
+        if callable(vars(module).get(name)):
+            return f" (if the app is made by its factory, name it: '{module_name}:{name}()')"
+    return ""
 
 
 def _owner(obj: Any, module: Any) -> Any:
@@ -135,8 +223,11 @@ def parse_attr(attr: str, spec: str = "") -> tuple[list[str], tuple | None, dict
     return path[::-1], args, kwargs
 
 
-def find(obj: Any, spec: str) -> App:
-    """The app to serve for `obj` and the one Socket.IO (or Engine.IO) server under it."""
+def find(obj: Any, spec: str, hint: str = "") -> App:
+    """The app to serve for `obj` and the one Socket.IO (or Engine.IO) server under it.
+
+    `hint` ends the error line when nothing can be served (a factory to name).
+    """
     if isinstance(obj, (socketio.AsyncServer, engineio.AsyncServer, socketio.ASGIApp)):
         raise AppError(f"{spec} is an asyncio app; imcluster serves socketio.Server "
                        "(async_mode='eventlet') apps")
@@ -153,9 +244,14 @@ def find(obj: Any, spec: str) -> App:
         sio, eio = None, eios[0]
     else:
         kind = "an asyncio server" if async_found else "no socketio.Server"
-        hint = ""
         if inspect.isfunction(obj) and "(" not in spec:
             hint = f" (if it is a factory, call it: '{spec}()')"
+        elif _is_flask_socketio(obj):
+            # The app-factory pattern: SocketIO() at import, init_app(app)
+            # inside the factory, so at import it holds no server yet.
+            raise AppError(f"{spec} is a flask_socketio.SocketIO that no init_app(app) has "
+                           "attached to a Flask app yet" + (hint or "; name the factory that "
+                           "calls init_app (MODULE:create_app()), or the Flask app"))
         raise AppError(f"{spec} is {_a(_describe(obj))} with {kind} in it (looked in: "
                        f"{', '.join(seen) or 'nothing'}){hint}; {WHAT_TO_NAME}")
     check_async_mode(eio, spec)
