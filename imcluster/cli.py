@@ -130,7 +130,10 @@ def _main(argv: list[str] | None) -> int:
         return 2
     if args.command == "run":
         return _run(args, cfg)
-    ctl = Control(cfg.control)
+    if cfg.sources["control"] == "default":
+        ctl = Control.for_port(cfg.bind[1])
+    else:
+        ctl = Control(cfg.control)
     try:
         if args.command == "status":
             return _status(ctl, args.json)

@@ -118,10 +118,11 @@ unless said otherwise.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from dataclasses import dataclass, field
+
+from imcluster.settings import default_control_paths, find_control
 
 
 class ControlError(Exception):
@@ -142,15 +143,22 @@ class StopTimeout(ControlError):
     """A stop waited for has not ended in time (the master goes on stopping)."""
 
 
-def request(path: str, cmd: str, timeout: float = 5.0, **args) -> dict:
-    """Send one command, return the master's answer (a dict); ControlError on failure."""
+def request(path: str, cmd: str, timeout: float = 5.0, looked_in: tuple[str, ...] = (),
+            **args) -> dict:
+    """Send one command, return the master's answer (a dict); ControlError on failure.
+
+    `looked_in`: the other default places searched for the socket, named in the
+    error when there is none at `path`.
+    """
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         try:
             s.connect(path)
         except FileNotFoundError:
-            raise ControlError(f"no control socket at {path}: is imcluster running "
+            also = [p for p in looked_in if p != path]
+            where = f"{path} (nor at {', '.join(also)})" if also else path
+            raise ControlError(f"no control socket at {where}: is imcluster running "
                                "(and is this its --control path)?") from None
         except PermissionError:
             raise ControlError(f"permission denied on {path}: run as the user that "
@@ -294,19 +302,21 @@ class Status:
 class Control:
     """A running master, through its control socket at `path`."""
 
-    def __init__(self, path: str, timeout: float = 5.0):
+    def __init__(self, path: str, timeout: float = 5.0, looked_in: tuple[str, ...] = ()):
         self.path = path
         self.timeout = timeout
+        self.looked_in = looked_in
 
     @classmethod
     def for_port(cls, port: int, timeout: float = 5.0) -> Control:
-        """The default control socket of a master bound to `port` (as `imcluster run`
-        places it when --control is not given)."""
-        base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-        return cls(os.path.join(base, f"imcluster-{port}.sock"), timeout)
+        """The default control socket of a master bound to `port`: where `imcluster
+        run` places it when --control is not given, in $XDG_RUNTIME_DIR or /tmp
+        (the first that exists: the master may run without the caller's
+        XDG_RUNTIME_DIR, under supervisord or cron)."""
+        return cls(find_control(port), timeout, tuple(default_control_paths(port)))
 
     def request(self, cmd: str, **args) -> dict:
-        return request(self.path, cmd, timeout=self.timeout, **args)
+        return request(self.path, cmd, timeout=self.timeout, looked_in=self.looked_in, **args)
 
     def status(self) -> Status:
         return Status.from_json(self.request("status"))

@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -388,7 +388,11 @@ def resolve(args: argparse.Namespace | None = None,
             file_values = section
         unknown = sorted(set(file_values) - set(BY_NAME))
         if unknown:
-            raise SettingError(f"config file {path}: unknown setting(s): {', '.join(unknown)}")
+            # Keys are the settings' names (graceful_timeout); a user who copies the
+            # option (graceful-timeout) gets the name to write.
+            named = [f"{k} (write {k.replace('-', '_')})" if k.replace("-", "_") in BY_NAME
+                     else k for k in unknown]
+            raise SettingError(f"config file {path}: unknown setting(s): {', '.join(named)}")
     cfg = Config()
     for s in SETTINGS:
         if cli.get(s.name) is not None:
@@ -427,6 +431,26 @@ def resolve(args: argparse.Namespace | None = None,
     if isinstance(cfg.values["bind"], str):
         cfg.values["bind"] = _bind(cfg.values["bind"])
     if cfg.values["control"] is None:
-        base = environ.get("XDG_RUNTIME_DIR") or "/tmp"
-        cfg.values["control"] = os.path.join(base, f"imcluster-{cfg.values['bind'][1]}.sock")
+        cfg.values["control"] = default_control_paths(cfg.values["bind"][1], environ)[0]
     return cfg
+
+
+def default_control_paths(port: int, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Where `imcluster run` puts its control socket when --control is not given, and
+    where the other verbs look for it: `imcluster-PORT.sock` in $XDG_RUNTIME_DIR
+    (`run` puts it there when that is set), then in /tmp (where `run` puts it
+    without one: under supervisord, cron or sudo the master often has no
+    XDG_RUNTIME_DIR while the operator's shell has one). The first is `run`'s."""
+    environ = os.environ if environ is None else environ
+    name = f"imcluster-{port}.sock"
+    paths = [os.path.join(base, name) for base in (environ.get("XDG_RUNTIME_DIR"), "/tmp")
+             if base]
+    return list(dict.fromkeys(paths))
+
+
+def find_control(port: int, environ: Mapping[str, str] | None = None) -> str:
+    """The default control path of a master bound to `port` that exists, looked for
+    in default_control_paths' order; the first of them if none does (its error
+    then names every place looked)."""
+    paths = default_control_paths(port, environ)
+    return next((p for p in paths if os.path.exists(p)), paths[0])

@@ -125,3 +125,36 @@ def test_no_app_serves_the_chat_demo_across_workers(cluster_factory):
     finally:
         for u in users:
             u.close()
+
+
+def test_verbs_find_the_default_control_socket_whatever_the_callers_xdg_runtime_dir(tmp_path):
+    """A master started without XDG_RUNTIME_DIR (supervisord, cron) puts its socket in
+    /tmp; an operator whose shell has one still reaches it with --bind alone, and when
+    there is none anywhere the error names every place looked."""
+    from imcluster.testing import free_port
+    port = free_port()
+    master_env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    operator_env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+    bind = f"127.0.0.1:{port}"
+
+    def verb(*args):
+        return subprocess.run([sys.executable, "-m", "imcluster", *args, "--bind", bind],
+                              capture_output=True, text=True, timeout=30, env=operator_env)
+
+    r = verb("status")
+    assert r.returncode == 4
+    assert (f"no control socket at {tmp_path}/imcluster-{port}.sock (nor at "
+            f"/tmp/imcluster-{port}.sock)") in r.stderr, r.stderr
+    master = subprocess.Popen([sys.executable, "-m", "imcluster", "run",
+                               "imcluster.examples.bench:sio", "--workers", "1", "--bind", bind,
+                               "--log-level", "warning"], env=master_env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: os.path.exists(f"/tmp/imcluster-{port}.sock"), 30)
+        wait_for(lambda: verb("status").returncode == 0, 30, what="status through /tmp")
+        assert verb("stop").returncode == 0
+        assert master.wait(30) == 0
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait()

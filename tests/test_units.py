@@ -325,6 +325,22 @@ def test_unknown_config_key_is_refused(tmp_path):
     f.write_text("wrokers = 3\n")
     with pytest.raises(cfgmod.SettingError, match="unknown setting"):
         cfgmod.resolve(_args(config=str(f)), {})
+    # A key spelt like the option gets the name to write.
+    f.write_text("graceful-timeout = 3\nwrokers = 3\n")
+    with pytest.raises(cfgmod.SettingError, match=re.escape(
+            "unknown setting(s): graceful-timeout (write graceful_timeout), wrokers")):
+        cfgmod.resolve(_args(config=str(f)), {})
+
+
+def test_the_default_control_socket_is_looked_for_in_xdg_runtime_dir_then_tmp(tmp_path):
+    env = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    assert cfgmod.default_control_paths(8123, env) == [f"{tmp_path}/imcluster-8123.sock",
+                                                       "/tmp/imcluster-8123.sock"]
+    assert cfgmod.default_control_paths(8123, {}) == ["/tmp/imcluster-8123.sock"]
+    assert cfgmod.default_control_paths(8123, {"XDG_RUNTIME_DIR": "/tmp"}) == [
+        "/tmp/imcluster-8123.sock"]
+    # The first that exists; `run`'s own (the first) when none does.
+    assert cfgmod.find_control(8123, env) == f"{tmp_path}/imcluster-8123.sock"
 
 
 def test_redis_silence_timeout_defaults_to_15s_and_reads_the_environment():
