@@ -93,8 +93,10 @@ class ClusterClient:
     close together may be recorded in either order.)
     """
 
-    def __init__(self, sio, worker: WorkerStatus, cluster: Cluster | None = None):
+    def __init__(self, sio, worker: WorkerStatus, cluster: Cluster | None = None,
+                 namespaces: tuple[str, ...] = ("/",)):
         self.sio = sio
+        self.namespaces = namespaces  # those it connected to, waited for after a reconnect
         self.worker = worker
         self.events: list[tuple[str, tuple]] = []
         self._cond = threading.Condition()
@@ -136,7 +138,7 @@ class ClusterClient:
                 self._cond.wait(left)
 
     def _connected(self) -> bool:
-        return self.sio.connected and "/" in self.sio.namespaces
+        return self.sio.connected and all(ns in self.sio.namespaces for ns in self.namespaces)
 
     def _replaced(self) -> bool:
         """Workers were killed, reloaded or scaled through the cluster since this
@@ -144,7 +146,7 @@ class ClusterClient:
         return self._cluster is not None and self._cluster._replacements != self._seen
 
     def wait_connected(self, timeout: float = 10.0) -> ClusterClient:
-        """Wait until the client is connected (default namespace too) on a live
+        """Wait until the client is connected (each of its namespaces too) on a live
         worker: after its worker was killed, or reloaded without hand-over,
         python-socketio's client notices and reconnects by itself, as a new
         session; until it has noticed, it still looks connected, so this also
@@ -167,21 +169,26 @@ class ClusterClient:
                                      f"pid {self.pid})")
             time.sleep(0.05)
 
-    def emit(self, event: str, *args, timeout: float = 10.0) -> None:
-        """Emit `event`; while the client is reconnecting (its worker was replaced),
-        first wait up to `timeout` seconds for it to be back (see wait_connected;
-        a client that still looks connected is not checked further)."""
+    def emit(self, event: str, *args, namespace: str | None = None,
+             timeout: float = 10.0) -> None:
+        """Emit `event` (on `namespace`, default "/"); while the client is reconnecting
+        (its worker was replaced), first wait up to `timeout` seconds for it to be
+        back (see wait_connected; a client that still looks connected is not
+        checked further)."""
         if not self._connected() or self._replaced():
             self.wait_connected(timeout)
-        self.sio.emit(event, args[0] if len(args) == 1 else args if args else None)
+        self.sio.emit(event, args[0] if len(args) == 1 else args if args else None,
+                      namespace=namespace)
 
-    def call(self, event: str, *args, timeout: float = 10.0):
-        """Emit `event` and return the ack's value (python-socketio's TimeoutError
-        after `timeout`); waits for a reconnection first, as emit does."""
+    def call(self, event: str, *args, namespace: str | None = None, timeout: float = 10.0):
+        """Emit `event` (on `namespace`, default "/") and return the ack's value
+        (python-socketio's TimeoutError after `timeout`); waits for a reconnection
+        first, as emit does."""
         deadline = time.monotonic() + timeout
         if not self._connected() or self._replaced():
             self.wait_connected(timeout)
         return self.sio.call(event, args[0] if len(args) == 1 else args if args else None,
+                             namespace=namespace,
                              timeout=max(0.1, deadline - time.monotonic()))
 
     def disconnect(self) -> None:
@@ -424,9 +431,18 @@ class Cluster:
             wid = forwarded[wid]
         return None
 
-    def connect(self, transport: str = "default", **client_options) -> ClusterClient:
+    def connect(self, transport: str = "default", *, auth: Any = None,
+                headers: dict[str, str] | None = None,
+                namespaces: str | list[str] | None = None,
+                **client_options) -> ClusterClient:
         """One python-socketio client (transport "polling", "websocket" or "default":
-        polling then upgrade), recording every event it receives."""
+        polling then upgrade), recording every event it receives (on every namespace).
+
+        `auth` (a dict, or a callable returning one), `headers` and `namespaces`
+        (default: "/") are python-socketio's `Client.connect()` arguments; any
+        other keyword goes to `socketio.Client()` (`reconnection`, `serializer`,
+        `request_timeout`, ...). A refused connection raises python-socketio's
+        ConnectionError ("One or more namespaces failed to connect")."""
         import socketio  # the client side; not needed to run a cluster
 
         transports = {"polling": ["polling"], "websocket": ["websocket"],
@@ -442,13 +458,18 @@ class Cluster:
             else:
                 pending.append((event, args))
 
-        sio.on("*", record)
-        sio.connect(self.url, transports=transports, wait_timeout=10)
+        if isinstance(namespaces, str):
+            namespaces = [namespaces]
+        namespaces = list(namespaces or ["/"])
+        for ns in namespaces:
+            sio.on("*", record, namespace=ns)
+        sio.connect(self.url, transports=transports, wait_timeout=10, auth=auth,
+                    headers=headers or {}, namespaces=namespaces)
         worker = self.worker_of(sio.eio.sid)
         if worker is None:
             sio.disconnect()
             raise RuntimeError(f"session {sio.eio.sid} is on no live worker")
-        client = ClusterClient(sio, worker, self)
+        client = ClusterClient(sio, worker, self, tuple(namespaces))
         holder.append(client)
         for event, args in pending:
             client._record(event, *args)
@@ -458,7 +479,11 @@ class Cluster:
                 **client_options) -> list[ClusterClient]:
         """`n` clients (default: two per worker) spread over every worker, as evenly
         as the master's least-loaded placement allows: at most ceil(n / workers) on
-        one. RuntimeError if some worker cannot be reached that way."""
+        one. Keywords as for `connect` (`auth`, `headers`, `namespaces`, ...).
+        A client that lands on a worker that already has its share is
+        disconnected and another is made, so the app's connect and disconnect
+        handlers may run for a few more sessions than `n`. RuntimeError if some
+        worker cannot be reached that way."""
         slots = sorted(w.slot for w in self.workers)
         n = 2 * len(slots) if n is None else n
         if n < len(slots):

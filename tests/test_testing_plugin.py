@@ -151,3 +151,66 @@ def test_reload_of_broken_code_says_why(tmp_path):
         assert not result.ok and "broken deploy" in result.error
         assert cluster.status().ready  # the old worker keeps serving
         assert time.time() - result.finished < 120
+
+
+AUTH_APP = '''
+import socketio
+
+sio = socketio.Server()
+
+
+@sio.event
+def connect(sid, environ, auth):
+    if not auth or auth.get("token") != "s3cret":
+        raise socketio.exceptions.ConnectionRefusedError("bad token")
+    with sio.session(sid) as s:
+        s["user"] = auth["user"]
+        s["agent"] = environ.get("HTTP_X_AGENT")
+
+
+@sio.event
+def whoami(sid):
+    s = sio.get_session(sid)
+    return [s["user"], s["agent"]]
+
+
+@sio.on("connect", namespace="/chat")
+def chat_connect(sid, environ, auth):
+    if not auth or auth.get("token") != "s3cret":
+        raise socketio.exceptions.ConnectionRefusedError("bad token")
+
+
+@sio.on("room", namespace="/chat")
+def chat_room(sid, room):
+    sio.enter_room(sid, room, namespace="/chat")
+    return True
+
+
+@sio.on("say", namespace="/chat")
+def chat_say(sid, room, text):
+    sio.emit("said", text, to=room, namespace="/chat")
+'''
+
+
+def test_clients_take_auth_headers_and_namespaces(tmp_path):
+    """An app whose connect handler wants auth, on two namespaces: the harness's
+    clients pass auth, headers and namespaces to python-socketio's connect()."""
+    import socketio
+
+    (tmp_path / "auth_app.py").write_text(AUTH_APP)
+    auth = {"token": "s3cret", "user": "bob"}
+    with Cluster("auth_app:sio", workers=2, cwd=tmp_path, log_dir=tmp_path) as cluster:
+        with pytest.raises(socketio.exceptions.ConnectionError, match="failed to connect"):
+            cluster.connect("websocket", auth={"token": "wrong"})
+        one = cluster.connect("polling", auth=auth, headers={"X-Agent": "pytest"},
+                              namespaces=["/", "/chat"])
+        assert one.call("whoami") == ["bob", "pytest"]
+        members = cluster.clients(4, "websocket", auth=auth, namespaces=["/", "/chat"])
+        assert len({c.slot for c in members}) == 2
+        for c in [one, *members]:
+            assert c.call("room", "r1", namespace="/chat") is True
+        one.emit("say", "r1", "hi", namespace="/chat")
+        for c in [one, *members]:
+            assert c.wait_for("said") == [("hi",)]
+        for c in [one, *members]:
+            c.disconnect()
