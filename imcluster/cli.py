@@ -284,7 +284,9 @@ def _status(ctl: Control, as_json: bool) -> int:
         return code
     m = st["master"]
     broadcasts = m["broadcast"] + (f" {m['redis']}" if m.get("redis") else "") + (
-        f" ({m['redis_channels']} channels)" if m.get("redis_channels") else "")
+        f" ({m['redis_channels']} channels" + (
+            f" on '{m['redis_channel']}')" if m.get("redis_channel") else ")")
+        if m.get("redis_channels") else "")
     print(f"master  pid {m['pid']}  up {_dur(m['uptime'])}  fds {m['fds']}  "
           f"bind {m['bind']}  broadcasts {broadcasts}  pending {m['pending']}"
           + (f"  host {m['host_id']}" if m.get("host_id") else "")

@@ -152,6 +152,18 @@ def _redis_channels(v: Any) -> str:
     return s
 
 
+REDIS_CHANNEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _redis_channel(v: Any) -> str:
+    """A base channel name: the interest channels are made from it with ':' (ROOM
+    channels `NAME:r:...`), so ':' in it could make one app's channel another's."""
+    s = str(v).strip()
+    if not REDIS_CHANNEL_NAME.fullmatch(s):
+        raise ValueError("1 to 64 letters, digits, '_', '.' or '-'")
+    return s
+
+
 def _optional_bind(v: Any) -> tuple[str, int] | None:
     if v is None or str(v).strip().lower() in ("", "no", "off"):
         return None
@@ -269,6 +281,14 @@ SETTINGS: tuple[Setting, ...] = (
             "only while it has a member there (per-room, per-worker and per-namespace "
             "channels, see docs/several-hosts.md). Every host sharing a Redis must use the "
             "same scheme", metavar="single|interest"),
+    Setting("redis_channel", _redis_channel, "socketio",
+            "name of the Redis pub/sub channel (python-socketio's channel= of its "
+            "RedisManager; with --redis-channels interest the base of every channel's "
+            "name) and of the recovery keys. Redis pub/sub ignores the database number in "
+            "the URL: apps or environments (staging, production) that share a Redis "
+            "server each need a name of their own, or they hear each other's broadcasts. "
+            "An external socketio.RedisManager emitter must use the same channel=",
+            metavar="NAME"),
     Setting("redis_silence_timeout", _positive_float, 15.0,
             "seconds a worker's Redis subscription may go without a message or an answer "
             "to its PING (sent every third of this) before the worker drops the "

@@ -118,3 +118,42 @@ def test_disconnect_a_session_on_another_worker(peers):
     assert a.call("kick", {"sid": b.sid}) is True
     wait_for(lambda: b.disconnected, 10, what="kicked client to be disconnected")
     assert not a.disconnected
+
+
+@pytest.mark.parametrize("channels", ["single", "interest"])
+def test_apps_sharing_a_redis_hear_only_their_own_channel(cluster_factory, redis_server,
+                                                          channels):
+    """Redis pub/sub ignores the database number: two apps (staging and production)
+    on one Redis server are kept apart by --redis-channel, and two clusters of one
+    app (one channel) hear each other."""
+    import redis as redis_py
+    from pyclients import Client
+    clusters = {name: cluster_factory(workers=1, redis=redis_server, redis_channels=channels,
+                                      redis_channel=channel)
+                for name, channel in [("staging", "staging"), ("prod1", "prod"),
+                                      ("prod2", "prod")]}
+    users = {}
+    try:
+        for name, c in clusters.items():
+            c.wait_ready()
+            users[name] = Client(c.url, "websocket")
+            assert users[name].call("join", {"room": "lobby"}) is True
+        assert users["staging"].call("say", {"room": "lobby", "text": "s1", "ts": 0}) is True
+        assert users["prod1"].call("say", {"room": "lobby", "text": "p1", "ts": 0}) is True
+        for name in ("prod1", "prod2"):
+            wait_for(lambda n=name: any(m["text"] == "p1" for m in users[n].said), 10)
+        wait_for(lambda: any(m["text"] == "s1" for m in users["staging"].said), 10)
+        time.sleep(0.5)  # the other channel's message had as long as these to come
+        assert [m["text"] for m in users["staging"].said] == ["s1"]
+        for name in ("prod1", "prod2"):
+            assert [m["text"] for m in users[name].said] == ["p1"]
+        r = redis_py.Redis.from_url(redis_server)
+        names = {c.decode() for c in r.pubsub_channels()}
+        assert any(n.startswith("staging") for n in names)
+        assert any(n.startswith("prod") for n in names)
+        assert not any(n.startswith("socketio") for n in names), names
+        status = clusters["staging"].status()["master"]
+        assert status["redis_channel"] == "staging"
+    finally:
+        for u in users.values():
+            u.close()

@@ -131,14 +131,16 @@ class WorkerServer:
 
     def _cluster_manager(self) -> socketio.PubSubManager:
         if self.spec.get("redis"):
+            channel = self.spec.get("redis_channel") or "socketio"
             if self.spec.get("redis_channels") == "interest":
                 if is_cluster_url(self.spec["redis"]):
                     return ShardedRedisManager(
-                        self.spec["redis"], self.host_id, self.worker_id,
+                        self.spec["redis"], self.host_id, self.worker_id, channel=channel,
                         silence_timeout=self.spec["redis_silence_timeout"])
                 return InterestRedisManager(self.spec["redis"], self.host_id, self.worker_id,
+                                            channel=channel,
                                             silence_timeout=self.spec["redis_silence_timeout"])
-            return ClusterRedisManager(self.spec["redis"],
+            return ClusterRedisManager(self.spec["redis"], channel=channel,
                                        silence_timeout=self.spec["redis_silence_timeout"])
         mgr = self.relay = MasterRelayManager(self.link)
         return mgr
