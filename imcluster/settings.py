@@ -344,9 +344,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(clients see no reconnect); off by default: what the app keeps by sid outside "
             "save_session stays behind (see the README)", metavar="yes|no"),
     Setting("cors_origins", _origins, None,
-            "origins allowed to connect from a browser, comma-separated, or '*'; "
-            "default: the app's own setting (python-socketio's default is the "
-            "server's own origin only)", metavar="ORIGINS"),
+            "origins allowed to connect from a browser besides the server's own, "
+            "comma-separated, or '*'; default: the app's own setting (python-socketio's "
+            "default is the server's own origin only)", metavar="ORIGINS"),
     Setting("allow_untested_versions", _bool, False,
             "let workers run python-socketio, python-engineio, eventlet, redis, psutil or "
             "prometheus_client "

@@ -101,10 +101,10 @@ def test_no_traceback_or_internal_detail_reaches_a_client(cluster):
         c.close()
 
 
-def _handshake(port: int, origin: str) -> int:
+def _handshake(port: int, origin: str, extra: str = "") -> int:
     with socket.create_connection(("127.0.0.1", port), 5) as s:
         s.sendall((f"GET {EIO} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {origin}\r\n"
-                   "Connection: close\r\n\r\n").encode())
+                   f"{extra}Connection: close\r\n\r\n").encode())
         return int(s.recv(4096).split(b" ")[1])
 
 
@@ -116,10 +116,19 @@ def test_cors_default_allows_only_the_own_origin(cluster_factory):
 
 
 def test_cors_origins_setting(cluster_factory):
-    c = cluster_factory(workers=1, args=("--cors-origins", "https://chat.example.com"))
+    c = cluster_factory(workers=1, args=("--cors-origins",
+                                         "https://chat.example.com,https://admin.socket.io"))
     c.wait_ready()
     assert _handshake(c.port, "https://chat.example.com") == 200
+    assert _handshake(c.port, "https://admin.socket.io") == 200
     assert _handshake(c.port, "http://evil.example") == 400
+    assert _handshake(c.port, "https://chat.example.com.evil.example") == 400
+    # Listing origins adds them: the app's own pages (same origin) still connect,
+    # directly and behind a proxy that says where the browser was.
+    assert _handshake(c.port, f"http://127.0.0.1:{c.port}") == 200
+    fwd = "X-Forwarded-Proto: https\r\nX-Forwarded-Host: chat.internal\r\n"
+    assert _handshake(c.port, "https://chat.internal", fwd) == 200
+    assert _handshake(c.port, "https://chat.internal") == 400
 
 
 def test_control_socket_refuses_another_user(cluster_factory, tmp_path):

@@ -302,8 +302,10 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
     ("engineio-cors-origins", Reach(
         _EIO, "engineio.base_server:BaseServer._cors_allowed_origins", "read",
         "workers/main.py WorkerServer.load", "cors_allowed_origins set after the server is built "
-        "still applies: it is read per request",
-        source=("self.cors_allowed_origins",))),
+        "still applies: it is read per request; a callable is asked (origin, environ) "
+        "(workers/main.py listed_or_own_origin)",
+        source=("self.cors_allowed_origins", "callable(self.cors_allowed_origins)",
+                "self.cors_allowed_origins(origin, environ)"))),
     ("engineio-generate-id", Reach(
         _EIO, "engineio:Server.generate_id", "replace",
         "workers/main.py WorkerServer.load; workers/pubsub.py ClusterPubSubManager.pre_connect",

@@ -97,7 +97,7 @@ class WorkerServer:
         app.eio.generate_id = lambda: sidcodec.make_sid(wid, host)
         if self.spec.get("cors_origins") is not None:
             # internals: engineio-cors-origins
-            app.eio.cors_allowed_origins = self.spec["cors_origins"]
+            app.eio.cors_allowed_origins = listed_or_own_origin(self.spec["cors_origins"])
         # Engine.IO v4 / Socket.IO v5 as written, where the libraries differ.
         rec = None
         if self.spec.get("recovery_window") and app.sio is not None:
@@ -371,6 +371,39 @@ class WorkerServer:
                 log.exception("%s: hand-over failed; closing the session", s.sid)
         self.closed_on_stop += 1
         _close_session(s, flush_seconds)
+
+
+def listed_or_own_origin(listed: str | list[str]):
+    """What `--cors-origins` sets as python-engineio's `cors_allowed_origins`: '*'
+    as it is, else a check that admits the listed origins AND the server's own.
+
+    python-engineio admits only its own origin by default, and only the listed
+    ones once a list is given, so `--cors-origins https://admin.socket.io`
+    (the README's advice for the Admin UI) refused the app's own pages. Their
+    requests are same-origin, which browsers never restrict and Socket.IO's
+    JS server never refuses: listing an origin adds it. The own origin is
+    python-engineio's (`scheme://Host`, and the X-Forwarded-Proto/-Host one
+    behind a proxy). `listed`: the setting's value, '*' or a list of origins.
+    """
+    if listed == "*" or "*" in listed:
+        return listed
+    allowed = frozenset([listed] if isinstance(listed, str) else listed)
+
+    def check(origin: str | None, environ: dict) -> bool:
+        if origin in allowed:
+            return True
+        scheme, host = environ.get("wsgi.url_scheme"), environ.get("HTTP_HOST")
+        if not (scheme and host):
+            return False
+        if origin == f"{scheme}://{host}":
+            return True
+        if "HTTP_X_FORWARDED_PROTO" in environ or "HTTP_X_FORWARDED_HOST" in environ:
+            fscheme = environ.get("HTTP_X_FORWARDED_PROTO", scheme).split(",")[0].strip()
+            fhost = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
+            return origin == f"{fscheme}://{fhost}"
+        return False
+
+    return check
 
 
 def _without_ws_compression(wsgi):
