@@ -151,7 +151,7 @@ def _main(argv: list[str] | None) -> int:
                   f"the readiness check answers {code}")
             return 0
         if args.no_wait:
-            ctl.stop()
+            ctl.stop(wait=False)
             print("stopping")
             return 0
         try:

@@ -326,10 +326,12 @@ class Control:
         removed workers drain first. A scale asked during a reload waits for its end."""
         return int(self.request("scale", to=str(to))["workers"])
 
-    def stop(self, wait: bool = False, timeout: float = 60.0, poll: float = 0.1) -> None:
-        """Ask for a graceful stop (like SIGTERM). With `wait`, return once the master
-        has exited (its port and control socket are free again, so a new `run` can
-        start); StopTimeout if it is still running after `timeout` seconds."""
+    def stop(self, wait: bool = True, timeout: float = 60.0, poll: float = 0.1) -> None:
+        """Ask for a graceful stop (like SIGTERM) and, as `imcluster stop` does, return
+        once the master has exited (its port and control socket are free again, so
+        a new `run` can start); StopTimeout if it is still running after `timeout`
+        seconds. `wait=False` returns once the master has taken the request
+        (`imcluster stop --no-wait`)."""
         pid = self.request("status")["master"]["pid"] if wait else None
         self.request("stop")
         if pid is None:

@@ -51,6 +51,30 @@ def lock_path(name: str, control: str | None = None) -> str | None:
     return f"{control}.{name}.lock"
 
 
+def remove_unheld_locks(control: str) -> list[str]:
+    """Remove the run_once lock files of the cluster whose control socket is
+    `control` that no process holds (the master calls this as it exits, so they
+    do not pile up in /tmp across runs). A file still held (a worker that
+    outlived its master) stays: removing it would let a new cluster lock a new
+    file while the old holder runs. Returns the paths removed."""
+    import glob
+    removed = []
+    for path in glob.glob(glob.escape(control) + ".*.lock"):
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)  # while holding it: nobody can take it meanwhile
+            removed.append(path)
+        except OSError:  # held (BlockingIOError), or gone already
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def run_once(server: Any, name: str, fn: Callable[..., Any], *args: Any,
              interval: float = 1.0, **kwargs: Any) -> None:
     """Run `fn(*args, **kwargs)` in one worker of the cluster at a time.

@@ -26,7 +26,7 @@ from collections import deque
 import psutil
 
 from imcluster import channel as ch
-from imcluster import httpline
+from imcluster import httpline, once
 from imcluster.master import events as ev
 from imcluster.master.control import ControlServer
 from imcluster.master.core import Core
@@ -650,6 +650,7 @@ class Master:
             self.listener.close()
         for link in list(self.links.values()):
             self._close_link(link, reroute=False)
+        once.remove_unheld_locks(self.cfg.control)
         log.info("master exiting (code %d)", self.exit_code)
 
 

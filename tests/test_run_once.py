@@ -124,6 +124,11 @@ def test_one_worker_ticks_and_another_takes_over_when_it_dies_or_is_replaced(
     finally:
         for cl in clients:
             cl.close()
+    # The lock file goes with the cluster (it used to stay in /tmp, one per run).
+    lock = c.control + ".ticker.lock"
+    assert os.path.exists(lock)
+    assert c.cluster.stop() == 0
+    assert not os.path.exists(lock)
 
 
 class Starter:

@@ -118,6 +118,10 @@ def test_control_api_status_reload_scale(tmp_path):
 
         with pytest.raises(ControlError, match="at least one worker"):
             ctl.scale(0)
+        # As `imcluster stop`: returns once the master has exited.
+        master = cluster.pid
+        ctl.stop()
+        assert not process_alive(master)
     assert cluster.proc.returncode == 0 and not cluster.outlived
     with pytest.raises(ControlError, match="no control socket|nothing answers"):
         Control(cluster.control.path, timeout=2).status()
