@@ -35,6 +35,7 @@ unless said otherwise.
     master.broadcast         str          "relay" (through the master) or "redis"
     master.redis             str|null     the Redis URL(s), passwords masked as ***
     master.redis_channels    str|null     with --redis: "single" or "interest"
+    master.redis_channel     str|null     with --redis: the channel's name (--redis-channel)
     master.host_id           int          --host-id: this host's number behind a router (0: alone)
     master.drained           bool         `imcluster drain` in force: no new sessions via the router
     master.readiness         int          what GET /_imcluster/ready answers now: 200, 404, 503

@@ -317,7 +317,8 @@ class Core:
             if not self.stopping and w.role is Role.SLOT:
                 self.spawn(w, now)
         elif timer is Timer.READY_TIMEOUT:
-            self.log.error("slot %d: worker pid %d not READY after %.0fs; stopping it",
+            self.log.error("slot %d: worker pid %d not READY after %.0fs (--ready-timeout; "
+                           "raise it if the app takes longer to import); stopping it",
                            w.slot, w.pid, self.cfg.ready_timeout)
             w.unresponsive = True
             self.terminate(w, now)
@@ -434,6 +435,15 @@ class Core:
     def _on_ready(self, e: ev.Ready, now: float) -> None:
         w = self.by_id.get(e.worker_id)
         if w is None or w.state is not State.STARTING:
+            return
+        if w.unresponsive:
+            # Past --ready-timeout it is being stopped: READY now would put a
+            # worker that is about to exit in service (and log it as READY,
+            # then as died).
+            self.log.warning("slot %d: worker pid %d said READY after --ready-timeout "
+                             "(%.0fs), too late: it is being stopped; raise "
+                             "--ready-timeout if the app takes this long to import",
+                             w.slot, w.pid, self.cfg.ready_timeout)
             return
         w.ready(now)
         w.last_heard = now

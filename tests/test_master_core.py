@@ -314,6 +314,16 @@ def test_a_worker_not_ready_in_time_is_replaced():
     assert m.slot(0).state is State.BACKOFF and m.slot(0).failures == 1
 
 
+def test_a_worker_ready_after_the_ready_timeout_is_not_put_in_service():
+    m = Master(workers=1, ready_timeout=30)
+    assert kills(m.tick(after=30.1)) == [(100, TERM)]
+    m.ready(m.slot(0))  # it finished importing before the TERM took effect
+    assert m.slot(0).state is State.STARTING
+    assert m.route(None) is None  # no session goes to a worker being stopped
+    m.exit(m.slot(0), 0)
+    assert m.slot(0).state is State.BACKOFF
+
+
 # ---- scale --------------------------------------------------------------------------------
 
 
