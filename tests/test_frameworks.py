@@ -294,6 +294,23 @@ def test_a_task_started_in_slot_0_only_ticks_once_for_every_client(cluster_facto
 
 # ---- logging -----------------------------------------------------------------------
 
+def test_a_handler_that_raises_is_logged_with_the_worker_prefix(cluster_factory):
+    c = cluster_factory(app="logger_app:app", workers=1, cwd=APPS)
+    c.wait_ready()
+    token = f"tok{time.monotonic_ns()}"
+    for transport in ("websocket", "polling"):
+        cl = Client(c.url, transport)
+        try:
+            cl.sio.emit("boom", f"{token}-{transport}")
+            assert cl.call("echo", 1) == 1  # the session carries on
+        finally:
+            cl.close()
+        line = wait_for(lambda t=transport: [ln for ln in c.log().splitlines()
+                                             if f"kaboom {token}-{t}" in ln], 10)[0]
+        assert "[worker 0 pid" in line and " ERROR an event handler raised ValueError" in line
+    assert c.log().count("Traceback (most recent call last)") == 2
+
+
 def test_logger_true_prints_each_line_once_with_the_worker_prefix(cluster_factory):
     c = cluster_factory(app="logger_app:app", workers=3, cwd=APPS)
     c.wait_ready()

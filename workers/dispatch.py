@@ -37,8 +37,7 @@ drives a real cluster with blocking handlers.
 
 from __future__ import annotations
 
-import sys
-import traceback
+import logging
 
 import eventlet.hubs
 import greenlet
@@ -46,6 +45,7 @@ import socketio
 
 from imcluster.workers import protocol
 
+log = logging.getLogger("imcluster.worker")
 _RESUMED = object()  # what the reader's switch returns when its handler started waiting
 
 
@@ -67,12 +67,15 @@ class HandlerGreenlet(greenlet.greenlet):
     def run(self, fn, args) -> None:
         try:
             fn(*args)
-        except Exception:
-            # As eventlet's hub reports an exception escaping a GreenThread
-            # (squelch_timer_exception). internals: eventlet-hub-debug-exceptions
+        except Exception as e:
+            # Where eventlet's hub prints an exception escaping a GreenThread
+            # (squelch_timer_exception), and as it is switched off there; but
+            # through the worker's log, so its lines carry the time and the
+            # worker, as the rest of the log does.
+            # internals: eventlet-hub-debug-exceptions
             if getattr(eventlet.hubs.get_hub(), "debug_exceptions", True):
-                traceback.print_exception(*sys.exc_info())
-                sys.stderr.flush()
+                log.error("an event handler raised %s: %s", type(e).__name__, e,
+                          exc_info=True)
 
 
 def run_now(fn, *args) -> None:

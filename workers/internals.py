@@ -596,7 +596,7 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
     ("eventlet-hub-debug-exceptions", Reach(
         _EV, "eventlet.hubs.hub:BaseHub.squelch_timer_exception", "read",
         "workers/dispatch.py HandlerGreenlet.run", "an exception escaping a GreenThread is "
-        "printed to stderr when the hub's debug_exceptions is set; ours does the same",
+        "printed to stderr when the hub's debug_exceptions is set; ours is logged then",
         source=("if self.debug_exceptions:", "traceback.print_exception(*exc_info)"))),
     # ---- plain acks written directly (workers/fastpath.py DirectAcks) ------------------
     ("socketio-handle-event-internal-copy", Reach(

@@ -10,3 +10,8 @@ socketio = SocketIO(app, logger=True, engineio_logger=True)
 @socketio.on("echo")
 def echo(data):
     return data
+
+
+@socketio.on("boom")
+def boom(token):
+    raise ValueError(f"kaboom {token}")
