@@ -392,3 +392,21 @@ def test_an_instrumented_app_serves_and_reports_every_worker(cluster_factory, re
         admin.sio.disconnect()
     log = c.log()
     assert "Traceback" not in log and "_timestamps" not in log, log
+
+
+def test_an_app_with_its_own_manager_is_told_its_broadcasts_bypass_the_cluster(
+        cluster_factory, redis_server, tmp_path):
+    (tmp_path / "own_mq.py").write_text(
+        "import os\nimport socketio\n"
+        "sio = socketio.Server(client_manager=socketio.RedisManager(os.environ['MQ'], "
+        "channel='mq-app'))\n"
+        "@sio.event\ndef echo(sid, data):\n    return data\n")
+    c = cluster_factory(app="own_mq:sio", workers=1, cwd=tmp_path, env={"MQ": redis_server})
+    c.wait_ready()
+    cl = Client(c.url, "websocket")
+    try:
+        assert cl.call("echo", 5) == 5
+    finally:
+        cl.close()
+    assert ("the app sets its own client_manager (RedisManager): its broadcasts go through "
+            "it, not through the master relay") in c.log(), c.log()

@@ -188,9 +188,11 @@ class WorkerServer:
             mgr = current  # built with the server (see _default_manager)
         elif type(current) is not socketio.Manager:
             # The app brought its own manager (its own Redis, say): keep it.
-            if self.spec.get("redis"):
-                log.warning("the app sets its own client_manager (%s); --redis is ignored",
-                            type(current).__name__)
+            # Say so whatever the setting: `status` and the start line name
+            # imcluster's relay or --redis, which this app's broadcasts bypass.
+            log.warning("the app sets its own client_manager (%s): its broadcasts go "
+                        "through it, not through %s", type(current).__name__,
+                        "--redis (ignored)" if self.spec.get("redis") else "the master relay")
             mgr = current
         else:
             mgr = self._cluster_manager()
