@@ -195,3 +195,50 @@ def test_the_admin_ui_shows_and_acts_on_every_worker(page):
             cl.close()
     log = c.log()
     assert "Traceback" not in log, log
+
+
+def test_admins_connecting_together_each_get_the_socket_list(cluster_factory):
+    """python-socketio 5.18 sends `all_sockets` to the last socket its config task
+    listed, not to the admin that connected (its loop rebinds `sid`): of UIs that
+    connect within 0.1 s of each other only the newest got a list. Each gets its
+    own here, and every worker's sockets in it."""
+    import threading
+
+    import socketio
+
+    c = cluster_factory(app="instrumented_app:app", workers=2, cwd=APPS)
+    c.wait_ready()
+    admins: list[socketio.Client] = []
+    heard: dict[int, list] = {}
+    users = []
+    try:
+        for _ in range(4):
+            users.append(Client(c.url, "websocket"))
+        user_sids = {u.sio.get_sid("/") for u in users}
+        assert len({u.whoami() for u in users}) == 2
+
+        def admin(i: int) -> None:
+            a = socketio.Client(reconnection=False, request_timeout=10)
+            heard[i] = []
+            a.on("all_sockets", lambda s, i=i: heard[i].extend(x["id"] for x in s),
+                 namespace="/admin")
+            a.on("socket_connected", lambda s, _t, i=i: heard[i].append(s["id"]),
+                 namespace="/admin")
+            a.connect(c.url, namespaces=["/admin"], transports=["websocket"],
+                      auth={"username": "admin", "password": "test only"}, wait_timeout=10)
+            admins.append(a)
+
+        threads = [threading.Thread(target=admin, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(admins) == 4
+        for i in range(4):
+            wait_for(lambda i=i: user_sids <= set(heard[i]), 10,
+                     what=f"admin {i} listing every worker's sockets")
+    finally:
+        for a in admins:
+            a.disconnect()
+        for u in users:
+            u.close()

@@ -33,6 +33,10 @@ python-socketio 5.18's `InstrumentedServer` was written for one process:
   from) started at a worker's first connection, so a worker that had none
   yet was missing from the UI; here it starts with the instrumentation.
 
+- its connect handler's config task sends `all_sockets` to the last socket
+  it listed rather than to the admin (a loop variable shadows the admin's
+  sid): ours sends it to the admin that connected.
+
 Not covered: the sockets of a worker that is killed (SIGKILL, a crash) stay
 listed in a connected UI until it reconnects, as they would for a crashed
 server in any python-socketio deployment (nothing announces their end); that
@@ -49,14 +53,16 @@ import time
 from datetime import UTC, datetime
 
 import socketio.admin
+import socketio.exceptions
 
 from imcluster.workers.pubsub import ClusterPubSubManager
 
 _UPSTREAM = socketio.admin.InstrumentedServer
 
 
-# internals: socketio-admin-server, socketio-admin-actions, socketio-admin-leave,
-# socketio-admin-disconnect, socketio-admin-emit, socketio-admin-stats
+# internals: socketio-admin-server, socketio-admin-connect, socketio-admin-actions,
+# socketio-admin-leave, socketio-admin-disconnect, socketio-admin-emit,
+# socketio-admin-stats
 class ClusterInstrumentedServer(_UPSTREAM):
     """python-socketio 5.18's InstrumentedServer, acting on every worker."""
 
@@ -79,6 +85,48 @@ class ClusterInstrumentedServer(_UPSTREAM):
     # The UI's actions (upstream handlers of 'join', 'leave', '_disconnect' on
     # the admin namespace; `close`, which would end the whole Engine.IO
     # connection, is ignored upstream and here).
+
+    # internals: socketio-admin-connect (a copy, changed)
+    def admin_connect(self, sid, environ, client_auth):
+        """python-socketio 5.18's admin_connect, with its config task's bug fixed.
+
+        Upstream's task loops `for sid, eio_sid in get_participants(...)`,
+        rebinding the admin's `sid`, then sends `all_sockets` `to=sid`: to the
+        last socket it listed, not to the admin. An admin is served right only
+        when it happens to be listed last (the newest in the admin namespace),
+        so of two UIs that connect within the task's 0.1 s one gets nothing and
+        the other both lists (and here the other workers' announcements follow
+        the wrong one too). Same auth, same messages, to the admin that asked.
+        """
+        if self.auth:
+            if isinstance(self.auth, dict):
+                authenticated = client_auth == self.auth
+            elif isinstance(self.auth, list):
+                authenticated = client_auth in self.auth
+            else:
+                authenticated = self.auth(client_auth)
+            if not authenticated:
+                raise socketio.exceptions.ConnectionRefusedError("authentication failed")
+
+        def config(admin_sid):
+            self.sio.sleep(0.1)
+            features = ["AGGREGATED_EVENTS"]
+            if not self.read_only:
+                features += ["EMIT", "JOIN", "LEAVE", "DISCONNECT", "MJOIN", "MLEAVE",
+                             "MDISCONNECT"]
+            if self.mode == "development":
+                features.append("ALL_EVENTS")
+            self.sio.emit("config", {"supportedFeatures": features}, to=admin_sid,
+                          namespace=self.admin_namespace)
+            if self.mode == "development":
+                all_sockets = []
+                for nsp in self.sio.manager.get_namespaces():
+                    for socket_sid, eio_sid in self.sio.manager.get_participants(nsp, None):
+                        all_sockets.append(self.serialize_socket(socket_sid, nsp, eio_sid))
+                self.sio.emit("all_sockets", all_sockets, to=admin_sid,
+                              namespace=self.admin_namespace)
+
+        self.sio.start_background_task(config, sid)
 
     def admin_enter_room(self, _, namespace, room, room_filter=None):
         if (mgr := self._cluster()) is None:

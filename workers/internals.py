@@ -687,6 +687,24 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "socketio.admin when called, so our subclass in its place is what it builds",
         source=("from .admin import InstrumentedServer",),
         source_in="socketio:Server.instrument")),
+    ("socketio-admin-connect", Reach(
+        _SIO, "socketio.admin:InstrumentedServer.admin_connect", "copy",
+        "workers/admin.py ClusterInstrumentedServer", "ours repeats upstream's auth check and "
+        "config task (config, then all_sockets in development mode, after 0.1 s) but sends "
+        "them to the admin that connected (upstream's loop rebinds its sid)",
+        params=("sid", "environ", "client_auth"),
+        source=("authenticated = client_auth == self.auth",
+                "authenticated = client_auth in self.auth",
+                "authenticated = self.auth(client_auth)",
+                "raise ConnectionRefusedError('authentication failed')",
+                "self.sio.sleep(0.1)", "features = ['AGGREGATED_EVENTS']",
+                "features += ['EMIT', 'JOIN', 'LEAVE', 'DISCONNECT', 'MJOIN',",
+                "features.append('ALL_EVENTS')",
+                "self.sio.emit('config', {'supportedFeatures': features},",
+                "for sid, eio_sid in self.sio.manager.get_participants(",
+                "self.serialize_socket(sid, nsp, eio_sid))",
+                "self.sio.emit('all_sockets', all_sockets, to=sid,",
+                "self.sio.start_background_task(config, sid)"))),
     ("socketio-admin-actions", Reach(
         _SIO, "socketio.admin:InstrumentedServer.admin_enter_room", "override",
         "workers/admin.py ClusterInstrumentedServer", "the UI's join, leave and disconnect "
