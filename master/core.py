@@ -54,7 +54,9 @@ class Core:
         self.by_id: dict[int, WorkerProcess] = {}  # every worker spawned and not yet reaped
         self.by_pid: dict[int, WorkerProcess] = {}
         # Session hand-over (workers/handover.py): worker id -> the worker id its
-        # sessions went to, flattened (never a chain), dropped when that one exits.
+        # sessions went to, flattened (never a chain), dropped when that one exits
+        # or, once the worker itself has exited, says it holds none of them any
+        # more (`_prune_forwarding`).
         self.moved: dict[int, int] = {}
         # Sessions handed over, by the worker id they left (counted as they moved;
         # some may have ended since), while `moved` has an entry for it.
@@ -386,6 +388,11 @@ class Core:
         for source in [k for k, v in self.moved.items() if v == w.worker_id]:
             del self.moved[source]
             self.moved_count.pop(source, None)
+        # Its own sids now reach only its heir: gone already if the heir's last
+        # report holds none of them.
+        heir = self.by_id.get(self.moved.get(w.worker_id, -1))
+        if heir is not None:
+            self._prune_forwarding(heir)
         was = w.state
         w.on_exit(e.code, now)
         code = e.code
@@ -446,6 +453,30 @@ class Core:
         if w is not None:
             w.sessions, w.connections, w.broadcast = e.sessions, e.connections, e.broadcast
             w.pubsub = e.pubsub
+            if e.moved_in is not None:
+                w.moves_taken, w.held = e.moved_in, e.held
+                self._prune_forwarding(w)
+
+    def _prune_forwarding(self, holder: WorkerProcess) -> None:
+        """Drop the forwarding entries (`moved`) that lead to `holder` for retired
+        workers whose sids it no longer holds: every session handed over from
+        them ended or moved on, so a request naming one can only be stale, and
+        gets Engine.IO's "unknown session" answer like any sid of a gone worker.
+
+        Only from the holder's own report (LOAD: `held`, `moved_in`), and only
+        when it had taken in every session the master relayed to it: a
+        HANDOVER still in its channel could carry one of those sids. Only for
+        workers that exited: a draining one may still hand more over."""
+        if holder.moves_taken != holder.moves_sent:
+            return
+        gone = [source for source, to in self.moved.items()
+                if to == holder.worker_id and source not in self.by_id
+                and source not in holder.held]
+        for source in gone:
+            del self.moved[source]
+            self.moved_count.pop(source, None)
+            self.log.info("worker %d: no session handed over from retired worker %d is "
+                          "left; its sids are no longer forwarded", holder.worker_id, source)
 
     def _on_acked(self, e: ev.Acked, now: float) -> None:
         w = self.by_id.get(e.worker_id)
@@ -538,6 +569,7 @@ class Core:
             self._out.append(ev.Move(e.conn, None))
             return
         heir.handoffs_sent += 1  # in its load until acknowledged
+        heir.moves_sent += 1
         self.moved[e.worker_id] = heir.worker_id
         self.moved_count[e.worker_id] = self.moved_count.get(e.worker_id, 0) + 1
         for source, to in self.moved.items():

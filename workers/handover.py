@@ -116,7 +116,9 @@ The wire (imcluster/channel.py, kind HANDOVER 'V', both directions)
 
 Routing stays by sid (design.md, invariant 3): a request naming W goes to W
 while W serves its own; once W is gone it goes to `Core.moved[W]` while that
-worker serves; the entry is dropped when it exits.
+worker serves; the entry is dropped when it exits, or when its LOAD says it
+took in every session relayed to it and holds none whose sid names W any more
+(`report`: "moved_in", "held"; `Core._prune_forwarding`).
 
 Broadcasts in flight (master relay)
 -----------------------------------
@@ -194,6 +196,7 @@ import eventlet.websocket
 from engineio import packet as eio_packet
 
 from imcluster import channel as ch
+from imcluster import sid as sidcodec
 from imcluster.handover import hook
 from imcluster.workers import internals, sessions
 from imcluster.workers.http import HandingOver, handed_over, replay_heads, serve_connection
@@ -616,6 +619,8 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
     over the client socket `fd`, or a polling session, whose parked GET (if
     it had one) arrives as `fd`; closes `fd` if the state is unusable."""
     sock = socket.socket(fileno=fd) if fd is not None else None  # green, after monkey_patch
+    global moved_in
+    moved_in += 1
     try:
         state = json.loads(payload)
         eio_sid = state["eio_sid"]
@@ -636,6 +641,7 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
         return
     sio, eio = worker.app.sio, worker.app.eio
     s = sessions.ClusterSocket(eio, eio_sid)
+    _held(eio_sid, s)  # no yield since move_in began: counted and held at once
     s.connected = True
     s.session = state.get("session") or {}
     s.last_ping = state.get("last_ping")
@@ -718,6 +724,40 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
         serve_request(worker, sock, get)
 
 
+# Sessions handed over to this worker (HANDOVER frames taken in, usable or not,
+# since it started), and those still here by the worker id their sid names: the
+# master keeps a retired worker's forwarding entry while its holder holds one
+# of its sessions (reported in LOAD: `report`).
+moved_in = 0
+_held_by_origin: dict[int, dict[str, sessions.ClusterSocket]] = {}
+
+
+def _held(eio_sid: str, s: sessions.ClusterSocket) -> None:
+    origin = sidcodec.worker_of(eio_sid)
+    if origin is not None:
+        _held_by_origin.setdefault(origin, {})[eio_sid] = s
+
+
+def refused_in() -> None:
+    """A HANDOVER this worker closed unread (it arrived while it stopped)."""
+    global moved_in
+    moved_in += 1
+
+
+def report() -> dict:
+    """This worker's hand-over figures for LOAD: {"moved_in": int, "held": the
+    sorted worker ids that its moved-in sessions' sids name}. A session that
+    closed, or moved on (`_forget` marks it closed), is no longer held.
+    O(sessions moved in and still held), once per heartbeat."""
+    for origin in list(_held_by_origin):
+        held = _held_by_origin[origin]
+        for sid in [sid for sid, s in held.items() if s.closed]:
+            del held[sid]
+        if not held:
+            del _held_by_origin[origin]
+    return {"moved_in": moved_in, "held": sorted(_held_by_origin)}
+
+
 def serve_request(worker, sock: socket.socket, head: bytes | None) -> None:
     """Serve a client connection whose request head another worker already read
     (a parked GET that moved, or a FORWARD): from `head`, then from the socket."""
@@ -737,6 +777,12 @@ def _serve(worker, s: sessions.ClusterSocket, ws) -> None:
             eventlet.greenio.shutdown_safe(ws.socket)
         ws.socket.close()
         worker.connections -= 1
+        # As python-engineio's handle_request does once a WebSocket's handler
+        # returns: a closed session leaves at once, not at the service task's
+        # next sweep (up to ping_timeout later), so LOAD counts it gone.
+        sockets = worker.app.eio.sockets  # internals: engineio-server-attrs (sockets)
+        if s.closed and sockets.get(s.sid) is s:
+            del sockets[s.sid]
 
 
 def worker_inflight(sio) -> dict:
