@@ -527,6 +527,9 @@ class Core:
             except ValueError:
                 return {"error": f"scale takes N, +N or -N, not {spec!r}"}
             if spec[:1] in "+-":
+                if n == 0:  # as the CLI refuses it (imcluster/cli.py _scale_target)
+                    return {"error": f"scale {spec} changes nothing: give N, +N or -N, "
+                                     "with N 1 or more"}
                 n += len(self.slots)
             return self.scale(n, now)
         return {"error": f"unknown command {cmd!r}"}

@@ -361,6 +361,10 @@ def test_scale_commands_are_checked():
     # Refused, not capped: 1000 would have become 256 processes on a small host.
     assert m.command(cmd="scale", to="1000") == {"error": "at most 256 workers"}
     assert m.command(cmd="scale", to="+255") == {"error": "at most 256 workers"}
+    # A change by nothing is refused, as the CLI refuses it (exit 2 there).
+    for zero in ("+0", "-0", "+00"):
+        assert m.command(cmd="scale", to=zero) == {
+            "error": f"scale {zero} changes nothing: give N, +N or -N, with N 1 or more"}
     assert len(m.core.slots) == 2 and of(m.tick(), ev.Spawn) == []
     assert m.command(cmd="nap") == {"error": "unknown command 'nap'"}
 
