@@ -209,6 +209,19 @@ def test_absolute_form_target_is_served(cluster):
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok"), answer
 
 
+def test_readiness_check_in_absolute_form_is_answered_by_the_master(cluster):
+    """The readiness path (HAProxy's check) in absolute-form, as RFC 9112 §3.2.2
+    asks a server to accept: the master answers it as in origin-form (it went to
+    a worker, which knew no such path)."""
+    for target in (b"http://127.0.0.1:%d/_imcluster/ready" % cluster.port,
+                   b"HTTP://x/_imcluster/ready?probe=1", b"/_imcluster/ready"):
+        answer, _ = raw(cluster.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"ready: 2 of 2" in answer, answer
+    answer, _ = raw(cluster.port, b"GET http://x/_imcluster/readyz HTTP/1.1\r\nHost: x\r\n"
+                    b"Connection: close\r\n\r\n")
+    assert b"ready: " not in answer, answer  # another path: not the check
+
+
 def test_too_many_headers_plain_431_logged(cluster):
     """http.server's refusals come plain and short, without the Python version,
     and are logged once by the worker's logger."""

@@ -539,3 +539,14 @@ def test_origin_form_of_absolute_targets():
 def test_recovery_window_takes_up_to_one_day():
     assert cfgmod.resolve(_args(recovery_window="86400"), {}).recovery_window == 86400.0
     assert cfgmod.resolve(_args(recovery_window="0"), {}).recovery_window == 0.0
+
+
+@pytest.mark.parametrize("target, ready", [
+    ("/_imcluster/ready", True), ("/_imcluster/ready?x=1", True),
+    ("http://h:8000/_imcluster/ready", True), ("https://h/_imcluster/ready?x", True),
+    ("http://h:8000/_imcluster/readyz", False), ("http://h:8000/", False),
+    ("/socket.io/?EIO=4&transport=polling", False),
+])
+def test_readiness_path_in_origin_and_absolute_form(target, ready):
+    """RFC 9112 §3.2.2: absolute-form is accepted wherever origin-form is."""
+    assert httpline.parse(f"GET {target} HTTP/1.1\r\n".encode()).is_readiness is ready
