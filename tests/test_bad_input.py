@@ -239,6 +239,35 @@ def test_too_many_headers_plain_431_logged(cluster):
     assert "Too many headers" in lines[0] and "code 431" not in log and '" 431 -' not in log, lines
 
 
+def _logged_once(cluster, text: str) -> str:
+    deadline = time.monotonic() + 5
+    while text not in cluster.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = [ln for ln in cluster.log().splitlines() if text in ln]
+    assert len(lines) == 1 and "WARNING" in lines[0] and "127.0.0.1" in lines[0], lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("head, answer, logged", [
+    # Headers of more than 64 KiB in all (fewer than http.server's 100).
+    (HANDSHAKE_LINE + b"".join(b"X-Big-%d: %s\r\n" % (i, b"v" * 4000) for i in range(20))
+     + b"\r\n", b"HTTP/1.0 400 Headers Too Large", "400 Headers Too Large"),
+    # One header line of 8 KiB or more.
+    (HANDSHAKE_LINE + b"X-Long: " + b"v" * 9000 + b"\r\n\r\n",
+     b"HTTP/1.0 400 Header Line Too Long", "400 Header Line Too Long"),
+    # A request line of exactly 8192 bytes: short enough for the master, the
+    # length eventlet refuses.
+    (b"GET /" + b"a" * (8192 - 16) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+     b"HTTP/1.0 414 ", "414 Request URI Too Long"),
+])
+def test_eventlets_own_refusals_are_logged(cluster, head, answer, logged):
+    """eventlet answers these heads itself, in the worker, and logged nothing;
+    the worker now logs one WARNING for each, as for http.server's refusals."""
+    got, _ = raw(cluster.port, head)
+    assert got.startswith(answer), got[:200]
+    _logged_once(cluster, logged)
+
+
 def test_empty_line_before_request_line_is_ignored(cluster):
     """RFC 9112 §2.2: an empty line before the request line is skipped."""
     answer, _ = raw(cluster.port, b"\r\n" + HANDSHAKE_LINE

@@ -155,6 +155,16 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "PATH_INFO and QUERY_STRING, so an absolute-form target is made origin-form between",
         params=(), source=("pq = self.path.split('?', 1)",),
         source_in="eventlet.wsgi:HttpProtocol.get_environ")),
+    ("eventlet-wsgi-canned-refusals", Reach(
+        _EV, "eventlet.wsgi:HttpProtocol.handle_one_request", "read",
+        "workers/http.py ClusterProtocol.handle, parse_request",
+        "eventlet answers 414 itself when the request line it read (raw_requestline) "
+        "reaches the server's url_length_limit, and 400 when parse_request raises "
+        "HeaderLineTooLong or HeadersTooLarge (MAX_HEADER_LINE, MAX_TOTAL_HEADER_SIZE); "
+        "we log each, as send_error logs http.server's refusals",
+        source=("if len(self.raw_requestline) >= self.server.url_length_limit:",
+                "self.wfile.write(RESPONSE_414)", "except HeaderLineTooLong:",
+                "except HeadersTooLarge:"))),
     ("eventlet-wsgi-send-error", Reach(
         _EV, "eventlet.wsgi:HttpProtocol.send_error", "override",
         "workers/http.py ClusterProtocol", "http.server's parse_request answers a malformed "
