@@ -388,11 +388,9 @@ class Core:
         for source in [k for k, v in self.moved.items() if v == w.worker_id]:
             del self.moved[source]
             self.moved_count.pop(source, None)
-        # Its own sids now reach only its heir: gone already if the heir's last
-        # report holds none of them.
-        heir = self.by_id.get(self.moved.get(w.worker_id, -1))
-        if heir is not None:
-            self._prune_forwarding(heir)
+        # Its own sids now reach only its heir (gone already if no worker's last
+        # report holds one), and the sessions it held are no longer in the way.
+        self._prune_forwarding()
         was = w.state
         w.on_exit(e.code, now)
         code = e.code
@@ -455,28 +453,29 @@ class Core:
             w.pubsub = e.pubsub
             if e.moved_in is not None:
                 w.moves_taken, w.held = e.moved_in, e.held
-                self._prune_forwarding(w)
+                self._prune_forwarding()
 
-    def _prune_forwarding(self, holder: WorkerProcess) -> None:
-        """Drop the forwarding entries (`moved`) that lead to `holder` for retired
-        workers whose sids it no longer holds: every session handed over from
-        them ended or moved on, so a request naming one can only be stale, and
-        gets Engine.IO's "unknown session" answer like any sid of a gone worker.
+    def _prune_forwarding(self) -> None:
+        """Drop the forwarding entries (`moved`) of retired workers whose sids no
+        live worker may hold any more: every session handed over from them ended
+        (or died with its worker), so a request naming one can only be stale,
+        and gets Engine.IO's "unknown session" answer like any sid of a gone
+        worker. Without this the map grew with every reload while the heirs lived.
 
-        Only from the holder's own report (LOAD: `held`, `moved_in`), and only
-        when it had taken in every session the master relayed to it: a
-        HANDOVER still in its channel could carry one of those sids. Only for
-        workers that exited: a draining one may still hand more over."""
-        if holder.moves_taken != holder.moves_sent:
+        Only for workers that exited (a draining one may still hand more over),
+        and only from the workers' own reports (`_may_hold`): not just the one
+        the entry leads to, since a draining worker that held some of them may
+        not have moved them on yet (the entry was pointed past it at its first
+        move)."""
+        if not self.moved:
             return
-        gone = [source for source, to in self.moved.items()
-                if to == holder.worker_id and source not in self.by_id
-                and source not in holder.held]
+        gone = [source for source in self.moved if source not in self.by_id
+                and not any(_may_hold(w, source) for w in self.by_id.values())]
         for source in gone:
-            del self.moved[source]
+            to = self.moved.pop(source)
             self.moved_count.pop(source, None)
             self.log.info("worker %d: no session handed over from retired worker %d is "
-                          "left; its sids are no longer forwarded", holder.worker_id, source)
+                          "left; its sids are no longer forwarded", to, source)
 
     def _on_acked(self, e: ev.Acked, now: float) -> None:
         w = self.by_id.get(e.worker_id)
@@ -601,3 +600,13 @@ class Core:
             return
         heir.handoffs_sent += 1
         self._out.append(ev.Move(e.conn, heir.worker_id))
+
+
+def _may_hold(w: WorkerProcess, source: int) -> bool:
+    """Whether worker `w` may hold a session handed over from worker `source` (one
+    whose sid names it), by its last report (LOAD: `held`, `moved_in`): yes if it
+    names `source`, or if it had not taken in every session the master relayed
+    to it by then (a HANDOVER still in its channel could carry one)."""
+    if w.moves_sent == 0:
+        return False  # nothing was ever handed over to it
+    return w.moves_taken != w.moves_sent or source in w.held

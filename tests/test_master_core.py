@@ -864,6 +864,32 @@ def test_forwarding_entries_of_a_chain_point_to_the_last_holder_and_go_one_by_on
     assert forwarding(m) == {}
 
 
+def test_a_forwarding_entry_stays_while_a_draining_worker_still_holds_its_sessions():
+    """W1's sessions went to W2; W2 drains and moves its own session first, which
+    points W1's entry at W3 already: W3 holding none of W1's yet must not drop the
+    entry while W2's report still holds some (they move next)."""
+    m = serving()
+    w1, w2 = m.slot(0), m.slot(1)
+    m.core.retire(m.core.slots.pop(0), m.now)
+    of(m.feed(ev.Moving("w1's session", w1.worker_id)), ev.Move)
+    m.exit(w1)
+    held(m, w2, w1.worker_id)
+    m.feed(ev.Signal(signal.SIGTTIN))
+    m.ready()
+    w3 = m.slot(1)
+    m.core.retire(m.core.slots.pop(0), m.now)
+    of(m.feed(ev.Moving("w2's own session", w2.worker_id)), ev.Move)
+    held(m, w3, w2.worker_id)  # W1's session is still on W2
+    assert forwarding(m) == {w1.worker_id: w3.worker_id, w2.worker_id: w3.worker_id}
+    of(m.feed(ev.Moving("w1's session again", w2.worker_id)), ev.Move)
+    held(m, w2)
+    held(m, w3, w1.worker_id, w2.worker_id)
+    m.exit(w2)
+    assert forwarding(m) == {w1.worker_id: w3.worker_id, w2.worker_id: w3.worker_id}
+    held(m, w3)
+    assert forwarding(m) == {}
+
+
 # ---- start turns (--max-starting) ------------------------------------------------------
 
 def spawned(actions: list) -> list[int]:
