@@ -382,8 +382,8 @@ def test_binary_data_nobody_announced_closes_the_connection(port):
 
 def test_a_malformed_packet_over_polling_closes_the_session(port):
     """The POST is answered `ok` (its payload was read), the pending GET with the
-    CLOSE packet, and later requests get 400; the packets after the malformed
-    one in the same payload are not handled."""
+    CLOSE packet, and later requests get 400 (a packet after the malformed one
+    in the same payload changes none of that)."""
     sid = handshake(port)["sid"]
     with Conn(port) as c:
         assert c.request("POST", poll_target(sid), b"40")[0] == 200

@@ -193,6 +193,11 @@ class SocketRules:
         """python-socketio's `_handle_eio_message` (the Engine.IO 'message' handler,
         registered in its place by `adapt`), closing the session on a malformed
         packet (see the class doc)."""
+        s = self.eio.sockets.get(eio_sid)  # internals: engineio-server-attrs (sockets)
+        if s is not None and s.closed:
+            # What followed a malformed packet in the same polling payload: the
+            # connection is closed (socket.io stops listening to it at once).
+            return None
         if eio_sid in self._binary_packet:
             if isinstance(data, str):
                 return self._refuse_malformed(eio_sid, "text where a binary attachment is due")
