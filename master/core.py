@@ -55,8 +55,8 @@ class Core:
         self.by_pid: dict[int, WorkerProcess] = {}
         # Session hand-over (workers/handover.py): worker id -> the worker id its
         # sessions went to, flattened (never a chain), dropped when that one exits
-        # or, once the worker itself has exited, says it holds none of them any
-        # more (`_prune_forwarding`).
+        # or, once the worker itself has exited, when no live worker reports one
+        # of its sessions any more (`_prune_forwarding`).
         self.moved: dict[int, int] = {}
         # Sessions handed over, by the worker id they left (counted as they moved;
         # some may have ended since), while `moved` has an entry for it.
