@@ -492,3 +492,32 @@ def test_forwarding_entries_go_once_the_moved_sessions_end(cluster_factory):
     with rawhttp.Conn(cluster.port) as c:
         status, _, body = c.request("GET", rawhttp.poll_target(polled))
     assert status == 400 and b"Invalid session" in body, body
+
+
+def test_a_session_moved_late_in_its_ping_interval_is_pinged_when_it_was_due(
+        cluster_factory):
+    """The client counts pingInterval + pingTimeout (here 8 + 1 s) from its last
+    PING. The new worker used to start the interval afresh at the move, so a
+    session moved more than pingTimeout into its interval got its PING too late
+    and the client gave up (seen under load: 50 polling clients moved by a slow
+    reload all reconnected). Now the PING is due when it was at the old worker:
+    the client, moved about 2 s into its interval, stays connected past its
+    deadline and is served by the new worker. (WebSocket: python-engineio's
+    polling client waits 13 s for a poll and would not notice; the fix is the
+    same for both.)"""
+    cluster = cluster_factory(app="protocol_app:late", workers=1, cwd=APPS, handover=True)
+    [old] = [w["pid"] for w in cluster.wait_ready()]
+    c = Client(cluster.url, "websocket")
+    connected = time.monotonic()
+    try:
+        time.sleep(1.5)  # the move comes after this and the new worker's start
+        reload_one(cluster)
+        [new] = [w["pid"] for w in cluster.wait_ready()]
+        assert new != old
+        # Past the client's deadline had the PING come a whole interval after the move.
+        time.sleep(max(0.0, connected + 11 - time.monotonic()))
+        assert c.disconnects == 0 and c.sio.eio.sid is not None
+        assert c.call("whoami") == new
+        assert c.disconnects == 0 and c.connects == 1
+    finally:
+        c.close()

@@ -10,11 +10,12 @@ What moves (the JSON state of one session, at most one channel frame)
 ---------------------------------------------------------------------
 (WebSocket sessions; long-polling ones: see "Polling sessions" below.)
 - Engine.IO: the sid, that the session is upgraded, `last_ping` (a PING
-  whose PONG is due), the bytes the session's `BufferedReceive` read but
-  eventlet did not parse yet (base64; empty whenever the reader was stopped
-  at a frame boundary, which is the only place it is stopped), and the
-  session dict python-engineio keeps (`Socket.session`): python-socketio
-  keeps every namespace's `save_session` data there, keyed by namespace.
+  whose PONG is due) or when its next PING is due (`next_ping_at`), the
+  bytes the session's `BufferedReceive` read but eventlet did not parse yet
+  (base64; empty whenever the reader was stopped at a frame boundary, which
+  is the only place it is stopped), and the session dict python-engineio
+  keeps (`Socket.session`): python-socketio keeps every namespace's
+  `save_session` data there, keyed by namespace.
 - Socket.IO, per namespace the session joined: its Socket.IO sid (the same
   sid on the new worker: `manager.rooms[ns][None]` maps it to the Engine.IO
   sid), its rooms (`manager.get_rooms`), and the next ack id the server
@@ -380,7 +381,8 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
     rb = s.receive_buffer
     rest = rb.buf[rb.pos:] if rb is not None else b""
     state = {"v": 1, "eio_sid": s.sid, "last_ping": s.last_ping, "namespaces": spaces,
-             "environ": env, "rest": base64.b64encode(rest).decode()}
+             "environ": env, "rest": base64.b64encode(rest).decode(),
+             "next_ping_at": getattr(s, "next_ping_at", None)}
     try:
         json.dumps(s.session)
     except (TypeError, ValueError) as e:
@@ -711,12 +713,18 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
                 arrived(space["sid"], space["namespace"])
             except Exception:
                 log.exception("the app's on_handover(arrived=...) failed")
-    # The next PING one interval from now; with a PING pending (last_ping set)
-    # its PONG, which reaches this worker, schedules the next one.
-    if s.last_ping is None:
-        s.schedule_ping()
-    else:
+    # The next PING when it was due at the old worker (one interval after the
+    # last PONG: the client counts pingInterval + pingTimeout from the last PING,
+    # so restarting the interval at the move made clients moved late in it time
+    # out); with a PING pending (last_ping set) its PONG, which reaches this
+    # worker, schedules the next one.
+    next_ping_at = state.get("next_ping_at")
+    if s.last_ping is not None:
         s.await_pong()
+    elif isinstance(next_ping_at, (int, float)) and not isinstance(next_ping_at, bool):
+        s.ping_at(min(float(next_ping_at), time.time() + eio.ping_interval))
+    else:
+        s.schedule_ping()
     if ws is not None:
         worker.connections += 1
         worker.pool.spawn(_serve, worker, s, ws)

@@ -240,7 +240,7 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "workers/sessions.py ClusterSocket, Pinger; workers/main.py _close_session",
         "the session's state, read and set by our Socket subclass and pinger",
         attrs=("server", "sid", "queue", "last_ping", "connected", "upgrading", "upgraded",
-               "closing", "closed"))),
+               "closing", "closed"), adds=("next_ping_at",))),
     ("engineio-socket-send", Reach(
         _EIO, "engineio.socket:Socket.send", "override", "workers/sessions.py ClusterSocket",
         "every packet to a session, the OPEN packet included, goes through send(pkt); it "
