@@ -42,7 +42,11 @@ byte of its own in both directions (M: master, W: worker):
 2. The worker serves the connection's first request whatever sid it names.
 3. python-socketio's pub/sub JSON, as PubSubManager._publish is given it.
 4. `{"sessions": Engine.IO sessions held, "connections": TCP connections
-   served}`, both counts as of sending.
+   served}`, both counts as of sending; with `--handover yes` also
+   "moved_in" (sessions handed over to it it has taken in, HANDOVER frames,
+   since it started) and "held" (the worker ids, sorted, that the sids of the
+   handed-over sessions it still holds name): the master drops a retired
+   worker's forwarding entry once its holder holds none of its sessions.
 5. Hand-offs received since the worker started, cumulative: the master keeps
    at most `--handoff-window` unacknowledged in the kernel's queue (what is
    there dies with the worker; what the master still holds can be re-routed).

@@ -92,10 +92,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _scale_target(text: str) -> str:
-    """argparse type of `scale`'s argument: N (a count, at least 1), +N or -N."""
-    if not re.fullmatch(r"[+-][0-9]{1,6}|0*[1-9][0-9]{0,5}", text):
+    """argparse type of `scale`'s argument: N (a count, at least 1), +N or -N
+    (N at least 1: `+0` and `-0` change nothing, most likely a typo for +10 or
+    -10, so they are refused like `0` rather than answered with a silent no-op)."""
+    if not re.fullmatch(r"[+-]0*[1-9][0-9]{0,5}|0*[1-9][0-9]{0,5}", text):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of workers: give N (1 or more), +N or -N")
+            f"{text!r} is not a number of workers: give N, +N or -N, with N 1 or more")
     return text
 
 

@@ -108,7 +108,7 @@ unless said otherwise.
                                           clock plus the wall offset taken at its start)
     forwarding               list         session hand-over (--handover): where the sessions of
                                           each worker that handed them over live now, while that
-                                          worker is alive ([] when none):
+                                          worker holds one whose sid names `from` ([] when none):
     forwarding[].from        int          the worker id the sids name (a retired worker)
     forwarding[].to          int          the worker id that holds them now: requests naming
                                           them go there once `from` has exited

@@ -54,8 +54,12 @@ class RequestLine(NamedTuple):
 
     @property
     def is_readiness(self) -> bool:
-        """A health check of this host (READY_PATH, any query), answered by the master."""
+        """A health check of this host (READY_PATH, any query), answered by the master;
+        in origin-form or in absolute-form (`http://host:port/_imcluster/ready`,
+        which RFC 9112 §3.2.2 says a server MUST accept)."""
         target = self.target
+        if target[:1] != "/":
+            target = origin_form(target)
         return target.startswith(READY_PATH) and target[len(READY_PATH):][:1] in ("", "?")
 
     @property

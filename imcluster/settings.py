@@ -69,6 +69,20 @@ def _non_negative_float(v: Any) -> float:
     return x
 
 
+# The longest --recovery-window: one day. socket.io's own default is 2 minutes;
+# past a day the state would outlive any client's reconnection backoff, the
+# master would keep a disconnected session's state that long, and Redis refuses
+# an expiry whose milliseconds overflow (1e12 s did).
+MAX_RECOVERY_WINDOW = 86400.0
+
+
+def _recovery_window(v: Any) -> float:
+    x = _non_negative_float(v)
+    if x > MAX_RECOVERY_WINDOW:
+        raise ValueError(f"at most {MAX_RECOVERY_WINDOW:.0f} seconds (one day)")
+    return x
+
+
 def _host_id(v: Any) -> int:
     n = _whole(v)
     if not 0 <= n <= MAX_HOST_ID:
@@ -294,12 +308,12 @@ SETTINGS: tuple[Setting, ...] = (
             "to its PING (sent every third of this) before the worker drops the "
             "connection, reconnects and resubscribes (a NAT or firewall that dropped the "
             "flow, a frozen Redis)", metavar="SECONDS"),
-    Setting("recovery_window", _non_negative_float, 0.0,
+    Setting("recovery_window", _recovery_window, 0.0,
             "seconds a client that lost its connection (network, killed worker) may take "
             "to come back with Socket.IO connection state recovery (pid and offset, "
             "socket.io >= 4.6 clients that ask for it): same sid, rooms, session data and "
-            "the broadcasts it missed. 0 (the default): off. Kept in the master (relay), or "
-            "in Redis with --redis", metavar="SECONDS"),
+            "the broadcasts it missed. 0 (the default): off; at most 86400 (one day). Kept "
+            "in the master (relay), or in Redis with --redis", metavar="SECONDS"),
     Setting("header_timeout", _positive_float, 10.0,
             "seconds a new connection has to send its request line before the master "
             "answers 408 and closes it; the worker then gives its headers as long again "

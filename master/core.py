@@ -54,7 +54,9 @@ class Core:
         self.by_id: dict[int, WorkerProcess] = {}  # every worker spawned and not yet reaped
         self.by_pid: dict[int, WorkerProcess] = {}
         # Session hand-over (workers/handover.py): worker id -> the worker id its
-        # sessions went to, flattened (never a chain), dropped when that one exits.
+        # sessions went to, flattened (never a chain), dropped when that one exits
+        # or, once the worker itself has exited, when no live worker reports one
+        # of its sessions any more (`_prune_forwarding`).
         self.moved: dict[int, int] = {}
         # Sessions handed over, by the worker id they left (counted as they moved;
         # some may have ended since), while `moved` has an entry for it.
@@ -387,6 +389,9 @@ class Core:
         for source in [k for k, v in self.moved.items() if v == w.worker_id]:
             del self.moved[source]
             self.moved_count.pop(source, None)
+        # Its own sids now reach only its heir (gone already if no worker's last
+        # report holds one), and the sessions it held are no longer in the way.
+        self._prune_forwarding()
         was = w.state
         w.on_exit(e.code, now)
         code = e.code
@@ -456,6 +461,31 @@ class Core:
         if w is not None:
             w.sessions, w.connections, w.broadcast = e.sessions, e.connections, e.broadcast
             w.pubsub = e.pubsub
+            if e.moved_in is not None:
+                w.moves_taken, w.held = e.moved_in, e.held
+                self._prune_forwarding()
+
+    def _prune_forwarding(self) -> None:
+        """Drop the forwarding entries (`moved`) of retired workers whose sids no
+        live worker may hold any more: every session handed over from them ended
+        (or died with its worker), so a request naming one can only be stale,
+        and gets Engine.IO's "unknown session" answer like any sid of a gone
+        worker. Without this the map grew with every reload while the heirs lived.
+
+        Only for workers that exited (a draining one may still hand more over),
+        and only from the workers' own reports (`_may_hold`): not just the one
+        the entry leads to, since a draining worker that held some of them may
+        not have moved them on yet (the entry was pointed past it at its first
+        move)."""
+        if not self.moved:
+            return
+        gone = [source for source in self.moved if source not in self.by_id
+                and not any(_may_hold(w, source) for w in self.by_id.values())]
+        for source in gone:
+            to = self.moved.pop(source)
+            self.moved_count.pop(source, None)
+            self.log.info("worker %d: no session handed over from retired worker %d is "
+                          "left; its sids are no longer forwarded", to, source)
 
     def _on_acked(self, e: ev.Acked, now: float) -> None:
         w = self.by_id.get(e.worker_id)
@@ -506,6 +536,9 @@ class Core:
             except ValueError:
                 return {"error": f"scale takes N, +N or -N, not {spec!r}"}
             if spec[:1] in "+-":
+                if n == 0:  # as the CLI refuses it (imcluster/cli.py _scale_target)
+                    return {"error": f"scale {spec} changes nothing: give N, +N or -N, "
+                                     "with N 1 or more"}
                 n += len(self.slots)
             return self.scale(n, now)
         return {"error": f"unknown command {cmd!r}"}
@@ -548,6 +581,7 @@ class Core:
             self._out.append(ev.Move(e.conn, None))
             return
         heir.handoffs_sent += 1  # in its load until acknowledged
+        heir.moves_sent += 1
         self.moved[e.worker_id] = heir.worker_id
         self.moved_count[e.worker_id] = self.moved_count.get(e.worker_id, 0) + 1
         for source, to in self.moved.items():
@@ -576,3 +610,13 @@ class Core:
             return
         heir.handoffs_sent += 1
         self._out.append(ev.Move(e.conn, heir.worker_id))
+
+
+def _may_hold(w: WorkerProcess, source: int) -> bool:
+    """Whether worker `w` may hold a session handed over from worker `source` (one
+    whose sid names it), by its last report (LOAD: `held`, `moved_in`): yes if it
+    names `source`, or if it had not taken in every session the master relayed
+    to it by then (a HANDOVER still in its channel could carry one)."""
+    if w.moves_sent == 0:
+        return False  # nothing was ever handed over to it
+    return w.moves_taken != w.moves_sent or source in w.held

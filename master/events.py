@@ -77,12 +77,18 @@ class Load:
     connections it serves, and with Redis how its broadcasts stand ("ok",
     "subscription down", "publishing down", "down"; None with the relay), and
     with Redis its pub/sub figures ({"received", "channels", "published"}:
-    messages Redis delivered to it, channels it holds, messages it published)."""
+    messages Redis delivered to it, channels it holds, messages it published).
+    With `--handover yes`, `moved_in` is how many sessions handed over to it
+    (HANDOVER frames) it has taken in since it started, and `held` the worker
+    ids that the sids of the handed-over sessions it still holds name (the
+    master prunes its forwarding map with both: `Core._prune_forwarding`)."""
     worker_id: int
     sessions: int
     connections: int
     broadcast: str | None = None
     pubsub: dict | None = None
+    held: frozenset[int] = frozenset()
+    moved_in: int | None = None
 
 
 @dataclass(frozen=True)

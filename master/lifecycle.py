@@ -115,6 +115,9 @@ class WorkerProcess:
     connections: int | None = None  # TCP connections it serves (its last LOAD)
     broadcast: str | None = None  # with Redis, how its broadcasts stand (its last LOAD)
     pubsub: dict | None = None  # with Redis, its pub/sub figures (its last LOAD)
+    moves_sent: int = 0  # sessions handed over to it (HANDOVER frames relayed to it)
+    moves_taken: int | None = None  # of those, how many it had taken in (its last LOAD)
+    held: frozenset[int] = frozenset()  # worker ids its moved-in sessions name (its last LOAD)
 
     def to(self, new: State) -> None:
         """Move to `new`, refusing any edge not in TRANSITIONS."""
@@ -155,7 +158,8 @@ class WorkerProcess:
         self.started_at = self.last_heard = now
         self.exit_status, self.last_error = None, ""
         self.sessions = self.connections = self.broadcast = self.pubsub = None
-        self.handoffs_sent = self.handoffs_acked = 0
+        self.handoffs_sent = self.handoffs_acked = self.moves_sent = 0
+        self.moves_taken, self.held = None, frozenset()
         self.unresponsive = False
         self.kill_at = 0.0
 

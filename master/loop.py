@@ -702,21 +702,27 @@ def _count(payload: bytes) -> int | None:
     return n if n >= 0 else None
 
 
-def _load(payload: bytes) -> tuple[int, int, str | None, dict | None] | None:
-    """A LOAD report's (sessions, connections, broadcast health, pub/sub figures);
-    None when it is not one."""
+def _load(payload: bytes) -> tuple | None:
+    """A LOAD report's (sessions, connections, broadcast health, pub/sub figures,
+    held, moved_in), as `ev.Load` takes them; None when it is not one."""
     try:
         load = json.loads(payload)
         sessions, connections = int(load["sessions"]), int(load["connections"])
         broadcast = load.get("broadcast")
         pubsub = load.get("pubsub")
+        held, moved_in = load.get("held"), load.get("moved_in")
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
     if not (isinstance(pubsub, dict)
             and all(isinstance(v, int) and not isinstance(v, bool) for v in pubsub.values())):
         pubsub = None
+    if (isinstance(moved_in, int) and not isinstance(moved_in, bool) and isinstance(held, list)
+            and all(isinstance(h, int) for h in held)):
+        hand_over = (frozenset(held), moved_in)
+    else:  # hand-over off, or a report the master cannot read: prune nothing
+        hand_over = (frozenset(), None)
     return (sessions, connections, broadcast if isinstance(broadcast, str) else None,
-            pubsub)
+            pubsub, *hand_over)
 
 
 def _count_fds() -> int | None:

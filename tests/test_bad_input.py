@@ -209,6 +209,19 @@ def test_absolute_form_target_is_served(cluster):
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok"), answer
 
 
+def test_readiness_check_in_absolute_form_is_answered_by_the_master(cluster):
+    """The readiness path (HAProxy's check) in absolute-form, as RFC 9112 §3.2.2
+    asks a server to accept: the master answers it as in origin-form (it went to
+    a worker, which knew no such path)."""
+    for target in (b"http://127.0.0.1:%d/_imcluster/ready" % cluster.port,
+                   b"HTTP://x/_imcluster/ready?probe=1", b"/_imcluster/ready"):
+        answer, _ = raw(cluster.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"ready: 2 of 2" in answer, answer
+    answer, _ = raw(cluster.port, b"GET http://x/_imcluster/readyz HTTP/1.1\r\nHost: x\r\n"
+                    b"Connection: close\r\n\r\n")
+    assert b"ready: " not in answer, answer  # another path: not the check
+
+
 def test_too_many_headers_plain_431_logged(cluster):
     """http.server's refusals come plain and short, without the Python version,
     and are logged once by the worker's logger."""
@@ -224,6 +237,35 @@ def test_too_many_headers_plain_431_logged(cluster):
     lines = [ln for ln in log.splitlines() if "431 Request Header Fields" in ln]
     assert len(lines) == 1 and "WARNING" in lines[0] and "127.0.0.1" in lines[0], lines
     assert "Too many headers" in lines[0] and "code 431" not in log and '" 431 -' not in log, lines
+
+
+def _logged_once(cluster, text: str) -> str:
+    deadline = time.monotonic() + 5
+    while text not in cluster.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = [ln for ln in cluster.log().splitlines() if text in ln]
+    assert len(lines) == 1 and "WARNING" in lines[0] and "127.0.0.1" in lines[0], lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("head, answer, logged", [
+    # Headers of more than 64 KiB in all (fewer than http.server's 100).
+    (HANDSHAKE_LINE + b"".join(b"X-Big-%d: %s\r\n" % (i, b"v" * 4000) for i in range(20))
+     + b"\r\n", b"HTTP/1.0 400 Headers Too Large", "400 Headers Too Large"),
+    # One header line of 8 KiB or more.
+    (HANDSHAKE_LINE + b"X-Long: " + b"v" * 9000 + b"\r\n\r\n",
+     b"HTTP/1.0 400 Header Line Too Long", "400 Header Line Too Long"),
+    # A request line of exactly 8192 bytes: short enough for the master, the
+    # length eventlet refuses.
+    (b"GET /" + b"a" * (8192 - 16) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+     b"HTTP/1.0 414 ", "414 Request URI Too Long"),
+])
+def test_eventlets_own_refusals_are_logged(cluster, head, answer, logged):
+    """eventlet answers these heads itself, in the worker, and logged nothing;
+    the worker now logs one WARNING for each, as for http.server's refusals."""
+    got, _ = raw(cluster.port, head)
+    assert got.startswith(answer), got[:200]
+    _logged_once(cluster, logged)
 
 
 def test_empty_line_before_request_line_is_ignored(cluster):

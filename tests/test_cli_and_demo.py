@@ -158,3 +158,17 @@ def test_verbs_find_the_default_control_socket_whatever_the_callers_xdg_runtime_
         if master.poll() is None:
             master.kill()
             master.wait()
+
+
+def test_scale_by_nothing_is_an_argument_the_cli_cannot_take(tmp_path):
+    """`scale +0` (or -0, 0) changes nothing: refused before any master is asked,
+    exit 2 like `scale abc`; +N and -N with N of 1 or more are still taken (here
+    they reach no master: exit 4)."""
+    nowhere = str(tmp_path / "no-master.sock")
+    for spec in ("+0", "-0", "+00", "0"):
+        r = imcluster("scale", spec, "--control", nowhere)
+        assert r.returncode == 2, (spec, r.stderr)
+        assert f"{spec!r} is not a number of workers: give N, +N or -N, with N 1 or more" \
+            in r.stderr
+    for spec in ("+1", "-01", "3"):
+        assert imcluster("scale", spec, "--control", nowhere).returncode == 4, spec

@@ -12,6 +12,7 @@ across both paths, over the python-socketio client and the JS client.
 from __future__ import annotations
 
 import json
+import types
 
 import engineio
 import pytest
@@ -21,7 +22,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from socketio import packet as sio_packet
 
-from imcluster.workers import fastpath
+from imcluster.workers import fastpath, protocol
 
 scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
            | st.text(max_size=8) | st.integers(min_value=2**63 - 2, max_value=2**64 + 2))
@@ -183,3 +184,16 @@ def test_acks_come_back_as_python_socketio_sent_them(cluster_factory, transport)
             assert got == value and type(got) is type(value), (value, got)
     finally:
         c.disconnect()
+
+
+def test_the_fast_path_stays_on_under_the_protocol_rules_message_handler():
+    """workers/protocol.py registers its own copy of python-socketio's 'message'
+    handler (malformed packets close the session); the fast path's check on the
+    handler accepts it, and declines what that copy refuses (a reserved name)."""
+    sio = socketio.Server(async_mode="eventlet")
+    protocol.adapt(sio.eio, sio)
+    assert sio.eio.handlers["message"].__func__ is protocol.SocketRules._imcluster_eio_message
+    assert fastpath.install(sio)["events"] is True
+    session = types.SimpleNamespace(sid="not-connected")  # python-socketio warns, ignores
+    assert sio.eio._imcluster_fast.receive(session, '42["echo",1]') is True
+    assert sio.eio._imcluster_fast.receive(session, '42["disconnect"]') is False

@@ -19,6 +19,7 @@ import websocket
 from conftest import JS, ROOT, wait_for
 from pyclients import Client
 
+from imcluster import sid as sidcodec
 from imcluster.control import Control
 from imcluster.control import Forwarding as ControlForwarding
 
@@ -445,3 +446,78 @@ def test_sessions_that_end_after_a_move_leave_the_worker(cluster_factory, transp
         proc.wait(10)
     wait_for(lambda: cluster.status()["workers"][0]["sessions"] == 0, 20,
              what="the ended sessions gone from the new worker's count")
+
+
+def test_forwarding_entries_go_once_the_moved_sessions_end(cluster_factory):
+    """Issue 13: the master's forwarding map held a retired worker's entry for as
+    long as its heir lived, so it grew with every reload. An entry now lives while
+    its holder holds a session whose sid names that worker: here sessions move
+    twice (W1 -> W2 -> W3, with one of W2's own), both entries point to W3, and
+    each goes when the last session naming its worker ends; a request naming a
+    pruned worker's sid then gets Engine.IO's unknown-session answer."""
+    cluster = cluster_factory(workers=1, handover=True)
+    cluster.wait_ready()
+    first = [Client(cluster.url, "websocket"), Client(cluster.url, "polling")]
+    w1 = sidcodec.worker_of(first[0].sio.eio.sid)
+    reload_one(cluster)
+    cluster.wait_ready()
+    second = Client(cluster.url, "websocket")
+    w2 = sidcodec.worker_of(second.sio.eio.sid)
+    reload_one(cluster)
+    [w3] = [w["worker_id"] for w in cluster.wait_ready()]
+
+    def forwarding() -> dict[int, int]:
+        return {f["from"]: f["to"] for f in cluster.status()["forwarding"]}
+
+    try:
+        assert forwarding() == {w1: w3, w2: w3}
+        for c in (*first, second):
+            assert c.call("whoami") == cluster.wait_ready()[0]["pid"], "moved twice, served"
+        second.close()
+        wait_for(lambda: forwarding() == {w1: w3}, 20, what="W2's entry gone, W1's kept")
+        first[0].close()
+        # The LOAD that says so also says what W3 still holds: W1's polling session.
+        wait_for(lambda: cluster.status()["workers"][0]["sessions"] == 1, 20,
+                 what="W3's report after the WebSocket client left")
+        assert forwarding() == {w1: w3}
+        polled = first[1].sio.eio.sid
+        first[1].close()
+        wait_for(lambda: forwarding() == {}, 20, what="W1's entry gone")
+    finally:
+        for c in (*first, second):
+            c.close()
+    out = imcluster("status", "--json", "--control", cluster.control).stdout
+    assert json.loads(out)["forwarding"] == []
+    assert Control(cluster.control).status().forwarding == ()
+    with rawhttp.Conn(cluster.port) as c:
+        status, _, body = c.request("GET", rawhttp.poll_target(polled))
+    assert status == 400 and b"Invalid session" in body, body
+
+
+def test_a_session_moved_late_in_its_ping_interval_is_pinged_when_it_was_due(
+        cluster_factory):
+    """The client counts pingInterval + pingTimeout (here 8 + 1 s) from its last
+    PING. The new worker used to start the interval afresh at the move, so a
+    session moved more than pingTimeout into its interval got its PING too late
+    and the client gave up (seen under load: 50 polling clients moved by a slow
+    reload all reconnected). Now the PING is due when it was at the old worker:
+    the client, moved about 2 s into its interval, stays connected past its
+    deadline and is served by the new worker. (WebSocket: python-engineio's
+    polling client waits 13 s for a poll and would not notice; the fix is the
+    same for both.)"""
+    cluster = cluster_factory(app="protocol_app:late", workers=1, cwd=APPS, handover=True)
+    [old] = [w["pid"] for w in cluster.wait_ready()]
+    c = Client(cluster.url, "websocket")
+    connected = time.monotonic()
+    try:
+        time.sleep(1.5)  # the move comes after this and the new worker's start
+        reload_one(cluster)
+        [new] = [w["pid"] for w in cluster.wait_ready()]
+        assert new != old
+        # Past the client's deadline had the PING come a whole interval after the move.
+        time.sleep(max(0.0, connected + 11 - time.monotonic()))
+        assert c.disconnects == 0 and c.sio.eio.sid is not None
+        assert c.call("whoami") == new
+        assert c.disconnects == 0 and c.connects == 1
+    finally:
+        c.close()

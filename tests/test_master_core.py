@@ -371,6 +371,10 @@ def test_scale_commands_are_checked():
     # Refused, not capped: 1000 would have become 256 processes on a small host.
     assert m.command(cmd="scale", to="1000") == {"error": "at most 256 workers"}
     assert m.command(cmd="scale", to="+255") == {"error": "at most 256 workers"}
+    # A change by nothing is refused, as the CLI refuses it (exit 2 there).
+    for zero in ("+0", "-0", "+00"):
+        assert m.command(cmd="scale", to=zero) == {
+            "error": f"scale {zero} changes nothing: give N, +N or -N, with N 1 or more"}
     assert len(m.core.slots) == 2 and of(m.tick(), ev.Spawn) == []
     assert m.command(cmd="nap") == {"error": "unknown command 'nap'"}
 
@@ -789,6 +793,111 @@ def test_an_emptied_worker_is_answered_and_its_sids_go_to_its_heir_before_it_exi
     assert m.route(w1.worker_id) == w2.worker_id
     m.exit(w1)
     assert m.core.emptied == set() and m.route(w1.worker_id) == w2.worker_id
+
+
+def held(m: Master, w: WorkerProcess, *origins: int, moved_in: int | None = None) -> list:
+    """`w`'s LOAD with hand-over figures: it took in `moved_in` sessions (default:
+    all the master relayed to it) and holds sessions whose sids name `origins`."""
+    return m.feed(ev.Load(w.worker_id, 0, 0, held=frozenset(origins),
+                          moved_in=w.moves_sent if moved_in is None else moved_in))
+
+
+def forwarding(m: Master) -> dict[int, int]:
+    return {f["from"]: f["to"] for f in m.core.describe(m.now)["forwarding"]}
+
+
+def test_a_forwarding_entry_is_dropped_once_its_holder_holds_none_of_its_sessions(caplog):
+    """Issue 13: the entry for a retired worker lives while its heir holds one of
+    the sessions handed over from it, not while the heir lives; once pruned, its
+    sids are stale (any READY worker: Engine.IO's unknown-session answer)."""
+    m = Master(workers=3)
+    m.ready()
+    w1, w2, w3 = m.slot(0), m.slot(1), m.slot(2)
+    m.core.retire(m.core.slots.pop(0), m.now)
+    [move] = of(m.feed(ev.Moving("s1", w1.worker_id)), ev.Move)
+    heir = m.core.by_id[move.worker_id]
+    of(m.feed(ev.Moving("s2", w1.worker_id)), ev.Move)
+    held(m, heir)
+    assert forwarding(m) == {w1.worker_id: heir.worker_id}, \
+        "the retired worker still lives: it may hand more over"
+    m.exit(w1)
+    assert forwarding(m) == {}, "its heir's last report held none of its sessions"
+    assert "no session handed over from retired worker" in caplog.text
+    assert m.route(w1.worker_id) in (w2.worker_id, w3.worker_id)
+
+
+def test_a_forwarding_entry_stays_while_its_holder_holds_one_or_has_not_taken_all_in():
+    m = Master(workers=3)
+    m.ready()
+    w1 = m.slot(0)
+    m.core.retire(m.core.slots.pop(0), m.now)
+    [move] = of(m.feed(ev.Moving("s1", w1.worker_id)), ev.Move)
+    heir = m.core.by_id[move.worker_id]
+    held(m, heir, w1.worker_id)
+    m.exit(w1)
+    assert forwarding(m) == {w1.worker_id: heir.worker_id}, "one of its sessions is held"
+    # A report sent before the heir took a HANDOVER still in its channel in does
+    # not say that session is gone: the sid in it must stay routable.
+    held(m, heir, moved_in=heir.moves_sent - 1)
+    assert forwarding(m) == {w1.worker_id: heir.worker_id}
+    # A report without hand-over figures (--handover no, an old worker) prunes nothing.
+    m.feed(ev.Load(heir.worker_id, 0, 0))
+    assert forwarding(m) == {w1.worker_id: heir.worker_id}
+    held(m, heir)
+    assert forwarding(m) == {}
+
+
+def test_forwarding_entries_of_a_chain_point_to_the_last_holder_and_go_one_by_one():
+    """Sessions moved twice (W1 -> W2, then W2 retires -> W3): both retired workers'
+    sids go to W3 while it holds sessions naming them, each entry dropped on its own."""
+    m = serving()
+    w1, w2 = m.slot(0), m.slot(1)
+    m.core.retire(m.core.slots.pop(0), m.now)
+    of(m.feed(ev.Moving("s1", w1.worker_id)), ev.Move)
+    m.exit(w1)
+    held(m, w2, w1.worker_id)
+    m.feed(ev.Signal(signal.SIGTTIN))
+    m.ready()
+    w3 = m.slot(1)
+    m.core.retire(m.core.slots.pop(0), m.now)
+    of(m.feed(ev.Moving("s1 again", w2.worker_id)), ev.Move)
+    of(m.feed(ev.Moving("s2", w2.worker_id)), ev.Move)
+    held(m, w2)  # W2 moved them all on: its report no longer holds W1's
+    assert forwarding(m) == {w1.worker_id: w3.worker_id, w2.worker_id: w3.worker_id}
+    held(m, w3, w1.worker_id, w2.worker_id)
+    m.exit(w2)
+    assert forwarding(m) == {w1.worker_id: w3.worker_id, w2.worker_id: w3.worker_id}
+    held(m, w3, w1.worker_id)  # W2's session closed
+    assert forwarding(m) == {w1.worker_id: w3.worker_id}
+    assert m.route(w1.worker_id) == w3.worker_id
+    held(m, w3)
+    assert forwarding(m) == {}
+
+
+def test_a_forwarding_entry_stays_while_a_draining_worker_still_holds_its_sessions():
+    """W1's sessions went to W2; W2 drains and moves its own session first, which
+    points W1's entry at W3 already: W3 holding none of W1's yet must not drop the
+    entry while W2's report still holds some (they move next)."""
+    m = serving()
+    w1, w2 = m.slot(0), m.slot(1)
+    m.core.retire(m.core.slots.pop(0), m.now)
+    of(m.feed(ev.Moving("w1's session", w1.worker_id)), ev.Move)
+    m.exit(w1)
+    held(m, w2, w1.worker_id)
+    m.feed(ev.Signal(signal.SIGTTIN))
+    m.ready()
+    w3 = m.slot(1)
+    m.core.retire(m.core.slots.pop(0), m.now)
+    of(m.feed(ev.Moving("w2's own session", w2.worker_id)), ev.Move)
+    held(m, w3, w2.worker_id)  # W1's session is still on W2
+    assert forwarding(m) == {w1.worker_id: w3.worker_id, w2.worker_id: w3.worker_id}
+    of(m.feed(ev.Moving("w1's session again", w2.worker_id)), ev.Move)
+    held(m, w2)
+    held(m, w3, w1.worker_id, w2.worker_id)
+    m.exit(w2)
+    assert forwarding(m) == {w1.worker_id: w3.worker_id, w2.worker_id: w3.worker_id}
+    held(m, w3)
+    assert forwarding(m) == {}
 
 
 # ---- start turns (--max-starting) ------------------------------------------------------

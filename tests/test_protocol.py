@@ -311,3 +311,113 @@ def test_emit_from_connect_handler_follows_the_connect_reply(port):
         assert frames[0].startswith("40{") and frames[1:] == ['42["hello",{"token":"w"}]'], frames
     finally:
         ws.close()
+
+
+# ---- malformed Socket.IO packets: the connection closes, as socket.io's does ------
+# socket.io's server closes the Engine.IO connection on a packet its decoder
+# refuses (Client.onerror -> conn.close()); the v5 test suite's "should close the
+# connection upon invalid format" cases are the first three. python-socketio
+# dropped each with an ERROR and kept the session.
+MALFORMED = [
+    "4abc",  # unknown packet type
+    "42{}",  # invalid payload format (an EVENT's payload is an array)
+    '42abc["echo",1]',  # invalid ack id
+    "42[]",  # an EVENT without its name
+    '42["connect"]',  # a reserved event name
+    '42[true,"x"]',  # a name that is neither a string nor a number
+    '431{"a":1}',  # an ACK whose payload is not an array
+    '44{"message":"x"}',  # CONNECT_ERROR: only a server sends it
+    '45["x"]',  # a binary EVENT without an attachment count
+    '41{"a":1}',  # DISCONNECT with a payload
+    '40"token"',  # CONNECT whose auth is not an object
+]
+
+
+def _closed(ws: websocket.WebSocket) -> list[str]:
+    """Frames until the server closes the connection ("" from recv), PINGs skipped."""
+    frames = []
+    while frame := ws.recv():
+        if frame != "2":
+            frames.append(frame)
+    return frames
+
+
+@pytest.mark.parametrize("text", MALFORMED)
+def test_a_malformed_packet_over_websocket_closes_the_connection(port, text):
+    """A client connected to the default namespace, an echo answered (the fast
+    path, workers/fastpath.py, took it), then one malformed packet: the server
+    closes the connection and forgets the session."""
+    ws = ws_open(ws_url(port))
+    try:
+        sid = json.loads(ws.recv()[1:])["sid"]
+        ws.send("40")
+        ws_until(ws, lambda f: f.startswith("42"))  # CONNECT reply, hello
+        echo_over(ws, "before")
+        ws.send(text)
+        assert _closed(ws) in ([], ["1"])
+    finally:
+        ws.close()
+    with Conn(port) as c:
+        assert c.request("GET", poll_target(sid))[0] == 400
+
+
+def test_binary_data_nobody_announced_closes_the_connection(port):
+    """A binary frame where no binary packet awaits attachments, and text where
+    one does: socket.io's decoder refuses both."""
+    for first in (None, '451-["echo",{"_placeholder":true,"num":0}]'):
+        ws = ws_open(ws_url(port))
+        try:
+            ws.recv()
+            ws.send("40")
+            ws_until(ws, lambda f: f.startswith("42"))
+            if first is None:
+                ws.send_binary(b"\x01\x02")
+            else:
+                ws.send(first)
+                ws.send('42["echo","text, not the attachment"]')
+            assert _closed(ws) in ([], ["1"])
+        finally:
+            ws.close()
+
+
+def test_a_malformed_packet_over_polling_closes_the_session(port):
+    """The POST is answered `ok` (its payload was read), the pending GET with the
+    CLOSE packet, and later requests get 400 (a packet after the malformed one
+    in the same payload changes none of that)."""
+    sid = handshake(port)["sid"]
+    with Conn(port) as c:
+        assert c.request("POST", poll_target(sid), b"40")[0] == 200
+        body = b""
+        while b'42["hello"' not in body:
+            body += c.request("GET", poll_target(sid))[2]
+    with Conn(port) as pending:
+        pending.send(Conn.build("GET", poll_target(sid)))
+        wait_for(pending.taken_by_server, 10, 0.01, "the poll to reach its worker")
+        with Conn(port) as c:
+            status, _, body = c.request("POST", poll_target(sid),
+                                        b'42{}\x1e421["echo","after"]')
+            assert (status, body) == (200, b"ok")
+        assert pending.read_response()[::2] == (200, b"1")
+    with Conn(port) as c:
+        assert c.request("GET", poll_target(sid))[0] == 400
+
+
+def test_the_js_client_reconnects_after_its_connection_was_closed(servers):
+    """What a client makes of the close: the official client sees its transport
+    close and reconnects on its own, and its next ack is answered."""
+    script = (
+        'import { io } from "socket.io-client";'
+        f'const s = io("{servers["sio"].url}", {{transports: ["websocket"],'
+        ' reconnectionDelay: 100});'
+        'let n = 0;'
+        's.on("connect", async () => { n += 1;'
+        '  if (n === 1) { s.io.engine.write("2{}"); return; }'  # 42{}: malformed
+        '  const r = await s.timeout(5000).emitWithAck("echo", "again");'
+        '  console.log(JSON.stringify({connects: n, echo: r})); process.exit(0); });'
+        's.on("disconnect", (why) => console.error(why));'
+        'setTimeout(() => { console.log("{}"); process.exit(1); }, 20000);')
+    out = subprocess.run(["node", "--input-type=module", "-e", script], cwd=JS,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"connects": 2, "echo": "again"}
+    assert "transport close" in out.stderr

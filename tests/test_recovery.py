@@ -77,6 +77,26 @@ def test_killed_workers_clients_recover_every_broadcast_once_in_order(cluster_fa
         assert r.xlen(REDIS_LOG) >= result["messages"]
 
 
+def test_killed_workers_long_polling_clients_recover_and_hear_later_messages(
+        cluster_factory, relay_or_redis):
+    """The same with every member on long-polling alone (once seen: recovered
+    polling clients heard no later room message): after kill -9 of the worker
+    holding most of them, those come back recovered and hear every number, once
+    each, in order, the ones said after their recovery included."""
+    cluster = cluster_factory(app="recovery_app:sio", workers=WORKERS, redis=relay_or_redis,
+                              recovery_window=10, cwd=ROOT / "tests" / "apps")
+    cluster.wait_ready()
+    first, result = _recovery_run(cluster, clients=12, messages=200, rate=40, kill_after=60,
+                                  member_transports=["polling"])
+    wanted = list(range(result["messages"]))
+    orphans = [m for m in result["members"] if m["worker"] == first["victim"]]
+    assert orphans
+    for m in result["members"]:
+        assert m["heard"] == wanted, (m["worker"], m["id"], _gaps(m["heard"], wanted))
+    for m in orphans:
+        assert m["connects"] >= 2 and m["recovered"] is True, m
+
+
 def test_a_rolling_reload_recovers_every_session(cluster_factory, relay_or_redis):
     """A reload drains each worker in turn (as socket.io's "server shutting down"):
     every client comes back recovered, with every broadcast once, in order."""

@@ -299,6 +299,8 @@ def test_precedence_cli_env_file_default(tmp_path):
      "expected redis://HOST:PORT/DB"),
     ({"redis_channels": "rooms"}, {}, "--redis-channels='rooms': single or interest"),
     ({"recovery_window": "inf"}, {}, "--recovery-window='inf': must be a number of seconds"),
+    ({"recovery_window": "1e12"}, {}, "--recovery-window='1e12': at most 86400 seconds"),
+    ({}, {"IMCLUSTER_RECOVERY_WINDOW": "86401"}, "IMCLUSTER_RECOVERY_WINDOW='86401': at most"),
     ({"workers": "abc"}, {}, "--workers='abc': must be a whole number"),
     ({}, {"IMCLUSTER_HOST_ID": "x"}, "IMCLUSTER_HOST_ID='x': must be a whole number"),
     ({"bind": "127.0.0.1:0"}, {}, "--bind='127.0.0.1:0': port 0 (any free port) cannot be"),
@@ -548,3 +550,19 @@ def test_origin_form_of_absolute_targets():
     assert sid_from_target("http://h:1/socket.io/?EIO=4&sid=abc") == "abc"
     assert split_absolute("http://u:p@h:1?a") == ("h:1", "/?a")
     assert split_absolute("/x") is None
+
+
+def test_recovery_window_takes_up_to_one_day():
+    assert cfgmod.resolve(_args(recovery_window="86400"), {}).recovery_window == 86400.0
+    assert cfgmod.resolve(_args(recovery_window="0"), {}).recovery_window == 0.0
+
+
+@pytest.mark.parametrize("target, ready", [
+    ("/_imcluster/ready", True), ("/_imcluster/ready?x=1", True),
+    ("http://h:8000/_imcluster/ready", True), ("https://h/_imcluster/ready?x", True),
+    ("http://h:8000/_imcluster/readyz", False), ("http://h:8000/", False),
+    ("/socket.io/?EIO=4&transport=polling", False),
+])
+def test_readiness_path_in_origin_and_absolute_form(target, ready):
+    """RFC 9112 §3.2.2: absolute-form is accepted wherever origin-form is."""
+    assert httpline.parse(f"GET {target} HTTP/1.1\r\n".encode()).is_readiness is ready

@@ -37,6 +37,9 @@ from imcluster.workers import dispatch, fastpacket, protocol, sessions
 # internals: socketio-handle-eio-message, engineio-trigger-event,
 # engineio-socket-receive-message, engineio-packet-decode
 _EIO_MESSAGE = socketio.Server._handle_eio_message
+# The engine's 'message' handlers whose work receive() may do: upstream's, and
+# the copy workers/protocol.py registers in its place (malformed packets).
+_EIO_MESSAGE_HANDLERS = (_EIO_MESSAGE, protocol.SocketRules._imcluster_eio_message)
 _TRIGGER = engineio.Server._trigger_event
 
 _MAX_ID_DIGITS = 18  # a longer id goes to python-socketio (its limit is 100 digits)
@@ -78,7 +81,8 @@ def parse_event(text: str, start: int = 0) -> tuple[str | None, int | None, list
         data = fastpacket.loads(text[j:])
     except Exception:
         return None  # python-socketio raises its own error for it, its own way
-    if type(data) is not list or not data or type(data[0]) is not str:
+    if (type(data) is not list or not data or type(data[0]) is not str
+            or data[0] in protocol.RESERVED_EVENTS):  # malformed: protocol.py closes it
         return None
     return namespace, (int(text[i:j]) if j > i else None), data
 
@@ -96,7 +100,7 @@ class FastEvents:
         """Handle Engine.IO message `data` ("42...") of session `s`; False: not taken."""
         eio, sio = self.eio, self.sio
         handler = eio.handlers.get("message")  # internals: engineio-server-attrs (handlers)
-        if (getattr(handler, "__func__", None) is not _EIO_MESSAGE
+        if (getattr(handler, "__func__", None) not in _EIO_MESSAGE_HANDLERS
                 or handler.__self__ is not sio or eio.async_handlers
                 or eio.logger.isEnabledFor(logging.INFO)
                 or s.sid in sio._binary_packet):  # internals: socketio-handle-eio-message

@@ -10,11 +10,12 @@ What moves (the JSON state of one session, at most one channel frame)
 ---------------------------------------------------------------------
 (WebSocket sessions; long-polling ones: see "Polling sessions" below.)
 - Engine.IO: the sid, that the session is upgraded, `last_ping` (a PING
-  whose PONG is due), the bytes the session's `BufferedReceive` read but
-  eventlet did not parse yet (base64; empty whenever the reader was stopped
-  at a frame boundary, which is the only place it is stopped), and the
-  session dict python-engineio keeps (`Socket.session`): python-socketio
-  keeps every namespace's `save_session` data there, keyed by namespace.
+  whose PONG is due) or when its next PING is due (`next_ping_at`), the
+  bytes the session's `BufferedReceive` read but eventlet did not parse yet
+  (base64; empty whenever the reader was stopped at a frame boundary, which
+  is the only place it is stopped), and the session dict python-engineio
+  keeps (`Socket.session`): python-socketio keeps every namespace's
+  `save_session` data there, keyed by namespace.
 - Socket.IO, per namespace the session joined: its Socket.IO sid (the same
   sid on the new worker: `manager.rooms[ns][None]` maps it to the Engine.IO
   sid), its rooms (`manager.get_rooms`), and the next ack id the server
@@ -116,7 +117,9 @@ The wire (imcluster/channel.py, kind HANDOVER 'V', both directions)
 
 Routing stays by sid (design.md, invariant 3): a request naming W goes to W
 while W serves its own; once W is gone it goes to `Core.moved[W]` while that
-worker serves; the entry is dropped when it exits.
+worker serves; the entry is dropped when it exits, or when its LOAD says it
+took in every session relayed to it and holds none whose sid names W any more
+(`report`: "moved_in", "held"; `Core._prune_forwarding`).
 
 Broadcasts in flight (master relay)
 -----------------------------------
@@ -194,6 +197,7 @@ import eventlet.websocket
 from engineio import packet as eio_packet
 
 from imcluster import channel as ch
+from imcluster import sid as sidcodec
 from imcluster.handover import hook
 from imcluster.workers import internals, sessions
 from imcluster.workers.http import HandingOver, handed_over, replay_heads, serve_connection
@@ -377,7 +381,8 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
     rb = s.receive_buffer
     rest = rb.buf[rb.pos:] if rb is not None else b""
     state = {"v": 1, "eio_sid": s.sid, "last_ping": s.last_ping, "namespaces": spaces,
-             "environ": env, "rest": base64.b64encode(rest).decode()}
+             "environ": env, "rest": base64.b64encode(rest).decode(),
+             "next_ping_at": getattr(s, "next_ping_at", None)}
     try:
         json.dumps(s.session)
     except (TypeError, ValueError) as e:
@@ -616,6 +621,8 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
     over the client socket `fd`, or a polling session, whose parked GET (if
     it had one) arrives as `fd`; closes `fd` if the state is unusable."""
     sock = socket.socket(fileno=fd) if fd is not None else None  # green, after monkey_patch
+    global moved_in
+    moved_in += 1
     try:
         state = json.loads(payload)
         eio_sid = state["eio_sid"]
@@ -636,6 +643,7 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
         return
     sio, eio = worker.app.sio, worker.app.eio
     s = sessions.ClusterSocket(eio, eio_sid)
+    _held(eio_sid, s)  # no yield since move_in began: counted and held at once
     s.connected = True
     s.session = state.get("session") or {}
     s.last_ping = state.get("last_ping")
@@ -705,17 +713,57 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
                 arrived(space["sid"], space["namespace"])
             except Exception:
                 log.exception("the app's on_handover(arrived=...) failed")
-    # The next PING one interval from now; with a PING pending (last_ping set)
-    # its PONG, which reaches this worker, schedules the next one.
-    if s.last_ping is None:
-        s.schedule_ping()
-    else:
+    # The next PING when it was due at the old worker (one interval after the
+    # last PONG: the client counts pingInterval + pingTimeout from the last PING,
+    # so restarting the interval at the move made clients moved late in it time
+    # out); with a PING pending (last_ping set) its PONG, which reaches this
+    # worker, schedules the next one.
+    next_ping_at = state.get("next_ping_at")
+    if s.last_ping is not None:
         s.await_pong()
+    elif isinstance(next_ping_at, (int, float)) and not isinstance(next_ping_at, bool):
+        s.ping_at(min(float(next_ping_at), time.time() + eio.ping_interval))
+    else:
+        s.schedule_ping()
     if ws is not None:
         worker.connections += 1
         worker.pool.spawn(_serve, worker, s, ws)
     elif sock is not None:
         serve_request(worker, sock, get)
+
+
+# Sessions handed over to this worker (HANDOVER frames taken in, usable or not,
+# since it started), and those still here by the worker id their sid names: the
+# master keeps a retired worker's forwarding entry while its holder holds one
+# of its sessions (reported in LOAD: `report`).
+moved_in = 0
+_held_by_origin: dict[int, dict[str, sessions.ClusterSocket]] = {}
+
+
+def _held(eio_sid: str, s: sessions.ClusterSocket) -> None:
+    origin = sidcodec.worker_of(eio_sid)
+    if origin is not None:
+        _held_by_origin.setdefault(origin, {})[eio_sid] = s
+
+
+def refused_in() -> None:
+    """A HANDOVER this worker closed unread (it arrived while it stopped)."""
+    global moved_in
+    moved_in += 1
+
+
+def report() -> dict:
+    """This worker's hand-over figures for LOAD: {"moved_in": int, "held": the
+    sorted worker ids that its moved-in sessions' sids name}. A session that
+    closed, or moved on (`_forget` marks it closed), is no longer held.
+    O(sessions moved in and still held), once per heartbeat."""
+    for origin in list(_held_by_origin):
+        held = _held_by_origin[origin]
+        for sid in [sid for sid, s in held.items() if s.closed]:
+            del held[sid]
+        if not held:
+            del _held_by_origin[origin]
+    return {"moved_in": moved_in, "held": sorted(_held_by_origin)}
 
 
 def serve_request(worker, sock: socket.socket, head: bytes | None) -> None:
@@ -737,6 +785,12 @@ def _serve(worker, s: sessions.ClusterSocket, ws) -> None:
             eventlet.greenio.shutdown_safe(ws.socket)
         ws.socket.close()
         worker.connections -= 1
+        # As python-engineio's handle_request does once a WebSocket's handler
+        # returns: a closed session leaves at once, not at the service task's
+        # next sweep (up to ping_timeout later), so LOAD counts it gone.
+        sockets = worker.app.eio.sockets  # internals: engineio-server-attrs (sockets)
+        if s.closed and sockets.get(s.sid) is s:
+            del sockets[s.sid]
 
 
 def worker_inflight(sio) -> dict:

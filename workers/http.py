@@ -32,6 +32,9 @@ log = logging.getLogger("imcluster.worker")
 _select = eventlet.patcher.original("select")
 
 PEEK_BYTES = 64 * 1024
+# eventlet.wsgi's own refusals of an oversized head, which it answers itself
+# (400) from handle_one_request. internals: eventlet-wsgi-canned-refusals
+_CANNED_400 = (eventlet.wsgi.HeaderLineTooLong, eventlet.wsgi.HeadersTooLarge)
 STATE_HANDED = "handed back"
 
 # Client sockets whose session moved to another worker, or whose request was
@@ -376,6 +379,12 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
                     self.handle_one_request()
                 except HandingOver:
                     break  # the connection left with its request (finish() knows)
+                # internals: eventlet-wsgi-canned-refusals
+                if len(self.raw_requestline) >= self.server.url_length_limit:
+                    # eventlet answered 414 itself, without a word in any log.
+                    log.warning("bad request from %s: 414 Request URI Too Long (a request "
+                                "line of %d bytes or more)", self.client_address[0],
+                                self.server.url_length_limit)
                 if internals.conn_status(self.conn_state) == internals.WSGI_STATE_CLOSE:
                     self.close_connection = 1
                 else:
@@ -406,8 +415,19 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
             """http.server's parse, then an absolute-form target made origin-form
             with its host as Host (httpline.split_absolute, RFC 9112 §3.2.2), which
             the WSGI environ and Engine.IO route."""
-            if not super().parse_request():
-                return False
+            try:
+                if not super().parse_request():
+                    return False
+            except _CANNED_400 as e:
+                # eventlet answers these itself (400) and logs nothing; say it as
+                # send_error says http.server's refusals.
+                # internals: eventlet-wsgi-canned-refusals
+                why = "Header Line Too Long" if isinstance(
+                    e, eventlet.wsgi.HeaderLineTooLong) else "Headers Too Large"
+                log.warning("bad request from %s: 400 %s (a header line of %d bytes or more, "
+                            "or headers of more than %d in all)", self.client_address[0], why,
+                            eventlet.wsgi.MAX_HEADER_LINE, eventlet.wsgi.MAX_TOTAL_HEADER_SIZE)
+                raise
             parts = httpline.split_absolute(self.path)
             if parts is not None:
                 authority, self.path = parts

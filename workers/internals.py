@@ -155,6 +155,16 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "PATH_INFO and QUERY_STRING, so an absolute-form target is made origin-form between",
         params=(), source=("pq = self.path.split('?', 1)",),
         source_in="eventlet.wsgi:HttpProtocol.get_environ")),
+    ("eventlet-wsgi-canned-refusals", Reach(
+        _EV, "eventlet.wsgi:HttpProtocol.handle_one_request", "read",
+        "workers/http.py ClusterProtocol.handle, parse_request",
+        "eventlet answers 414 itself when the request line it read (raw_requestline) "
+        "reaches the server's url_length_limit, and 400 when parse_request raises "
+        "HeaderLineTooLong or HeadersTooLarge (MAX_HEADER_LINE, MAX_TOTAL_HEADER_SIZE); "
+        "we log each, as send_error logs http.server's refusals",
+        source=("if len(self.raw_requestline) >= self.server.url_length_limit:",
+                "self.wfile.write(RESPONSE_414)", "except HeaderLineTooLong:",
+                "except HeadersTooLarge:"))),
     ("eventlet-wsgi-send-error", Reach(
         _EV, "eventlet.wsgi:HttpProtocol.send_error", "override",
         "workers/http.py ClusterProtocol", "http.server's parse_request answers a malformed "
@@ -230,7 +240,7 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "workers/sessions.py ClusterSocket, Pinger; workers/main.py _close_session",
         "the session's state, read and set by our Socket subclass and pinger",
         attrs=("server", "sid", "queue", "last_ping", "connected", "upgrading", "upgraded",
-               "closing", "closed"))),
+               "closing", "closed"), adds=("next_ping_at",))),
     ("engineio-socket-send", Reach(
         _EIO, "engineio.socket:Socket.send", "override", "workers/sessions.py ClusterSocket",
         "every packet to a session, the OPEN packet included, goes through send(pkt); it "
@@ -297,7 +307,8 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         attrs=("sockets", "ping_interval", "ping_timeout", "ping_interval_grace_period",
                "max_http_buffer_size", "logger", "async_mode", "cors_allowed_origins",
                "get_queue_empty_exception", "reason.PING_TIMEOUT", "reason.TRANSPORT_ERROR",
-               "reason.TRANSPORT_CLOSE", "handlers", "async_handlers"),
+               "reason.TRANSPORT_CLOSE", "reason.SERVER_DISCONNECT", "handlers",
+               "async_handlers"),
         adds=("_imcluster_pinger", "_imcluster_fast"))),
     ("engineio-cors-origins", Reach(
         _EIO, "engineio.base_server:BaseServer._cors_allowed_origins", "read",
@@ -355,7 +366,7 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         _SIO, "socketio:Server", "read", "workers/protocol.py SocketRules; workers/main.py",
         "the server's engine, manager and handler tables",
         attrs=("eio", "manager", "manager_initialized", "handlers", "namespace_handlers",
-               "namespaces", "packet_class"),
+               "namespaces", "packet_class", "_binary_packet", "reason.CLIENT_DISCONNECT"),
         adds=("_imcluster_holds", "_imcluster_recovery"))),
     ("socketio-server-init", Reach(
         _SIO, "socketio:Server.__init__", "replace",
@@ -632,6 +643,24 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
                 "pkt = self.packet_class(encoded_packet=data)",
                 "elif pkt.packet_type == packet.EVENT:",
                 "self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)"))),
+    ("socketio-handle-eio-message-copy", Reach(
+        _SIO, "socketio:Server._handle_eio_message", "copy",
+        "workers/protocol.py SocketRules._imcluster_eio_message",
+        "ours repeats upstream's dispatch (attachments of a pending binary packet, else "
+        "decode with packet_class, then the handler per type) and closes the session "
+        "where upstream raises or lets a malformed packet through; registered as the "
+        "engine's 'message' handler in the place of upstream's bound method",
+        params=("eio_sid", "data"),
+        source=("if eio_sid in self._binary_packet:", "pkt = self._binary_packet[eio_sid]",
+                "if pkt.add_attachment(data):", "del self._binary_packet[eio_sid]",
+                "pkt = self.packet_class(encoded_packet=data)",
+                "self._handle_connect(eio_sid, pkt.namespace, pkt.data)",
+                "self._handle_disconnect(eio_sid, pkt.namespace,",
+                "self.reason.CLIENT_DISCONNECT)",
+                "self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)",
+                "self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)",
+                "if not self.manager.sid_from_eio_sid(eio_sid,",
+                "self._binary_packet[eio_sid] = pkt"))),
     ("engineio-trigger-event", Reach(
         _EIO, "engineio:Server._trigger_event", "read", "workers/fastpath.py",
         "a message reaches handlers['message'](sid, data), run inline unless "

@@ -242,6 +242,8 @@ class WorkerServer:
             if self.app is None or late or (kind == ch.FORWARD and fd is None):
                 if fd is not None:
                     os.close(fd)  # the client reconnects
+                if kind == ch.HANDOVER:
+                    handover.refused_in()
                 return
             if kind == ch.HANDOVER:
                 step = lambda: handover.move_in(self, payload, fd)  # noqa: E731
@@ -294,13 +296,14 @@ class WorkerServer:
         redis_mgr = isinstance(mgr, ClusterRedisManager)
         health = mgr.health() if redis_mgr else None
         pubsub = mgr.stats() if redis_mgr else None
-        load = (len(self.app.eio.sockets), self.connections, health, pubsub)
+        moves = handover.report() if handover.enabled() else None
+        load = (len(self.app.eio.sockets), self.connections, health, pubsub, moves)
         if load != self.load_sent:
             self.load_sent = load
             self.link.send(ch.LOAD, ch.encode_json({"sessions": load[0],
                                                     "connections": load[1],
                                                     "broadcast": load[2],
-                                                    "pubsub": load[3]}))
+                                                    "pubsub": load[3], **(moves or {})}))
         if self.handoffs != self.handoffs_acked:
             self.handoffs_acked = self.handoffs
             self.link.send(ch.ACK, str(self.handoffs).encode())

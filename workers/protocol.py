@@ -21,6 +21,7 @@ rely on, in workers/internals.py (`# internals: KEY` at each).
 
 from __future__ import annotations
 
+import logging
 import urllib.parse
 from typing import Any
 
@@ -35,6 +36,12 @@ from imcluster.workers import handover, internals
 POST_ANSWER = b"ok"
 # Socket.IO v5 test suite ("should disallow connection to an unknown namespace").
 INVALID_NAMESPACE = {"message": "Invalid namespace"}
+# Event names a client may not send (socket.io-parser's RESERVED_EVENTS): a
+# packet naming one is malformed.
+RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting",
+                             "newListener", "removeListener"})
+
+log = logging.getLogger("imcluster.worker")
 
 
 class EngineRules:
@@ -114,6 +121,41 @@ class _Hold:
         self.starts: dict[str, int] = {}  # namespace -> len(items) when its connect began
 
 
+def malformed(pkt) -> str | None:
+    """Why a decoded Socket.IO packet from a client is malformed, or None.
+
+    socket.io-parser's Decoder (socket.io 4.x, the reference implementation
+    of Socket.IO v5) refuses these, and socket.io's server then closes the
+    connection: a type a client may not send (CONNECT_ERROR: python-socketio
+    raises for it too), a payload of the wrong shape for its type (CONNECT:
+    an object; DISCONNECT: none; EVENT: a non-empty array whose first element
+    is a number or a string not in RESERVED_EVENTS; ACK: an array), a binary
+    packet without a positive attachment count. An EVENT or ACK without a
+    payload is not refused (socket.io ignores the first and calls the ack
+    with no arguments: `SocketRules._imcluster_eio_message`)."""
+    t, data = pkt.packet_type, pkt.data
+    if t == sio_packet.CONNECT:
+        ok = data is None or isinstance(data, dict)
+    elif t == sio_packet.DISCONNECT:
+        ok = data is None
+    elif t in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
+        first = data[0] if type(data) is list and data else None
+        ok = data is None or (
+            (isinstance(first, (int, float)) and not isinstance(first, bool))
+            or (isinstance(first, str) and first not in RESERVED_EVENTS))
+    elif t in (sio_packet.ACK, sio_packet.BINARY_ACK):
+        ok = data is None or type(data) is list
+    elif t == sio_packet.CONNECT_ERROR:
+        return "a client may not send CONNECT_ERROR"
+    else:
+        return f"unknown packet type {t!r}"
+    if not ok:
+        return f"invalid payload for packet type {t}"
+    if t in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK) and pkt.attachment_count < 1:
+        return "a binary packet without attachments"
+    return None
+
+
 class SocketRules:
     """Namespace rules for a socketio.Server (python-socketio 5.18).
 
@@ -131,9 +173,78 @@ class SocketRules:
       (its CONNECT_ERROR comes last). Other namespaces of the same session
       wait too, for the length of the handler: packets cannot be told apart
       by namespace once encoded (binary attachments, msgpack).
+    - A malformed Socket.IO packet (one socket.io-parser's Decoder refuses:
+      `malformed`, or one python-socketio cannot decode) closes the Engine.IO
+      session, as socket.io's server does on a decode error (its Client's
+      `onerror`: `conn.close()`), instead of being dropped with an ERROR while
+      the session goes on; the Socket.IO v5 test suite's "should close the
+      connection upon invalid format" cases. The app's disconnect handlers run
+      (reason "server disconnect"); the worker logs one WARNING. So does a
+      text packet where binary attachments are due, or an attachment that is
+      not due. (A well-formed packet for a namespace the session has not
+      joined is still ignored with python-socketio's warning, where socket.io
+      would close.)
     """
 
     _imcluster_holds: dict[str, _Hold]
+
+    # internals: socketio-handle-eio-message-copy (a copy, changed)
+    def _imcluster_eio_message(self, eio_sid, data):
+        """python-socketio's `_handle_eio_message` (the Engine.IO 'message' handler,
+        registered in its place by `adapt`), closing the session on a malformed
+        packet (see the class doc)."""
+        s = self.eio.sockets.get(eio_sid)  # internals: engineio-server-attrs (sockets)
+        if s is not None and s.closed:
+            # What followed a malformed packet in the same polling payload: the
+            # connection is closed (socket.io stops listening to it at once).
+            return None
+        if eio_sid in self._binary_packet:
+            if isinstance(data, str):
+                return self._refuse_malformed(eio_sid, "text where a binary attachment is due")
+            pkt = self._binary_packet[eio_sid]
+            if pkt.add_attachment(data):
+                del self._binary_packet[eio_sid]
+                if pkt.packet_type == sio_packet.BINARY_EVENT:
+                    self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+                else:
+                    self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
+            return None
+        if not isinstance(data, str):
+            return self._refuse_malformed(eio_sid, "a binary attachment that is not due")
+        try:
+            pkt = self.packet_class(encoded_packet=data)
+        except Exception as e:  # python-socketio raises ValueError, JSON errors and more
+            return self._refuse_malformed(eio_sid, f"cannot decode it: {e}")
+        why = malformed(pkt)
+        if why is not None:
+            return self._refuse_malformed(eio_sid, why)
+        t = pkt.packet_type
+        if t == sio_packet.CONNECT:
+            self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+        elif t == sio_packet.DISCONNECT:
+            self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
+        elif t == sio_packet.EVENT:
+            if pkt.data is not None:  # an event without a name: socket.io ignores it too
+                self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        elif t == sio_packet.ACK:
+            self._handle_ack(eio_sid, pkt.namespace, pkt.id,
+                             [] if pkt.data is None else pkt.data)
+        elif not self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/"):
+            # BINARY_EVENT or BINARY_ACK (malformed() let no other type through):
+            # python-socketio raises "Unexpected binary packet" for this one.
+            return self._refuse_malformed(eio_sid, "a binary packet outside a namespace")
+        else:
+            self._binary_packet[eio_sid] = pkt
+        return None
+
+    def _refuse_malformed(self, eio_sid: str, why: str) -> None:
+        self._binary_packet.pop(eio_sid, None)
+        s = self.eio.sockets.get(eio_sid)  # internals: engineio-server-attrs (sockets)
+        if s is None or s.closed or s.closing:
+            return  # what came after the packet that closed it, in the same payload
+        log.warning("%s: malformed Socket.IO packet (%s); closing the connection, as "
+                    "socket.io does", eio_sid, why)
+        s.close(wait=False, abort=False, reason=self.eio.reason.SERVER_DISCONNECT)
 
     def _serves(self, namespace: str) -> bool:
         # python-socketio 5.18's own test in Server._handle_connect (a copy).
@@ -233,6 +344,15 @@ def adapt(eio: engineio.Server, sio: socketio.Server | None = None, recovery=Non
     if sio is not None:
         sio._imcluster_holds = {}
         sio.__class__ = _with_rules(type(sio), SocketRules)
+        # python-socketio registers its bound _handle_eio_message as the engine's
+        # 'message' handler when it is built; ours takes its place, unless the
+        # app replaced either (workers/fastpath.py accepts both as the handler).
+        # internals: engineio-server-attrs (handlers), socketio-handle-eio-message-copy
+        handler = eio.handlers.get("message")
+        if (getattr(handler, "__func__", None) is socketio.Server._handle_eio_message
+                and handler.__self__ is sio
+                and type(sio)._handle_eio_message is socketio.Server._handle_eio_message):
+            eio.on("message", sio._imcluster_eio_message)
         if recovery is not None:
             from imcluster.workers.recovery import RecoveryRules
 

@@ -561,11 +561,28 @@ class ClusterSocket(internals.ENGINE_SOCKET):
         if self.last_ping or not self.ping_scheduled:
             self.ping_scheduled = True
             self.last_ping = None
+            # When the PING is due (wall clock): a hand-over keeps it (workers/handover.py).
+            self.next_ping_at = time.time() + self.server.ping_interval
             # internals: engineio-server-attrs (an attribute of ours on the server)
             pinger = self.server.__dict__.get("_imcluster_pinger")
             if pinger is None:
                 pinger = self.server._imcluster_pinger = Pinger()
             pinger.add(self)
+
+    def ping_at(self, when: float) -> None:
+        """A session handed over between two PINGs: its next PING at `when` (wall
+        clock, as its old worker had it due), not one interval from the move: the
+        client expects one within pingInterval + pingTimeout of the last."""
+        if not self._eventlet():
+            return super().schedule_ping()
+        # internals: engineio-server-attrs (an attribute of ours on the server)
+        pinger = self.server.__dict__.get("_imcluster_pinger")
+        if pinger is None:
+            pinger = self.server._imcluster_pinger = Pinger()
+        self.ping_scheduled = True
+        self.next_ping_at = when
+        # Not in the pinger's schedule: every entry there has the same delay.
+        eventlet.spawn_after(max(0.0, when - time.time()), pinger._ping, self, None)
 
     def await_pong(self) -> None:
         """A session handed over with a PING pending (last_ping set): close it

@@ -36,3 +36,6 @@ def _server(ping_interval: float, ping_timeout: float) -> socketio.Server:
 
 sio = _server(25.5, 16.06)
 quick = _server(0.3, 3.0)
+# A long interval and a short timeout: a client gives up 9 s after its last PING
+# (tests/test_handover.py, a session moved late in its interval).
+late = _server(8.0, 1.0)

@@ -2,7 +2,8 @@
 // Usage: node recovery.mjs '{"url": "...", "clients": 30, "messages": 200, "rate": 40,
 //                            "kill_after": 60}'
 // 1. `clients` members connect (reconnection on, fast delays, auth {recovery: true}; half
-//    WebSocket only, half polling then WebSocket), ask whoami and join the room; the worker
+//    WebSocket only, half polling then WebSocket: `member_transports`, taken in turn),
+//    ask whoami and join the room; the worker
 //    holding most of them is the victim; a sender connects until it is on another worker.
 // 2. Prints {"victim": pid, "sender": pid, "counts": {pid: members}, "pids": [...]}.
 // 3. The sender says `messages` sequence numbers at `rate` per second; after `kill_after`
@@ -23,7 +24,7 @@ import { sleep, withTimeout, TRANSPORTS } from "./common.mjs";
 const opt = {
   clients: 30, messages: 200, rate: 40, kill_after: 60, room: "recovery",
   timeout_ms: 20000, deliver_ms: 60000, recovery: true, reconnect_ms: 100, hold_after: 0,
-  victim_connects: 2, kill2_after: 0,
+  victim_connects: 2, kill2_after: 0, member_transports: ["default", "websocket"],
   ...JSON.parse(process.argv[2] || "{}"),
 };
 
@@ -55,7 +56,7 @@ const ask = (s, ev, data) => s.timeout(opt.timeout_ms).emitWithAck(ev, data);
 
 const members = [];
 for (let i = 0; i < opt.clients; i++) {
-  members.push(await member(i % 2 ? "websocket" : "default"));
+  members.push(await member(opt.member_transports[i % opt.member_transports.length]));
 }
 const counts = {};
 for (const s of members) {
