@@ -445,3 +445,25 @@ def test_sessions_that_end_after_a_move_leave_the_worker(cluster_factory, transp
         proc.wait(10)
     wait_for(lambda: cluster.status()["workers"][0]["sessions"] == 0, 20,
              what="the ended sessions gone from the new worker's count")
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_reload_with_interest_channels_orders_the_moves_with_room_messages(
+        cluster_factory, redis_server, transport):
+    """`--redis-channels interest`: a room's messages travel on the room's own
+    channel, which the heir may not hold when a session leaves. Before the old
+    worker takes any session's position, the heir subscribes to the sessions'
+    channels and marks each one (workers/redis_order.py, "Interest channels"), so
+    every room message in flight during the moves reaches each session once."""
+    cluster = cluster_factory(workers=2, handover=True, redis=redis_server,
+                              redis_channels="interest")
+    old = {w["pid"] for w in cluster.wait_ready()}
+    stats = under_traffic(cluster, lambda: reload(cluster), transports=[transport],
+                          say_every=2)
+    print(f"FIGURE handover reload, {transport}, redis interest: {CLIENTS} JS clients, "
+          f"{stats}")
+    assert set(stats["pids_before"]) == old
+    assert_nothing_noticed(stats)
+    new = set(stats["pids_after"])
+    assert len(new) == 2 and not new & old, "every worker pid is new"
+    assert cluster.status()["master"]["counters"]["handovers"] >= CLIENTS

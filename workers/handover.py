@@ -238,7 +238,7 @@ def _move_out_websocket(worker, s: sessions.ClusterSocket) -> bool:
         if order is not None:
             # No yield from here to _forget: the Redis listener stays between two
             # messages, and this is where it is (workers/redis_order.py).
-            state["order"] = order.state_of(s.sid)
+            state["order"] = order.state_of(s.sid, _channels(sio.manager, s.sid))
         if len(ch.encode_json(state)) > ch.FRAGMENT:
             raise Refused("its state takes more than one channel frame")
     except Refused as e:
@@ -449,7 +449,8 @@ def _move_polling(worker, s: sessions.ClusterSocket) -> bool:
         return False
     order = getattr(sio.manager, "order", None)
     if order is not None:
-        state["order"] = order.state_of(s.sid)  # no yield to _forget, as for a WebSocket
+        # No yield to _forget, as for a WebSocket.
+        state["order"] = order.state_of(s.sid, _channels(sio.manager, s.sid))
     # From here to the send, no yield: nothing reaches the queue unseen.
     queued = list(s._take_queued())
     packets = []
@@ -682,7 +683,7 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
         # Redis, one channel: what the old worker's listener had not applied, or
         # hold what this one has not reached yet (workers/redis_order.py). No
         # yield since the rooms were entered.
-        order.arrived(eio_sid, state.get("order"))
+        order.arrived(eio_sid, state.get("order"), _channels(mgr, eio_sid))
     # What this worker published itself before the session was here and after
     # the master took the hand-over in reached neither the session here nor at
     # its old worker: deliver it now, in order, before anything newer. With
@@ -737,6 +738,13 @@ def _serve(worker, s: sessions.ClusterSocket, ws) -> None:
             eventlet.greenio.shutdown_safe(ws.socket)
         ws.socket.close()
         worker.connections -= 1
+
+
+def _channels(mgr, eio_sid: str) -> list[str] | None:
+    """With interest channels, those the session's rooms are on (its positions are
+    per channel, workers/redis_order.py); None with one channel."""
+    of = getattr(mgr, "channels_of_session", None)
+    return of(eio_sid) if of is not None else None
 
 
 def worker_inflight(sio) -> dict:

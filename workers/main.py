@@ -47,6 +47,9 @@ HEARTBEAT_INTERVAL = 1.0
 ACK_EVERY = 16
 # How long a draining worker lets each session's queued packets go out.
 FLUSH_SECONDS = 2.0
+# How long a draining worker waits for its heir to sync the sessions' channels
+# (interest channels; the heir waits up to 1 s per Redis confirmation).
+PREPARE_WAIT = 3.0
 MAX_CONNECTIONS = 100_000
 
 
@@ -78,6 +81,7 @@ class WorkerServer:
         self.idle: dict = {}  # kept-alive sockets waiting for their next request: greenlet
         self.done = eventlet.event.Event()
         self.emptied = eventlet.event.Event()  # the master's EMPTIED (--handover)
+        self.heir: int | None = None  # the worker STOP named to take the sessions
 
     # ---- start ---------------------------------------------------------------
 
@@ -110,10 +114,11 @@ class WorkerServer:
                 handover.count_handlers(app.sio)
                 handover.enable(self._forward)
                 mgr = app.sio.manager
-                if (isinstance(mgr, ClusterRedisManager)
-                        and not isinstance(mgr, InterestRedisManager)):
-                    # One channel, one order: a move is ordered with the broadcasts.
-                    mgr.order = ChannelOrder(mgr)
+                if isinstance(mgr, ClusterRedisManager):
+                    # A move is ordered with the broadcasts: with one channel, its
+                    # one order; with interest channels, each channel's order, the
+                    # heir readied first (prepare_heir).
+                    mgr.order = ChannelOrder(mgr, lanes=isinstance(mgr, InterestRedisManager))
             if rec is not None:
                 mgr = app.sio.manager
                 if isinstance(mgr, ClusterRedisManager):
@@ -269,6 +274,10 @@ class WorkerServer:
         elif kind == ch.RESTORED and self.recovery is not None:
             self.recovery.answered(whole)
         elif kind == ch.STOP:
+            try:
+                self.heir = int(whole) if whole else None  # (--handover) who takes over
+            except ValueError:
+                self.heir = None
             self.stop("asked by the master")
         elif kind == ch.EMPTIED and not self.emptied.ready():
             self.emptied.send()
@@ -338,6 +347,8 @@ class WorkerServer:
                 closers = eventlet.GreenPool()
                 flush = min(FLUSH_SECONDS, grace / 2)
                 move = bool(self.spec.get("handover")) and self.app.sio is not None
+                if move:
+                    self._ready_heir(list(eio.sockets))
                 for s in list(eio.sockets.values()):
                     closers.spawn(self._move_or_close, s, flush, move)
                 closers.waitall()
@@ -358,6 +369,35 @@ class WorkerServer:
                 eventlet.sleep(0.05)
         self.done.send()
 
+
+    def _ready_heir(self, eio_sids: list[str]) -> None:
+        """Interest channels: before any session leaves, have the heir subscribe to
+        the channels of all of them and sync each with this worker's listener
+        (InterestRedisManager.prepare_heir, workers/redis_order.py); what could not
+        be synced is logged (those channels' messages in flight during a move may
+        reach a session twice or not at all)."""
+        mgr = self.app.sio.manager
+        if not isinstance(mgr, InterestRedisManager) or mgr.order is None:
+            return
+        channels = list(dict.fromkeys(c for sid in eio_sids
+                                      for c in mgr.channels_of_session(sid)))
+        if not channels:
+            return
+        if self.heir is None:
+            log.warning("hand-over: the master named no heir; %d channel(s) not synced "
+                        "with it: room messages in flight during the moves may reach a "
+                        "session twice or not at all", len(channels))
+            return
+        started = time.monotonic()
+        synced = mgr.prepare_heir(self.heir, channels, PREPARE_WAIT)
+        if len(synced) < len(channels):
+            log.warning("hand-over: %d of %d channel(s) not synced with worker %d within "
+                        "%.0f s (Redis slow or down?): room messages in flight on them "
+                        "during the moves may reach a session twice or not at all",
+                        len(channels) - len(synced), len(channels), self.heir, PREPARE_WAIT)
+        else:
+            log.info("hand-over: %d channel(s) synced with worker %d in %.3f s",
+                     len(channels), self.heir, time.monotonic() - started)
 
     def _move_or_close(self, s, flush_seconds: float, move: bool) -> None:
         if move:
