@@ -355,6 +355,13 @@ class WorkerServer:
                 if move:
                     log.info("handed over %d session(s), closed %d", self.handed_over,
                              self.closed_on_stop)
+                    order = getattr(self.app.sio.manager, "order", None)
+                    if order is not None and order.unsynced_moves:
+                        log.warning("hand-over: %d session(s) left with a channel not "
+                                    "synced with the heir (a room joined during the drain, "
+                                    "or the sync timed out): room messages in flight on it "
+                                    "may have reached them twice or not at all",
+                                    order.unsynced_moves)
                     # Serve (forward) what the master routed here before it learnt
                     # that: a connection left in the channel would die with us.
                     if self.link.send(ch.EMPTIED):
@@ -389,7 +396,7 @@ class WorkerServer:
                         "session twice or not at all", len(channels))
             return
         started = time.monotonic()
-        synced = mgr.prepare_heir(self.heir, channels, PREPARE_WAIT)
+        synced = mgr.order.synced = mgr.prepare_heir(self.heir, channels, PREPARE_WAIT)
         if len(synced) < len(channels):
             log.warning("hand-over: %d of %d channel(s) not synced with worker %d within "
                         "%.0f s (Redis slow or down?): room messages in flight on them "

@@ -1,6 +1,7 @@
-"""Session hand-over ordered with the broadcasts of one Redis channel (`--handover yes`
-with `--redis` and `--redis-channels single`): a session that moves while room
-messages fly gets each of them exactly once.
+"""Session hand-over ordered with the broadcasts of Redis channels (`--handover yes`
+with `--redis`): a session that moves while room messages fly gets each of them
+exactly once, on one channel (`--redis-channels single`) and, with the heir
+readied first, on interest channels (below).
 
 Why something is needed
 -----------------------
@@ -72,12 +73,54 @@ with an id gives no position (deliveries from then on). Only emits are
 ordered, as with the master relay: a room change or disconnect published by
 another worker for this very sid during the move is not.
 
-With `--redis-channels interest` there is no single order: a worker hears a
-room's messages on the room's channel, possibly on another Redis server,
-each channel in its own order, and a session's rooms are not the same
-channels on both workers at the moment of the move. So this is single-channel
-only; with interest channels a message published while a session moves can
-still reach it twice or not at all (README).
+Interest channels (`--redis-channels interest`, and Redis Cluster sharded pub/sub)
+---------------------------------------------------------------------------------
+There is no one order: a room's messages travel on the room's channel, possibly
+on another Redis server, a sid's on its worker's channel. But each channel has
+one: Redis writes a channel's publishes to every subscriber connection in
+publish order, and a worker reads each connection in order. So the same
+mechanism runs per channel, one lane per channel a listener reads: a count,
+the last number of each publisher read there, the mark, and the sessions
+moved in whose deliveries on that channel follow their old worker's position
+there. Numbers stay per publisher (one count, stamped once per publish): on
+one channel a publisher's numbers still only grow, which is all a position
+needs. The state carries `{"lanes": {channel: position}}`, one position (seen,
+mark, had) for each channel the session's rooms are on
+(InterestRedisManager.channels_of_session: its namespace's, each room's, its
+sid's worker channel); the heir applies each to its lane of that channel.
+
+What one channel had for free, that every worker had read the channel since
+long before the session, is not so here: the heir may hold none of the
+session's channels when it leaves (it subscribes when the session arrives),
+and what was published between the old worker's position and the heir's
+subscription would reach neither. So before any session leaves, the old
+worker readies the heir (InterestRedisManager.prepare_heir; the master names
+the heir in STOP): one request, on the heir's worker channel, naming every
+channel of every session that will move; the heir subscribes to those it
+lacks, holds them for PREPARE_HOLD, and once Redis confirmed each, publishes
+a marker on it (`handover_mark`, with an id like any message). The old worker
+moves its sessions once its listener has read each marker. Then on each
+channel the heir hears everything after its marker, and the old worker's
+position is after the marker: the heir's lane holds, from the marker on,
+everything the old worker had not applied, and the rules above deliver each
+message to the session exactly once. A worker that reads a marker for
+someone else's hand-over (another host with a member in the room) records it
+in its lane like any message, and the marker's handler drops it (unknown
+token): it reaches no client.
+
+Bounds and fallbacks (logged by the old worker but the last): a channel whose
+marker was not read within PREPARE_WAIT (3 s: Redis slow or down, or the
+heir gone) moves without the guarantee (from the heir's subscription on); so
+does a session that joined a room after the preparation (rare: a join handled
+in the instant of the drain; counted and logged at the end of the drain), and
+a move to another heir than the one named (the master's choice changes only if
+the named one stopped taking sessions meanwhile: it is itself draining).
+A listener keeps at most MAX_LANES lanes (least recently read first, never
+one with a moved session open) and RING_KEEP messages over all lanes
+together. A message published on several channels at once (an emit to
+several rooms, or to a room named like a sid) is acted on once, from the
+first copy read (its `mid`); its other copies are in no lane, so a moving
+session in two of those rooms may get it twice or not at all.
 """
 
 from __future__ import annotations
@@ -163,6 +206,17 @@ class ChannelOrder:
         # The last number this worker published on each channel (None: the one).
         self.sent: collections.OrderedDict[str | None, int] = collections.OrderedDict()
         self.open: dict[str, set] = {}  # Engine.IO sid -> lanes holding an entry for it
+        # Interest channels, on a draining worker: the channels synced with the heir
+        # (InterestRedisManager.prepare_heir; None before), and the sessions that
+        # left with a channel outside them (logged at the end of the drain).
+        self.synced: set[str] | None = None
+        self.unsynced_moves = 0
+
+    @property
+    def entries(self) -> dict[str, set]:
+        """The sessions moved in whose deliveries still follow their old worker's
+        position (Engine.IO sid -> the lanes where they do)."""
+        return self.open
 
     def lane(self, channel: str | None) -> _Lane:
         lane = self.lanes.get(channel)
@@ -287,6 +341,8 @@ class ChannelOrder:
         `{"lanes": {channel: position}}`)."""
         if not self.by_channel:
             return self._position(self.lane(None), eio_sid)
+        if self.synced is not None and not self.synced.issuperset(channels or ()):
+            self.unsynced_moves += 1
         return {"lanes": {c: self._position(self.lanes.get(c) or _Lane(c), eio_sid)
                           for c in channels or ()}}
 
@@ -306,7 +362,12 @@ class ChannelOrder:
         had = {}
         if e is not None:
             had = {p: [lo, hi] for p, (lo, hi) in e.had.items() if lane.last.get(p, 0) < hi}
-        had[self.me] = [e.own if e is not None else 0, self.sent.get(lane.channel, 0)]
+        hi = self.sent.get(lane.channel, 0)
+        if lane.last.get(self.me, 0) < hi:
+            # Its own publishes not yet read back: the heir skips those (the ones
+            # read back are in `seen`; with interest channels its last one there
+            # may be from before the heir listened, and is then not waited for).
+            had[self.me] = [e.own if e is not None else 0, hi]
         return {"seen": seen, "mark": mark, "had": had}
 
     def left(self, eio_sid: str) -> None:
