@@ -170,10 +170,19 @@ listener is at most RING_KEEP messages ahead and passes W's position within
 ORDER_WAIT (each fallback is logged). With `--recovery-window` the offsets
 given by Redis follow the same order (only emits with an ack are delivered
 at once by their publisher), so a moved session's offsets go on counting.
-With `--redis-channels interest` there is no one order (a room's channel, a
-worker's channel, several Redis servers): the move is not ordered with
-broadcasts, and a message published during a move can reach the session
-twice or not at all (README).
+
+Broadcasts in flight (Redis, interest channels)
+-----------------------------------------------
+With `--redis-channels interest` (and on a Redis Cluster) each channel has its
+own order, and the same positions are kept per channel (workers/redis_order.py,
+"Interest channels"): the state carries one per channel the session's rooms
+are on. Since the heir may hold none of those channels, the master names it in
+STOP, and before any session leaves W asks it (on its worker channel) to
+subscribe to every channel of the sessions that will move and to publish a
+marker on each once Redis confirmed; W moves its sessions once its listener
+has read each marker (at most 3 s; what could not be synced is logged). Then
+on each channel nothing lies between W's position and what V hears, and the
+rules above hold per channel.
 """
 
 from __future__ import annotations
