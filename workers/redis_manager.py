@@ -600,6 +600,8 @@ class InterestRedisManager(ClusterRedisManager):
         # preparations waiting for the heir's markers (token -> _Marks).
         self.prepared: collections.Counter[str] = collections.Counter()
         self.marks: dict[str, _Marks] = {}
+        # Preparations asked of this worker (token -> until when it is remembered).
+        self.prepare_tokens: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.cluster_handlers.update({"enter_room": self._handle_room_change,
                                       "leave_room": self._handle_room_change,
                                       "room_done": self._handle_room_done,
@@ -916,12 +918,21 @@ class InterestRedisManager(ClusterRedisManager):
             return set()
         token = uuid.uuid4().hex
         marks = self.marks[token] = _Marks(set(channels))
+        request = {"method": "handover_prepare", "worker": [self.me[0], heir],
+                   "channels": sorted(marks.want), "token": token, "host_id": self.host_id}
+        deadline = time.monotonic() + timeout
         try:
-            self._publish({"method": "handover_prepare", "worker": [self.me[0], heir],
-                           "channels": sorted(marks.want), "token": token,
-                           "host_id": self.host_id})
-            with eventlet.Timeout(timeout, False):
-                marks.done.wait()
+            # Asked again until it answers: a worker may say READY (and be named
+            # heir) before Redis confirmed its own channel's subscription, and a
+            # request published before that reaches nobody. The heir acts on a
+            # token once.
+            while not marks.done.ready():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._publish(request)
+                with eventlet.Timeout(min(left, PREPARE_RETRY), False):
+                    marks.done.wait()
             return set(marks.got)
         finally:
             self.marks.pop(token, None)
@@ -931,6 +942,13 @@ class InterestRedisManager(ClusterRedisManager):
         channels, token = message.get("channels"), message.get("token")
         if not isinstance(channels, list) or not isinstance(token, str):
             return
+        now = time.monotonic()
+        tokens = self.prepare_tokens
+        while tokens and next(iter(tokens.values())) < now:
+            tokens.popitem(last=False)
+        if token in tokens:
+            return  # asked again while this worker prepares (or had): once is enough
+        tokens[token] = now + PREPARE_HOLD
         channels = [c for c in channels if isinstance(c, str)][:MAX_PREPARED]
         for c in channels:
             self.prepared[c] += 1
@@ -939,7 +957,7 @@ class InterestRedisManager(ClusterRedisManager):
         def mark() -> None:
             try:
                 for c in channels:
-                    if self._sub(c).wait_confirmed(c, REDIS_TIMEOUT):
+                    if self._sub(c).wait_confirmed(c, PREPARE_CONFIRM):
                         self._publish({"method": "handover_mark", "channel": c,
                                        "token": token, "host_id": self.host_id})
             finally:
@@ -995,3 +1013,7 @@ class _Marks:
 # --graceful-timeout), and at most how many one preparation names.
 PREPARE_HOLD = 60.0
 MAX_PREPARED = 100_000
+# How often the old worker asks again while no marker came (seconds), and how
+# long the heir waits for Redis to confirm each channel before giving it up.
+PREPARE_RETRY = 0.5
+PREPARE_CONFIRM = 2.0
