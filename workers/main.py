@@ -391,9 +391,8 @@ class WorkerServer:
         if not channels:
             return
         if self.heir is None:
-            log.warning("hand-over: the master named no heir; %d channel(s) not synced "
-                        "with it: room messages in flight during the moves may reach a "
-                        "session twice or not at all", len(channels))
+            # No READY worker to name (a full stop, or none left): the master closes
+            # the sessions instead of moving them, and says so.
             return
         started = time.monotonic()
         synced = mgr.order.synced = mgr.prepare_heir(self.heir, channels, PREPARE_WAIT)
