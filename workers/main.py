@@ -48,7 +48,8 @@ ACK_EVERY = 16
 # How long a draining worker lets each session's queued packets go out.
 FLUSH_SECONDS = 2.0
 # How long a draining worker waits for its heir to sync the sessions' channels
-# (interest channels; the heir waits up to 1 s per Redis confirmation).
+# (interest channels; the heir waits up to 2 s for each Redis confirmation,
+# and is asked again every 0.5 s meanwhile: redis_manager.PREPARE_*).
 PREPARE_WAIT = 3.0
 MAX_CONNECTIONS = 100_000
 
