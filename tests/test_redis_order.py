@@ -344,3 +344,27 @@ def test_interest_channels_a_channel_the_heir_missed_is_logged_not_guessed(caplo
     # m2 was published before v subscribed: v never reads it. What it reads next is new.
     assert v.read_on("c1", foreign("m3")) is True
     assert not v.order.entries
+
+
+def test_an_heir_exactly_at_the_old_workers_position_is_done_at_once():
+    """A quiet channel (emit to a whole namespace, seldom): both read the same last
+    message; the heir knows it read every number the old worker had, so the entry
+    ends at once instead of waiting for a next message (or ORDER_WAIT)."""
+    w, v = LaneWorker(), LaneWorker()
+    w.here.add(S)
+    m1 = foreign("m1")
+    assert w.read_on("c1", m1) is True
+    v.read_on("c1", m1)
+    w.move_to(v, ["c1"])
+    assert not v.order.entries and v.alone == []
+    assert v.read_on("c1", foreign("m2")) is True
+    # Behind by one it had not read yet: held, then skipped.
+    w, v = LaneWorker(), LaneWorker()
+    w.here.add(S)
+    m1, m2 = foreign("m1"), foreign("m2")
+    w.read_on("c1", m1)
+    w.read_on("c1", m2)
+    v.read_on("c1", m1)
+    w.move_to(v, ["c1"])
+    assert v.order.entries
+    assert v.read_on("c1", m2) is False and v.read_on("c1", foreign("m3")) is True
