@@ -61,6 +61,10 @@ class Core:
         # Sessions handed over, by the worker id they left (counted as they moved;
         # some may have ended since), while `moved` has an entry for it.
         self.moved_count: dict[int, int] = {}
+        # A draining worker's heir, chosen when it was told to STOP (--handover): its
+        # first session goes there if it still takes new sessions, so that the
+        # worker could prepare it (interest channels, workers/redis_order.py).
+        self.planned: dict[int, int] = {}
         # Draining workers that handed over every session that could move: their
         # sids are routed to their heir (`moved`) instead of to them.
         self.emptied: set[int] = set()
@@ -212,7 +216,15 @@ class Core:
         if w.state is State.READY:
             w.to(State.DRAINING)
             w.drain_deadline = now + self.cfg.graceful_timeout
-            self._out.append(ev.Send(w.worker_id, ch.STOP))
+            payload = b""
+            if getattr(self.cfg, "handover", False):
+                # Told now, so that the worker can ready its heir before its first
+                # session leaves (STOP's payload: the heir's worker id, ASCII).
+                heir = router.choose(self.slots, self.by_id, None)
+                if heir is not None and heir is not w:
+                    self.planned[w.worker_id] = heir.worker_id
+                    payload = str(heir.worker_id).encode()
+            self._out.append(ev.Send(w.worker_id, ch.STOP, payload))
         elif w.state is not State.DRAINING:
             self.terminate(w, now, stopping=True)
 
@@ -389,6 +401,9 @@ class Core:
         for source in [k for k, v in self.moved.items() if v == w.worker_id]:
             del self.moved[source]
             self.moved_count.pop(source, None)
+        self.planned.pop(w.worker_id, None)
+        for source in [k for k, v in self.planned.items() if v == w.worker_id]:
+            del self.planned[source]
         # Its own sids now reach only its heir (gone already if no worker's last
         # report holds one), and the sessions it held are no longer in the way.
         self._prune_forwarding()
@@ -573,6 +588,8 @@ class Core:
         polling session's later requests must find it (`moved` has one entry
         per worker, not per sid)."""
         heir = self.by_id.get(self.moved.get(e.worker_id, -1))
+        if heir is None:
+            heir = self.by_id.get(self.planned.get(e.worker_id, -1))
         if heir is None or not heir.accepts_new:
             heir = router.choose(self.slots, self.by_id, None)
         if heir is None or heir.worker_id == e.worker_id:

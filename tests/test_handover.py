@@ -521,3 +521,33 @@ def test_a_session_moved_late_in_its_ping_interval_is_pinged_when_it_was_due(
         assert c.disconnects == 0 and c.connects == 1
     finally:
         c.close()
+
+
+@pytest.mark.parametrize(("transport", "action"), [("websocket", "reload"),
+                                                   ("polling", "reload"),
+                                                   ("websocket", "scale -1")])
+def test_interest_channels_order_the_moves_with_room_messages(
+        cluster_factory, redis_server, transport, action):
+    """`--redis-channels interest`: a room's messages travel on the room's own
+    channel, which the heir may not hold when a session leaves (a reload's new
+    worker; after `scale -1` the remaining one holds it already). Before the old
+    worker takes any session's position, the heir subscribes to the sessions'
+    channels and marks each one (workers/redis_order.py, "Interest channels"), so
+    every room message in flight during the moves reaches each session once."""
+    cluster = cluster_factory(workers=2, handover=True, redis=redis_server,
+                              redis_channels="interest")
+    old = {w["pid"] for w in cluster.wait_ready()}
+    kept = {w["pid"] for w in cluster.wait_ready() if w["slot"] == 0}
+    act = (lambda: reload(cluster)) if action == "reload" else (lambda: scale_down(cluster))
+    stats = under_traffic(cluster, act, transports=[transport], say_every=2)
+    print(f"FIGURE handover {action}, {transport}, redis interest: {CLIENTS} JS clients, "
+          f"{stats}")
+    assert set(stats["pids_before"]) == old
+    assert_nothing_noticed(stats)
+    new = set(stats["pids_after"])
+    if action == "reload":
+        assert len(new) == 2 and not new & old, "every worker pid is new"
+        assert cluster.status()["master"]["counters"]["handovers"] >= CLIENTS
+    else:
+        # The heir, as old as the one that leaves, held the room's channel already.
+        assert new == kept, "every session now on the remaining worker"

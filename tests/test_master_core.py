@@ -900,6 +900,36 @@ def test_a_forwarding_entry_stays_while_a_draining_worker_still_holds_its_sessio
     assert forwarding(m) == {}
 
 
+def test_with_handover_stop_names_the_heir_and_the_sessions_go_there():
+    """`--handover yes`: STOP carries the heir's worker id, so that the worker can
+    ready it before its first session leaves (interest channels,
+    workers/redis_order.py); its sessions then go to that heir, even when another
+    worker has become less loaded meanwhile, while it takes new sessions."""
+    m = Master(workers=3, handover=True)
+    m.ready()
+    w1, w2, w3 = m.slot(0), m.slot(1), m.slot(2)
+    [stop] = of(m.feed(ev.Signal(signal.SIGTTOU)), ev.Send)  # w3 drains
+    assert (stop.worker_id, stop.kind) == (w3.worker_id, ch.STOP)
+    heir = int(stop.payload)
+    assert heir in (w1.worker_id, w2.worker_id)
+    other = w2 if heir == w1.worker_id else w1
+    m.core.by_id[heir].sessions = 50  # the other is now the least loaded
+    [move] = of(m.feed(ev.Moving("s", w3.worker_id)), ev.Move)
+    assert move.worker_id == heir
+    # A named heir that stopped taking sessions (draining itself) is not used.
+    m.core.retire(m.core.slots.pop(m.core.slots.index(m.core.by_id[heir])), m.now)
+    [move] = of(m.feed(ev.Moving("s2", w3.worker_id)), ev.Move)
+    assert move.worker_id == other.worker_id
+    m.exit(w3)
+    assert w3.worker_id not in m.core.planned
+
+
+def test_without_handover_stop_is_empty():
+    m = serving()
+    [stop] = of(m.feed(ev.Signal(signal.SIGTTOU)), ev.Send)
+    assert stop.payload == b"" and m.core.planned == {}
+
+
 # ---- start turns (--max-starting) ------------------------------------------------------
 
 def spawned(actions: list) -> list[int]:

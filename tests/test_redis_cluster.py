@@ -440,3 +440,27 @@ def test_a_master_without_replica_restarted(cluster_factory, tmp_path):
             c.stop()
     finally:
         rc.stop()
+
+
+def test_a_reload_with_handover_orders_the_moves_with_room_messages(tmp_path, cluster_factory):
+    """`--handover yes` on the cluster: the heir subscribes to the sessions' shard
+    channels and marks each before a session leaves (workers/redis_order.py,
+    "Interest channels"), so 100 JS clients talking in a room through a reload
+    get every room message once (tests/test_handover.py's check, sharded pub/sub)."""
+    from test_handover import CLIENTS, assert_nothing_noticed, reload, under_traffic
+
+    (tmp_path / "rc").mkdir()
+    rc = RedisCluster(tmp_path / "rc", masters=3)
+    try:
+        rc.start()
+        cluster = cluster_factory(workers=2, handover=True, redis=rc.url,
+                                  redis_channels="interest")
+        old = {w["pid"] for w in cluster.wait_ready()}
+        stats = under_traffic(cluster, lambda: reload(cluster), say_every=2)
+        print(f"FIGURE handover reload, websocket, redis cluster: {CLIENTS} JS clients, "
+              f"{stats}")
+        assert set(stats["pids_before"]) == old
+        assert_nothing_noticed(stats)
+        assert not set(stats["pids_after"]) & old, "every worker pid is new"
+    finally:
+        rc.stop()

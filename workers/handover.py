@@ -173,10 +173,19 @@ listener is at most RING_KEEP messages ahead and passes W's position within
 ORDER_WAIT (each fallback is logged). With `--recovery-window` the offsets
 given by Redis follow the same order (only emits with an ack are delivered
 at once by their publisher), so a moved session's offsets go on counting.
-With `--redis-channels interest` there is no one order (a room's channel, a
-worker's channel, several Redis servers): the move is not ordered with
-broadcasts, and a message published during a move can reach the session
-twice or not at all (README).
+
+Broadcasts in flight (Redis, interest channels)
+-----------------------------------------------
+With `--redis-channels interest` (and on a Redis Cluster) each channel has its
+own order, and the same positions are kept per channel (workers/redis_order.py,
+"Interest channels"): the state carries one per channel the session's rooms
+are on. Since the heir may hold none of those channels, the master names it in
+STOP, and before any session leaves W asks it (on its worker channel) to
+subscribe to every channel of the sessions that will move and to publish a
+marker on each once Redis confirmed; W moves its sessions once its listener
+has read each marker (at most 3 s; what could not be synced is logged). Then
+on each channel nothing lies between W's position and what V hears, and the
+rules above hold per channel.
 """
 
 from __future__ import annotations
@@ -242,7 +251,7 @@ def _move_out_websocket(worker, s: sessions.ClusterSocket) -> bool:
         if order is not None:
             # No yield from here to _forget: the Redis listener stays between two
             # messages, and this is where it is (workers/redis_order.py).
-            state["order"] = order.state_of(s.sid)
+            state["order"] = order.state_of(s.sid, _channels(sio.manager, s.sid))
         if len(ch.encode_json(state)) > ch.FRAGMENT:
             raise Refused("its state takes more than one channel frame")
     except Refused as e:
@@ -454,7 +463,8 @@ def _move_polling(worker, s: sessions.ClusterSocket) -> bool:
         return False
     order = getattr(sio.manager, "order", None)
     if order is not None:
-        state["order"] = order.state_of(s.sid)  # no yield to _forget, as for a WebSocket
+        # No yield to _forget, as for a WebSocket.
+        state["order"] = order.state_of(s.sid, _channels(sio.manager, s.sid))
     # From here to the send, no yield: nothing reaches the queue unseen.
     queued = list(s._take_queued())
     packets = []
@@ -690,7 +700,7 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
         # Redis, one channel: what the old worker's listener had not applied, or
         # hold what this one has not reached yet (workers/redis_order.py). No
         # yield since the rooms were entered.
-        order.arrived(eio_sid, state.get("order"))
+        order.arrived(eio_sid, state.get("order"), _channels(mgr, eio_sid))
     # What this worker published itself before the session was here and after
     # the master took the hand-over in reached neither the session here nor at
     # its old worker: deliver it now, in order, before anything newer. With
@@ -791,6 +801,13 @@ def _serve(worker, s: sessions.ClusterSocket, ws) -> None:
         sockets = worker.app.eio.sockets  # internals: engineio-server-attrs (sockets)
         if s.closed and sockets.get(s.sid) is s:
             del sockets[s.sid]
+
+
+def _channels(mgr, eio_sid: str) -> list[str] | None:
+    """With interest channels, those the session's rooms are on (its positions are
+    per channel, workers/redis_order.py); None with one channel."""
+    of = getattr(mgr, "channels_of_session", None)
+    return of(eio_sid) if of is not None else None
 
 
 def worker_inflight(sio) -> dict:

@@ -47,6 +47,10 @@ HEARTBEAT_INTERVAL = 1.0
 ACK_EVERY = 16
 # How long a draining worker lets each session's queued packets go out.
 FLUSH_SECONDS = 2.0
+# How long a draining worker waits for its heir to sync the sessions' channels
+# (interest channels; the heir waits up to 2 s for each Redis confirmation,
+# and is asked again every 0.5 s meanwhile: redis_manager.PREPARE_*).
+PREPARE_WAIT = 3.0
 MAX_CONNECTIONS = 100_000
 
 
@@ -78,6 +82,7 @@ class WorkerServer:
         self.idle: dict = {}  # kept-alive sockets waiting for their next request: greenlet
         self.done = eventlet.event.Event()
         self.emptied = eventlet.event.Event()  # the master's EMPTIED (--handover)
+        self.heir: int | None = None  # the worker STOP named to take the sessions
 
     # ---- start ---------------------------------------------------------------
 
@@ -110,10 +115,11 @@ class WorkerServer:
                 handover.count_handlers(app.sio)
                 handover.enable(self._forward)
                 mgr = app.sio.manager
-                if (isinstance(mgr, ClusterRedisManager)
-                        and not isinstance(mgr, InterestRedisManager)):
-                    # One channel, one order: a move is ordered with the broadcasts.
-                    mgr.order = ChannelOrder(mgr)
+                if isinstance(mgr, ClusterRedisManager):
+                    # A move is ordered with the broadcasts: with one channel, its
+                    # one order; with interest channels, each channel's order, the
+                    # heir readied first (prepare_heir).
+                    mgr.order = ChannelOrder(mgr, lanes=isinstance(mgr, InterestRedisManager))
             if rec is not None:
                 mgr = app.sio.manager
                 if isinstance(mgr, ClusterRedisManager):
@@ -275,6 +281,10 @@ class WorkerServer:
         elif kind == ch.RESTORED and self.recovery is not None:
             self.recovery.answered(whole)
         elif kind == ch.STOP:
+            try:
+                self.heir = int(whole) if whole else None  # (--handover) who takes over
+            except ValueError:
+                self.heir = None
             self.stop("asked by the master")
         elif kind == ch.EMPTIED and not self.emptied.ready():
             self.emptied.send()
@@ -345,12 +355,21 @@ class WorkerServer:
                 closers = eventlet.GreenPool()
                 flush = min(FLUSH_SECONDS, grace / 2)
                 move = bool(self.spec.get("handover")) and self.app.sio is not None
+                if move:
+                    self._ready_heir(list(eio.sockets))
                 for s in list(eio.sockets.values()):
                     closers.spawn(self._move_or_close, s, flush, move)
                 closers.waitall()
                 if move:
                     log.info("handed over %d session(s), closed %d", self.handed_over,
                              self.closed_on_stop)
+                    order = getattr(self.app.sio.manager, "order", None)
+                    if order is not None and order.unsynced_moves:
+                        log.warning("hand-over: %d session(s) left with a channel not "
+                                    "synced with the heir (a room joined during the drain, "
+                                    "or the sync timed out): room messages in flight on it "
+                                    "may have reached them twice or not at all",
+                                    order.unsynced_moves)
                     # Serve (forward) what the master routed here before it learnt
                     # that: a connection left in the channel would die with us.
                     if self.link.send(ch.EMPTIED):
@@ -365,6 +384,34 @@ class WorkerServer:
                 eventlet.sleep(0.05)
         self.done.send()
 
+
+    def _ready_heir(self, eio_sids: list[str]) -> None:
+        """Interest channels: before any session leaves, have the heir subscribe to
+        the channels of all of them and sync each with this worker's listener
+        (InterestRedisManager.prepare_heir, workers/redis_order.py); what could not
+        be synced is logged (those channels' messages in flight during a move may
+        reach a session twice or not at all)."""
+        mgr = self.app.sio.manager
+        if not isinstance(mgr, InterestRedisManager) or mgr.order is None:
+            return
+        channels = list(dict.fromkeys(c for sid in eio_sids
+                                      for c in mgr.channels_of_session(sid)))
+        if not channels:
+            return
+        if self.heir is None:
+            # No READY worker to name (a full stop, or none left): the master closes
+            # the sessions instead of moving them, and says so.
+            return
+        started = time.monotonic()
+        synced = mgr.order.synced = mgr.prepare_heir(self.heir, channels, PREPARE_WAIT)
+        if len(synced) < len(channels):
+            log.warning("hand-over: %d of %d channel(s) not synced with worker %d within "
+                        "%.0f s (Redis slow or down?): room messages in flight on them "
+                        "during the moves may reach a session twice or not at all",
+                        len(channels) - len(synced), len(channels), self.heir, PREPARE_WAIT)
+        else:
+            log.info("hand-over: %d channel(s) synced with worker %d in %.3f s",
+                     len(channels), self.heir, time.monotonic() - started)
 
     def _move_or_close(self, s, flush_seconds: float, move: bool) -> None:
         if move:

@@ -567,4 +567,5 @@ class ShardedRedisManager(InterestRedisManager):
             eventlet.spawn(sub.run)
         eventlet.spawn(self._watch)
         while True:
-            yield self.inbox.get()
+            self.heard_on, message = self.inbox.get()
+            yield message

@@ -219,7 +219,7 @@ class Publisher:
 class Subscriber:
     """One Redis server's subscribing side: one connection holding the channels
     in `want`, remade after an error or a silence (see the module); every
-    message goes to `deliver(data)`.
+    message goes to `deliver((channel, data))`.
 
     The set may change while the connection lives (`add`, `remove`): the
     command goes out at once from the caller's greenlet (redis-py's PubSub
@@ -364,7 +364,9 @@ class Subscriber:
                         kind = message["type"]
                         if kind in ("message", "smessage"):
                             self.received += 1
-                            self.deliver(message["data"])
+                            channel = message["channel"]
+                            self.deliver((channel.decode() if isinstance(channel, bytes)
+                                          else channel, message["data"]))
                             # Time spent in the consumer is not silence.
                             heard = time.monotonic()
                         elif kind in ("subscribe", "ssubscribe"):
@@ -447,11 +449,12 @@ class ClusterRedisManager(ClusterPubSubManager):
                         f" ({redact_url(u)})" if several else ""))
             for i, u in enumerate(self.urls)]
         self.listener = None  # the greenlet that runs python-socketio's listener
+        self.heard_on: str | None = None  # the channel of the message being handled
         # Connection state recovery in Redis (redis_recovery.py), set by the worker,
         # single channel only: its offsets order what is published on `channel`.
         self.store = None
-        # Hand-over ordered with the channel (redis_order.py), set by the worker with
-        # --handover yes, single channel only.
+        # Hand-over ordered with the channels (redis_order.py), set by the worker with
+        # --handover yes.
         self.order = None
         self.redis = self.nodes[0][0].redis
         self.nodes[0][0].on_dropped = self._dropped
@@ -505,7 +508,7 @@ class ClusterRedisManager(ClusterPubSubManager):
                     log.exception("local delivery of a broadcast failed")
 
     def _heard(self, data: dict) -> dict:
-        return self.order.heard(data) if self.order is not None else data
+        return self.order.heard(data, self.heard_on) if self.order is not None else data
 
     def _subscription_restored(self) -> None:
         if self.recovery is not None:
@@ -520,7 +523,7 @@ class ClusterRedisManager(ClusterPubSubManager):
             if sub.want or i == 0:
                 eventlet.spawn(sub.run)
         while True:
-            message = self.inbox.get()
+            self.heard_on, message = self.inbox.get()
             if self.recovery is not None:
                 self.recovery.wait_resumed()  # a session is being restored
             yield message
@@ -592,10 +595,19 @@ class InterestRedisManager(ClusterRedisManager):
         self.not_waiting: set = set()  # greenlets in without_waiting()
         # Remote enter_room/leave_room waiting for the sid's worker: id -> event.
         self.room_changes: dict[str, eventlet.event.Event] = {}
+        # Hand-over (redis_order.py): channels held for sessions about to move in
+        # (channel -> how many preparations hold it), and this worker's
+        # preparations waiting for the heir's markers (token -> _Marks).
+        self.prepared: collections.Counter[str] = collections.Counter()
+        self.marks: dict[str, _Marks] = {}
+        # Preparations asked of this worker (token -> until when it is remembered).
+        self.prepare_tokens: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.cluster_handlers.update({"enter_room": self._handle_room_change,
                                       "leave_room": self._handle_room_change,
                                       "room_done": self._handle_room_done,
-                                      "disconnect": self._handle_disconnect_here})
+                                      "disconnect": self._handle_disconnect_here,
+                                      "handover_prepare": self._handle_prepare,
+                                      "handover_mark": self._handle_mark})
 
     # ---- channel names ----------------------------------------------------------------
 
@@ -678,6 +690,8 @@ class InterestRedisManager(ClusterRedisManager):
             return
         else:
             channel = self.channel_of_room(namespace, room)
+        if channel in self.prepared:
+            return  # held for a session about to move in (released after PREPARE_HOLD)
         self._sub(channel).remove(channel)
 
     # ---- a room change of a session on another worker ----------------------------------
@@ -840,6 +854,10 @@ class InterestRedisManager(ClusterRedisManager):
                 return [self.channel]  # an ack for a python-socketio server (not ours)
         if method in ("sockets_join", "sockets_leave", "disconnect_sockets"):
             return self._targets_of_rooms(namespace, data.get("filter"))
+        if method == "handover_prepare":
+            return [self.channel_of_worker(*data["worker"], base=self.channel)]
+        if method == "handover_mark":
+            return [data["channel"]]
         return [self.fleet_channel]
 
     def _publish(self, data) -> None:
@@ -848,6 +866,8 @@ class InterestRedisManager(ClusterRedisManager):
             data = {**data, "mid": uuid.uuid4().hex}
         if not channels:
             return
+        if self.order is not None:
+            data = self.order.stamp(data, channels)
         text = self.json.dumps(data)
         for channel in channels:
             self._pub(channel).publish(channel, text)
@@ -864,3 +884,136 @@ class InterestRedisManager(ClusterRedisManager):
             return False
         seen[mid] = now + SEEN_SECONDS
         return True
+
+
+    # ---- hand-over: ready the heir's channels (redis_order.py, "Interest channels") ----
+
+    def channels_of_session(self, eio_sid: str) -> list[str]:
+        """The channels session `eio_sid`'s rooms here are on, in every namespace it
+        joined: the namespace's (emit to all), each room's, and the worker channel
+        of each of its sids (what is addressed to the sid). The same list on the
+        old worker and on the heir."""
+        found: list[str] = []
+        for ns in list(self.get_namespaces()):
+            sid = self.sid_from_eio_sid(eio_sid, ns)
+            if sid is None:
+                continue
+            found.append(self.channel_of_room(ns, None))  # (get_rooms leaves it out)
+            for room in self.get_rooms(sid, ns):
+                if room == sid:
+                    owner = sidcodec.owner_of(sid)
+                    if owner is not None:
+                        found.append(self.channel_of_worker(*owner, base=self.channel))
+                else:
+                    found.append(self.channel_of_room(ns, room))
+        return list(dict.fromkeys(found))
+
+    def prepare_heir(self, heir: int, channels: list[str], timeout: float) -> set[str]:
+        """Ready worker `heir` (this host) to take sessions on `channels`: it
+        subscribes to those it lacks and, once Redis confirmed, publishes a marker
+        on each; returns the channels whose marker this worker's listener has read
+        within `timeout` seconds (every message on such a channel that the heir
+        does not get was read here before the marker: no gap between the two)."""
+        if not channels or self.order is None:
+            return set()
+        token = uuid.uuid4().hex
+        marks = self.marks[token] = _Marks(set(channels))
+        request = {"method": "handover_prepare", "worker": [self.me[0], heir],
+                   "channels": sorted(marks.want), "token": token, "host_id": self.host_id}
+        deadline = time.monotonic() + timeout
+        try:
+            # Asked again until it answers: a worker may say READY (and be named
+            # heir) before Redis confirmed its own channel's subscription, and a
+            # request published before that reaches nobody. The heir acts on a
+            # token once.
+            while not marks.done.ready():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._publish(request)
+                with eventlet.Timeout(min(left, PREPARE_RETRY), False):
+                    marks.done.wait()
+            return set(marks.got)
+        finally:
+            self.marks.pop(token, None)
+
+    def _handle_prepare(self, message: dict) -> None:
+        """(The heir.) Hold each channel named, then mark each once subscribed."""
+        channels, token = message.get("channels"), message.get("token")
+        if not isinstance(channels, list) or not isinstance(token, str):
+            return
+        now = time.monotonic()
+        tokens = self.prepare_tokens
+        while tokens and next(iter(tokens.values())) < now:
+            tokens.popitem(last=False)
+        if token in tokens:
+            return  # asked again while this worker prepares (or had): once is enough
+        tokens[token] = now + PREPARE_HOLD
+        channels = [c for c in channels if isinstance(c, str)][:MAX_PREPARED]
+        for c in channels:
+            self.prepared[c] += 1
+            self._sub(c).add(c)  # on the listener: does not wait (below, apart)
+
+        def mark() -> None:
+            try:
+                for c in channels:
+                    if self._sub(c).wait_confirmed(c, PREPARE_CONFIRM):
+                        self._publish({"method": "handover_mark", "channel": c,
+                                       "token": token, "host_id": self.host_id})
+            finally:
+                eventlet.spawn_after(PREPARE_HOLD, self._release, channels)
+
+        eventlet.spawn(mark)
+
+    def _release(self, channels: list[str]) -> None:
+        held = None
+        for c in channels:
+            self.prepared[c] -= 1
+            if self.prepared[c] > 0:
+                continue
+            del self.prepared[c]
+            if held is None:
+                held = self._held()
+            if c not in held:
+                self._sub(c).remove(c)
+
+    def _held(self) -> set[str]:
+        """The channels this worker's rooms and moved-in sids hold now."""
+        held = set(self.adopted)
+        for node in range(len(self.urls)):
+            held |= self._always(node)
+        for ns, rooms in self.rooms.items():
+            for room, members in rooms.items():
+                if not (len(members) == 1 and room in members):  # not a sid's own room
+                    held.add(self.channel_of_room(ns, room))
+        return held
+
+    def _handle_mark(self, message: dict) -> None:
+        """(The old worker.) Its listener read the heir's marker on that channel."""
+        marks = self.marks.get(message.get("token"))
+        if marks is None:
+            return  # someone else's hand-over (a worker that shares the room's channel)
+        marks.got.add(message.get("channel"))
+        if marks.want <= marks.got and not marks.done.ready():
+            marks.done.send()
+
+
+class _Marks:
+    """A preparation waiting for the heir's marker on each of `want`."""
+
+    __slots__ = ("want", "got", "done")
+
+    def __init__(self, want: set[str]):
+        self.want, self.got = want, set()
+        self.done = eventlet.event.Event()
+
+
+# How long the heir holds the channels it was asked to prepare, so that the
+# sessions arrive while it holds them (seconds; a drain lasts at most 0.8 x
+# --graceful-timeout), and at most how many one preparation names.
+PREPARE_HOLD = 60.0
+MAX_PREPARED = 100_000
+# How often the old worker asks again while no marker came (seconds), and how
+# long the heir waits for Redis to confirm each channel before giving it up.
+PREPARE_RETRY = 0.5
+PREPARE_CONFIRM = 2.0

@@ -1,6 +1,7 @@
-"""Session hand-over ordered with the broadcasts of one Redis channel (`--handover yes`
-with `--redis` and `--redis-channels single`): a session that moves while room
-messages fly gets each of them exactly once.
+"""Session hand-over ordered with the broadcasts of Redis channels (`--handover yes`
+with `--redis`): a session that moves while room messages fly gets each of them
+exactly once, on one channel (`--redis-channels single`) and, with the heir
+readied first, on interest channels (below).
 
 Why something is needed
 -----------------------
@@ -72,12 +73,54 @@ with an id gives no position (deliveries from then on). Only emits are
 ordered, as with the master relay: a room change or disconnect published by
 another worker for this very sid during the move is not.
 
-With `--redis-channels interest` there is no single order: a worker hears a
-room's messages on the room's channel, possibly on another Redis server,
-each channel in its own order, and a session's rooms are not the same
-channels on both workers at the moment of the move. So this is single-channel
-only; with interest channels a message published while a session moves can
-still reach it twice or not at all (README).
+Interest channels (`--redis-channels interest`, and Redis Cluster sharded pub/sub)
+---------------------------------------------------------------------------------
+There is no one order: a room's messages travel on the room's channel, possibly
+on another Redis server, a sid's on its worker's channel. But each channel has
+one: Redis writes a channel's publishes to every subscriber connection in
+publish order, and a worker reads each connection in order. So the same
+mechanism runs per channel, one lane per channel a listener reads: a count,
+the last number of each publisher read there, the mark, and the sessions
+moved in whose deliveries on that channel follow their old worker's position
+there. Numbers stay per publisher (one count, stamped once per publish): on
+one channel a publisher's numbers still only grow, which is all a position
+needs. The state carries `{"lanes": {channel: position}}`, one position (seen,
+mark, had) for each channel the session's rooms are on
+(InterestRedisManager.channels_of_session: its namespace's, each room's, its
+sid's worker channel); the heir applies each to its lane of that channel.
+
+What one channel had for free, that every worker had read the channel since
+long before the session, is not so here: the heir may hold none of the
+session's channels when it leaves (it subscribes when the session arrives),
+and what was published between the old worker's position and the heir's
+subscription would reach neither. So before any session leaves, the old
+worker readies the heir (InterestRedisManager.prepare_heir; the master names
+the heir in STOP): one request, on the heir's worker channel, naming every
+channel of every session that will move; the heir subscribes to those it
+lacks, holds them for PREPARE_HOLD, and once Redis confirmed each, publishes
+a marker on it (`handover_mark`, with an id like any message). The old worker
+moves its sessions once its listener has read each marker. Then on each
+channel the heir hears everything after its marker, and the old worker's
+position is after the marker: the heir's lane holds, from the marker on,
+everything the old worker had not applied, and the rules above deliver each
+message to the session exactly once. A worker that reads a marker for
+someone else's hand-over (another host with a member in the room) records it
+in its lane like any message, and the marker's handler drops it (unknown
+token): it reaches no client.
+
+Bounds and fallbacks (logged by the old worker but the last): a channel whose
+marker was not read within PREPARE_WAIT (3 s: Redis slow or down, or the
+heir gone) moves without the guarantee (from the heir's subscription on); so
+does a session that joined a room after the preparation (rare: a join handled
+in the instant of the drain; counted and logged at the end of the drain), and
+a move to another heir than the one named (the master's choice changes only if
+the named one stopped taking sessions meanwhile: it is itself draining).
+A listener keeps at most MAX_LANES lanes (least recently read first, never
+one with a moved session open) and RING_KEEP messages over all lanes
+together. A message published on several channels at once (an emit to
+several rooms, or to a room named like a sid) is acted on once, from the
+first copy read (its `mid`); its other copies are in no lane, so a moving
+session in two of those rooms may get it twice or not at all.
 """
 
 from __future__ import annotations
@@ -99,10 +142,14 @@ ORDER_WAIT = 10.0
 # how many of the latest a session's state names.
 MAX_PUBLISHERS = 1024
 STATE_PUBLISHERS = 64
+# Channels whose positions a listener keeps (interest channels; the least recently
+# used one without a moved session goes first).
+MAX_LANES = 10_000
 
 
 class _Entry:
-    """A session moved in, whose deliveries follow the old worker's position."""
+    """A session moved in, whose deliveries on one lane follow the old worker's
+    position there."""
 
     __slots__ = ("eio_sid", "seen", "mark", "target", "passed", "had", "own", "deadline")
 
@@ -113,7 +160,7 @@ class _Entry:
         self.target: int | None = None  # the mark plus K in this listener's count
         self.passed = False  # this listener is past the old worker's position
         self.had = had  # {PUB: (LO, HI)}
-        self.own = own  # this worker's publishes before the session arrived
+        self.own = own  # this worker's last publish on the lane before the session arrived
         self.deadline = time.monotonic() + ORDER_WAIT
 
     def applied(self, pub, n: int) -> bool | None:
@@ -126,54 +173,104 @@ class _Entry:
         return n <= self.seen.get(pub, 0)
 
 
-class ChannelOrder:
-    """One worker's side (see the module): ids on what it publishes, the count
-    and ring of what its listener reads, and the sessions moved in."""
+class _Lane:
+    """What one listener read of one channel: its count, the last number of each
+    publisher, its last identified message, and the sessions moved in whose
+    deliveries on it follow their old worker's position."""
 
-    def __init__(self, manager):
-        self.manager = manager
-        self.me = secrets.token_hex(4)
-        self.published = 0
-        self.index = 0  # messages the listener read
-        self.ring: collections.deque = collections.deque()  # (index, pub, n, local, data)
+    __slots__ = ("channel", "index", "last", "mark", "entries")
+
+    def __init__(self, channel: str | None):
+        self.channel = channel
+        self.index = 0  # messages read on it
         self.last: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.mark: tuple[str, int, int] | None = None  # last identified (pub, n, index)
         self.entries: dict[str, _Entry] = {}  # Engine.IO sid ->
 
+
+class ChannelOrder:
+    """One worker's side (see the module): ids on what it publishes, the count
+    and ring of what its listener reads per lane (one lane: the single channel;
+    with interest channels, one per channel), and the sessions moved in."""
+
+    def __init__(self, manager, lanes: bool = False):
+        """`lanes`: False for one channel (every message is on the one lane), True
+        for interest channels (`heard` and `stamp` name the channel)."""
+        self.manager = manager
+        self.by_channel = lanes
+        self.me = secrets.token_hex(4)
+        self.published = 0
+        # (lane, index, pub, n, local, data), every lane's together, oldest first.
+        self.ring: collections.deque = collections.deque()
+        self.lanes: collections.OrderedDict[str | None, _Lane] = collections.OrderedDict()
+        # The last number this worker published on each channel (None: the one).
+        self.sent: collections.OrderedDict[str | None, int] = collections.OrderedDict()
+        self.open: dict[str, set] = {}  # Engine.IO sid -> lanes holding an entry for it
+        # Interest channels, on a draining worker: the channels synced with the heir
+        # (InterestRedisManager.prepare_heir; None before), and the sessions that
+        # left with a channel outside them (logged at the end of the drain).
+        self.synced: set[str] | None = None
+        self.unsynced_moves = 0
+
+    @property
+    def entries(self) -> dict[str, set]:
+        """The sessions moved in whose deliveries still follow their old worker's
+        position (Engine.IO sid -> the lanes where they do)."""
+        return self.open
+
+    def lane(self, channel: str | None) -> _Lane:
+        lane = self.lanes.get(channel)
+        if lane is None:
+            lane = self.lanes[channel] = _Lane(channel)
+            if len(self.lanes) > MAX_LANES:
+                for c, old in list(self.lanes.items())[:len(self.lanes) - MAX_LANES]:
+                    if not old.entries:
+                        del self.lanes[c]  # forgotten: a move then finds no position
+        else:
+            self.lanes.move_to_end(channel)
+        return lane
+
     # ---- publishing ---------------------------------------------------------------------
 
-    def stamp(self, data: dict) -> dict:
-        """`data` with its id (a copy)."""
+    def stamp(self, data: dict, channels=(None,)) -> dict:
+        """`data` with its id (a copy); `channels`: those it is published on."""
         self.published += 1
+        for c in channels:
+            self.sent[c] = self.published
+            self.sent.move_to_end(c)
+        while len(self.sent) > MAX_LANES:
+            self.sent.popitem(last=False)
         local = data.get("method") == "emit" and not (
             self.manager.recovery is not None and data.get("callback") is None)
         return {**data, KEY: [self.me, self.published, 1 if local else 0]}
 
     # ---- the listener -------------------------------------------------------------------
 
-    def heard(self, data: dict) -> dict:
+    def heard(self, data: dict, channel: str | None = None) -> dict:
         """Called by the listener for every message it reads, in order, before it
-        acts on it; returns the message to act on (skip_sid extended for the
-        sessions that must not get it from here)."""
-        self.index += 1
-        i = self.index
+        acts on it, with the channel it came on (interest channels); returns the
+        message to act on (skip_sid extended for the sessions that must not get
+        it from here)."""
+        lane = self.lane(channel if self.by_channel else None)
+        lane.index += 1
+        i = lane.index
         pub, n, local = _id(data)
         if pub is not None:
-            self.last[pub] = n
-            self.last.move_to_end(pub)
-            if len(self.last) > MAX_PUBLISHERS:
-                self.last.popitem(last=False)
-            self.mark = (pub, n, i)
-        self.ring.append((i, pub, n, local, data))
+            lane.last[pub] = n
+            lane.last.move_to_end(pub)
+            if len(lane.last) > MAX_PUBLISHERS:
+                lane.last.popitem(last=False)
+            lane.mark = (pub, n, i)
+        self.ring.append((lane, i, pub, n, local, data))
         if len(self.ring) > RING_KEEP:
             self.ring.popleft()
-        if not self.entries:
+        if not lane.entries:
             return data
         skip: list[str] = []
         now = time.monotonic()
-        for e in list(self.entries.values()):
+        for e in list(lane.entries.values()):
             if now > e.deadline:
-                self._expire(e)
+                self._expire(e, lane)
                 continue
             if not e.passed:
                 applied = e.applied(pub, n)
@@ -191,8 +288,8 @@ class ChannelOrder:
                     skip.append(e.eio_sid)
                 elif pub == self.me and n <= e.own:
                     self._deliver(e.eio_sid, data)  # its publisher's listener ignores it
-            if self._done(e):
-                del self.entries[e.eio_sid]
+            if self._done(e, lane):
+                self._close(e, lane)
         if skip and data.get("method") == "emit":
             data = self._skipping(data, skip)
         return data
@@ -208,17 +305,25 @@ class ChannelOrder:
         skip = list(skip) if isinstance(skip, list) else ([] if skip is None else [skip])
         return {**data, "skip_sid": skip + sids}
 
-    def _done(self, e: _Entry) -> bool:
-        return (e.passed and self.last.get(self.me, 0) >= e.own
-                and all(self.last.get(p, 0) >= hi for p, (_, hi) in e.had.items()))
+    def _done(self, e: _Entry, lane: _Lane) -> bool:
+        return (e.passed and lane.last.get(self.me, 0) >= e.own
+                and all(lane.last.get(p, 0) >= hi for p, (_, hi) in e.had.items()))
 
-    def _expire(self, e: _Entry) -> None:
-        del self.entries[e.eio_sid]
+    def _close(self, e: _Entry, lane: _Lane) -> None:
+        lane.entries.pop(e.eio_sid, None)
+        lanes = self.open.get(e.eio_sid)
+        if lanes is not None:
+            lanes.discard(lane)
+            if not lanes:
+                del self.open[e.eio_sid]
+
+    def _expire(self, e: _Entry, lane: _Lane) -> None:
+        self._close(e, lane)
         if not e.passed:
             log.warning("%s: moved in, but this worker's listener did not get past the "
-                        "old worker's position in %.0f s (Redis subscription down?): it "
+                        "old worker's position%s in %.0f s (Redis subscription down?): it "
                         "gets broadcasts from here on, a few may be missed or twice",
-                        e.eio_sid, ORDER_WAIT)
+                        e.eio_sid, _on(lane), ORDER_WAIT)
 
     def _deliver(self, eio_sid: str, data: dict) -> None:
         try:
@@ -228,36 +333,69 @@ class ChannelOrder:
 
     # ---- hand-over ----------------------------------------------------------------------
 
-    def state_of(self, eio_sid: str) -> dict:
+    def state_of(self, eio_sid: str, channels=None) -> dict:
         """What the session's state carries (see the module); exact only when taken
         with no yield before the session leaves the manager (the listener is then
-        between two messages)."""
-        e = self.entries.get(eio_sid)
-        seen = dict(list(self.last.items())[-STATE_PUBLISHERS:])
+        between two messages). `channels`: with interest channels, those the
+        session's rooms are on (the state then has one position per channel,
+        `{"lanes": {channel: position}}`)."""
+        if not self.by_channel:
+            return self._position(self.lane(None), eio_sid)
+        if self.synced is not None and not self.synced.issuperset(channels or ()):
+            self.unsynced_moves += 1
+        return {"lanes": {c: self._position(self.lanes.get(c) or _Lane(c), eio_sid)
+                          for c in channels or ()}}
+
+    def _position(self, lane: _Lane, eio_sid: str) -> dict:
+        e = lane.entries.get(eio_sid)
+        seen = dict(list(lane.last.items())[-STATE_PUBLISHERS:])
         if e is not None and not e.passed:
             # Not yet where its old worker was: that position still holds.
             for p, k in e.seen.items():
                 seen[p] = max(k, seen.get(p, 0))
             mark = list(e.mark) if e.mark is not None else None
-        elif self.mark is not None:
-            pub, n, i = self.mark
-            mark = [pub, n, self.index - i]
+        elif lane.mark is not None:
+            pub, n, i = lane.mark
+            mark = [pub, n, lane.index - i]
         else:
             mark = None
         had = {}
         if e is not None:
-            had = {p: [lo, hi] for p, (lo, hi) in e.had.items() if self.last.get(p, 0) < hi}
-        had[self.me] = [e.own if e is not None else 0, self.published]
+            had = {p: [lo, hi] for p, (lo, hi) in e.had.items() if lane.last.get(p, 0) < hi}
+        hi = self.sent.get(lane.channel, 0)
+        if lane.last.get(self.me, 0) < hi:
+            # Its own publishes not yet read back: the heir skips those (the ones
+            # read back are in `seen`; with interest channels its last one there
+            # may be from before the heir listened, and is then not waited for).
+            had[self.me] = [e.own if e is not None else 0, hi]
         return {"seen": seen, "mark": mark, "had": had}
 
     def left(self, eio_sid: str) -> None:
         """The session has gone."""
-        self.entries.pop(eio_sid, None)
+        for lane in self.open.pop(eio_sid, ()):
+            lane.entries.pop(eio_sid, None)
 
-    def arrived(self, eio_sid: str, state) -> None:
+    def arrived(self, eio_sid: str, state, channels=None) -> None:
         """The session `eio_sid` is registered here (its rooms), with `state` from
-        `state_of` on its old worker: catch up or hold (see the module). Call with
+        `state_of` on its old worker: catch up or hold (see the module), on each
+        of `channels` (interest channels: those its rooms are on here). Call with
         no yield since the registration."""
+        if not self.by_channel:
+            self._arrived(self.lane(None), eio_sid, state)
+            return
+        lanes = state.get("lanes") if isinstance(state, dict) else None
+        if not isinstance(lanes, dict):
+            log.warning("%s: moved in without channel positions (from a worker without "
+                        "ordering?); broadcasts from here on", eio_sid)
+            return
+        for c in channels or ():
+            if c in lanes:
+                self._arrived(self.lane(c), eio_sid, lanes[c])
+            else:
+                log.warning("%s: moved in without a position%s; broadcasts there from "
+                            "here on", eio_sid, _on(self.lane(c)))
+
+    def _arrived(self, lane: _Lane, eio_sid: str, state) -> None:
         try:
             seen = {str(p): int(k) for p, k in state["seen"].items()}
             mark = state.get("mark")
@@ -266,28 +404,33 @@ class ChannelOrder:
             had = {str(p): (int(lo), int(hi)) for p, (lo, hi) in
                    (state.get("had") or {}).items()}
         except (TypeError, ValueError, KeyError, AttributeError, IndexError):
-            log.warning("%s: moved in without a usable channel position (from a worker "
-                        "without ordering?); broadcasts from here on", eio_sid)
+            log.warning("%s: moved in without a usable channel position%s (from a worker "
+                        "without ordering?); broadcasts from here on", eio_sid, _on(lane))
             return
-        e = _Entry(eio_sid, seen, mark, had, self.published)
+        e = _Entry(eio_sid, seen, mark, had, self.sent.get(lane.channel, 0))
         if not seen:
-            log.info("%s: its old worker had read no broadcast with an id: broadcasts "
-                     "from here on", eio_sid)
+            # With interest channels the old worker synchronised each channel with
+            # this one first (a marker of this worker's: `seen` is never empty),
+            # or logged why it could not (workers/redis_manager.py, prepare).
+            log.log(logging.DEBUG if self.by_channel else logging.INFO,
+                    "%s: its old worker had read no broadcast with an id%s: broadcasts "
+                    "from here on", eio_sid, _on(lane))
             e.passed = True
         else:
-            self._place(e)
-        if not self._done(e):
-            self.entries[eio_sid] = e
+            self._place(lane, e)
+        if not self._done(e, lane):
+            lane.entries[eio_sid] = e
+            self.open.setdefault(eio_sid, set()).add(lane)
 
-    def _place(self, e: _Entry) -> None:
+    def _place(self, lane: _Lane, e: _Entry) -> None:
         """Find the old worker's position in the ring: deliver what came after it
         (this listener is ahead), or leave the entry to hold (it is behind)."""
-        ring = self.ring
+        ring = [r for r in self.ring if r[0] is lane]
         # The old worker applied a prefix of the channel: the last entry it applied
         # is where it was (plus K plain messages after its mark).
         cut = None
         later = False  # a message with an id after it (one the old worker had not)
-        for i, pub, n, _, _ in reversed(ring):
+        for _, i, pub, n, _, _ in reversed(ring):
             if e.applied(pub, n):
                 cut = i
                 if e.mark is not None and (pub, n) == e.mark[:2]:
@@ -300,16 +443,23 @@ class ChannelOrder:
             # Nothing here that it applied: this listener is behind it, unless it
             # heard later messages of a publisher the old worker heard (then it
             # started listening after that position, or is far ahead).
-            if not any(self.last.get(p, 0) > k for p, k in e.seen.items()):
+            if not any(lane.last.get(p, 0) > k for p, k in e.seen.items()):
                 return
-            if ring and ring[0][0] > 1:
+            if lane.index > len(ring):
                 log.warning("%s: moved in from a worker more than %d messages behind "
-                            "this one: broadcasts before those may be missed",
-                            e.eio_sid, RING_KEEP)
+                            "this one%s: broadcasts before those may be missed",
+                            e.eio_sid, RING_KEEP, _on(lane))
             cut = 0
-        if cut >= self.index:
-            return  # just there: the next one decides
-        for i, pub, n, local, data in list(ring):
+        if cut >= lane.index:
+            # Just there, or behind by what it has not read yet: behind if the old
+            # worker applied a number of a publisher this listener has not read
+            # (or plain messages after its mark); else exactly there, and what
+            # comes next is new to the session (a quiet channel may have no next
+            # message for long: the entry would wait out ORDER_WAIT for nothing).
+            if cut == lane.index and all(lane.last.get(p, 0) >= k for p, k in e.seen.items()):
+                e.passed = True
+            return
+        for _, i, pub, n, local, data in ring:
             if i <= cut or data.get("method") != "emit":
                 continue
             lo_hi = e.had.get(pub) if local else None
@@ -317,6 +467,10 @@ class ChannelOrder:
                 continue
             self._deliver(e.eio_sid, data)
         e.passed = True
+
+
+def _on(lane: _Lane) -> str:
+    return "" if lane.channel is None else f" on {lane.channel}"
 
 
 def _id(data: dict) -> tuple:
