@@ -476,7 +476,7 @@ def _environ_moved_in(worker, state: dict) -> dict:
         environ["headers_raw"] = tuple(tuple(pair) for pair in raw)
     environ["wsgi.input"] = io.BytesIO()
     environ["eventlet.posthooks"] = []
-    environ.update(worker.app.request_entries())
+    environ.update(worker.app.request_entries())  # internals: flask-socketio-middleware
     items = state.get("flask_session")
     if items is not None:
         try:
