@@ -551,3 +551,141 @@ def test_interest_channels_order_the_moves_with_room_messages(
     else:
         # The heir, as old as the one that leaves, held the room's channel already.
         assert new == kept, "every session now on the remaining worker"
+
+
+# ---- the request environ and Flask-SocketIO's session (workers/handover.py) ------------
+
+
+@pytest.mark.parametrize("transport, act", [("websocket", reload), ("polling", reload),
+                                            ("websocket", scale_down)])
+def test_flask_socketio_handlers_keep_their_app_and_session_after_a_move(cluster_factory,
+                                                                          transport, act):
+    """Flask-SocketIO's handlers read environ['flask.app'] (the new worker's Flask app)
+    and Flask's `session`, which Flask-SocketIO keeps per connection in the environ:
+    both work after a move, the session with what the handlers put in it, and it
+    moves again from the worker it moved to."""
+    cluster = cluster_factory(app="flask_session_app:app", workers=2, cwd=APPS, handover=True)
+    cluster.wait_ready()
+    # Two clients, one per worker (new sessions go to the least loaded): a scale-down
+    # moves one of them.
+    clients = [Client(cluster.url, transport, reconnection=True, headers={"Cookie": "k=v"})
+               for _ in range(2)]
+    try:
+        sids = [c.sio.get_sid() for c in clients]
+        pids = [c.whoami() for c in clients]
+        before = []
+        for i, c in enumerate(clients):
+            assert c.call("remember", f"ann{i}") == "ok" and c.call("hello") == f"hello ann{i}"
+            before.append(c.call("whereami"))
+            assert before[i]["flask_app"] and before[i]["cookie"] == "v"
+            assert not before[i]["handover"]
+        act(cluster)
+        moved = [i for i, c in enumerate(clients) if c.whoami() != pids[i]]
+        assert len(moved) == (2 if act is reload else 1), moved
+        for i, c in enumerate(clients):
+            assert c.call("hello") == f"hello ann{i}", "the Flask-SocketIO session moved"
+            assert c.call("whereami") == {**before[i], "handover": i in moved}, \
+                "the handshake request, as it was"
+            assert c.call("remember", f"bob{i}") == "ok" and c.call("hello") == f"hello bob{i}"
+        if act is reload:  # and from the worker it moved to, once more
+            pids = [c.whoami() for c in clients]
+            reload(cluster)
+            for i, c in enumerate(clients):
+                assert c.whoami() != pids[i]
+                assert c.call("hello") == f"hello bob{i}" and c.call("whereami")["flask_app"]
+        for c, sid in zip(clients, sids, strict=True):
+            assert c.disconnects == 0 and c.connects == 1 and c.sio.get_sid() == sid
+    finally:
+        for c in clients:
+            c.close()
+    log = cluster.log()
+    assert "Traceback" not in log and "stay behind" not in log, log
+
+
+def test_a_flask_socketio_session_that_is_not_json_is_closed_and_reconnects(cluster_factory):
+    """Bytes in Flask's session cannot move as JSON: that session is closed as without
+    hand-over (its client reconnects), the others move, and the log says why."""
+    cluster = cluster_factory(app="flask_session_app:app", workers=2, cwd=APPS, handover=True)
+    cluster.wait_ready()
+    plain = Client(cluster.url, "websocket", reconnection=True)
+    raw = Client(cluster.url, "websocket", reconnection=True)
+    try:
+        assert plain.call("remember", "ann") == "ok"
+        assert raw.call("remember", "raw") == "ok" and raw.call("remember_bytes") == "ok"
+        reload(cluster)
+        wait_for(lambda: raw.connects == 2, 30, what="the refused session to reconnect")
+        assert raw.call("hello") == "hello ?", "a new connection, a new session"
+        assert plain.disconnects == 0 and plain.call("hello") == "hello ann"
+    finally:
+        plain.close()
+        raw.close()
+    assert "its Flask-SocketIO session is not JSON (raw)" in cluster.log()
+
+
+@pytest.mark.parametrize("spec", ["flask_wsgiapp:app", "django_project.wsgi:application"])
+def test_python_socketio_handlers_under_flask_or_django_read_the_request_after_a_move(
+        cluster_factory, spec):
+    """python-socketio apps under Flask (socketio.WSGIApp) and Django: a handler that
+    builds the framework's request object from sio.get_environ(sid) (cookies, URL,
+    address, an empty body) gets the same answers on the worker the session moved to."""
+    cluster = cluster_factory(app=spec, workers=2, cwd=APPS, handover=True)
+    old = {w["pid"] for w in cluster.wait_ready()}
+    clients = [Client(cluster.url, t, reconnection=True, headers={"Cookie": "k=v"})
+               for t in ("websocket", "polling")]
+    try:
+        before = [c.call("request") for c in clients]
+        assert all(b["cookie"] == "v" and b["body"] == "" for b in before), before
+        reload(cluster)
+        for c, b in zip(clients, before, strict=True):
+            assert c.whoami() not in old
+            assert c.call("request") == b
+            assert c.disconnects == 0
+    finally:
+        for c in clients:
+            c.close()
+    assert "Traceback" not in cluster.log(), cluster.log()
+
+
+ENVIRON_APP = '''
+import socketio
+from imcluster.examples.bench import sio
+
+
+class Tag:
+    """A middleware that puts an object (which cannot move) and text in the environ."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        environ["tag.user"] = object()
+        environ["tag.name"] = "ann"
+        return self.app(environ, start_response)
+
+
+app = Tag(socketio.WSGIApp(sio))
+
+
+@sio.on("tags")
+def tags(sid, data=None):
+    env = sio.get_environ(sid)
+    return {"name": env.get("tag.name"), "user": "tag.user" in env}
+'''
+
+
+def test_environ_entries_that_cannot_move_are_logged_once_and_the_rest_moves(
+        cluster_factory, tmp_path):
+    (tmp_path / "environ_app.py").write_text(ENVIRON_APP)
+    cluster = cluster_factory(app="environ_app:app", workers=1, cwd=tmp_path, handover=True)
+    cluster.wait_ready()
+    clients = [Client(cluster.url, "websocket", reconnection=True) for _ in range(3)]
+    try:
+        assert all(c.call("tags") == {"name": "ann", "user": True} for c in clients)
+        reload_one(cluster)
+        for c in clients:
+            assert c.call("tags") == {"name": "ann", "user": False} and c.disconnects == 0
+    finally:
+        for c in clients:
+            c.close()
+    said = [line for line in cluster.log().splitlines() if "stay behind" in line]
+    assert len(said) == 1 and "tag.user (object)" in said[0], said

@@ -265,10 +265,17 @@ def test_setup_cfg_bounds_follow_what_the_registry_was_checked_with():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     ranges = {}
-    for line in cfg["options"]["install_requires"].splitlines():
+    # Optional libraries (reached only when the app uses them) are bounded in the
+    # test extra, the ones imcluster needs in install_requires.
+    for line in (cfg["options"]["install_requires"].splitlines()
+                 + cfg["options.extras_require"]["test"].splitlines()):
         m = re.match(r"\s*([A-Za-z0-9._-]+)\s*(\S+)", line)
         if m:
-            ranges[m[1]] = m[2]
+            ranges[m[1].lower()] = m[2]
+    required = {line.split(">")[0].split("<")[0].strip().lower()
+                for line in cfg["options"]["install_requires"].splitlines()
+                if line.strip() and not line.strip().startswith("#")}
+    assert not internals.OPTIONAL & required, "an optional library imcluster installs"
     assert set(internals.CHECKED_WITH) == {r.library for r in REACHES.values()}
     for dist, checked in internals.CHECKED_WITH.items():
         major, minor = (int(x) for x in checked.split(".")[:2])
@@ -279,6 +286,16 @@ def test_setup_cfg_bounds_follow_what_the_registry_was_checked_with():
 
 
 # ---- behaviour the entries describe, where a shape check is not enough ----------------
+
+
+def test_flask_socketio_session_is_a_dict_with_flasks_session_mixin():
+    """flask-socketio-session: the hand-over carries a Flask-SocketIO session as its
+    items and wraps them again; the wrapper must be the dict Flask takes as a session."""
+    from flask.sessions import SessionMixin
+
+    s = internals.flask_socketio_session({"name": "ann", "_permanent": True})
+    assert isinstance(s, dict) and isinstance(s, SessionMixin)
+    assert dict(s) == {"name": "ann", "_permanent": True} and s.permanent is True
 
 
 def test_every_frame_eventlet_writes_goes_through_send():

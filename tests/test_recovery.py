@@ -97,6 +97,28 @@ def test_killed_workers_long_polling_clients_recover_and_hear_later_messages(
         assert m["connects"] >= 2 and m["recovered"] is True, m
 
 
+def test_flask_socketio_recovers_save_session_data_but_not_flasks_session(cluster_factory):
+    """What the README says of Flask-SocketIO and recovery: after a kill -9 the
+    recovered session has its python-socketio session data (socketio.server.
+    save_session) and `socket.recovered`, while Flask's `session`, which
+    Flask-SocketIO keeps in the dead worker's memory, starts again."""
+    cluster = cluster_factory(app="flask_recovery_app:app", workers=WORKERS,
+                              recovery_window=10, cwd=ROOT / "tests" / "apps")
+    cluster.wait_ready()
+    first, result = _recovery_run(cluster, clients=12, messages=100, rate=40, kill_after=30,
+                                  state=True)
+    wanted = list(range(result["messages"]))
+    orphans = [m for m in result["members"] if m["worker"] == first["victim"]]
+    assert orphans
+    for m in result["members"]:
+        assert m["heard"] == wanted, (m["worker"], m["id"], _gaps(m["heard"], wanted))
+        if m in orphans:
+            assert m["connects"] >= 2 and m["recovered"] is True, m
+            assert m["state"] == {"flask": 1, "saved": 2}, m
+        else:
+            assert m["state"] == {"flask": 1, "saved": 1}, m
+
+
 def test_a_rolling_reload_recovers_every_session(cluster_factory, relay_or_redis):
     """A reload drains each worker in turn (as socket.io's "server shutting down"):
     every client comes back recovered, with every broadcast once, in order."""

@@ -50,6 +50,17 @@ class App:
     wsgi: Any  # what the WSGI server calls: the outermost callable
     eio: engineio.Server  # makes the session ids
     sio: socketio.Server | None  # None for a bare Engine.IO app
+    # The Flask app whose Flask-SocketIO middleware passes requests to `sio`
+    # (it sets environ['flask.app'] to it on every request), else None.
+    flask_app: Any = None
+
+    def request_entries(self) -> dict[str, Any]:
+        """The environ entries the app's own middleware sets on every request and
+        its handlers read, made in this process: a session handed over from
+        another worker gets them here (workers/handover.py), as its requests
+        would have. Flask-SocketIO: `flask.app` (its `_handle_event` reads
+        environ['flask.app'] before every handler). Other middleware: none known."""
+        return {"flask.app": self.flask_app} if self.flask_app is not None else {}
 
 
 # What `imcluster run MODULE` (no ATTR) looks for, in this order: the names
@@ -231,7 +242,7 @@ def find(obj: Any, spec: str, hint: str = "") -> App:
     if isinstance(obj, (socketio.AsyncServer, engineio.AsyncServer, socketio.ASGIApp)):
         raise AppError(f"{spec} is an asyncio app; imcluster serves socketio.Server "
                        "(async_mode='eventlet') apps")
-    found, seen = _walk(obj)
+    found, seen, owners = _walk(obj)
     sios = [s for s in found if isinstance(s, socketio.Server)]
     eios = [s for s in found if not isinstance(s, socketio.Server)]
     async_found = [s for s in found if isinstance(s, (socketio.AsyncServer,
@@ -255,7 +266,10 @@ def find(obj: Any, spec: str, hint: str = "") -> App:
         raise AppError(f"{spec} is {_a(_describe(obj))} with {kind} in it (looked in: "
                        f"{', '.join(seen) or 'nothing'}){hint}; {WHAT_TO_NAME}")
     check_async_mode(eio, spec)
-    return App(_outermost(obj, sio, eio, spec), eio, sio)
+    # internals: flask-socketio-middleware (its flask_app is environ['flask.app'])
+    owner = next((o for o in owners if o.__dict__.get("server") is sio), None)
+    flask_app = getattr(owner.__dict__.get("sockio_mw"), "flask_app", None) if owner else None
+    return App(_outermost(obj, sio, eio, spec), eio, sio, flask_app)
 
 
 def check_async_mode(eio: engineio.Server, spec: str) -> None:
@@ -278,16 +292,18 @@ def check_async_mode(eio: engineio.Server, spec: str) -> None:
         "'eventlet'); Flask-SocketIO: SocketIO(app, async_mode='eventlet'))")
 
 
-def _walk(root: Any) -> tuple[list, list[str]]:
+def _walk(root: Any) -> tuple[list, list[str], list]:
     """Servers reachable from `root` through CHAIN_ATTRS/CHAIN_DICTS, outermost first.
 
     Reads instance dicts only (never properties, which may have effects),
     at most MAX_DEPTH links deep, each object once (chains can loop:
     Flask-SocketIO's middleware points back at its Flask app). Returns the
-    servers found and, for the error message, the links followed.
+    servers found, for the error message the links followed, and the
+    flask_socketio.SocketIO objects passed on the way.
     """
     found: list = []
     seen: list[str] = []
+    owners: list = []
     visited: set[int] = set()
     stack: list[tuple[Any, str, int]] = [(root, "", 0)]
     while stack:
@@ -297,6 +313,8 @@ def _walk(root: Any) -> tuple[list, list[str]]:
         visited.add(id(obj))
         if where:
             seen.append(f"{where} ({_describe(obj)})")
+        if _is_flask_socketio(obj):
+            owners.append(obj)
         if isinstance(obj, (socketio.Server, socketio.AsyncServer)):
             found.append(obj)
             continue
@@ -321,7 +339,7 @@ def _walk(root: Any) -> tuple[list, list[str]]:
         # Pushed in reverse, so the first attribute is walked first.
         for child, path in reversed(nxt):
             stack.append((child, path, depth + 1))
-    return found, seen
+    return found, seen, owners
 
 
 def _outermost(obj: Any, sio: socketio.Server | None, eio: engineio.Server, spec: str):
@@ -332,7 +350,7 @@ def _outermost(obj: Any, sio: socketio.Server | None, eio: engineio.Server, spec
     if obj is eio:
         return engineio.WSGIApp(eio)
     if _is_flask_socketio(obj):
-        mw = obj.__dict__.get("sockio_mw")
+        mw = obj.__dict__.get("sockio_mw")  # internals: flask-socketio-middleware
         flask_app = getattr(mw, "flask_app", None)
         if flask_app is None:
             raise AppError(f"{spec} is a flask_socketio.SocketIO not attached to a Flask app; "

@@ -20,8 +20,17 @@ What moves (the JSON state of one session, at most one channel frame)
   sid on the new worker: `manager.rooms[ns][None]` maps it to the Engine.IO
   sid), its rooms (`manager.get_rooms`), and the next ack id the server
   would give it (python-socketio's `callbacks[sid][0]` counter).
-- The request environ, the entries that are plain text (HTTP_*, QUERY_STRING,
-  REMOTE_ADDR, PATH_INFO, ...), flagged `imcluster.handover: True`.
+- The request environ, every entry JSON gives back unchanged (HTTP_*,
+  QUERY_STRING, REMOTE_ADDR, PATH_INFO, wsgi.url_scheme, ...; see
+  _SERVER_ENTRIES), flagged `imcluster.handover: True`. The new worker adds
+  the WSGI server's entries (its own), an empty body, and what the app's
+  middleware sets on every request, made there: Flask-SocketIO's `flask.app`
+  (workers/app.py, App.request_entries). Entries that are not JSON (objects a
+  middleware put there) stay behind; the old worker logs which.
+- Flask-SocketIO's per-connection Flask session (`environ['saved_session']`,
+  with manage_session, its default): its items, which must be JSON (else the
+  session is closed instead, as for save_session data), wrapped again on
+  arrival in the class Flask-SocketIO keeps it in.
 - The client's TCP socket itself (SCM_RIGHTS), detached, never shut down:
   whatever the kernel already holds for it travels with it unread.
 
@@ -192,6 +201,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import itertools
 import json
 import logging
@@ -216,9 +226,27 @@ log = logging.getLogger("imcluster.worker")
 # How long the old worker waits for a session's reader to reach a frame
 # boundary, its handlers to finish and its server-side acks to be answered.
 HANDLER_WAIT = 3.0
-# The environ entries that move: text only (no file objects, no eventlet parts).
-_ENVIRON_PREFIXES = ("HTTP_", "REMOTE_", "SERVER_", "QUERY_STRING", "PATH_INFO",
-                     "SCRIPT_NAME", "REQUEST_METHOD", "wsgi.url_scheme")
+# The request environ (python-socketio keeps the handshake request's, per
+# Engine.IO sid, and hands it to handlers) moves entry by entry: every entry
+# JSON carries unchanged (text, numbers, booleans, None, lists and str-keyed
+# dicts of them: the CGI variables, HTTP_*, wsgi.url_scheme, werkzeug's
+# ProxyFix originals, an app's own plain entries), plus eventlet's
+# `headers_raw` (a tuple of (name, value) pairs: moved as lists, made a tuple
+# again). These are not carried, because the new worker makes them itself:
+_SERVER_ENTRIES = frozenset({
+    # the WSGI server's (PEP 3333), from the new worker's eventlet server
+    "wsgi.version", "wsgi.errors", "wsgi.multithread", "wsgi.multiprocess",
+    "wsgi.run_once", "wsgi.file_wrapper",
+    # the handshake request's body and connection, which ended with it: an empty
+    # wsgi.input and posthooks there, no eventlet.input nor set_idle
+    "wsgi.input", "eventlet.input", "eventlet.posthooks", "eventlet.set_idle",
+    # Flask-SocketIO's Flask app (App.request_entries) and its session (carried
+    # apart as "flask_session"); the Request object werkzeug caches in the environ,
+    # which Flask's next request context makes again
+    "flask.app", internals.FLASK_SOCKETIO_SESSION, "werkzeug.request"})
+# Entries left behind (key and type), already logged by this worker: logged
+# once per hand-over (a retiring worker hands over once), not once per session.
+_dropped_said: set[tuple[str, ...]] = set()
 
 class Refused(Exception):
     """This session cannot move (the reason is the message); it is closed instead."""
@@ -385,13 +413,14 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
         next_ack = next(counter) if counter is not None else 1
         spaces.append({"namespace": ns, "sid": sid, "rooms": rooms, "next_ack": next_ack})
     environ = sio.environ.get(s.sid, {})  # internals: socketio-handover-state
-    env = {k: v for k, v in environ.items()
-           if isinstance(v, str) and k.startswith(_ENVIRON_PREFIXES)}
+    env, flask_session = _environ_state(s.sid, environ)
     rb = s.receive_buffer
     rest = rb.buf[rb.pos:] if rb is not None else b""
     state = {"v": 1, "eio_sid": s.sid, "last_ping": s.last_ping, "namespaces": spaces,
              "environ": env, "rest": base64.b64encode(rest).decode(),
              "next_ping_at": getattr(s, "next_ping_at", None)}
+    if flask_session is not None:
+        state["flask_session"] = flask_session
     try:
         json.dumps(s.session)
     except (TypeError, ValueError) as e:
@@ -400,6 +429,78 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
     if getattr(worker, "recovery", None) is not None:
         worker.recovery.leaving(state)  # pids: recoverable on the new worker too
     return state
+
+
+def _json_exact(value) -> bool:
+    """Whether JSON gives `value` back as it is (no tuple made a list, no int key a str)."""
+    try:
+        return json.loads(json.dumps(value)) == value
+    except (TypeError, ValueError):
+        return False
+
+
+def _environ_state(sid: str, environ: dict) -> tuple[dict, dict | None]:
+    """The environ entries that move (see _SERVER_ENTRIES), and the items of
+    Flask-SocketIO's session for the connection, or None if it has none yet.
+
+    Raises Refused when the Flask-SocketIO session holds something JSON does
+    not give back unchanged (as save_session data that is not JSON: the
+    session is closed rather than moved with its data changed). Entries left
+    behind are logged, once per distinct set.
+    """
+    env: dict = {}
+    dropped = []
+    for k, v in environ.items():
+        if k in _SERVER_ENTRIES:
+            continue
+        if k == "headers_raw" and isinstance(v, tuple):
+            v = [list(pair) for pair in v]
+        if isinstance(k, str) and _json_exact(v):
+            env[k] = v
+        else:
+            dropped.append(f"{k} ({type(v).__name__})")
+    if dropped and tuple(dropped) not in _dropped_said:
+        _dropped_said.add(tuple(dropped))
+        log.warning("%s: environ entries that are not JSON stay behind with this worker "
+                    "(handlers see them missing after the hand-over): %s",
+                    sid, ", ".join(dropped))
+    # flask-socketio-session: Flask-SocketIO keeps the connection's Flask session
+    # in the environ (manage_session, its default), changed in place by handlers.
+    session = environ.get(internals.FLASK_SOCKETIO_SESSION)
+    if session is None:
+        return env, None
+    items = dict(session) if isinstance(session, dict) else None
+    if items is None or not _json_exact(items):
+        bad = ("it is a " + type(session).__name__ if items is None else
+               ", ".join(k for k, v in items.items() if not _json_exact({k: v})))
+        raise Refused(f"its Flask-SocketIO session is not JSON ({bad})")
+    return env, items
+
+
+def _environ_moved_in(worker, state: dict) -> dict:
+    """The environ of a session moved in: the WSGI server's entries from this
+    worker's server, the entries that moved, an empty body, the app's own
+    request entries made here (Flask-SocketIO: `flask.app`, this worker's Flask
+    app) and Flask-SocketIO's session, wrapped as Flask-SocketIO keeps it."""
+    server = getattr(worker, "server", None)
+    environ = server.get_environ() if server is not None else {}
+    environ.update(state.get("environ") or {})
+    raw = environ.get("headers_raw")
+    if isinstance(raw, list):
+        environ["headers_raw"] = tuple(tuple(pair) for pair in raw)
+    environ["wsgi.input"] = io.BytesIO()
+    environ["eventlet.posthooks"] = []
+    environ.update(worker.app.request_entries())  # internals: flask-socketio-middleware
+    items = state.get("flask_session")
+    if items is not None:
+        try:
+            # internals: flask-socketio-session
+            environ[internals.FLASK_SOCKETIO_SESSION] = internals.flask_socketio_session(items)
+        except (ImportError, AttributeError) as e:
+            log.error("%s: Flask-SocketIO's session could not be made here (%s); its "
+                      "handlers start from the cookie's session", state.get("eio_sid"), e)
+    environ["imcluster.handover"] = True
+    return environ
 
 
 # ---- polling sessions -----------------------------------------------------------
@@ -643,6 +744,9 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
                                     else base64.b64decode(p["b"]))
                   for p in state.get("queue", ())]
         get = base64.b64decode(state["get"]) if polling and "get" in state else None
+        if not isinstance(state.get("environ") or {}, dict) or \
+                not isinstance(state.get("flask_session") or {}, dict):
+            raise TypeError("environ and flask_session must be objects")
         if not polling and sock is None:
             raise ValueError("a WebSocket session without its socket")
     except (ValueError, KeyError, TypeError) as e:
@@ -657,8 +761,7 @@ def move_in(worker, payload: bytes, fd: int | None) -> None:
     s.connected = True
     s.session = state.get("session") or {}
     s.last_ping = state.get("last_ping")
-    environ = dict(state.get("environ") or {})
-    environ["imcluster.handover"] = True
+    environ = _environ_moved_in(worker, state)
     ws = None
     if polling:
         for pkt in queued:

@@ -41,7 +41,13 @@ import eventlet.wsgi
 
 # The newest minor release of each library every entry was read against.
 # setup.cfg admits versions below the next minor (tests/test_internals.py).
-CHECKED_WITH = {"eventlet": "0.41", "python-engineio": "4.15", "python-socketio": "5.18"}
+CHECKED_WITH = {"eventlet": "0.41", "python-engineio": "4.15", "python-socketio": "5.18",
+                "flask-socketio": "5.7"}
+# Libraries reached only when the app uses them, which imcluster does not
+# install: their bound is in setup.cfg's `test` extra, and a worker whose
+# installed version lacks what an entry names says so in its log and goes on
+# without that reach (workers/handover.py: the Flask-SocketIO session stays behind).
+OPTIONAL = {"flask-socketio"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class Reach:
 
 
 _EIO, _SIO, _EV = "python-engineio", "python-socketio", "eventlet"
+_FSIO = "flask-socketio"
 
 REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
     # ---- eventlet --------------------------------------------------------------------
@@ -705,6 +712,27 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         params=("server", "sid", "eio_sid", "data", "namespace", "id"),
         source=("self.start_background_task(self._handle_event_internal, self, sid,",),
         source_in="socketio:Server._handle_event")),
+    # ---- Flask-SocketIO (workers/app.py, workers/handover.py) ------------------------
+    ("flask-socketio-middleware", Reach(
+        _FSIO, "flask_socketio:_SocketIOMiddleware.__call__", "read",
+        "workers/app.py find, _outermost; workers/handover.py move_in",
+        "SocketIO(app) wraps app.wsgi_app in its middleware, kept as socketio.sockio_mw, "
+        "which sets environ['flask.app'] = self.flask_app on every request; every handler "
+        "reads it (_handle_event), so a session moved in gets this worker's Flask app there",
+        params=("environ", "start_response"),
+        source=("environ['flask.app'] = self.flask_app",))),
+    ("flask-socketio-session", Reach(
+        _FSIO, "flask_socketio:_ManagedSession", "call",
+        "workers/handover.py _take_state, move_in",
+        "with manage_session (the default) a connection's Flask session is "
+        "environ['saved_session'], a _ManagedSession (a dict with Flask's SessionMixin) "
+        "made from flask.session at the first event and read by every later one: its "
+        "items move with the session and are wrapped in one again on arrival",
+        source=("app = environ['flask.app']",
+                "if 'saved_session' not in environ:",
+                "environ['saved_session'] = _ManagedSession(flask.session)",
+                "session_obj = environ['saved_session']"),
+        source_in="flask_socketio:SocketIO._handle_event")),
     ("socketio-binary", Reach(
         _SIO, "socketio.packet:Packet", "read", "workers/pubsub.py ClusterPubSubManager",
         "the binary attachment codec emits use, for acks that carry bytes",
@@ -825,3 +853,17 @@ def bad_request(server, message: str | None = None) -> dict:
 def cors_headers(server, environ: dict) -> list:
     """The CORS headers python-engineio adds to its answers (engineio-cors-headers)."""
     return server._cors_headers(environ)
+
+
+# flask-socketio-session: the environ key and the class of Flask-SocketIO's
+# per-connection session.
+FLASK_SOCKETIO_SESSION = "saved_session"
+
+
+def flask_socketio_session(items: dict):
+    """A Flask-SocketIO per-connection session holding `items`, as its
+    `_handle_event` makes one (flask-socketio-session). Raises ImportError or
+    AttributeError when flask_socketio is missing or no longer has the class."""
+    import flask_socketio
+
+    return flask_socketio._ManagedSession(items)

@@ -18,3 +18,13 @@ def index():
 
 
 python_socketio_events(sio)
+
+
+@sio.on("request")
+def request_seen(sid, data=None):
+    """What a handler reads of the handshake request through Flask's own Request."""
+    from flask import Request
+
+    r = Request(sio.get_environ(sid))
+    return {"remote_addr": r.remote_addr, "cookie": r.cookies.get("k"), "url": r.url,
+            "body": r.get_data(as_text=True), "scheme": r.scheme}
