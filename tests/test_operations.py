@@ -204,6 +204,70 @@ def test_graceful_stop_waits_for_workers_and_exits_0(cluster_factory):
     assert log.count("exited (code 0)") == 2 and "signal 9" not in log, log
 
 
+def _start_work(c: Client, seconds: float, path) -> list:
+    """Emit `work` (a handler that sleeps `seconds`, then writes `path`) with an ack
+    callback; return the list its ack lands in, once the handler has started."""
+    acks: list = []
+    c.sio.emit("work", (seconds, str(path)), callback=acks.append)
+    wait_for(lambda: os.path.exists(f"{path}.started"), 10, what="the handler started")
+    return acks
+
+
+def test_graceful_stop_lets_running_handlers_finish(cluster_factory, tmp_path):
+    """A stop waits for the handlers already running (their acks arrive), and
+    ignores the events that arrive while it drains."""
+    cluster = cluster_factory(app="ops_app:sio", workers=2, cwd=APPS)
+    cluster.wait_ready()
+    c = Client(cluster.url, "websocket")
+    mark = tmp_path / "stop-mark"
+    acks = _start_work(c, 3, mark)
+    late: list = []
+    os.kill(cluster.pid, signal.SIGTERM)
+    wait_for(lambda: "waiting up to" in cluster.log(), 10, what="the drain to start")
+    c.sio.emit("echo", "late", callback=late.append)  # during the drain: ignored
+    assert cluster.proc.wait(20) == 0
+    assert acks == ["done"] and mark.read_text() == "done"
+    assert late == []
+    log = cluster.log()
+    assert "waiting up to" in log and "running handler(s)" in log
+    assert "ignored 1 event(s)" in log and "abandoned" not in log
+    assert log.count("exited (code 0)") == 2 and "signal 9" not in log, log
+    c.close()
+
+
+def test_reload_lets_running_handlers_finish(cluster_factory, tmp_path):
+    cluster = cluster_factory(app="ops_app:sio", workers=2, cwd=APPS)
+    cluster.wait_ready()
+    c = Client(cluster.url, "websocket", reconnection=True)
+    pid = c.whoami()
+    mark = tmp_path / "reload-mark"
+    acks = _start_work(c, 3, mark)
+    result = cluster.cluster.reload()
+    assert result.ok
+    assert acks == ["done"] and mark.read_text() == "done"
+    assert pid not in cluster.worker_pids()
+    assert "abandoned" not in cluster.log()
+    c.close()
+
+
+def test_drain_abandons_handlers_past_the_graceful_timeout(cluster_factory, tmp_path):
+    """A handler still running at the graceful deadline is abandoned, and logged by
+    event name; the worker still exits by itself (no KILL)."""
+    cluster = cluster_factory(app="ops_app:sio", workers=1, cwd=APPS,
+                              args=("--graceful-timeout", "3"))
+    cluster.wait_ready()
+    c = Client(cluster.url, "websocket")
+    mark = tmp_path / "long-mark"
+    acks = _start_work(c, 60, mark)
+    os.kill(cluster.pid, signal.SIGTERM)
+    assert cluster.proc.wait(20) == 0
+    log = cluster.log()
+    assert "abandoned 1 handler(s) still running" in log and "work x1" in log, log
+    assert acks == [] and not mark.exists()
+    assert "exited (code 0)" in log and "signal 9" not in log, log
+    c.close()
+
+
 def test_second_term_forces_the_stop(cluster_factory):
     cluster = cluster_factory(app="ops_app:sio", workers=1, cwd=APPS,
                               args=("--graceful-timeout", "60"))

@@ -22,3 +22,14 @@ def block(sid, seconds=60):
     # (its heartbeat included) stops, as with a CPU-bound or unpatched handler.
     _real_sleep(float(seconds))
     return os.getpid()
+
+
+@sio.on("work")
+def work(sid, seconds, path):
+    # A handler that waits (as one calling a database would), then leaves a mark:
+    # a graceful drain must let it finish and send its ack.
+    open(path + ".started", "w").close()
+    sio.sleep(float(seconds))
+    with open(path, "w") as f:
+        f.write("done")
+    return "done"
