@@ -115,6 +115,8 @@ class WorkerProcess:
     connections: int | None = None  # TCP connections it serves (its last LOAD)
     broadcast: str | None = None  # with Redis, how its broadcasts stand (its last LOAD)
     pubsub: dict | None = None  # with Redis, its pub/sub figures (its last LOAD)
+    fresh_rss: int | None = None  # bytes resident when it said READY (with --max-memory)
+    over_memory: bool = False  # being replaced for going over --max-memory
 
     def to(self, new: State) -> None:
         """Move to `new`, refusing any edge not in TRANSITIONS."""
@@ -157,6 +159,7 @@ class WorkerProcess:
         self.sessions = self.connections = self.broadcast = self.pubsub = None
         self.handoffs_sent = self.handoffs_acked = 0
         self.unresponsive = False
+        self.fresh_rss, self.over_memory = None, False
         self.kill_at = 0.0
 
     def ready(self, now: float) -> None:
