@@ -205,8 +205,9 @@ def test_graceful_stop_waits_for_workers_and_exits_0(cluster_factory):
 
 
 def _start_work(c: Client, seconds: float, path) -> list:
-    """Emit `work` (a handler that sleeps `seconds`, then writes `path`) with an ack
-    callback; return the list its ack lands in, once the handler has started."""
+    """Emit `work` (a handler that waits `seconds`, or until `path`.release exists,
+    then writes `path`) with an ack callback; return the list its ack lands in,
+    once the handler has started."""
     acks: list = []
     c.sio.emit("work", (seconds, str(path)), callback=acks.append)
     wait_for(lambda: os.path.exists(f"{path}.started"), 10, what="the handler started")
@@ -216,15 +217,18 @@ def _start_work(c: Client, seconds: float, path) -> list:
 def test_graceful_stop_lets_running_handlers_finish(cluster_factory, tmp_path):
     """A stop waits for the handlers already running (their acks arrive), and
     ignores the events that arrive while it drains."""
-    cluster = cluster_factory(app="ops_app:sio", workers=2, cwd=APPS)
+    cluster = cluster_factory(app="ops_app:sio", workers=2, cwd=APPS,
+                              args=("--graceful-timeout", "30"))
     cluster.wait_ready()
     c = Client(cluster.url, "websocket")
     mark = tmp_path / "stop-mark"
-    acks = _start_work(c, 3, mark)
+    acks = _start_work(c, 60, mark)
     late: list = []
     os.kill(cluster.pid, signal.SIGTERM)
     wait_for(lambda: "waiting up to" in cluster.log(), 10, what="the drain to start")
     c.sio.emit("echo", "late", callback=late.append)  # during the drain: ignored
+    wait_for(lambda: "ignoring the events" in cluster.log(), 10, what="the event ignored")
+    (tmp_path / "stop-mark.release").touch()  # the handler ends now, within the drain
     assert cluster.proc.wait(20) == 0
     assert acks == ["done"] and mark.read_text() == "done"
     assert late == []
@@ -236,14 +240,19 @@ def test_graceful_stop_lets_running_handlers_finish(cluster_factory, tmp_path):
 
 
 def test_reload_lets_running_handlers_finish(cluster_factory, tmp_path):
-    cluster = cluster_factory(app="ops_app:sio", workers=2, cwd=APPS)
+    cluster = cluster_factory(app="ops_app:sio", workers=2, cwd=APPS,
+                              args=("--graceful-timeout", "30"))
     cluster.wait_ready()
     c = Client(cluster.url, "websocket", reconnection=True)
     pid = c.whoami()
     mark = tmp_path / "reload-mark"
-    acks = _start_work(c, 3, mark)
-    result = cluster.cluster.reload()
-    assert result.ok
+    acks = _start_work(c, 60, mark)
+    cluster.cluster.reload(wait=False)
+    # Its worker is draining, with the handler still running: let it end now.
+    wait_for(lambda: "waiting up to" in cluster.log(), 60, what="the drain to start")
+    (tmp_path / "reload-mark.release").touch()
+    wait_for(lambda: (st := cluster.status())["last_reload"] and st["last_reload"]["ok"], 120,
+             what="the reload to end")
     assert acks == ["done"] and mark.read_text() == "done"
     assert pid not in cluster.worker_pids()
     assert "abandoned" not in cluster.log()

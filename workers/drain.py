@@ -57,7 +57,7 @@ class RunningHandlers:
 
         def counted(server, sid, eio_sid, data, namespace, id):
             if self.refusing:
-                self.ignored += 1
+                self._ignore(data[0])
                 return None
             name = data[0]
             running[name] = running.get(name, 0) + 1
@@ -71,6 +71,12 @@ class RunningHandlers:
                     del running[name]
 
         sio._handle_event_internal = counted
+
+    def _ignore(self, name) -> None:
+        self.ignored += 1
+        if self.ignored == 1:
+            log.info("draining: ignoring the events that arrive from now on (the first: "
+                     "%.40r); their handlers do not run", name)
 
     def wait(self, seconds: float, poll: float = 0.05) -> dict[str, int]:
         """Wait up to `seconds` for the running handlers to end; the ones still

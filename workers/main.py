@@ -106,7 +106,6 @@ class WorkerServer:
         protocol.adapt(app.eio, app.sio, rec)  # internals: socketio-server-attrs
         if app.sio is not None:
             fastpath.install(app.sio)  # same behaviour, less CPU per event (workers/fastpath.py)
-            self.handlers.install(app.sio)
             self._install_manager(app.sio)
             if self.spec.get("handover"):
                 handover.count_handlers(app.sio)
@@ -116,6 +115,7 @@ class WorkerServer:
                         and not isinstance(mgr, InterestRedisManager)):
                     # One channel, one order: a move is ordered with the broadcasts.
                     mgr.order = ChannelOrder(mgr)
+            self.handlers.install(app.sio)
             if rec is not None:
                 mgr = app.sio.manager
                 if isinstance(mgr, ClusterRedisManager):
