@@ -15,7 +15,9 @@ Every call raises `ControlError` (its text says why, for an operator) when
 the master cannot be reached, does not answer in time, or refuses.
 
 Answers: `{"error": TEXT}` for a refusal; `stop` answers `{"ok": true}`;
-`reload` `{"ok": true, "reload": RELOAD}`; `scale` `{"ok": true, "workers": N}`
+`reload` `{"ok": true, "id": N, "reload": RELOAD}` (with `"queued": true` when
+asked while a reload runs: a follow-up reload with id N starts when it ends;
+the ask is answered when `last_reload.id` reaches N); `scale` `{"ok": true, "workers": N}`
 (with `"deferred": true` when a shrink waits for a reload to end). `status`
 answers the whole cluster, these keys and no others. Clocks: "monotonic" is
 measured on the master's (or worker's) monotonic clock, immune to clock steps;
@@ -66,7 +68,8 @@ unless said otherwise.
     workers[].retired        bool         out of service for good (draining, then exits)
     workers[].replacement    bool         a reload's new worker, not yet in its slot
     workers[].uptime         float|null   s, monotonic: since this process was spawned
-    workers[].restarts       int          times the slot's process was replaced after exiting
+    workers[].restarts       int          times the slot's process was replaced after exiting,
+                                          or for going over --max-memory
     workers[].cpu            float|null   % of one core since the previous status (psutil;
                                           0.0 at the first)
     workers[].cpu_time       float|null   s of CPU (user + system) since the process started
@@ -91,6 +94,7 @@ unless said otherwise.
     workers[].unresponsive   bool         silent past --heartbeat-timeout or --ready-timeout;
                                           being replaced
     reload                   obj|null     the rolling reload in progress:
+    reload.id                int          the reload's number (1, 2, ... since the master started)
     reload.reason            str          who asked: "SIGHUP", "control socket", "memory limit..."
     reload.slot              int|null     the slot being replaced now
     reload.phase             str          "starting" (the new worker), "draining" (the old),
@@ -99,7 +103,10 @@ unless said otherwise.
     reload.replaced          int          workers replaced so far
     reload.new_pid           int|null     the replacement's pid
     reload.old_pid           int|null     the pid being drained
+    reload.follow_up         str|null     who asked for the full reload queued to start when
+                                          this one ends (every ask made meanwhile joins it)
     last_reload              obj|null     how the last reload ended:
+    last_reload.id           int          as reload.id
     last_reload.ok           bool         every slot was replaced
     last_reload.reason       str          as reload.reason
     last_reload.replaced     int          workers replaced before it ended
@@ -355,16 +362,23 @@ class Control:
     def reload(self, wait: bool = True, timeout: float = 600.0,
                poll: float = 0.2) -> ReloadResult | None:
         """Start a rolling reload (like SIGHUP). With `wait`, return how it ended;
-        ReloadTimeout if it has not ended after `timeout` seconds. Without, None."""
+        ReloadTimeout if it has not ended after `timeout` seconds. Without, None.
+        Asked while a reload runs, it waits for the follow-up reload queued for
+        it, so that an ok means every worker was started after this call."""
         before = self.request("status").get("last_reload")
-        self.request("reload")
+        # The id of the reload whose end answers this ask: the one it started,
+        # or the follow-up it was queued for while another ran (master/core.py).
+        want = self.request("reload").get("id")
         if not wait:
             return None
         deadline = time.monotonic() + timeout
         while True:
             st = self.request("status")
             last = st.get("last_reload")
-            if st.get("reload") is None and last and last != before:
+            if want is not None:
+                if last and last.get("id", 0) >= want:
+                    return ReloadResult.from_json(last)
+            elif st.get("reload") is None and last and last != before:
                 return ReloadResult.from_json(last)
             if time.monotonic() >= deadline:
                 raise ReloadTimeout(f"reload still running after {timeout:.0f}s")

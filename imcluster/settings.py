@@ -346,7 +346,8 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="SECONDS"),
     Setting("max_memory", _non_negative_int, 0,
             "RSS in MiB above which a worker is replaced by a graceful reload of its "
-            "slot (0: no limit)", metavar="MIB"),
+            "slot (0: no limit); a worker already above it fresh (at READY) is not "
+            "(said once, as an ERROR)", metavar="MIB"),
     Setting("ws_compression", _bool, False,
             "accept WebSocket permessage-deflate when clients offer it (browsers and the JS "
             "client do); off by default: it deflates every message once per client, which "

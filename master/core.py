@@ -69,7 +69,14 @@ class Core:
         # sids are routed to their heir (`moved`) instead of to them.
         self.emptied: set[int] = set()
         self.reloading: RollingReload | None = None
+        self.reload_seq = 0  # reloads started so far; each reload's id
+        # A full reload asked while one runs: the reason of the one follow-up
+        # reload that starts when it ends (any number of asks coalesce into it).
+        self.follow_up: str | None = None
         self.deferred_scale: int | None = None
+        # A fresh worker measured above --max-memory: replacing cannot meet the
+        # limit, and was said so (once, until a fresh worker fits again).
+        self.memory_unmeetable = False
         self.last_reload: dict | None = None
         self.next_worker_id = 1
         self.stopping = False
@@ -155,7 +162,10 @@ class Core:
             })
         forwarding = [{"from": source, "to": to, "sessions": self.moved_count.get(source, 0)}
                       for source, to in sorted(self.moved.items())]
-        return {"reload": self.reloading.describe() if self.reloading else None,
+        reload = None
+        if self.reloading is not None:
+            reload = {**self.reloading.describe(), "follow_up": self.follow_up}
+        return {"reload": reload,
                 "last_reload": self.last_reload, "workers": workers,
                 "forwarding": forwarding}
 
@@ -246,17 +256,39 @@ class Core:
                 self._kill(w, signal.SIGTERM)
 
     def reload(self, reason: str, now: float, slots: list[int] | None = None) -> dict:
-        """Start (or extend) a rolling reload of `slots` (default: all)."""
+        """Start a rolling reload of `slots` (default: all), or extend the one running.
+
+        A full reload asked while one runs is queued as one follow-up reload,
+        which starts when the running one ends (ok or not): some of the running
+        one's workers were started before this ask, and a caller told "ok" must
+        find every worker started after its ask (a deploy that pushes twice
+        quickly would end with mixed code). Any number of asks made during a
+        reload coalesce into that one follow-up. The answer's `id` is the id of
+        the reload whose end answers this ask (`last_reload.id` once it ended).
+        """
         if self.stopping:
             return {"error": "the master is stopping"}
+        if slots is None and self.reloading is not None:
+            if self.follow_up is None:
+                self.follow_up = reason
+                self.log.info("reload (%s) queued: it starts when the reload (%s) in "
+                              "progress ends", reason, self.reloading.reason)
+            else:
+                self.log.info("reload (%s) joins the reload (%s) queued", reason,
+                              self.follow_up)
+            return {"ok": True, "queued": True, "id": self.reload_seq + 1,
+                    "reload": self.reloading.describe()}
         slots = list(range(len(self.slots))) if slots is None else slots
         if self.reloading is None:
-            self.reloading = RollingReload(reason)
+            self.reload_seq += 1
+            self.reloading = RollingReload(reason, id=self.reload_seq)
             self.log.info("reload (%s): replacing %d worker(s), one at a time",
                           reason, len(slots))
-        self.reloading.add(slots)
-        self.reloading.advance(self, now)
-        return {"ok": True, "reload": self.reloading.describe() if self.reloading else None}
+        r = self.reloading
+        r.add(slots)
+        r.advance(self, now)
+        return {"ok": True, "id": r.id,
+                "reload": self.reloading.describe() if self.reloading else None}
 
     def abandon_reload(self, why: str, now: float) -> None:
         r = self.reloading
@@ -271,10 +303,16 @@ class Core:
                          "replaced": r.replaced, "finished": self.wall(now)}, now)
 
     def end_reload(self, result: dict, now: float) -> None:
+        """Record how the reload ended; then the shrink deferred for it, then the
+        follow-up reload queued during it, if any."""
+        result["id"] = self.reloading.id
         self.last_reload = result
         self.reloading = None
         if self.deferred_scale is not None:
             self.scale(self.deferred_scale, now)
+        if self.follow_up is not None and not self.stopping:
+            reason, self.follow_up = self.follow_up, None
+            self.reload(reason, now)
 
     def scale(self, target: int, now: float) -> dict:
         """Grow or shrink to `target` workers; removed workers drain first."""
@@ -467,8 +505,11 @@ class Core:
             return
         w.ready(now)
         w.last_heard = now
+        w.fresh_rss = e.rss
         self.ever_ready = True
         self.log.info("slot %d: worker pid %d READY", w.slot, w.pid)
+        if self.cfg.max_memory and e.rss:
+            self._check_fresh_size(w, e.rss)
         self.retry_held()
 
     def _on_load(self, e: ev.Load, now: float) -> None:
@@ -512,14 +553,36 @@ class Core:
         if w is not None:
             w.last_error = e.text[:2000]
 
+    def _check_fresh_size(self, w: WorkerProcess, rss: int) -> None:
+        """--max-memory's rule: a limit that a fresh worker already exceeds cannot
+        be met by replacing workers (each replacement is as big, and replacing
+        drops clients): say so once, loudly, and replace none for it until a
+        fresh worker fits again (a reload with a smaller app, or a restart with
+        another limit). pm2 and gunicorn's max_requests restart blindly; this is
+        ours."""
+        limit = self.cfg.max_memory
+        if rss <= limit * 2**20:
+            self.memory_unmeetable = False
+            return
+        if not self.memory_unmeetable:
+            self.memory_unmeetable = True
+            self.log.error("slot %d: worker pid %d uses %.0f MiB fresh (at READY), above "
+                           "--max-memory %d MiB: replacing workers cannot meet this limit, so "
+                           "none is replaced for it until a fresh worker fits; raise "
+                           "--max-memory above a fresh worker's size", w.slot, w.pid,
+                           rss / 2**20, limit)
+
     def _on_memory(self, e: ev.Memory, now: float) -> None:
         limit = self.cfg.max_memory * 2**20
         for w in list(self.slots):
             rss = e.rss.get(w.worker_id)
             if not (w.accepts_new and rss and rss > limit):
                 continue
+            if w.fresh_rss is not None and w.fresh_rss > limit:
+                continue  # its replacement would be as big (_check_fresh_size said so)
             if self.reloading is not None and self.reloading.busy_with(w.slot):
                 continue
+            w.over_memory = True
             self.log.warning("slot %d: worker pid %d uses %.0f MiB (limit %d); "
                              "replacing it gracefully", w.slot, w.pid, rss / 2**20,
                              self.cfg.max_memory)

@@ -67,8 +67,10 @@ class Heard:
 
 @dataclass(frozen=True)
 class Ready:
-    """The worker said READY (app imported, serving)."""
+    """The worker said READY (app imported, serving); with --max-memory, its
+    resident size then, in bytes (its fresh size; None when not measured)."""
     worker_id: int
+    rss: int | None = None
 
 
 @dataclass(frozen=True)

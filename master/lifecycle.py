@@ -118,6 +118,8 @@ class WorkerProcess:
     moves_sent: int = 0  # sessions handed over to it (HANDOVER frames relayed to it)
     moves_taken: int | None = None  # of those, how many it had taken in (its last LOAD)
     held: frozenset[int] = frozenset()  # worker ids its moved-in sessions name (its last LOAD)
+    fresh_rss: int | None = None  # bytes resident when it said READY (with --max-memory)
+    over_memory: bool = False  # being replaced for going over --max-memory
 
     def to(self, new: State) -> None:
         """Move to `new`, refusing any edge not in TRANSITIONS."""
@@ -161,6 +163,7 @@ class WorkerProcess:
         self.handoffs_sent = self.handoffs_acked = self.moves_sent = 0
         self.moves_taken, self.held = None, frozenset()
         self.unresponsive = False
+        self.fresh_rss, self.over_memory = None, False
         self.kill_at = 0.0
 
     def ready(self, now: float) -> None:

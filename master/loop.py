@@ -405,7 +405,12 @@ class Master:
                         if link.outq:
                             self._flush(link)  # the hand-off window may have opened
                 elif kind == ch.READY:
-                    self._feed(ev.Ready(wid))
+                    # Its size fresh (the app imported, nothing served yet): the
+                    # least any replacement would use, for --max-memory's rule.
+                    w = self.core.by_id.get(wid)
+                    rss = _rss(w.pid) if self.cfg.max_memory and w is not None and w.pid \
+                        else None
+                    self._feed(ev.Ready(wid, rss))
                 elif kind == ch.EMPTIED:
                     self._feed(ev.Emptied(wid))
                 elif kind == ch.ERROR:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 @dataclass
 class RollingReload:
     reason: str
+    id: int = 0  # Core.reload_seq when it started (last_reload.id when it ended)
     queue: deque = field(default_factory=deque)  # slots still to replace
     slot: int | None = None
     new: WorkerProcess | None = None  # the replacement while it starts
@@ -52,7 +53,7 @@ class RollingReload:
         return slot == self.slot or slot in self.queue
 
     def describe(self) -> dict:
-        return {"reason": self.reason, "slot": self.slot, "phase": self.phase,
+        return {"id": self.id, "reason": self.reason, "slot": self.slot, "phase": self.phase,
                 "queued": list(self.queue), "replaced": self.replaced,
                 "new_pid": self.new.pid if self.new else None,
                 "old_pid": self.old.pid if self.old else None}
@@ -96,7 +97,9 @@ class RollingReload:
                 old.failures = 0
                 core.spawn(old, now)
                 continue
-            new = WorkerProcess(slot=slot, restarts=old.restarts, role=Role.REPLACEMENT)
+            # A reload is not a restart; a replacement for --max-memory is (as pm2 counts).
+            new = WorkerProcess(slot=slot, restarts=old.restarts + (1 if old.over_memory else 0),
+                                role=Role.REPLACEMENT)
             self.new, self.old = new, old
             self.deadline = now + core.cfg.ready_timeout
             core.spawn(new, now)

@@ -427,7 +427,7 @@ def test_reload_replaces_one_slot_at_a_time(caplog):
     m.tick()
     assert m.core.reloading is None
     assert m.core.last_reload == {"ok": True, "reason": "control socket", "replaced": 2,
-                                  "finished": m.now}
+                                  "finished": m.now, "id": 1}
     assert [w.worker_id for w in m.core.slots] == [3, 4]
     assert [w.state for w in m.core.slots] == [State.READY, State.READY]
     assert m.slot(0).restarts == 0  # a reload is not a restart
@@ -444,7 +444,7 @@ def test_reload_with_an_app_that_no_longer_loads_is_abandoned():
     actions = m.tick()
     assert m.core.reloading is None and not m.core.stopping
     assert m.core.last_reload == {
-        "ok": False, "reason": "SIGHUP", "replaced": 0, "finished": m.now,
+        "ok": False, "reason": "SIGHUP", "replaced": 0, "finished": m.now, "id": 1,
         "error": "slot 0: the new worker could not load the app: "
                  "SyntaxError: '(' was never closed"}
     assert kills(actions) == [] and of(actions, ev.Spawn) == []
@@ -524,7 +524,7 @@ def test_a_slot_scaled_away_while_queued_for_reload_is_skipped():
     reload_step(m, 0)
     m.tick()
     assert m.core.last_reload == {"ok": True, "reason": "control socket", "replaced": 1,
-                                  "finished": m.now}
+                                  "finished": m.now, "id": 1}
 
 
 def test_memory_limit_replaces_only_that_worker_gracefully():
@@ -536,6 +536,103 @@ def test_memory_limit_replaces_only_that_worker_gracefully():
     # Measured again while being replaced: no second reload.
     m.feed(ev.Memory({1: 50 * 2**20, 2: 150 * 2**20}))
     assert m.core.reloading is r and list(r.queue) == []
+
+
+def test_a_reload_asked_during_a_reload_is_queued_and_then_replaces_every_worker():
+    """An ok answers "every worker was started after the ask": slot 0 was replaced
+    before the second ask, so a follow-up reload replaces it (and slot 1) again."""
+    m = serving()
+    first = m.command(cmd="reload")
+    assert first["id"] == 1 and "queued" not in first
+    new0 = reload_step(m, 0)
+    m.tick()
+    second = m.command(cmd="reload")  # slot 1's replacement is starting now
+    assert second["ok"] and second["queued"] and second["id"] == 2
+    assert m.core.describe(m.now)["reload"]["follow_up"] == "control socket"
+    reload_step(m, 1)
+    m.tick()  # reload 1 ends; the follow-up starts at once, with slot 0
+    assert m.core.last_reload["id"] == 1 and m.core.last_reload["ok"]
+    assert m.core.reloading.id == 2 and m.core.reloading.slot == 0
+    assert m.core.reloading.old is new0
+    started_after_second_ask = {w.worker_id for w in m.core.processes()} - {1, 2, 3, 4}
+    reload_step(m, 0)
+    m.tick()
+    reload_step(m, 1)
+    m.tick()
+    assert m.core.reloading is None and m.core.last_reload["id"] == 2
+    assert m.core.last_reload["ok"] and m.core.last_reload["replaced"] == 2
+    assert {w.worker_id for w in m.core.slots} >= started_after_second_ask
+    assert [w.worker_id for w in m.core.slots] == [5, 6]
+
+
+def test_many_reload_asks_during_a_reload_coalesce_into_one_follow_up(caplog):
+    m = serving()
+    m.command(cmd="reload")
+    answers = [m.command(cmd="reload"), m.feed(ev.Signal(signal.SIGHUP)) and None,
+               m.command(cmd="reload")]
+    assert [a["id"] for a in answers if a] == [2, 2]
+    assert "reload (SIGHUP) joins the reload (control socket) queued" in caplog.text
+    for reload_id in (1, 2):
+        reload_step(m, 0)
+        m.tick()
+        reload_step(m, 1)
+        m.tick()
+        assert m.core.last_reload["id"] == reload_id
+    assert m.core.reloading is None  # two reloads in all, not four
+
+
+def test_a_follow_up_reload_still_runs_when_the_first_is_abandoned():
+    m = serving()
+    m.command(cmd="reload")
+    assert m.command(cmd="reload")["queued"]
+    m.exit(m.core.reloading.new, 4)  # the first reload's new worker cannot load the app
+    m.tick()
+    assert m.core.last_reload["id"] == 1 and not m.core.last_reload["ok"]
+    assert m.core.reloading.id == 2 and m.core.reloading.slot == 0  # (the app may be fixed)
+
+
+def test_a_memory_limit_a_fresh_worker_exceeds_is_said_once_and_replaces_nothing(caplog):
+    m = Master(workers=2, max_memory=40)
+    for w in list(m.core.slots):
+        m.feed(ev.Ready(w.worker_id, rss=53 * 2**20))
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, "said once, not once per worker"
+    assert "uses 53 MiB fresh" in errors[0].getMessage()
+    assert "--max-memory 40 MiB" in errors[0].getMessage()
+    for _ in range(10):
+        m.feed(ev.Heard(1))
+        m.feed(ev.Heard(2))
+        m.feed(ev.Memory({1: 53 * 2**20, 2: 60 * 2**20}), after=2.0)
+        m.tick()
+    assert m.core.reloading is None and m.core.last_reload is None
+    assert "replacing it gracefully" not in caplog.text
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+
+
+def test_a_fresh_worker_that_fits_lifts_the_memory_rule():
+    """After a reload with a smaller app, fresh workers fit: growth is replaced again."""
+    m = Master(workers=1, max_memory=40)
+    m.feed(ev.Ready(1, rss=53 * 2**20))
+    m.command(cmd="reload")
+    m.feed(ev.Ready(m.core.reloading.new.worker_id, rss=30 * 2**20))
+    m.tick()
+    m.exit(m.core.retiring[0], 0, after=1.0)
+    m.tick()
+    assert m.core.last_reload["ok"] and not m.core.memory_unmeetable
+    m.feed(ev.Memory({m.slot(0).worker_id: 45 * 2**20}))
+    assert m.core.reloading.reason == "memory limit (slot 0)"
+
+
+def test_a_memory_replacement_counts_as_a_restart():
+    m = Master(workers=2, max_memory=100)
+    for w in list(m.core.slots):
+        m.feed(ev.Ready(w.worker_id, rss=50 * 2**20))
+    m.feed(ev.Memory({1: 50 * 2**20, 2: 150 * 2**20}))
+    reload_step(m, 1)
+    m.tick()
+    assert m.core.last_reload["ok"]
+    assert [w["restarts"] for w in m.core.describe(m.now)["workers"]
+            if not w["retired"]] == [0, 1]
 
 
 # ---- routing by sid ----------------------------------------------------------------------------

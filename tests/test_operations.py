@@ -204,6 +204,79 @@ def test_graceful_stop_waits_for_workers_and_exits_0(cluster_factory):
     assert log.count("exited (code 0)") == 2 and "signal 9" not in log, log
 
 
+def _start_work(c: Client, seconds: float, path) -> list:
+    """Emit `work` (a handler that waits `seconds`, or until `path`.release exists,
+    then writes `path`) with an ack callback; return the list its ack lands in,
+    once the handler has started."""
+    acks: list = []
+    c.sio.emit("work", (seconds, str(path)), callback=acks.append)
+    wait_for(lambda: os.path.exists(f"{path}.started"), 10, what="the handler started")
+    return acks
+
+
+def test_graceful_stop_lets_running_handlers_finish(cluster_factory, tmp_path):
+    """A stop waits for the handlers already running (their acks arrive), and
+    ignores the events that arrive while it drains."""
+    cluster = cluster_factory(app="ops_app:sio", workers=2, cwd=APPS,
+                              args=("--graceful-timeout", "30"))
+    cluster.wait_ready()
+    c = Client(cluster.url, "websocket")
+    mark = tmp_path / "stop-mark"
+    acks = _start_work(c, 60, mark)
+    late: list = []
+    os.kill(cluster.pid, signal.SIGTERM)
+    wait_for(lambda: "waiting up to" in cluster.log(), 10, what="the drain to start")
+    c.sio.emit("echo", "late", callback=late.append)  # during the drain: ignored
+    wait_for(lambda: "ignoring the events" in cluster.log(), 10, what="the event ignored")
+    (tmp_path / "stop-mark.release").touch()  # the handler ends now, within the drain
+    assert cluster.proc.wait(20) == 0
+    assert acks == ["done"] and mark.read_text() == "done"
+    assert late == []
+    log = cluster.log()
+    assert "waiting up to" in log and "running handler(s)" in log
+    assert "ignored 1 event(s)" in log and "abandoned" not in log
+    assert log.count("exited (code 0)") == 2 and "signal 9" not in log, log
+    c.close()
+
+
+def test_reload_lets_running_handlers_finish(cluster_factory, tmp_path):
+    cluster = cluster_factory(app="ops_app:sio", workers=2, cwd=APPS,
+                              args=("--graceful-timeout", "30"))
+    cluster.wait_ready()
+    c = Client(cluster.url, "websocket", reconnection=True)
+    pid = c.whoami()
+    mark = tmp_path / "reload-mark"
+    acks = _start_work(c, 60, mark)
+    cluster.cluster.reload(wait=False)
+    # Its worker is draining, with the handler still running: let it end now.
+    wait_for(lambda: "waiting up to" in cluster.log(), 60, what="the drain to start")
+    (tmp_path / "reload-mark.release").touch()
+    wait_for(lambda: (st := cluster.status())["last_reload"] and st["last_reload"]["ok"], 120,
+             what="the reload to end")
+    assert acks == ["done"] and mark.read_text() == "done"
+    assert pid not in cluster.worker_pids()
+    assert "abandoned" not in cluster.log()
+    c.close()
+
+
+def test_drain_abandons_handlers_past_the_graceful_timeout(cluster_factory, tmp_path):
+    """A handler still running at the graceful deadline is abandoned, and logged by
+    event name; the worker still exits by itself (no KILL)."""
+    cluster = cluster_factory(app="ops_app:sio", workers=1, cwd=APPS,
+                              args=("--graceful-timeout", "3"))
+    cluster.wait_ready()
+    c = Client(cluster.url, "websocket")
+    mark = tmp_path / "long-mark"
+    acks = _start_work(c, 60, mark)
+    os.kill(cluster.pid, signal.SIGTERM)
+    assert cluster.proc.wait(20) == 0
+    log = cluster.log()
+    assert "abandoned 1 handler(s) still running" in log and "work x1" in log, log
+    assert acks == [] and not mark.exists()
+    assert "exited (code 0)" in log and "signal 9" not in log, log
+    c.close()
+
+
 def test_second_term_forces_the_stop(cluster_factory):
     cluster = cluster_factory(app="ops_app:sio", workers=1, cwd=APPS,
                               args=("--graceful-timeout", "60"))
@@ -219,6 +292,59 @@ def test_second_term_forces_the_stop(cluster_factory):
     assert "stopping now" in cluster.log()
 
 
+def _start_ticks(pid: int) -> int:
+    """When process `pid` started, in clock ticks since boot (/proc/PID/stat field 22)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
+def test_a_reload_asked_during_a_reload_ends_with_every_worker_started_after_it(
+        cluster_factory):
+    """Two reloads close together: the second call returns ok only once every
+    worker was started after it (a follow-up reload), not when the first ends."""
+    cluster = cluster_factory(workers=2)
+    cluster.wait_ready()
+    first = subprocess.Popen([sys.executable, "-m", "imcluster", "reload",
+                              "--control", cluster.control], stdout=subprocess.PIPE,
+                             text=True)
+    # The first reload has replaced slot 0 and works on slot 1 when the second comes.
+    wait_for(lambda: (r := cluster.status()["reload"]) and r["replaced"] >= 1, 60,
+             what="the first reload past slot 0")
+    second = subprocess.Popen([sys.executable, "-m", "imcluster", "reload",
+                               "--control", cluster.control], stdout=subprocess.PIPE,
+                              text=True)
+    asked = _start_ticks(second.pid)  # the second call started here
+    out2, _ = second.communicate(timeout=120)
+    out1, _ = first.communicate(timeout=120)
+    assert second.returncode == 0 and first.returncode == 0, (out1, out2)
+    assert "reload complete: 2 worker(s) replaced" in out2
+    st = cluster.status()
+    pids = [w["pid"] for w in st["workers"] if not w["retired"]]
+    assert len(pids) == 2
+    assert all(_start_ticks(pid) >= asked for pid in pids), "a worker older than the call"
+    assert st["last_reload"]["id"] == 2
+    log = cluster.log()
+    assert "reload (control socket) queued" in log
+    assert log.count("reload (control socket) complete: 2 worker(s) replaced") == 2, log
+
+
+def test_a_memory_limit_below_a_fresh_worker_is_said_once_and_replaces_nothing(
+        cluster_factory):
+    cluster = cluster_factory(workers=2, args=("--max-memory", "10"))
+    pids = {w["pid"] for w in cluster.wait_ready()}
+    c = Client(cluster.url, "websocket")
+    wait_for(lambda: "above --max-memory 10 MiB" in cluster.log(), 10, what="the ERROR")
+    time.sleep(6)  # three memory checks (every 2 s): none may replace a worker
+    st = cluster.status()
+    assert {w["pid"] for w in st["workers"]} == pids and st["last_reload"] is None
+    assert [w["restarts"] for w in st["workers"]] == [0, 0]
+    log = cluster.log()
+    assert log.count("above --max-memory 10 MiB") == 1 and "ERROR" in log
+    assert "replacing it gracefully" not in log
+    assert c.call("echo", 1) == 1 and c.disconnects == 0
+    c.close()
+
+
 def test_memory_limit_replaces_the_worker_gracefully(cluster_factory):
     cluster = cluster_factory(app="ops_app:sio", workers=2, cwd=APPS,
                               args=("--max-memory", "200"))
@@ -231,6 +357,7 @@ def test_memory_limit_replaces_the_worker_gracefully(cluster_factory):
     assert fat not in {w["pid"] for w in cluster.ready_workers()}
     assert len(cluster.ready_workers()) == 2
     assert "uses" in cluster.log() and "replacing it gracefully" in cluster.log()
+    assert sorted(w["restarts"] for w in cluster.ready_workers()) == [0, 1]
     ack, _ = call_until_acked(c, "whoami", None, time.monotonic() + 20)
     assert ack != fat
     c.close()

@@ -706,7 +706,8 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         source_in="socketio.base_manager:BaseManager._generate_ack_id")),
     ("socketio-handle-event-internal", Reach(
         _SIO, "socketio:Server._handle_event_internal", "replace",
-        "workers/handover.py count_handlers", "each event runs in a background task "
+        "workers/handover.py count_handlers; workers/drain.py RunningHandlers",
+        "each event runs in a background task "
         "through this method (async_handlers); wrapped per instance to count the handlers "
         "of a session still running",
         params=("server", "sid", "eio_sid", "data", "namespace", "id"),

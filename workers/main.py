@@ -27,7 +27,7 @@ import socketio
 from imcluster import channel as ch
 from imcluster import sid as sidcodec
 from imcluster.master.lifecycle import APP_LOAD_ERROR
-from imcluster.workers import admin, fastpath, handover, protocol, sessions, speedups
+from imcluster.workers import admin, drain, fastpath, handover, protocol, sessions, speedups
 from imcluster.workers import app as appmod
 from imcluster.workers.http import FdListener, make_protocol, release_idle, serve_connection
 from imcluster.workers.link import Link
@@ -83,6 +83,7 @@ class WorkerServer:
         self.done = eventlet.event.Event()
         self.emptied = eventlet.event.Event()  # the master's EMPTIED (--handover)
         self.heir: int | None = None  # the worker STOP named to take the sessions
+        self.handlers = drain.RunningHandlers()  # waited for by a drain
 
     # ---- start ---------------------------------------------------------------
 
@@ -120,6 +121,7 @@ class WorkerServer:
                     # one order; with interest channels, each channel's order, the
                     # heir readied first (prepare_heir).
                     mgr.order = ChannelOrder(mgr, lanes=isinstance(mgr, InterestRedisManager))
+            self.handlers.install(app.sio)
             if rec is not None:
                 mgr = app.sio.manager
                 if isinstance(mgr, ClusterRedisManager):
@@ -336,10 +338,13 @@ class WorkerServer:
     def _stop(self) -> None:
         """Drain: every client reconnects through the master to a live worker.
 
-        Each Engine.IO session is closed without a CLOSE packet (`abort`), which
-        clients treat as a lost transport and so reconnect (a CLOSE packet tells
-        python-socketio's client not to), but only after what is already queued
-        for it, acks included, has been written (`wait`).
+        First the handlers already running finish (their acks and emits go
+        out; new events are ignored: workers/drain.py), up to the graceful
+        deadline less the flush time. Then each Engine.IO session is closed
+        without a CLOSE packet (`abort`), which clients treat as a lost
+        transport and so reconnect (a CLOSE packet tells python-socketio's
+        client not to), but only after what is already queued for it, acks
+        included, has been written (`wait`).
 
         With `--handover yes` each session that can move goes to another
         worker instead, socket and all (workers/handover.py); only the others
@@ -357,6 +362,8 @@ class WorkerServer:
                 move = bool(self.spec.get("handover")) and self.app.sio is not None
                 if move:
                     self._ready_heir(list(eio.sockets))
+                else:
+                    self._finish_handlers(grace - flush)
                 for s in list(eio.sockets.values()):
                     closers.spawn(self._move_or_close, s, flush, move)
                 closers.waitall()
@@ -384,6 +391,18 @@ class WorkerServer:
                 eventlet.sleep(0.05)
         self.done.send()
 
+    def _finish_handlers(self, seconds: float) -> None:
+        """Ignore new events, and let the running handlers end (and write their
+        acks) for up to `seconds`; log, by event name, those abandoned then."""
+        self.handlers.refusing = True
+        left = self.handlers.wait(seconds)
+        if left:
+            log.warning("draining: abandoned %d handler(s) still running after %.1fs "
+                        "(--graceful-timeout): %s", sum(left.values()), seconds,
+                        drain.describe(left))
+        if self.handlers.ignored:
+            log.info("draining: ignored %d event(s) that arrived while draining",
+                     self.handlers.ignored)
 
     def _ready_heir(self, eio_sids: list[str]) -> None:
         """Interest channels: before any session leaves, have the heir subscribe to
