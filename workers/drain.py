@@ -15,8 +15,10 @@ until it moves.
 Every handler runs through python-socketio's `_handle_event_internal`,
 whether started directly (workers/dispatch.py) or as a background task
 (python-socketio's own path): wrapped here, per server instance, with a
-count by event name; a dict update on entry and one on exit is all it costs
-an event (benchmarks/callgrind_ack.py).
+count by event name (for the drain's log) and by Engine.IO sid (a session
+handed over leaves once its own handlers are done: workers/handover.py);
+two dict updates on entry and two on exit are all it costs an event
+(benchmarks/callgrind_ack.py).
 
 Background tasks an app starts itself (`sio.start_background_task`) are not
 handlers: they are not waited for, and end with the process.
@@ -38,6 +40,7 @@ class RunningHandlers:
 
     def __init__(self) -> None:
         self.running: dict[str, int] = {}  # event name: handlers of it running
+        self.by_session: dict[str, int] = {}  # Engine.IO sid: its handlers running
         self.refusing = False  # draining without hand-over: new events are ignored
         self.ignored = 0  # events ignored while refusing
 
@@ -53,7 +56,7 @@ class RunningHandlers:
         wrapped here on the instance. internals: socketio-handle-event-internal
         """
         original = sio._handle_event_internal
-        running = self.running
+        running, by_session = self.running, self.by_session
 
         def counted(server, sid, eio_sid, data, namespace, id):
             if self.refusing:
@@ -61,14 +64,12 @@ class RunningHandlers:
                 return None
             name = data[0]
             running[name] = running.get(name, 0) + 1
+            by_session[eio_sid] = by_session.get(eio_sid, 0) + 1
             try:
                 return original(server, sid, eio_sid, data, namespace, id)
             finally:
-                n = running[name] - 1
-                if n:
-                    running[name] = n
-                else:
-                    del running[name]
+                _less(running, name)
+                _less(by_session, eio_sid)
 
         sio._handle_event_internal = counted
 
@@ -88,6 +89,15 @@ class RunningHandlers:
         while self.running and time.monotonic() < deadline:
             eventlet.sleep(poll)
         return dict(self.running)
+
+
+def _less(counts: dict, key) -> None:
+    """One fewer `key` in `counts`; the key leaves at zero."""
+    n = counts[key] - 1
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]
 
 
 def describe(counts: dict[str, int]) -> str:

@@ -372,7 +372,7 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
                   if mgr.sid_from_eio_sid(s.sid, ns) is not None]
     sids = {ns: mgr.sid_from_eio_sid(s.sid, ns) for ns in namespaces}
     while True:
-        running = worker_inflight(sio).get(s.sid, 0)
+        running = worker.handlers.by_session.get(s.sid, 0)
         # internals: socketio-manager-callbacks (pending server-side acks by sid)
         waiting = sum(len(mgr.callbacks.get(sid, {})) - (0 in mgr.callbacks.get(sid, {}))
                       for sid in sids.values())
@@ -913,11 +913,6 @@ def _channels(mgr, eio_sid: str) -> list[str] | None:
     return of(eio_sid) if of is not None else None
 
 
-def worker_inflight(sio) -> dict:
-    """Event handlers running now, by Engine.IO sid (see `count_handlers`)."""
-    return sio.__dict__.setdefault("_imcluster_inflight", {})
-
-
 @contextlib.contextmanager
 def _counted(counts: dict, key):
     """`counts[key]` one higher while the block runs; the key leaves at zero."""
@@ -930,25 +925,6 @@ def _counted(counts: dict, key):
             counts[key] = n
         else:
             del counts[key]
-
-
-def count_handlers(sio) -> None:
-    """Count the event handlers running per Engine.IO sid, so that a session
-    leaves only once its handlers have written their acks.
-
-    python-socketio 5.18 runs each event in a background task through
-    `_handle_event_internal(server, sid, eio_sid, data, namespace, id)`
-    (async_handlers=True, its default); wrapped here on the instance.
-    internals: socketio-handle-event-internal
-    """
-    original = sio._handle_event_internal
-    inflight = worker_inflight(sio)
-
-    def counted(server, sid, eio_sid, data, namespace, id):
-        with _counted(inflight, eio_sid):
-            return original(server, sid, eio_sid, data, namespace, id)
-
-    sio._handle_event_internal = counted
 
 
 def _echoed(message: bytes) -> bool:

@@ -706,10 +706,11 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         source_in="socketio.base_manager:BaseManager._generate_ack_id")),
     ("socketio-handle-event-internal", Reach(
         _SIO, "socketio:Server._handle_event_internal", "replace",
-        "workers/handover.py count_handlers; workers/drain.py RunningHandlers",
+        "workers/drain.py RunningHandlers",
         "each event runs in a background task "
         "through this method (async_handlers); wrapped per instance to count the handlers "
-        "of a session still running",
+        "running, by event name (a drain waits for them) and by session (a hand-over "
+        "waits for a session's own: workers/handover.py _take_state)",
         params=("server", "sid", "eio_sid", "data", "namespace", "id"),
         source=("self.start_background_task(self._handle_event_internal, self, sid,",),
         source_in="socketio:Server._handle_event")),

@@ -113,7 +113,6 @@ class WorkerServer:
             fastpath.install(app.sio)  # same behaviour, less CPU per event (workers/fastpath.py)
             self._install_manager(app.sio)
             if self.spec.get("handover"):
-                handover.count_handlers(app.sio)
                 handover.enable(self._forward)
                 mgr = app.sio.manager
                 if isinstance(mgr, ClusterRedisManager):
