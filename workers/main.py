@@ -115,7 +115,10 @@ class WorkerServer:
                         and not isinstance(mgr, InterestRedisManager)):
                     # One channel, one order: a move is ordered with the broadcasts.
                     mgr.order = ChannelOrder(mgr)
-            self.handlers.install(app.sio)
+            else:
+                # Without hand-over a drain waits for the running handlers (with
+                # it, each session waits for its own before it moves: count_handlers).
+                self.handlers.install(app.sio)
             if rec is not None:
                 mgr = app.sio.manager
                 if isinstance(mgr, ClusterRedisManager):
