@@ -263,7 +263,7 @@ def test_drain_abandons_handlers_past_the_graceful_timeout(cluster_factory, tmp_
     """A handler still running at the graceful deadline is abandoned, and logged by
     event name; the worker still exits by itself (no KILL)."""
     cluster = cluster_factory(app="ops_app:sio", workers=1, cwd=APPS,
-                              args=("--graceful-timeout", "3"))
+                              args=("--graceful-timeout", "10"))
     cluster.wait_ready()
     c = Client(cluster.url, "websocket")
     mark = tmp_path / "long-mark"

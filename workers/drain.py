@@ -10,7 +10,7 @@ and emits, up to a deadline within --graceful-timeout; those still running
 then are abandoned and logged, by event name, and the worker closes its
 sessions and exits. With --handover yes each session moves once its own
 handlers have finished (workers/handover.py), and events keep being handled
-until it moves.
+until it moves; this count is then not installed.
 
 Every handler runs through python-socketio's `_handle_event_internal`,
 whether started directly (workers/dispatch.py) or as a background task

@@ -120,6 +120,8 @@ class WorkerServer:
                     # one order; with interest channels, each channel's order, the
                     # heir readied first (prepare_heir).
                     mgr.order = ChannelOrder(mgr, lanes=isinstance(mgr, InterestRedisManager))
+            # A drain without hand-over waits for the running handlers; with it,
+            # each session waits for its own before it moves (by_session).
             self.handlers.install(app.sio)
             if rec is not None:
                 mgr = app.sio.manager
