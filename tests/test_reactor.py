@@ -207,3 +207,49 @@ def test_a_throw_into_a_waiting_reader_ends_its_wait():
     assert a.recv(10) == b"next"
     a.close()
     b.close()
+
+
+def collect(recv) -> bytes:
+    """What `recv` returns until its socket's (short) timeout passes."""
+    got = []
+    while True:
+        try:
+            data = recv(65536)
+        except TimeoutError:
+            return b"".join(got)
+        if not data:
+            return b"".join(got)
+        got.append(data)
+
+
+@pytest.mark.parametrize("end", ["urgent", "close", "shutdown"])
+def test_a_read_cut_short_by_an_end_or_an_urgent_mark_is_not_mistaken_for_an_empty_queue(end):
+    """A read stops short before an urgent mark or an end of file with more
+    (or the end) still to come, and no new edge will report it: a reader that
+    took a short read for an empty queue would wait here for good."""
+    results = []
+    for ours in (True, False):
+        s, c = tcp_pair()
+        s.settimeout(0.5)
+        buf = BufferedReceive(s) if ours else None
+        recv = buf.recv if ours else s.recv
+        first = []
+        reader = eventlet.spawn(lambda: first.append(recv(65536)))  # noqa: B023
+        eventlet.sleep(0.02)  # the reader waits: ours in the reactor
+        # All of it queued before the reader runs again (no yield here).
+        c.sendall(b"abc")
+        if end == "urgent":
+            c.send(b"!", std_socket.MSG_OOB)
+            c.sendall(b"def")
+        elif end == "close":
+            c.close()
+        else:
+            c.shutdown(std_socket.SHUT_WR)
+        reader.wait()
+        results.append(first[0] + collect(recv) + collect(recv))
+        if buf is not None:
+            buf.detach()
+        s.close()
+        c.close()
+    assert results[0] == results[1]
+    assert results[0] == (b"abcdef" if end == "urgent" else b"abc")
