@@ -136,6 +136,33 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "workers/sessions.py FrameWriter; workers/http.py peek_request_line",
         "a green socket's .fd is the non-blocking socket under it (a send or a MSG_PEEK "
         "that must not wait in the hub)", attrs=("fd",))),
+    # ---- WebSocket readers woken by our own epoll (workers/reactor.py) -----------------
+    ("eventlet-hub-listener", Reach(
+        _EV, "eventlet.hubs.hub:BaseHub.add", "call", "workers/reactor.py Reactor",
+        "hub.add(READ, fd, cb, tb, mark_as_closed) keeps a listener until hub.remove(); the "
+        "poll hub calls cb(fileno) from its own greenlet for every event, re-raises "
+        "SYSTEM_EXCEPTIONS and squelches the rest; the reactor's epoll is one such listener",
+        params=("evtype", "fileno", "cb", "tb", "mark_as_closed"), positional=5,
+        source=("listener.cb(fileno)", "except SYSTEM_EXCEPTIONS:"),
+        source_in="eventlet.hubs.poll:Hub.wait")),
+    ("eventlet-hub-squelch", Reach(
+        _EV, "eventlet.hubs.hub:BaseHub", "read", "workers/reactor.py Reactor._resume",
+        "a greenlet woken from the reactor is resumed as the hub resumes one: SYSTEM_EXCEPTIONS "
+        "go on up, anything else is printed with squelch_generic_exception(exc_info)",
+        attrs=("SYSTEM_EXCEPTIONS", "squelch_generic_exception"))),
+    ("eventlet-socket-closed", Reach(
+        _EV, "eventlet.greenio.base:GreenSocket._recv_loop", "copy",
+        "workers/reactor.py CLOSED_ERRNOS; workers/sessions.py BufferedReceive._recv",
+        "a green recv() retries on SOCKET_BLOCKING, reads SOCKET_CLOSED errnos as end of file "
+        "and raises socket.timeout('timed out') after the socket's timeout; our reader "
+        "repeats that (tests/test_reactor.py compares the errno sets)",
+        params=("recv_meth", "empty_val", "*args"),
+        source=("if get_errno(e) in SOCKET_BLOCKING:", "elif get_errno(e) in SOCKET_CLOSED:",
+                "return empty_val"))),
+    ("eventlet-socket-errnos", Reach(
+        _EV, "eventlet.greenio.base", "read", "workers/reactor.py CLOSED_ERRNOS",
+        "SOCKET_CLOSED, the errnos a green recv() reads as end of file; SOCKET_BLOCKING is "
+        "EAGAIN/EWOULDBLOCK on Linux (BlockingIOError)", attrs=("SOCKET_CLOSED",))),
     ("eventlet-wsgi-setup", Reach(
         _EV, "eventlet.wsgi:HttpProtocol.setup", "override",
         "workers/http.py ClusterProtocol", "setup() sets self.connection, rfile and wfile; "

@@ -43,6 +43,7 @@ from engineio import exceptions as eio_exceptions  # internals: engineio-excepti
 from engineio import packet as eio_packet
 
 from imcluster.workers import internals, speedups
+from imcluster.workers import reactor as reactor_mod
 from imcluster.workers.http import HandingOver, handed_over
 
 log = logging.getLogger("imcluster.worker")
@@ -191,12 +192,24 @@ class BufferedReceive:
 
     CHUNK = 64 * 1024
 
-    __slots__ = ("sock", "buf", "pos", "boundary", "parked")
+    __slots__ = ("sock", "buf", "pos", "boundary", "parked", "raw", "fd", "reactor",
+                 "ready", "waiter", "since", "wait_limit")
 
     def __init__(self, sock, rest: bytes = b""):
         self.sock = sock
         self.buf = rest
         self.pos = 0
+        # Waits go through the worker's reactor (workers/reactor.py) rather
+        # than eventlet's hub: `reactor` is set while the socket is
+        # registered there; `ready` is false only after a read found the
+        # kernel's queue empty (EAGAIN: the next byte then reports an edge).
+        self.raw = internals.raw_socket(sock)  # internals: eventlet-green-fd
+        self.fd = -1
+        self.reactor = None
+        self.ready = True
+        self.waiter = None
+        self.since = 0.0
+        self.wait_limit: float | None = None
         # For a session hand-over (workers/handover.py): `boundary` is set by
         # the read loop before each message and cleared by the message's first
         # byte; `parked` while waiting in the socket's recv(). Both true, with
@@ -217,7 +230,7 @@ class BufferedReceive:
             return out
         self.parked = True
         try:
-            data = self.sock.recv(max(n, self.CHUNK))
+            data = self._recv(max(n, self.CHUNK))
         finally:
             self.parked = False
         self.boundary = False
@@ -233,13 +246,52 @@ class BufferedReceive:
             return True
         self.parked = True
         try:
-            data = self.sock.recv(self.CHUNK)
+            data = self._recv(self.CHUNK)
         finally:
             self.parked = False
         if not data:
             return False
         self.buf, self.pos = data, 0
         return True
+
+    # internals: eventlet-socket-closed (a copy of GreenSocket._recv_loop's rules)
+    def _recv(self, size: int) -> bytes:
+        """What the green socket's recv(size) returns (eventlet's _recv_loop:
+        ECONNRESET, ENOTCONN and ESHUTDOWN read as end of file; socket.timeout
+        after the socket's timeout), waiting through the reactor."""
+        raw = self.raw
+        while True:
+            if self.ready:
+                try:
+                    data = raw.recv(size)
+                except BlockingIOError:
+                    self.ready = False
+                except OSError as e:
+                    if e.errno in reactor_mod.CLOSED_ERRNOS:
+                        return b""
+                    raise
+                else:
+                    # A short read does not prove the queue empty (it stops
+                    # before an end of file or an urgent mark that arrived with
+                    # the same edge), so the next read tries first, as eventlet's does.
+                    return data
+            if self.reactor is None:
+                if self.fd < 0:
+                    self.fd = raw.fileno()
+                self.reactor = reactor_mod.reactor()
+                self.reactor.register(self, self.fd)
+            self.wait_limit = self.sock.gettimeout()
+            reactor_mod.wait_readable(self)
+            self.ready = True  # woken: by an event, or by whoever switched here
+
+    def detach(self) -> None:
+        """Leave the reactor: before the socket is handed over or closed (an
+        epoll registration follows the open socket, not its number)."""
+        r = self.reactor
+        if r is not None:
+            self.reactor = None
+            r.unregister(self, self.fd)
+        self.ready = True
 
     def take_text(self, limit: int) -> str | None:
         """The next message if the buffer holds it whole as one final, masked,
@@ -685,8 +737,14 @@ class ClusterSocket(internals.ENGINE_SOCKET):
         """Read the session's packets until it ends, or until a hand-over
         stops the reader (HandingOver, thrown in while it waits between two
         messages), and then end without closing the moved socket."""
-        server = self.server
         buf = self.receive_buffer
+        try:
+            return self._read_messages(ws, writer, receive, buf)
+        finally:
+            buf.detach()  # whatever ended the loop: the socket closes after this
+
+    def _read_messages(self, ws, writer: FrameWriter, receive, buf: BufferedReceive) -> list:
+        server = self.server
         self.reader = eventlet.getcurrent()
         # A text EVENT the short way, when the server has it (workers/fastpath.py)
         # and nothing replaced this class's receive. internals: engineio-server-attrs
@@ -698,6 +756,7 @@ class ClusterSocket(internals.ENGINE_SOCKET):
             try:
                 data = receive()
             except HandingOver:
+                buf.detach()  # before the socket leaves: see BufferedReceive.detach
                 self.handover_stopped.send()
                 if self.handover_done.wait():
                     handed_over.add(ws.socket.sock)
@@ -722,6 +781,7 @@ class ClusterSocket(internals.ENGINE_SOCKET):
             except Exception:
                 server.logger.exception("Unknown receive error")
                 break
+        buf.detach()  # before anything closes the socket
         self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
         writer.finish()
         writer.join()
