@@ -490,6 +490,7 @@ class _Chunks:
 
     def __init__(self, chunks):
         self.chunks = list(chunks)
+        self.fd = self  # as eventlet's green socket: the raw one under it (never EAGAIN)
 
     def recv(self, n):
         if not self.chunks:
