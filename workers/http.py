@@ -329,6 +329,8 @@ _PLAIN_MAX_LINE = 4096
 _PLAIN_MAX_HEAD = 32 * 1024
 
 
+# internals: eventlet-wsgi-headers, eventlet-wsgi-headers-request,
+# eventlet-wsgi-headers-response
 class PlainHead:
     """A request's header fields, as much of email.message.Message as eventlet
     and http.server read of `self.headers` (`get`, `_headers`, and
@@ -498,6 +500,7 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
                     self.headers["Host"] = authority
             return True
 
+        # internals: http-server-parse-request (a copy of its outcome for a plain head)
         def _parse_plain(self) -> bool:
             """http.server's parse_request for a head `parse_head` accepts, when
             the head is whole in the read buffer (it is, after `_head_arrives`):
