@@ -324,6 +324,7 @@ _PLAIN_REQUEST_LINE = re.compile(rb"([A-Z]+) (/(?!/)[\x21-\x7e]*) (HTTP/1\.[01])
 _PLAIN_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x20-\x7e\t]*)")
 # Below http.client's and eventlet's own limits (100 fields, 8 KB a line, 64 KB
 # a head), so that a head near them still gets their errors.
+PLAIN_HEAD = True  # off: every head goes through http.server's parse
 _PLAIN_MAX_FIELDS = 64
 _PLAIN_MAX_LINE = 4096
 _PLAIN_MAX_HEAD = 32 * 1024
@@ -506,6 +507,8 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
             the head is whole in the read buffer (it is, after `_head_arrives`):
             the same attributes set, the same answer to Connection and Expect.
             False, with nothing consumed, for every other head."""
+            if not PLAIN_HEAD:
+                return False
             reader = getattr(self.rfile, "fp", None)  # eventlet's FileObjectForHeaders
             if type(reader) is not ExactReader:
                 return False
