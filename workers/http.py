@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import socket
 import time
 import weakref
@@ -317,6 +318,87 @@ def _peer_done(raw: socket.socket) -> bool:
                for _, ev in p.poll(0))
 
 
+# The head parse_head() takes; anything else goes through http.server's parse.
+# A request line: method, an origin-form target of visible ASCII (not "//",
+# which http.server rewrites), HTTP/1.0 or HTTP/1.1, single spaces.
+_PLAIN_REQUEST_LINE = re.compile(rb"([A-Z]+) (/(?!/)[\x21-\x7e]*) (HTTP/1\.[01])\r\n")
+# A header line: a token, ":", optional blanks, then visible ASCII, space or tab
+# (no obs-fold, no bare CR or LF, no byte past 0x7e).
+_PLAIN_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x20-\x7e\t]*)")
+# Below http.client's and eventlet's own limits (100 fields, 8 KB a line, 64 KB
+# a head), so that a head near them still gets their errors.
+PLAIN_HEAD = True  # off: every head goes through http.server's parse
+_PLAIN_MAX_FIELDS = 64
+_PLAIN_MAX_LINE = 4096
+_PLAIN_MAX_HEAD = 32 * 1024
+
+
+# internals: eventlet-wsgi-headers, eventlet-wsgi-headers-request,
+# eventlet-wsgi-headers-response
+class PlainHead:
+    """A request's header fields, as much of email.message.Message as eventlet
+    and http.server read of `self.headers` (`get`, `_headers`, and
+    `get_content_type` when there is no Content-Type), for a head that
+    `parse_head` accepted.
+
+    For such a head `email`'s parse (compat32) gives each field as
+    (name, value with leading blanks removed), in order, and `get` the first
+    field of that name in any case: the same values here, without the
+    feedparser (a fifth of a polling request's instructions in a worker).
+    """
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, fields: list[tuple[str, str]]):
+        self._headers = fields
+
+    def get(self, name: str, failobj=None):
+        name = name.lower()
+        for k, v in self._headers:
+            if k.lower() == name:
+                return v
+        return failobj
+
+    def get_content_type(self) -> str:
+        # email.message.Message's answer when the head has no Content-Type.
+        ct = self.get("content-type")
+        if ct is not None:  # never asked so (eventlet asks only without one)
+            raise AssertionError("get_content_type with a Content-Type field")
+        return "text/plain"
+
+
+def parse_head(request_line: bytes, fields: bytes | bytearray
+               ) -> tuple[str, str, str, PlainHead] | None:
+    """(method, target, version, fields) of a plain HTTP/1.x head, or None.
+
+    `request_line` ends with CRLF; `fields` is the rest of the head, each field
+    line ending with CRLF and the whole ending with the empty line (b"\r\n"
+    when there are no fields). None when either is anything but the plain
+    form above (`_PLAIN_REQUEST_LINE`, `_PLAIN_FIELD`, within the limits):
+    the caller then lets http.server parse it, with its own errors (RFC 9112
+    §2-§5 allow more than this takes: obs-fold, bare LF, other bytes).
+    """
+    m = _PLAIN_REQUEST_LINE.fullmatch(request_line)
+    if m is None or len(fields) > _PLAIN_MAX_HEAD:
+        return None
+    if fields == b"\r\n":
+        out: list[tuple[str, str]] = []
+    else:
+        if fields[-4:] != b"\r\n\r\n":
+            return None
+        lines = bytes(fields[:-4]).split(b"\r\n")
+        if len(lines) > _PLAIN_MAX_FIELDS:
+            return None
+        out = []
+        match = _PLAIN_FIELD.fullmatch
+        for line in lines:
+            f = match(line)
+            if f is None or len(line) > _PLAIN_MAX_LINE:
+                return None
+            out.append((f[1].decode("ascii"), f[2].decode("ascii")))
+    return m[1].decode("ascii"), m[2].decode("ascii"), m[3].decode("ascii"), PlainHead(out)
+
+
 def error_response(status: int, reason: str) -> bytes:
     """A short plain-text error answer that closes the connection (no server banner)."""
     body = f"{status} {reason}\n".encode("ascii")
@@ -410,11 +492,14 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
                     pass
             return False
 
-        # internals: eventlet-wsgi-parse-request
+        # internals: eventlet-wsgi-parse-request, eventlet-wsgi-headers
         def parse_request(self) -> bool:
             """http.server's parse, then an absolute-form target made origin-form
             with its host as Host (httpline.split_absolute, RFC 9112 §3.2.2), which
-            the WSGI environ and Engine.IO route."""
+            the WSGI environ and Engine.IO route. A plain head (`parse_head`),
+            whole in the read buffer, is parsed here instead, with the same results."""
+            if self._parse_plain():
+                return True
             try:
                 if not super().parse_request():
                     return False
@@ -434,6 +519,45 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
                 if authority:
                     del self.headers["Host"]
                     self.headers["Host"] = authority
+            return True
+
+        # internals: http-server-parse-request (a copy of its outcome for a plain head)
+        def _parse_plain(self) -> bool:
+            """http.server's parse_request for a head `parse_head` accepts, when
+            the head is whole in the read buffer (it is, after `_head_arrives`):
+            the same attributes set, the same answer to Connection and Expect.
+            False, with nothing consumed, for every other head."""
+            if not PLAIN_HEAD:
+                return False
+            reader = getattr(self.rfile, "fp", None)  # eventlet's FileObjectForHeaders
+            if type(reader) is not ExactReader:
+                return False
+            buf = reader._buf
+            # The head's end, and nothing past it (ExactReader never reads on).
+            if buf != b"\r\n" and buf.find(b"\r\n\r\n") != len(buf) - 4:
+                return False
+            raw = self.raw_requestline
+            parsed = parse_head(raw, buf)
+            if parsed is None:
+                return False
+            buf.clear()
+            self.command, self.path, version, self.headers = parsed
+            self.request_version = version
+            self.requestline = str(raw, "iso-8859-1").rstrip("\r\n")
+            # http.server: a 1.1 request to a 1.1 server keeps the connection
+            # open unless it says close; anything else closes it unless it says
+            # keep-alive (to a 1.1 server).
+            self.close_connection = not (version == "HTTP/1.1"
+                                         and self.protocol_version >= "HTTP/1.1")
+            conntype = self.headers.get("Connection", "").lower()
+            if conntype == "close":
+                self.close_connection = True
+            elif conntype == "keep-alive" and self.protocol_version >= "HTTP/1.1":
+                self.close_connection = False
+            expect = self.headers.get("Expect", "")
+            if (expect.lower() == "100-continue" and self.protocol_version >= "HTTP/1.1"
+                    and version >= "HTTP/1.1"):
+                return self.handle_expect_100()
             return True
 
         # internals: eventlet-wsgi-send-error

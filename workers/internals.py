@@ -199,6 +199,38 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         source=("if len(self.raw_requestline) >= self.server.url_length_limit:",
                 "self.wfile.write(RESPONSE_414)", "except HeaderLineTooLong:",
                 "except HeadersTooLarge:"))),
+    ("eventlet-wsgi-headers", Reach(
+        _EV, "eventlet.wsgi:HttpProtocol.get_environ", "read",
+        "workers/http.py ClusterProtocol._parse_plain, PlainHead",
+        "what eventlet reads of self.headers after http.server's parse (an "
+        "email.message.Message): get(name[, default]), .type or get_content_type() when "
+        "there is no Content-Type, and the (name, value) list ._headers; a plain head's "
+        "PlainHead gives those, and _parse_plain sets what http.server's parse_request sets",
+        source=("ct = self.headers.get('content-type')", "ct = self.headers.type",
+                "ct = self.headers.get_content_type()", "headers = self.headers.headers",
+                "headers = self.headers._headers",
+                "length = self.headers.get('content-length')"))),
+    ("eventlet-wsgi-headers-response", Reach(
+        _EV, "eventlet.wsgi:HttpProtocol.handle_one_response", "read",
+        "workers/http.py PlainHead", "the response reads the client's Connection field "
+        "through self.headers.get",
+        source=("client_conn = self.headers.get('Connection', '').lower()",))),
+    ("eventlet-wsgi-headers-request", Reach(
+        _EV, "eventlet.wsgi:HttpProtocol.handle_one_request", "read",
+        "workers/http.py PlainHead", "the request checks Content-Length and "
+        "Transfer-Encoding through self.headers.get, before get_environ",
+        source=("content_length = self.headers.get('content-length')",
+                "transfer_encoding = self.headers.get('transfer-encoding')"))),
+    ("http-server-parse-request", Reach(
+        _EV, "http.server:BaseHTTPRequestHandler.parse_request", "copy",
+        "workers/http.py ClusterProtocol._parse_plain", "_parse_plain sets what this sets "
+        "for a plain head (command, path, request_version, requestline, close_connection "
+        "from the version and the Connection field, Expect: 100-continue)",
+        source=("conntype = self.headers.get('Connection', \"\")",
+                "if conntype.lower() == 'close':",
+                "elif (conntype.lower() == 'keep-alive' and",
+                "if version_number >= (1, 1) and self.protocol_version >= \"HTTP/1.1\":",
+                "if not self.handle_expect_100():"))),
     ("eventlet-wsgi-send-error", Reach(
         _EV, "eventlet.wsgi:HttpProtocol.send_error", "override",
         "workers/http.py ClusterProtocol", "http.server's parse_request answers a malformed "

@@ -44,6 +44,23 @@ RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconne
 log = logging.getLogger("imcluster.worker")
 
 
+def query_firsts(qs: str) -> dict[str, str]:
+    """Each name's first value in query string `qs`, as `urllib.parse.parse_qs`
+    (python-engineio's parse) gives it: `parse_qs(qs)[name][0]` for every name
+    it has. A query of plain characters (no `%`, no `+`: nothing to decode, as
+    Engine.IO clients write `EIO=4&transport=polling&sid=...&t=...`) is split
+    here, without parse_qs's lists and decoding; any other goes to parse_qs."""
+    if "%" in qs or "+" in qs:
+        return {k: v[0] for k, v in urllib.parse.parse_qs(qs).items()}
+    out: dict[str, str] = {}
+    for part in qs.split("&"):
+        name, eq, value = part.partition("=")
+        # parse_qs drops a field with no "=" or an empty value (keep_blank_values=False).
+        if value and name not in out:
+            out[name] = value
+    return out
+
+
 class EngineRules:
     """HTTP-level rules for an engineio.Server (python-engineio 4.15).
 
@@ -85,10 +102,10 @@ class EngineRules:
             return None  # a CORS preflight, answered by python-engineio
         if method not in ("GET", "POST"):
             return "Invalid request method"
-        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        query = query_firsts(environ.get("QUERY_STRING", ""))
         if "transport" not in query:
             return "Invalid transport"
-        sid = query.get("sid", [None])[0]
+        sid = query.get("sid")
         if not sid:
             return None
         s = self.sockets.get(sid)  # internals: engineio-server-attrs
