@@ -944,19 +944,26 @@ def test_a_forwarding_entry_stays_while_its_holder_holds_one_or_has_not_taken_al
     assert forwarding(m) == {}
 
 
-def test_forwarding_entries_of_a_chain_point_to_the_last_holder_and_go_one_by_one():
-    """Sessions moved twice (W1 -> W2, then W2 retires -> W3): both retired workers'
-    sids go to W3 while it holds sessions naming them, each entry dropped on its own."""
-    m = serving()
+def _w1_moved_to_w2_which_retires_to_w3(m):
+    """W1 retires and moves its one session to W2, and exits; a worker W3 is added
+    and W2 retires (nothing moved yet). (W1, W2, W3)."""
     w1, w2 = m.slot(0), m.slot(1)
     m.core.retire(m.core.slots.pop(0), m.now)
-    of(m.feed(ev.Moving("s1", w1.worker_id)), ev.Move)
+    of(m.feed(ev.Moving("w1's session", w1.worker_id)), ev.Move)
     m.exit(w1)
     held(m, w2, w1.worker_id)
     m.feed(ev.Signal(signal.SIGTTIN))
     m.ready()
     w3 = m.slot(1)
     m.core.retire(m.core.slots.pop(0), m.now)
+    return w1, w2, w3
+
+
+def test_forwarding_entries_of_a_chain_point_to_the_last_holder_and_go_one_by_one():
+    """Sessions moved twice (W1 -> W2, then W2 retires -> W3): both retired workers'
+    sids go to W3 while it holds sessions naming them, each entry dropped on its own."""
+    m = serving()
+    w1, w2, w3 = _w1_moved_to_w2_which_retires_to_w3(m)
     of(m.feed(ev.Moving("s1 again", w2.worker_id)), ev.Move)
     of(m.feed(ev.Moving("s2", w2.worker_id)), ev.Move)
     held(m, w2)  # W2 moved them all on: its report no longer holds W1's
@@ -976,15 +983,7 @@ def test_a_forwarding_entry_stays_while_a_draining_worker_still_holds_its_sessio
     points W1's entry at W3 already: W3 holding none of W1's yet must not drop the
     entry while W2's report still holds some (they move next)."""
     m = serving()
-    w1, w2 = m.slot(0), m.slot(1)
-    m.core.retire(m.core.slots.pop(0), m.now)
-    of(m.feed(ev.Moving("w1's session", w1.worker_id)), ev.Move)
-    m.exit(w1)
-    held(m, w2, w1.worker_id)
-    m.feed(ev.Signal(signal.SIGTTIN))
-    m.ready()
-    w3 = m.slot(1)
-    m.core.retire(m.core.slots.pop(0), m.now)
+    w1, w2, w3 = _w1_moved_to_w2_which_retires_to_w3(m)
     of(m.feed(ev.Moving("w2's own session", w2.worker_id)), ev.Move)
     held(m, w3, w2.worker_id)  # W1's session is still on W2
     assert forwarding(m) == {w1.worker_id: w3.worker_id, w2.worker_id: w3.worker_id}

@@ -44,6 +44,20 @@ def _recovery_run(cluster, **opts):
             proc.wait()
 
 
+def _every_number_once_in_order(first, result) -> tuple[list, list]:
+    """Assert every member heard every number once, in order, and that the killed
+    worker's members came back recovered; (those members, the others)."""
+    wanted = list(range(result["messages"]))
+    orphans = [m for m in result["members"] if m["worker"] == first["victim"]]
+    others = [m for m in result["members"] if m["worker"] != first["victim"]]
+    assert orphans
+    for m in result["members"]:
+        assert m["heard"] == wanted, (m["worker"], m["id"], _gaps(m["heard"], wanted))
+    for m in orphans:
+        assert m["connects"] >= 2 and m["recovered"] is True, m
+    return orphans, others
+
+
 def test_killed_workers_clients_recover_every_broadcast_once_in_order(cluster_factory,
                                                                      relay_or_redis):
     """The issue's measure: 30 JS clients in a room, a sender on another worker at
@@ -55,14 +69,9 @@ def test_killed_workers_clients_recover_every_broadcast_once_in_order(cluster_fa
     first, result = _recovery_run(cluster, clients=30, messages=200, rate=40, kill_after=60,
                                   state=True)
     assert all(isinstance(p, str) and p for p in first["pids"]), "a CONNECT without a pid"
-    wanted = list(range(result["messages"]))
-    orphans = [m for m in result["members"] if m["worker"] == first["victim"]]
-    others = [m for m in result["members"] if m["worker"] != first["victim"]]
+    orphans, others = _every_number_once_in_order(first, result)
     assert len(orphans) >= 30 // WORKERS
-    for m in result["members"]:
-        assert m["heard"] == wanted, (m["worker"], m["id"], _gaps(m["heard"], wanted))
     for m in orphans:
-        assert m["connects"] >= 2 and m["recovered"] is True, m
         assert len(set(m["pids"])) == 1, m  # the same pid came back
         # The session data came back: the connect handler ran twice on it, and
         # imcluster.recovered() told it the second time.
@@ -88,13 +97,7 @@ def test_killed_workers_long_polling_clients_recover_and_hear_later_messages(
     cluster.wait_ready()
     first, result = _recovery_run(cluster, clients=12, messages=200, rate=40, kill_after=60,
                                   member_transports=["polling"])
-    wanted = list(range(result["messages"]))
-    orphans = [m for m in result["members"] if m["worker"] == first["victim"]]
-    assert orphans
-    for m in result["members"]:
-        assert m["heard"] == wanted, (m["worker"], m["id"], _gaps(m["heard"], wanted))
-    for m in orphans:
-        assert m["connects"] >= 2 and m["recovered"] is True, m
+    _every_number_once_in_order(first, result)
 
 
 def test_flask_socketio_recovers_save_session_data_but_not_flasks_session(cluster_factory):
@@ -107,16 +110,11 @@ def test_flask_socketio_recovers_save_session_data_but_not_flasks_session(cluste
     cluster.wait_ready()
     first, result = _recovery_run(cluster, clients=12, messages=100, rate=40, kill_after=30,
                                   state=True)
-    wanted = list(range(result["messages"]))
-    orphans = [m for m in result["members"] if m["worker"] == first["victim"]]
-    assert orphans
-    for m in result["members"]:
-        assert m["heard"] == wanted, (m["worker"], m["id"], _gaps(m["heard"], wanted))
-        if m in orphans:
-            assert m["connects"] >= 2 and m["recovered"] is True, m
-            assert m["state"] == {"flask": 1, "saved": 2}, m
-        else:
-            assert m["state"] == {"flask": 1, "saved": 1}, m
+    orphans, others = _every_number_once_in_order(first, result)
+    for m in orphans:
+        assert m["state"] == {"flask": 1, "saved": 2}, m
+    for m in others:
+        assert m["state"] == {"flask": 1, "saved": 1}, m
 
 
 def test_a_rolling_reload_recovers_every_session(cluster_factory, relay_or_redis):
