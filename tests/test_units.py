@@ -567,3 +567,27 @@ def test_recovery_window_takes_up_to_one_day():
 def test_readiness_path_in_origin_and_absolute_form(target, ready):
     """RFC 9112 §3.2.2: absolute-form is accepted wherever origin-form is."""
     assert httpline.parse(f"GET {target} HTTP/1.1\r\n".encode()).is_readiness is ready
+
+
+@pytest.mark.parametrize("thrown", [RuntimeError("store broke"), KeyboardInterrupt()])
+def test_a_recovery_that_fails_while_asked_leaves_broadcasts_flowing(thrown):
+    """A reconnecting client's CONNECT pauses relayed broadcasts while its stored
+    copy is asked for; whatever the ask raises (a store error, an exception thrown
+    into the waiting greenlet), the pause ends with it, or the worker's recovered
+    clients would hear no later room message."""
+    import socketio
+
+    from imcluster.workers import protocol, recovery
+
+    class Store:
+        def restore(self, pid, offset):
+            raise thrown
+
+    sio = socketio.Server(async_mode="eventlet")
+    rec = recovery.Recovery(link=None, store=Store())
+    protocol.adapt(sio.eio, sio, rec)
+    with pytest.raises(type(thrown)):
+        sio._handle_connect("eio-sid", "/", {recovery.OPT_IN: True, "pid": "p",
+                                             "offset": "0"})
+    assert rec.paused == 0
+    rec.wait_resumed()  # returns at once: nothing waits for a resume that never comes

@@ -282,7 +282,14 @@ class RecoveryRules:
             # Relayed broadcasts wait until the session is back in its rooms:
             # the listener has delivered exactly those up to rec.last_offset.
             rec.pause()
-            restored = rec.ask(pid, offset)
+            try:
+                restored = rec.ask(pid, offset)
+            except BaseException:
+                # Anything thrown into this greenlet while it waits for the stored
+                # copy (a kill, a timeout of the caller's) must not leave every
+                # relayed broadcast of this worker paused for good.
+                rec.resume()
+                raise
             if restored is None or restored.get("namespace") != namespace:
                 restored = None
                 rec.resume()
