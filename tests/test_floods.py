@@ -25,6 +25,22 @@ def ordinary_client_works(url: str) -> bool:
         c.close()
 
 
+def ordinary_client_in_a_thread(url: str) -> tuple[threading.Thread, list]:
+    """A thread (not started) that runs ordinary_client_works, and the list it
+    leaves True in, or the exception and how long it took (said in the test's
+    assertion, not lost in a thread)."""
+    result: list = []
+
+    def ordinary() -> None:
+        began = time.monotonic()
+        try:
+            result.append(ordinary_client_works(url))
+        except Exception as e:
+            result.append(f"{type(e).__name__}: {e} after {time.monotonic() - began:.1f}s")
+
+    return threading.Thread(target=ordinary), result
+
+
 def test_slowloris_hundreds_of_connections(cluster_factory):
     timeout = 3.0
     n = 300
@@ -39,16 +55,7 @@ def test_slowloris_hundreds_of_connections(cluster_factory):
         s.setblocking(False)
         socks[s] = [0, time.monotonic(), None]  # bytes sent, opened, closed after
     peak_pending = 0
-    ok_during = []
-
-    def ordinary() -> None:
-        began = time.monotonic()
-        try:
-            ok_during.append(ordinary_client_works(cluster.url))
-        except Exception as e:  # said in the assertion below, not lost in a thread
-            ok_during.append(f"{type(e).__name__}: {e} after {time.monotonic() - began:.1f}s")
-
-    t = threading.Thread(target=ordinary)
+    t, ok_during = ordinary_client_in_a_thread(cluster.url)
     start = time.monotonic()
     while time.monotonic() - start < timeout + 4 and any(v[2] is None for v in socks.values()):
         for s, v in socks.items():
@@ -124,16 +131,7 @@ def test_handshake_flood(cluster_factory):
             status, _, body = c.request("GET", EIO)
             return status, body
 
-    ok_during = []
-
-    def ordinary() -> None:
-        began = time.monotonic()
-        try:
-            ok_during.append(ordinary_client_works(cluster.url))
-        except Exception as e:  # said in the assertion below, not lost in a thread
-            ok_during.append(f"{type(e).__name__}: {e} after {time.monotonic() - began:.1f}s")
-
-    t = threading.Thread(target=ordinary)
+    t, ok_during = ordinary_client_in_a_thread(cluster.url)
     t0 = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
         futures = pool.map(handshake, range(n))
