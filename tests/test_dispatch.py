@@ -150,3 +150,143 @@ def test_what_a_handler_emits_arrives_with_its_ack(url):
             assert sorted(items) == list(range(30))
     finally:
         c.disconnect()
+
+
+# ---- In process: a parked handler greenlet is reused only when nothing can tell ----
+# (workers/dispatch.py HandlerGreenlet._unmarked). The reader is an eventlet
+# greenthread, as a worker's connection reader is; the pool's length shows whether
+# the handler's greenlet was parked (reusable) or ended.
+
+import contextvars  # noqa: E402
+import sys  # noqa: E402
+
+import eventlet  # noqa: E402
+import eventlet.corolocal  # noqa: E402
+import greenlet  # noqa: E402
+from eventlet.green import threading as green_threading  # noqa: E402
+
+from imcluster.workers import dispatch  # noqa: E402
+
+_var = contextvars.ContextVar("var", default="unset")
+
+
+def _from_a_reader(*handlers):
+    """Run each handler with run_now from one reader greenthread: for each, its
+    greenlet's id, what it returned, the pool's length while it ran and after."""
+    seen = []
+
+    def wrapped(h):
+        seen.append([id(greenlet.getcurrent()), None, len(dispatch._pool)])
+        seen[-1][1] = h()
+
+    def reader():
+        for h in handlers:
+            dispatch.run_now(wrapped, h)
+            seen[-1].append(len(dispatch._pool))
+
+    del dispatch._pool[:]
+    eventlet.spawn(reader).wait()
+    return [tuple(s) for s in seen]
+
+
+def test_a_handler_that_leaves_nothing_behind_parks_its_greenlet_for_the_next():
+    seen = _from_a_reader(*[lambda: _var.get()] * 4)
+    assert [s[3] for s in seen] == [1, 1, 1, 1]  # parked after every handler
+    assert len({s[0] for s in seen}) == 1  # one greenlet ran all four
+
+
+def test_a_reused_greenlet_starts_every_handler_with_an_empty_context():
+    def sets():
+        before = _var.get()
+        _var.set("set")
+        return before
+
+    seen = _from_a_reader(sets, sets, sets)
+    assert [s[1] for s in seen] == ["unset"] * 3
+    assert len({s[0] for s in seen}) == 1
+
+
+@pytest.mark.parametrize("mark", ["thread-local", "attribute", "timeout", "held"])
+def test_a_greenlet_something_is_tied_to_is_not_reused(mark):
+    local = eventlet.corolocal.local()
+    held = []
+    timeouts = []
+
+    def marks():
+        if mark == "thread-local":
+            before = getattr(local, "tag", None)
+            local.tag = "mine"
+            return before
+        if mark == "attribute":
+            greenlet.getcurrent().tag = "mine"
+        if mark == "timeout":  # not cancelled: its timer holds the greenlet's throw
+            timeouts.append(eventlet.Timeout(60))
+        if mark == "held":
+            held.append(greenlet.getcurrent())
+        return None
+
+    try:
+        seen = _from_a_reader(marks, marks)
+    finally:
+        for t in timeouts:
+            t.cancel()
+    assert [s[3] for s in seen] == [0, 0]  # ended, not parked
+    assert [s[1] for s in seen] == [None, None]  # the second saw no thread-local
+
+
+def test_logging_ties_nothing_to_a_handler_greenlet():
+    """logging asks threading.current_thread(), which for a plain greenlet is the
+    main thread's, in a fresh greenlet as in a reused one."""
+    seen = _from_a_reader(*[lambda: green_threading.current_thread().name] * 3)
+    assert [s[1:] for s in seen] == [(green_threading.current_thread().name, 0, 1)] * 3
+    assert len({s[0] for s in seen}) == 1
+
+
+def test_a_handler_that_waits_ends_its_greenlet_and_the_reader_goes_on():
+    order = []
+
+    def waits():
+        order.append("handler waits")
+        eventlet.sleep(0.01)
+        order.append("handler done")
+
+    def reader():
+        dispatch.run_now(waits)
+        order.append("reader goes on")
+
+    del dispatch._pool[:]
+    eventlet.spawn(reader).wait()
+    eventlet.sleep(0.05)
+    assert order == ["handler waits", "reader goes on", "handler done"]
+    assert dispatch._pool == []
+
+
+def test_a_failing_handler_is_logged_and_its_greenlet_reused(caplog):
+    def fails():
+        raise RuntimeError("on purpose")
+
+    with caplog.at_level("ERROR", logger="imcluster.worker"):
+        seen = _from_a_reader(fails, lambda: "ok")
+    assert "on purpose" in caplog.text
+    assert seen[-1][1:] == ("ok", 0, 1)
+
+
+def test_the_pool_is_bounded():
+    def waits():
+        eventlet.sleep(0)
+
+    parked = []
+
+    def reader():
+        # POOL_MAX + 5 handlers, all suspended at once, then all ending inline
+        # would need as many readers; instead fill the pool directly.
+        for _ in range(dispatch.POOL_MAX + 5):
+            g = dispatch.HandlerGreenlet(greenlet.getcurrent())
+            g.switch(lambda: None, ())
+            parked.append(len(dispatch._pool))
+
+    del dispatch._pool[:]
+    eventlet.spawn(reader).wait()
+    assert parked[-1] == dispatch.POOL_MAX
+    assert sys.getrefcount(dispatch._pool) > 0
+    del dispatch._pool[:]
