@@ -14,10 +14,16 @@ ready socket in one `epoll_wait` and switches to each one's waiting reader,
 as the hub switches to a trampoline's. A wait costs no syscall of its own
 and no timer:
 
-- Edge-triggered: the reader reads until its socket says EAGAIN, then
-  waits; any byte that arrives after that read reports an edge. A spurious
-  wake-up (a stale event) is harmless: the read comes back with EAGAIN and
-  the reader waits again.
+- Edge-triggered: any byte that arrives after a read reports a new edge.
+  So a reader waits once a read comes back short of what it asked for (the
+  kernel's TCP receive gives all it holds, up to the size asked), without
+  the read that would say EAGAIN (a syscall per message under the echo
+  benchmark). Two things stop a TCP read short with more to read and no
+  new edge to come: an end of file after the data, and an urgent mark;
+  events that may carry either (RDHUP, HUP, ERR, PRI) set the reader's
+  `more`, and it then reads until EAGAIN or the end, as eventlet's
+  reader does. A spurious wake-up (a stale event) is harmless: the read
+  comes back with EAGAIN and the reader waits again.
 - The socket's timeout (`settimeout`, as eventlet's would) is kept by one
   sweep a second over the waiting readers, which throws `socket.timeout`
   (TimeoutError) into a reader waiting longer, from the hub, as eventlet's timer does; so
@@ -43,7 +49,10 @@ import greenlet
 select = eventlet.patcher.original("select")
 
 SWEEP_EVERY = 1.0  # seconds between two checks of the waiting readers' timeouts
-_FLAGS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+_FLAGS = select.EPOLLIN | select.EPOLLPRI | select.EPOLLRDHUP | select.EPOLLET
+# An event with any of these may come with a read that stops short of the
+# queue's end (before an end of file, or an urgent mark) and no later edge.
+_MORE = select.EPOLLPRI | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
 
 class Reactor:
@@ -84,11 +93,13 @@ class Reactor:
         except InterruptedError:
             return
         members = self.members
-        for fd, _ in events:
+        for fd, mask in events:
             m = members.get(fd)
             if m is None:
                 continue  # a socket that left since the event was queued
             m.ready = True
+            if mask & _MORE:
+                m.more = True
             w = m.waiter
             if w is not None:
                 m.waiter = None

@@ -193,7 +193,7 @@ class BufferedReceive:
     CHUNK = 64 * 1024
 
     __slots__ = ("sock", "buf", "pos", "boundary", "parked", "raw", "fd", "reactor",
-                 "ready", "waiter", "since", "wait_limit")
+                 "ready", "more", "waiter", "since", "wait_limit")
 
     def __init__(self, sock, rest: bytes = b""):
         self.sock = sock
@@ -202,11 +202,14 @@ class BufferedReceive:
         # Waits go through the worker's reactor (workers/reactor.py) rather
         # than eventlet's hub: `reactor` is set while the socket is
         # registered there; `ready` is false only after a read found the
-        # kernel's queue empty (EAGAIN: the next byte then reports an edge).
+        # kernel's queue empty (EAGAIN, or a short read while `more` is false:
+        # the next byte then reports an edge; workers/reactor.py says when a
+        # short read proves nothing, and sets `more`).
         self.raw = internals.raw_socket(sock)  # internals: eventlet-green-fd
         self.fd = -1
         self.reactor = None
         self.ready = True
+        self.more = True  # until a read says EAGAIN: no event seen yet
         self.waiter = None
         self.since = 0.0
         self.wait_limit: float | None = None
@@ -265,15 +268,16 @@ class BufferedReceive:
                 try:
                     data = raw.recv(size)
                 except BlockingIOError:
-                    self.ready = False
+                    self.ready = self.more = False
                 except OSError as e:
                     if e.errno in reactor_mod.CLOSED_ERRNOS:
                         return b""
                     raise
                 else:
-                    # A short read does not prove the queue empty (it stops
-                    # before an end of file or an urgent mark that arrived with
-                    # the same edge), so the next read tries first, as eventlet's does.
+                    # A short read empties the queue, unless an event said it
+                    # may stop before an end of file or an urgent mark (`more`).
+                    if len(data) < size and not self.more and data:
+                        self.ready = False
                     return data
             if self.reactor is None:
                 if self.fd < 0:
@@ -291,7 +295,7 @@ class BufferedReceive:
         if r is not None:
             self.reactor = None
             r.unregister(self, self.fd)
-        self.ready = True
+        self.ready = self.more = True
 
     def take_text(self, limit: int) -> str | None:
         """The next message if the buffer holds it whole as one final, masked,
