@@ -16,12 +16,13 @@ import time
 import pytest
 import rawhttp
 import websocket
-from conftest import JS, ROOT, wait_for
+from conftest import JS, ROOT, RedisProcess, wait_for
 from pyclients import Client
 
 from imcluster import sid as sidcodec
 from imcluster.control import Control
 from imcluster.control import Forwarding as ControlForwarding
+from imcluster.workers.redis_manager import server_of
 
 CLIENTS = 100
 APPS = ROOT / "tests" / "apps"
@@ -33,12 +34,13 @@ def imcluster(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def under_traffic(cluster, act, transports: list[str] | None = ("websocket",),
-                  clients: int = CLIENTS, say_every: int = 10) -> dict:
+                  clients: int = CLIENTS, say_every: int = 10, **more) -> dict:
     """Start the JS clients, `act()` while they talk, stop them; their counts.
     `transports`: the clients' (None: the default, polling then the upgrade);
-    `say_every`: each client says something to the room every that many echoes."""
+    `say_every`: each client says something to the room every that many echoes;
+    `more`: handover.mjs's other options (`rooms`, `say_to`)."""
     args = {"url": cluster.url, "clients": clients, "say_every": say_every,
-            "transports": list(transports) if transports else None}
+            "transports": list(transports) if transports else None, **more}
     proc = subprocess.Popen(["node", str(JS / "handover.mjs"), json.dumps(args)],
                             cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -551,6 +553,47 @@ def test_interest_channels_order_the_moves_with_room_messages(
     else:
         # The heir, as old as the one that leaves, held the room's channel already.
         assert new == kept, "every session now on the remaining worker"
+
+
+@pytest.fixture(scope="module")
+def two_redis_servers(tmp_path_factory):
+    """Two private redis-servers (module scope: they outlive each test's cluster)."""
+    servers = [RedisProcess(tmp_path_factory.mktemp("redis")) for _ in range(2)]
+    try:
+        for r in servers:
+            r.start()
+        yield [f"redis://127.0.0.1:{r.port}/0" for r in servers]
+    finally:
+        for r in servers:
+            r.stop()
+
+
+@pytest.mark.parametrize(("transport", "servers"), [("websocket", 2), ("polling", 1)])
+def test_interest_channels_a_message_to_several_rooms_reaches_a_moved_member_of_two_once(
+        request, cluster_factory, redis_server, transport, servers):
+    """Issue 13: an emit to a list of rooms is published on each room's channel (on
+    two Redis servers here, so its copies reach a worker over two connections, in
+    any order). Every client is in two of the three rooms (half in ra and rb, half
+    in rb and rc) and says to all three during a reload: each hears each message
+    once, though its session moved while copies were in flight on both of its
+    channels (workers/redis_order.py, "Several rooms at once")."""
+    urls = [redis_server] if servers == 1 else request.getfixturevalue("two_redis_servers")
+    if servers == 2:
+        # The rooms' channels spread over both servers (InterestRedisManager names).
+        where = {server_of(f'socketio:r:["/","{room}"]', 2) for room in ("ra", "rb", "rc")}
+        assert where == {0, 1}
+    cluster = cluster_factory(app="rooms_app:sio", cwd=APPS, workers=2, handover=True,
+                              redis=",".join(urls), redis_channels="interest")
+    old = {w["pid"] for w in cluster.wait_ready()}
+    stats = under_traffic(cluster, lambda: reload(cluster), transports=[transport],
+                          say_every=2, rooms=[["ra", "rb"], ["rb", "rc"]],
+                          say_to=["ra", "rb", "rc"])
+    print(f"FIGURE handover reload, {transport}, redis interest x{servers}, say to 3 rooms, "
+          f"each client in 2: {CLIENTS} JS clients, {stats}")
+    assert set(stats["pids_before"]) == old
+    assert_nothing_noticed(stats)
+    assert stats["said_sent"] > CLIENTS
+    assert not set(stats["pids_after"]) & old, "every worker pid is new"
 
 
 # ---- the request environ and Flask-SocketIO's session (workers/handover.py) ------------

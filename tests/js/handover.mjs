@@ -5,6 +5,8 @@
 // echoes with an ack in a loop and now and then says something to the room, until
 // stdin closes (the test runs `imcluster reload` meanwhile). First line printed:
 // {"ready": true, "pids": [...]} once every client is connected and in the room.
+// "rooms": [[...], ...] has client k join rooms[k % rooms.length] instead, and
+// "say_to": [...] has it say to that list of rooms at once (the app's `say_many`).
 // Last line: what each client saw (failed or wrong acks, disconnect and connect events,
 // Engine.IO sids changed, room messages duplicated or missing) and the pids serving them.
 import { io } from "socket.io-client";
@@ -36,9 +38,12 @@ await Promise.all(clients.map((s) => new Promise((resolve, reject) => {
   s.once("connect_error", (e) => reject(new Error(`connect_error: ${e.message}`)));
 })));
 const firstSid = clients.map((s) => s.io.engine.id);
-for (const s of clients) {
-  if ((await s.timeout(opt.ack_timeout_ms).emitWithAck("join", { room: opt.room })) !== true) {
-    throw new Error("join refused");
+const roomSets = opt.rooms || [[opt.room]];
+for (const [k, s] of clients.entries()) {
+  for (const room of roomSets[k % roomSets.length]) {
+    if ((await s.timeout(opt.ack_timeout_ms).emitWithAck("join", { room })) !== true) {
+      throw new Error("join refused");
+    }
   }
 }
 const whoami = () => Promise.all(clients.map((s) => s.timeout(opt.ack_timeout_ms)
@@ -66,7 +71,8 @@ async function talk(s, k) {
     }
     if (n % opt.say_every === 0) {
       const text = `${k}:${n}`;
-      s.emit("say", { room: opt.room, text, ts: 0 });
+      if (opt.say_to) s.emit("say_many", { rooms: opt.say_to, text, ts: 0 });
+      else s.emit("say", { room: opt.room, text, ts: 0 });
       sent.push(text);
     }
     await sleep(10);
