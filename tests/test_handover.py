@@ -8,6 +8,9 @@ talk in a room while `imcluster reload` replaces both workers.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -732,3 +735,145 @@ def test_environ_entries_that_cannot_move_are_logged_once_and_the_rest_moves(
             c.close()
     said = [line for line in cluster.log().splitlines() if "stay behind" in line]
     assert len(said) == 1 and "tag.user (object)" in said[0], said
+
+
+# ---- interest channels: a room joined during the drain, a new heir (workers/heir.py) ---
+
+
+class Sender(threading.Thread):
+    """A client saying numbered messages to `room` every 2 ms until `stop()`."""
+
+    def __init__(self, client: Client, room: str, tag: str):
+        super().__init__(daemon=True)
+        self.client, self.room, self.tag = client, room, tag
+        self.sent = 0
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            self.sent += 1
+            try:
+                self.client.sio.emit("say", {"room": self.room, "text": f"{self.tag}:{self.sent}"})
+            except Exception:
+                self.sent -= 1
+                return  # its worker died (the heir killed on purpose)
+            time.sleep(0.002)
+
+    def stop(self) -> int:
+        self.running = False
+        self.join(10)
+        return self.sent
+
+
+def clients_on(cluster, pids: list[int], transport: str = "websocket") -> list[Client]:
+    """One python-socketio client on each worker of `pids` (new sessions go to the
+    least loaded: the extra ones are closed)."""
+    found: dict[int, Client] = {}
+    extra = []
+    for _ in range(20):
+        c = Client(cluster.url, transport)
+        pid = c.whoami()
+        if pid in pids and pid not in found:
+            found[pid] = c
+        else:
+            extra.append(c)
+        if len(found) == len(pids):
+            break
+    for c in extra:
+        c.close()
+    assert len(found) == len(pids), "a client on each worker"
+    return [found[p] for p in pids]
+
+
+def heard_numbers(client: Client, tag: str) -> list[int]:
+    return [int(m["text"].split(":")[1]) for m in list(client.said)
+            if isinstance(m, dict) and str(m.get("text", "")).startswith(tag + ":")]
+
+
+def assert_every_number_once_from_its_first(client: Client, tag: str, last: int) -> list[int]:
+    """Every message `tag` sent from the first the client heard to `last`, once each."""
+    wait_for(lambda: last in heard_numbers(client, tag), 10, what=f"{tag}:{last} heard")
+    got = heard_numbers(client, tag)
+    assert len(got) == len(set(got)), f"duplicates: {len(got) - len(set(got))}"
+    missing = sorted(set(range(min(got), last + 1)) - set(got))
+    assert not missing, f"{len(missing)} missed, the first {missing[:10]}"
+    return got
+
+
+def test_interest_channels_a_room_joined_in_the_instant_of_the_drain_is_synced_first(
+        cluster_factory, redis_server):
+    """Issue 13: a handler still running when its worker starts to drain joins a
+    room after the heir was readied for the session's channels. That channel is
+    synced with the heir before the session's position is taken (workers/heir.py):
+    the session, moved by `scale -1`, hears every message said to the room from
+    the first it heard, once each, while a client on the heir says one every 2 ms
+    (the heir held no member of the room: it subscribes for the move)."""
+    cluster = cluster_factory(app="rooms_app:sio", cwd=APPS, workers=2, handover=True,
+                              redis=redis_server, redis_channels="interest")
+    by_slot = {w["slot"]: w["pid"] for w in cluster.wait_ready()}
+    sender_c, mover = clients_on(cluster, [by_slot[0], by_slot[1]])  # slot 1 is removed
+    try:
+        sender = Sender(sender_c, "late", "t")
+        sender.start()
+        acked = threading.Event()
+        mover.sio.emit("join_after", {"room": "late", "seconds": 1.5},
+                       callback=lambda ok: acked.set())
+        time.sleep(0.2)  # its handler runs: the drain starts meanwhile
+        Control(cluster.control).scale("-1")
+        assert acked.wait(10), "the join's ack, written by the old worker before the move"
+        wait_for(lambda: len(cluster.status()["workers"]) == 1, 30, what="the drain done")
+        time.sleep(0.5)
+        last = sender.stop()
+        assert_every_number_once_from_its_first(mover, "t", last)
+        assert mover.call("whoami") == by_slot[0]
+        assert mover.disconnects == 0 and mover.connects == 1
+        log = cluster.log()
+        assert "joined during the drain were synced with the heir" in log, log[-3000:]
+        assert "not synced with the heir" not in log
+    finally:
+        sender_c.close()
+        mover.close()
+
+
+def test_interest_channels_a_new_heir_named_during_the_drain_is_readied_first(
+        cluster_factory, redis_server):
+    """Issue 13: the heir named at STOP dies while the drain waits for a session's
+    running handler. The master names the other worker (a second STOP) and the
+    draining worker syncs the session's channels with it before the session
+    leaves (master/core.py `_replan_heirs`, workers/heir.py): the session hears
+    every message a client on the new heir says to its room, once each."""
+    cluster = cluster_factory(app="rooms_app:sio", cwd=APPS, workers=3, handover=True,
+                              redis=redis_server, redis_channels="interest")
+    ready = cluster.wait_ready()
+    by_slot = {w["slot"]: w["pid"] for w in ready}
+    ids = {w["worker_id"]: w["pid"] for w in ready}
+    a, b, mover = clients_on(cluster, [by_slot[0], by_slot[1], by_slot[2]])
+    try:
+        assert mover.join("r") is not False
+        held = threading.Event()
+        mover.sio.emit("hold", 3.0 * 0.8, callback=lambda ok: held.set())
+        time.sleep(0.2)
+        Control(cluster.control).scale("-1")  # slot 2 drains; its session waits
+        found = wait_for(lambda: re.search(r"channel\(s\) synced with worker (\d+)",
+                                           cluster.log()), 10, what="the first heir readied")
+        first = int(found.group(1))
+        survivor = a if ids[first] == by_slot[1] else b
+        tag = "s"
+        sender = Sender(survivor, "r", tag)
+        sender.start()
+        time.sleep(0.1)
+        os.kill(ids[first], signal.SIGKILL)
+        assert held.wait(10), "the handler's ack, written before the move"
+        wait_for(lambda: len([w for w in cluster.status()["workers"] if w["slot"] == 2]) == 0,
+                 30, what="the drain done")
+        time.sleep(0.5)
+        last = sender.stop()
+        assert_every_number_once_from_its_first(mover, tag, last)
+        assert mover.disconnects == 0 and mover.connects == 1
+        assert mover.call("whoami") == (by_slot[0] if survivor is a else by_slot[1])
+        log = cluster.log()
+        assert "no longer takes sessions" in log and "named worker" in log, log[-3000:]
+        assert "synced with worker" in log.split("named worker")[-1]
+    finally:
+        for c in (a, b, mover):
+            c.close()

@@ -108,13 +108,18 @@ someone else's hand-over (another host with a member in the room) records it
 in its lane like any message, and the marker's handler drops it (unknown
 token): it reaches no client.
 
-Bounds and fallbacks (logged by the old worker but the last): a channel whose
-marker was not read within PREPARE_WAIT (3 s: Redis slow or down, or the
-heir gone) moves without the guarantee (from the heir's subscription on); so
-does a session that joined a room after the preparation (rare: a join handled
-in the instant of the drain; counted and logged at the end of the drain), and
-a move to another heir than the one named (the master's choice changes only if
-the named one stopped taking sessions meanwhile: it is itself draining).
+A room a session joins after that round (a handler still running when the
+drain began, another worker's enter_room for it) is synced the same way just
+before the session's position is taken; and when the master names another
+heir during the drain (the first stopped taking sessions: retired too, hung or
+dead), the sessions still here are synced with the new one before they leave
+(workers/heir.py; the state names the heir it was synced with, `heir`).
+
+Bounds and fallbacks (logged): a channel whose marker was not read within
+PREPARE_WAIT (3 s: Redis slow or down, or the heir gone) moves without the
+guarantee (from the heir's subscription on), counted and logged by the old
+worker at the end of the drain; so does a session already on its way when the
+heir changed, which the heir that takes it logs (its `heir` is another).
 A listener keeps at most MAX_LANES lanes (least recently read first, never
 one with a moved session open) and RING_KEEP messages over all lanes
 together.
@@ -303,7 +308,11 @@ class ChannelOrder:
         # (InterestRedisManager.prepare_heir; None before), and the sessions that
         # left with a channel outside them (logged at the end of the drain).
         self.synced: set[str] | None = None
+        self.synced_for: int | None = None  # the heir they were synced with
         self.unsynced_moves = 0
+        # Sessions that arrived here synced with another heir (the master named
+        # this worker after they had left: workers/heir.py).
+        self.unprepared_arrivals = 0
         # Messages published on several channels that this worker acted on (or
         # published), while any of their copies may still come: (PUB, N) ->
         # _Copies, oldest first; and by channel, those whose copy there is unread.
@@ -577,9 +586,12 @@ class ChannelOrder:
             return self._position(self.lane(None), eio_sid)
         if self.synced is not None and not self.synced.issuperset(channels or ()):
             self.unsynced_moves += 1
-        return {"lanes": {c: self._position(self.lanes.get(c) or _Lane(c), eio_sid)
-                          for c in channels or ()},
-                "multi": self._got_multi(eio_sid, channels or ())}
+        state = {"lanes": {c: self._position(self.lanes.get(c) or _Lane(c), eio_sid)
+                           for c in channels or ()},
+                 "multi": self._got_multi(eio_sid, channels or ())}
+        if self.synced_for is not None:
+            state["heir"] = self.synced_for  # (the heir that takes it checks)
+        return state
 
     def _got_multi(self, eio_sid: str, channels) -> list:
         """The messages published on several channels that the session got (from
@@ -655,6 +667,18 @@ class ChannelOrder:
                         "ordering?); broadcasts from here on", eio_sid)
             return
         channels = list(channels or ())
+        heir = state.get("heir")
+        me = getattr(self.manager, "me", None)
+        if isinstance(heir, int) and me is not None and heir != me[1]:
+            # Synced with another worker, then sent here (the master's choice changed
+            # while it was on its way): what was published on its channels between
+            # its old worker's position and this worker's subscription is missed.
+            self.unprepared_arrivals += 1
+            if self.unprepared_arrivals in (1, 10, 100, 1000):
+                log.warning("%s: moved in, synced with worker %d, not with this one (the "
+                            "heir changed while it was on its way; %d so far): room "
+                            "messages in flight may have been missed", eio_sid, heir,
+                            self.unprepared_arrivals)
         now = time.monotonic()
         if now > self.next_sweep:
             self._sweep(now)

@@ -12,3 +12,19 @@ def say_many(sid, data=None):
         return False
     sio.emit("said", data, to=rooms)
     return True
+
+
+@sio.on("join_after")
+def join_after(sid, data=None):
+    """Join data["room"] after data["seconds"]: a handler still running when its
+    worker starts to drain joins in the instant of the drain."""
+    sio.sleep(float(data["seconds"]))
+    sio.enter_room(sid, data["room"])
+    return True
+
+
+@sio.on("hold")
+def hold(sid, seconds=1.0):
+    """A handler that runs `seconds`: its session's move waits for it."""
+    sio.sleep(float(seconds))
+    return True
