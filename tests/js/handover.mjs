@@ -26,8 +26,12 @@ const stats = {
 for (let i = 0; i < opt.clients; i++) {
   const s = io(opt.url, { ...transports, forceNew: true, reconnection: true });
   s.heard = new Set();
+  s.dups = [];
   s.on("said", (m) => {
-    if (s.heard.has(m.text)) stats.said_duplicates++; else s.heard.add(m.text);
+    if (s.heard.has(m.text)) {
+      stats.said_duplicates++;
+      s.dups.push(m.text);
+    } else s.heard.add(m.text);
   });
   s.on("disconnect", () => { stats.disconnects++; });
   s.io.on("reconnect", () => { stats.reconnects++; });
@@ -93,6 +97,10 @@ for (const s of clients) {
   stats.transports[t] = (stats.transports[t] || 0) + 1;
 }
 const after = await whoami();
+// On stderr, for a diagnosis: which clients heard what twice, and on which workers.
+const dupClients = clients.map((s, k) => ({ k, before: before[k], after: after[k],
+  n: s.dups.length, first: s.dups.slice(0, 5) })).filter((d) => d.n);
+if (dupClients.length) console.error(`duplicates by client: ${JSON.stringify(dupClients)}`);
 console.log(JSON.stringify({ ...stats, pids_before: [...new Set(before)],
   pids_after: [...new Set(after)] }));
 for (const s of clients) s.close();
