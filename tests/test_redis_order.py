@@ -521,3 +521,26 @@ def _multi_interleaving(seed: int) -> None:
     # Nothing left undecided; the record itself lives ORDER_WAIT (a copy of a
     # message its old worker gave it may still come on another channel).
     assert all(not m.pending for m in v.order.moved.values()), seed
+
+
+def test_a_message_redis_delivers_twice_is_acted_on_once(caplog):
+    """A Redis that stalls past the publisher's timeout runs its batch twice (the
+    first connection's, read before the stall, and redis-py's one retry on a fresh
+    connection): every subscriber reads those messages twice. Each id is acted on
+    once per channel (the real case: tests/test_handover.py, a redis-server
+    stopped for 1.5 s); the copy does not count in the positions either."""
+    one = Worker()  # one channel
+    one.here.add(S)
+    m1, m2 = foreign("m1"), foreign("m2")
+    assert one.read(m1, m2) == [True, True]
+    with caplog.at_level(logging.WARNING, "imcluster.worker"):
+        assert one.order.heard(dict(m1)) is None and one.order.heard(m2) is None
+    assert "delivered a broadcast twice" in caplog.text and one.order.replays == 2
+    assert one.order.lane(None).index == 2
+    lanes = LaneWorker()  # interest channels
+    lanes.here.add(S)
+    assert lanes.read_on("c1", m1) is True
+    assert lanes.order.heard(m1, "c1") is None and lanes.order.replays == 1
+    # On another channel the same id is another copy (a message to several rooms).
+    lanes.order.heard(m1, "c2", first=False)
+    assert lanes.order.replays == 1 and lanes.order.lane("c2").index == 1

@@ -64,6 +64,12 @@ The design
 - A session that moves again while its entry is open carries the entry on
   (the older position if this worker had not reached it, the open `had`).
 
+A message Redis delivers twice (a publisher's batch run twice: redis-py retries
+it once on a fresh connection when Redis answered nothing within REDIS_TIMEOUT,
+and a Redis that stalled past that runs both) is acted on once: each listener
+remembers the last RING_KEEP ids it read, by channel, and drops a second copy
+(`_replayed`, logged).
+
 Bounds and fallbacks (each logged): an entry lives at most ORDER_WAIT seconds
 (a position never passed, e.g. the new worker's subscription was down: the
 session then gets the channel from then on, and what was held may be missed
@@ -324,6 +330,11 @@ class ChannelOrder:
         self.moved: dict[str, _Moved] = {}
         self.moved_on: dict[str, dict[str, _Moved]] = {}
         self.next_sweep = 0.0
+        # The ids this listener read last, by channel, to drop one Redis delivers
+        # twice (_replayed); and how many were.
+        self.recent: collections.OrderedDict[tuple, None] = collections.OrderedDict()
+        self.replays = 0
+        self.replays_logged = -60.0
 
     @property
     def entries(self) -> dict[str, set]:
@@ -371,9 +382,16 @@ class ChannelOrder:
         channels that this worker acted on already (`first` False: one read on
         another channel before)."""
         lane = self.lane(channel if self.by_channel else None)
+        pub, n, local = _id(data)
+        if pub is not None:
+            key = (lane.channel, pub, n)
+            if key in self.recent:
+                return self._replayed(pub, n, lane)
+            self.recent[key] = None
+            if len(self.recent) > RING_KEEP:
+                self.recent.popitem(last=False)
         lane.index += 1
         i = lane.index
-        pub, n, local = _id(data)
         chs = data.get(CHANNELS) if self.by_channel and pub is not None else None
         if not (isinstance(chs, list) and data.get("method") == "emit"):
             chs = None
@@ -411,6 +429,20 @@ class ChannelOrder:
         if skip and data.get("method") == "emit":
             data = self._skipping(data, skip)
         return data
+
+    def _replayed(self, pub: str, n: int, lane: _Lane) -> None:
+        """A message this listener read already on this channel, delivered again by
+        Redis: its publisher's batch was sent twice (redis-py's one retry, on a
+        fresh connection, after Redis answered nothing within REDIS_TIMEOUT; a
+        Redis that stalls past it runs both). Acted on once; counted, logged."""
+        self.replays += 1
+        now = time.monotonic()
+        if now >= self.replays_logged + 60:
+            self.replays_logged = now
+            log.warning("redis delivered a broadcast twice (%s #%d%s: its publisher sent "
+                        "its batch again after a timeout); the copy is dropped (%d so far)",
+                        pub, n, _on(lane), self.replays)
+        return None
 
     def _record(self, lane: _Lane, i: int, pub, n: int, local: bool, data: dict) -> None:
         """The lane's count, last numbers, mark and the ring: every copy read."""
