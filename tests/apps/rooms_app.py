@@ -2,6 +2,9 @@
 any of the rooms, once (python-socketio's emit to a list of rooms), for the
 hand-over tests of messages published on several interest channels."""
 
+import os
+import time
+
 from imcluster.examples.bench import app, sio  # noqa: F401  (served as rooms_app:sio)
 
 
@@ -24,7 +27,10 @@ def join_after(sid, data=None):
 
 
 @sio.on("hold")
-def hold(sid, seconds=1.0):
-    """A handler that runs `seconds`: its session's move waits for it."""
-    sio.sleep(float(seconds))
+def hold(sid, data=None):
+    """A handler that runs until the file data["release"] exists, or at most
+    data["seconds"]: its session's move waits for it."""
+    deadline = time.monotonic() + float(data["seconds"])
+    while time.monotonic() < deadline and not os.path.exists(data["release"]):
+        sio.sleep(0.02)
     return True
