@@ -13,7 +13,9 @@ byte of its own in both directions (M: master, W: worker):
     HANDOFF    H     M     empty, with one client fd          per connection routed to it (2)
     RELAY      M     M     a pub/sub message (3)              per PUBLISH, to every other worker
     STOP       S     M     empty, or the heir's worker id     to drain and exit (retire, scale
-                           (ASCII; --handover)                down); the heir takes its sessions
+                           (ASCII; --handover)                down); the heir takes its sessions.
+                                                              Again while it drains: a new heir
+                                                              (the first stopped taking sessions)
     HANDOVER   V     M, W  JSON object (7), one client fd     W: a draining worker's session
                                                               leaves; M: relayed to its new owner
     REPLAY     W     M     Engine.IO sid, LF, a RELAY's       after a HANDOVER, each relay its old

@@ -62,8 +62,9 @@ class Core:
         # some may have ended since), while `moved` has an entry for it.
         self.moved_count: dict[int, int] = {}
         # A draining worker's heir, chosen when it was told to STOP (--handover): its
-        # first session goes there if it still takes new sessions, so that the
-        # worker could prepare it (interest channels, workers/redis_order.py).
+        # sessions go there while it takes new sessions, so that the worker could
+        # prepare it (interest channels, workers/heir.py); another one is chosen,
+        # and the worker told, when it stops (`_replan_heirs`).
         self.planned: dict[int, int] = {}
         # Draining workers that handed over every session that could move: their
         # sids are routed to their heir (`moved`) instead of to them.
@@ -113,6 +114,8 @@ class Core:
         """Apply one event; return the actions it calls for, in order."""
         self._handlers[type(event)](event, now)
         self._start_queued(now)
+        if self.planned:
+            self._replan_heirs()
         return self._take()
 
     @property
@@ -439,9 +442,7 @@ class Core:
         for source in [k for k, v in self.moved.items() if v == w.worker_id]:
             del self.moved[source]
             self.moved_count.pop(source, None)
-        self.planned.pop(w.worker_id, None)
-        for source in [k for k, v in self.planned.items() if v == w.worker_id]:
-            del self.planned[source]
+        self.planned.pop(w.worker_id, None)  # (as a source; as an heir: _replan_heirs)
         # Its own sids now reach only its heir (gone already if no worker's last
         # report holds one), and the sessions it held are no longer in the way.
         self._prune_forwarding()
@@ -651,7 +652,7 @@ class Core:
         polling session's later requests must find it (`moved` has one entry
         per worker, not per sid)."""
         heir = self.by_id.get(self.moved.get(e.worker_id, -1))
-        if heir is None:
+        if heir is None or not heir.accepts_new:
             heir = self.by_id.get(self.planned.get(e.worker_id, -1))
         if heir is None or not heir.accepts_new:
             heir = router.choose(self.slots, self.by_id, None)
@@ -660,6 +661,11 @@ class Core:
                              e.worker_id)
             self._out.append(ev.Move(e.conn, None))
             return
+        if self.planned.get(e.worker_id, heir.worker_id) != heir.worker_id:
+            # Not the one it readied (that one stopped taking sessions between two
+            # events): this session arrives unprepared; ready it for the next ones.
+            self.planned[e.worker_id] = heir.worker_id
+            self._out.append(ev.Send(e.worker_id, ch.STOP, str(heir.worker_id).encode()))
         heir.handoffs_sent += 1  # in its load until acknowledged
         heir.moves_sent += 1
         self.moved[e.worker_id] = heir.worker_id
@@ -668,6 +674,30 @@ class Core:
             if to == e.worker_id:  # W moved to V before, V now moves to X: W's sids go to X
                 self.moved[source] = heir.worker_id
         self._out.append(ev.Move(e.conn, heir.worker_id))
+
+    def _replan_heirs(self) -> None:
+        """A draining worker whose planned heir stopped taking sessions (retired,
+        hung, gone) before the worker emptied: choose another, and tell the worker
+        (STOP again, with the new heir's id) so that it readies that one before
+        its next session leaves (workers/heir.py). Sessions already on their way
+        reach the new heir unprepared (it logs them). Called after every event
+        while a plan exists; a few dict lookups each."""
+        for source, heir_id in list(self.planned.items()):
+            w = self.by_id.get(source)
+            if w is None or w.state is not State.DRAINING or source in self.emptied:
+                continue
+            heir = self.by_id.get(heir_id)
+            if heir is not None and heir.accepts_new:
+                continue
+            new = router.choose(self.slots, self.by_id, None)
+            if new is None or new is w:
+                # None READY now: the worker's next sessions get whatever worker
+                # `_on_moving` finds then (or are closed); asked again next event.
+                continue
+            self.planned[source] = new.worker_id
+            self.log.info("worker %d: its heir, worker %d, no longer takes sessions; "
+                          "worker %d takes them instead", source, heir_id, new.worker_id)
+            self._out.append(ev.Send(source, ch.STOP, str(new.worker_id).encode()))
 
     def _on_emptied(self, e: ev.Emptied, now: float) -> None:
         """A draining worker's sessions have moved: route its sids to its heir from

@@ -1074,3 +1074,80 @@ def test_start_turns_a_reload_replacement_does_not_wait_for_one():
     out = m.feed(ev.Command({"cmd": "reload"}))
     # slot 0's replacement starts beside slot 1's start: a reload's deadline runs.
     assert spawned(out) == [0]
+
+
+# ---- the heir named at STOP changes (issue 13, interest channels: workers/heir.py) -----
+
+
+def _draining_with_heir(workers: int = 3):
+    """A worker retired with --handover: STOP names its heir. Returns the master,
+    the draining worker and its heir."""
+    m = Master(workers=workers, handover="yes")
+    m.ready()
+    w1 = m.slot(0)
+    m.core.retire(m.core.slots.pop(0), m.now)
+    [stop] = of(m.tick(), ev.Send)
+    assert (stop.worker_id, stop.kind) == (w1.worker_id, ch.STOP)
+    heir = m.core.by_id[int(stop.payload)]
+    assert heir is not w1 and heir.accepts_new
+    return m, w1, heir
+
+
+def stops_to(actions: list, worker_id: int) -> list[int]:
+    """The heirs named by the STOPs sent to `worker_id` in `actions`."""
+    return [int(a.payload) for a in of(actions, ev.Send)
+            if a.worker_id == worker_id and a.kind == ch.STOP and a.payload]
+
+
+def test_a_drain_whose_heir_is_retired_too_is_told_the_new_heir_and_moves_there():
+    """The heir named at STOP is itself retired before the drain ends (a reload
+    reaching its slot, a scale-down): the master picks the worker that still
+    takes sessions and tells the draining worker, by a second STOP naming it, so
+    that it readies that one before its next session leaves; the sessions go
+    there."""
+    m, w1, heir = _draining_with_heir()
+    [other] = [w for w in m.core.slots if w is not heir]
+    m.core.retire(m.core.slots.pop(m.core.slots.index(heir)), m.now)
+    actions = m.tick()
+    assert stops_to(actions, w1.worker_id) == [other.worker_id]
+    assert stops_to(actions, heir.worker_id) == [other.worker_id], "and the heir's own heir"
+    [move] = of(m.feed(ev.Moving("s1", w1.worker_id)), ev.Move)
+    assert move.worker_id == other.worker_id
+    assert stops_to(m.tick(), w1.worker_id) == [], "told once"
+
+
+def test_a_drain_whose_heir_dies_is_told_the_new_heir_once_one_is_ready():
+    """The heir dies during the drain (its slot is refilled by a worker that is not
+    READY yet): with another READY worker, that one is named at once; with none,
+    the first that becomes READY is. Sessions moved before that go to the first
+    heir (those that were on their way when it died are lost with it)."""
+    m, w1, heir = _draining_with_heir()
+    [other] = [w for w in m.core.slots if w is not heir]
+    [move] = of(m.feed(ev.Moving("s1", w1.worker_id)), ev.Move)
+    assert move.worker_id == heir.worker_id
+    assert stops_to(m.exit(heir, code=-9), w1.worker_id) == [other.worker_id]
+    [move] = of(m.feed(ev.Moving("s2", w1.worker_id)), ev.Move)
+    assert move.worker_id == other.worker_id
+    # Two workers: the heir dies, and its replacement is the only one left.
+    m, w1, heir = _draining_with_heir(workers=2)
+    assert stops_to(m.exit(heir, code=-9), w1.worker_id) == []
+    assert stops_to(m.tick(after=1.0), w1.worker_id) == [], "respawned, not READY yet"
+    [refill] = [w for w in m.core.slots if w.state is State.STARTING]
+    assert stops_to(m.ready(refill), w1.worker_id) == [refill.worker_id]
+    [move] = of(m.feed(ev.Moving("s1", w1.worker_id)), ev.Move)
+    assert move.worker_id == refill.worker_id
+
+
+def test_a_move_to_another_worker_than_the_planned_heir_readies_it_for_the_rest():
+    """Between two events the planned heir may stop taking sessions without a plan
+    change (its channel closed as the session's MOVING was read): the session goes
+    to a worker that takes sessions, and the draining worker is told to ready that
+    one for the next sessions."""
+    m, w1, heir = _draining_with_heir()
+    [other] = [w for w in m.core.slots if w is not heir]
+    heir.channel_open = False  # as _on_channel_closed leaves it, without the event
+    actions = m.feed(ev.Moving("s1", w1.worker_id))
+    [move] = of(actions, ev.Move)
+    assert move.worker_id == other.worker_id
+    assert stops_to(actions, w1.worker_id) == [other.worker_id]
+    assert m.core.planned[w1.worker_id] == other.worker_id

@@ -442,23 +442,31 @@ def test_a_master_without_replica_restarted(cluster_factory, tmp_path):
         rc.stop()
 
 
-def test_a_reload_with_handover_orders_the_moves_with_room_messages(tmp_path, cluster_factory):
+@pytest.mark.parametrize("rooms", ["one room", "to three rooms, each client in two"])
+def test_a_reload_with_handover_orders_the_moves_with_room_messages(tmp_path, cluster_factory,
+                                                                    rooms):
     """`--handover yes` on the cluster: the heir subscribes to the sessions' shard
     channels and marks each before a session leaves (workers/redis_order.py,
     "Interest channels"), so 100 JS clients talking in a room through a reload
-    get every room message once (tests/test_handover.py's check, sharded pub/sub)."""
-    from test_handover import CLIENTS, assert_nothing_noticed, reload, under_traffic
+    get every room message once (tests/test_handover.py's check, sharded pub/sub).
+    Also when each says to three rooms at once and is in two of them (each room's
+    copy through its own master: "Several rooms at once")."""
+    from test_handover import APPS, CLIENTS, assert_nothing_noticed, reload, under_traffic
 
     (tmp_path / "rc").mkdir()
     rc = RedisCluster(tmp_path / "rc", masters=3)
+    several = rooms != "one room"
+    more = ({"rooms": [["ra", "rb"], ["rb", "rc"]], "say_to": ["ra", "rb", "rc"]}
+            if several else {})
     try:
         rc.start()
-        cluster = cluster_factory(workers=2, handover=True, redis=rc.url,
+        app = "rooms_app:sio" if several else "imcluster.examples.bench:sio"
+        cluster = cluster_factory(app=app, cwd=APPS, workers=2, handover=True, redis=rc.url,
                                   redis_channels="interest")
         old = {w["pid"] for w in cluster.wait_ready()}
-        stats = under_traffic(cluster, lambda: reload(cluster), say_every=2)
-        print(f"FIGURE handover reload, websocket, redis cluster: {CLIENTS} JS clients, "
-              f"{stats}")
+        stats = under_traffic(cluster, lambda: reload(cluster), say_every=2, **more)
+        print(f"FIGURE handover reload, websocket, redis cluster, {rooms}: {CLIENTS} JS "
+              f"clients, {stats}")
         assert set(stats["pids_before"]) == old
         assert_nothing_noticed(stats)
         assert not set(stats["pids_after"]) & old, "every worker pid is new"

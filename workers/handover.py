@@ -194,7 +194,11 @@ subscribe to every channel of the sessions that will move and to publish a
 marker on each once Redis confirmed; W moves its sessions once its listener
 has read each marker (at most 3 s; what could not be synced is logged). Then
 on each channel nothing lies between W's position and what V hears, and the
-rules above hold per channel.
+rules above hold per channel. A room joined during the drain, and a new heir
+named by the master during it, are synced the same way before the session's
+position is taken (workers/heir.py). A message to several rooms is given to a
+session in two of them once, over all its channels (workers/redis_order.py,
+"Several rooms at once").
 """
 
 from __future__ import annotations
@@ -406,6 +410,11 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
                 raise Refused(f"the app's leaving hook failed ({e})") from None
             if keep is False:
                 raise Refused(f"the app refused it ({ns})")
+    sync = getattr(worker, "sync_session", None)
+    if sync is not None:
+        # Interest channels: a room joined during the drain (or a new heir) is
+        # synced with the heir now; no yield from here to its position.
+        sync(s.sid)
     spaces = []
     for ns, sid in sids.items():
         rooms = [r for r in mgr.get_rooms(sid, ns) if r is not None and r != sid]

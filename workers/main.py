@@ -29,6 +29,7 @@ from imcluster import sid as sidcodec
 from imcluster.master.lifecycle import APP_LOAD_ERROR
 from imcluster.workers import admin, drain, fastpath, handover, protocol, sessions, speedups
 from imcluster.workers import app as appmod
+from imcluster.workers.heir import HeirSync
 from imcluster.workers.http import FdListener, make_protocol, release_idle, serve_connection
 from imcluster.workers.link import Link
 from imcluster.workers.recovery import Recovery
@@ -47,10 +48,6 @@ HEARTBEAT_INTERVAL = 1.0
 ACK_EVERY = 16
 # How long a draining worker lets each session's queued packets go out.
 FLUSH_SECONDS = 2.0
-# How long a draining worker waits for its heir to sync the sessions' channels
-# (interest channels; the heir waits up to 2 s for each Redis confirmation,
-# and is asked again every 0.5 s meanwhile: redis_manager.PREPARE_*).
-PREPARE_WAIT = 3.0
 MAX_CONNECTIONS = 100_000
 
 
@@ -83,6 +80,8 @@ class WorkerServer:
         self.done = eventlet.event.Event()
         self.emptied = eventlet.event.Event()  # the master's EMPTIED (--handover)
         self.heir: int | None = None  # the worker STOP named to take the sessions
+        # Interest channels: the channels synced with the heir (workers/heir.py).
+        self.heir_sync: HeirSync | None = None
         self.handlers = drain.RunningHandlers()  # waited for by a drain
 
     # ---- start ---------------------------------------------------------------
@@ -285,9 +284,19 @@ class WorkerServer:
             self.recovery.answered(whole)
         elif kind == ch.STOP:
             try:
-                self.heir = int(whole) if whole else None  # (--handover) who takes over
+                heir = int(whole) if whole else None  # (--handover) who takes over
             except ValueError:
-                self.heir = None
+                heir = None
+            if self.stopping:
+                # Again while draining: the heir named first stopped taking sessions
+                # (master/core.py, _replan_heirs); ready the new one.
+                if heir is not None and heir != self.heir:
+                    self.heir = heir
+                    if self.heir_sync is not None:
+                        eio = self.app.eio
+                        self.heir_sync.changed(heir, lambda: list(eio.sockets))
+                return
+            self.heir = heir
             self.stop("asked by the master")
         elif kind == ch.EMPTIED and not self.emptied.ready():
             self.emptied.send()
@@ -374,10 +383,14 @@ class WorkerServer:
                     order = getattr(self.app.sio.manager, "order", None)
                     if order is not None and order.unsynced_moves:
                         log.warning("hand-over: %d session(s) left with a channel not "
-                                    "synced with the heir (a room joined during the drain, "
-                                    "or the sync timed out): room messages in flight on it "
-                                    "may have reached them twice or not at all",
-                                    order.unsynced_moves)
+                                    "synced with the heir (the sync timed out, or a room "
+                                    "joined in the instant between its sync and the move): "
+                                    "room messages in flight on it may have reached them "
+                                    "twice or not at all", order.unsynced_moves)
+                    if self.heir_sync is not None and self.heir_sync.late:
+                        log.info("hand-over: %d channel(s) joined during the drain were "
+                                 "synced with the heir before their sessions left",
+                                 self.heir_sync.late)
                     # Serve (forward) what the master routed here before it learnt
                     # that: a connection left in the channel would die with us.
                     if self.link.send(ch.EMPTIED):
@@ -408,30 +421,22 @@ class WorkerServer:
     def _ready_heir(self, eio_sids: list[str]) -> None:
         """Interest channels: before any session leaves, have the heir subscribe to
         the channels of all of them and sync each with this worker's listener
-        (InterestRedisManager.prepare_heir, workers/redis_order.py); what could not
-        be synced is logged (those channels' messages in flight during a move may
-        reach a session twice or not at all)."""
+        (workers/heir.py); what could not be synced is logged (those channels'
+        messages in flight during a move may reach a session twice or not at
+        all). With no heir named (a full stop, or no READY worker left) the
+        master closes the sessions instead of moving them, and says so."""
         mgr = self.app.sio.manager
         if not isinstance(mgr, InterestRedisManager) or mgr.order is None:
             return
-        channels = list(dict.fromkeys(c for sid in eio_sids
-                                      for c in mgr.channels_of_session(sid)))
-        if not channels:
-            return
-        if self.heir is None:
-            # No READY worker to name (a full stop, or none left): the master closes
-            # the sessions instead of moving them, and says so.
-            return
-        started = time.monotonic()
-        synced = mgr.order.synced = mgr.prepare_heir(self.heir, channels, PREPARE_WAIT)
-        if len(synced) < len(channels):
-            log.warning("hand-over: %d of %d channel(s) not synced with worker %d within "
-                        "%.0f s (Redis slow or down?): room messages in flight on them "
-                        "during the moves may reach a session twice or not at all",
-                        len(channels) - len(synced), len(channels), self.heir, PREPARE_WAIT)
-        else:
-            log.info("hand-over: %d channel(s) synced with worker %d in %.3f s",
-                     len(channels), self.heir, time.monotonic() - started)
+        self.heir_sync = HeirSync(mgr)
+        self.heir_sync.ready(self.heir, eio_sids)
+
+    def sync_session(self, eio_sid: str) -> None:
+        """Just before a session's position is taken (workers/handover.py): its
+        channels not synced with the heir yet (a room joined during the drain,
+        a new heir) are synced now. Yields; a no-op without interest channels."""
+        if self.heir_sync is not None:
+            self.heir_sync.session(eio_sid)
 
     def _move_or_close(self, s, flush_seconds: float, move: bool) -> None:
         if move:

@@ -162,10 +162,11 @@ class ClusterPubSubManager(socketio.PubSubManager):
         """Whether the listener acts on `data` (a subclass drops duplicates here)."""
         return True
 
-    def _heard(self, data: dict) -> dict:
-        """Every accepted message, in the order read, before the listener acts on
-        it; returns what to act on (a subclass orders hand-overs here)."""
-        return data
+    def _heard(self, data: dict, first: bool = True) -> dict | None:
+        """Every message, in the order read, before the listener acts on it, with
+        whether `_accept` took it (False: a duplicate); returns what to act on, or
+        None (a subclass orders hand-overs here)."""
+        return data if first else None
 
     # internals: socketio-listen
     def _listen(self):
@@ -181,9 +182,9 @@ class ClusterPubSubManager(socketio.PubSubManager):
                     continue  # python-socketio ignores what it cannot decode, too
                 if not isinstance(data, dict):
                     continue
-            if not self._accept(data):
+            data = self._heard(data, self._accept(data))
+            if data is None:
                 continue
-            data = self._heard(data)
             handler = self.cluster_handlers.get(data.get("method"))
             if handler is None:
                 if (self.recovery is not None and data.get("offset") is not None

@@ -68,6 +68,7 @@ from redis.retry import Retry
 from imcluster import sid as sidcodec
 from imcluster.redact import redact_url
 from imcluster.workers.pubsub import ClusterPubSubManager
+from imcluster.workers.redis_order import CHANNELS
 
 log = logging.getLogger("imcluster.worker")
 
@@ -507,8 +508,11 @@ class ClusterRedisManager(ClusterPubSubManager):
                 except Exception:
                     log.exception("local delivery of a broadcast failed")
 
-    def _heard(self, data: dict) -> dict:
-        return self.order.heard(data, self.heard_on) if self.order is not None else data
+    def _heard(self, data: dict, first: bool = True) -> dict | None:
+        if self.order is None:
+            return data if first else None
+        # Every copy, the duplicates too: each counts in its channel's positions.
+        return self.order.heard(data, self.heard_on, first)
 
     def _subscription_restored(self) -> None:
         if self.recovery is not None:
@@ -864,6 +868,10 @@ class InterestRedisManager(ClusterRedisManager):
         channels = self.targets(data)
         if len(channels) > 1:
             data = {**data, "mid": uuid.uuid4().hex}
+            if self.order is not None:
+                # Which channels carry a copy: a moved session gets it once over
+                # all of them (redis_order.py, "Several rooms at once").
+                data[CHANNELS] = channels
         if not channels:
             return
         if self.order is not None:

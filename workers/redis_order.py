@@ -64,6 +64,12 @@ The design
 - A session that moves again while its entry is open carries the entry on
   (the older position if this worker had not reached it, the open `had`).
 
+A message Redis delivers twice (a publisher's batch run twice: redis-py retries
+it once on a fresh connection when Redis answered nothing within REDIS_TIMEOUT,
+and a Redis that stalled past that runs both) is acted on once: each listener
+remembers the last RING_KEEP ids it read, by channel, and drops a second copy
+(`_replayed`, logged).
+
 Bounds and fallbacks (each logged): an entry lives at most ORDER_WAIT seconds
 (a position never passed, e.g. the new worker's subscription was down: the
 session then gets the channel from then on, and what was held may be missed
@@ -108,19 +114,60 @@ someone else's hand-over (another host with a member in the room) records it
 in its lane like any message, and the marker's handler drops it (unknown
 token): it reaches no client.
 
-Bounds and fallbacks (logged by the old worker but the last): a channel whose
-marker was not read within PREPARE_WAIT (3 s: Redis slow or down, or the
-heir gone) moves without the guarantee (from the heir's subscription on); so
-does a session that joined a room after the preparation (rare: a join handled
-in the instant of the drain; counted and logged at the end of the drain), and
-a move to another heir than the one named (the master's choice changes only if
-the named one stopped taking sessions meanwhile: it is itself draining).
+A room a session joins after that round (a handler still running when the
+drain began, another worker's enter_room for it) is synced the same way just
+before the session's position is taken; and when the master names another
+heir during the drain (the first stopped taking sessions: retired too, hung or
+dead), the sessions still here are synced with the new one before they leave
+(workers/heir.py; the state names the heir it was synced with, `heir`).
+
+Bounds and fallbacks (logged): a channel whose marker was not read within
+PREPARE_WAIT (3 s: Redis slow or down, or the heir gone) moves without the
+guarantee (from the heir's subscription on), counted and logged by the old
+worker at the end of the drain; so does a session already on its way when the
+heir changed, which the heir that takes it logs (its `heir` is another).
 A listener keeps at most MAX_LANES lanes (least recently read first, never
 one with a moved session open) and RING_KEEP messages over all lanes
-together. A message published on several channels at once (an emit to
-several rooms, or to a room named like a sid) is acted on once, from the
-first copy read (its `mid`); its other copies are in no lane, so a moving
-session in two of those rooms may get it twice or not at all.
+together.
+
+Several rooms at once
+---------------------
+An emit to several rooms (or to a room named like a sid) is published on each
+of their channels, one copy per channel, every copy with the same id (PUB, N:
+stamped once) and `imc_chs`, the list of those channels. Each worker acts on it
+once, at the first copy its listener reads (the `mid`, InterestRedisManager);
+python-socketio then gives it once to each member of any of the rooms. The
+copies come in no set order: two channels, maybe two Redis servers. So the old
+worker W may have acted on it from a channel the session is not on, or from
+one of its channels while the copy on the other is still unread; the heir V
+the same, independently. Per lane alone, a session in two of the rooms could
+get it twice (once by W, once by V from the other lane) or not at all (V acted
+on it, from another channel, before the session arrived).
+
+So the decision is taken once per session over all its channels, by V, from
+what W says: every copy still passes through its lane (`heard` with
+`first=False` for the ones not acted on), so the lanes' positions are those of
+one channel as before; and W puts in the state `multi`, the ids of such
+messages it acted on whose copy on one of the session's channels it has not
+read yet. The session got message (PUB, N) on W if and only if it is in
+`multi`, or for one of the session's channels C among `imc_chs`, `seen[C]`
+reaches N (W read that copy: a publisher's copies on one channel come in
+number order), or `had[C]` covers it (W's own emit, delivered at once). (If W
+acted on it, the session, being in one of its rooms there, got it; if W did
+not, W read no copy of it: every `seen[C]` is below N and it is not in
+`multi`.) Then V, for each session moved in (`_Moved`, ORDER_WAIT long):
+- acting on it now (the first copy V reads): skips the session if it got it;
+- having acted on it before the session arrived (or published it): gives it
+  to the session alone, if it did not get it, at the first copy V reads (or
+  has in its ring past W's position) on one of the session's channels. Such a
+  copy comes: the session did not get it, so W had not read its copy on that
+  channel, which lies after W's position, after V's marker;
+- once per session (`decided`); a later copy does nothing.
+A session that moves on from V names in its `multi` what it got there (V acted
+on it while the session was there, or decided it for it) and what W's `multi`
+named that V has not acted on yet. Bounds: a copy that comes more than
+ORDER_WAIT after the session arrived is not decided for it (logged when one
+was awaited), and at most MAX_STATE_MULTI ids move with a session (logged).
 """
 
 from __future__ import annotations
@@ -142,6 +189,12 @@ ORDER_WAIT = 10.0
 # how many of the latest a session's state names.
 MAX_PUBLISHERS = 1024
 STATE_PUBLISHERS = 64
+# The key that lists the channels of a message published on several (interest
+# channels; set by InterestRedisManager._publish), and how many such messages a
+# worker remembers (for ORDER_WAIT each) and a session's state may name.
+CHANNELS = "imc_chs"
+MAX_COPIES = 100_000
+MAX_STATE_MULTI = 512
 # Channels whose positions a listener keeps (interest channels; the least recently
 # used one without a moved session goes first).
 MAX_LANES = 10_000
@@ -188,6 +241,57 @@ class _Lane:
         self.entries: dict[str, _Entry] = {}  # Engine.IO sid ->
 
 
+class _Copies:
+    """A message this worker acted on that was published on several channels (an
+    emit to several rooms): its channels, those whose copy it has not read yet,
+    and when it acted (its count of such acts)."""
+
+    __slots__ = ("chs", "unread", "seq", "local", "until")
+
+    def __init__(self, chs: list, seq: int, local: bool, until: float):
+        self.chs = chs
+        self.unread = set(chs)
+        self.seq = seq
+        self.local = local
+        self.until = until
+
+
+class _Moved:
+    """A session moved in (interest channels): what it had got of the messages
+    published on several channels, over all its channels (see the module,
+    "Several rooms at once")."""
+
+    __slots__ = ("eio_sid", "lanes", "applied", "since", "decided", "pending", "deadline")
+
+    def __init__(self, eio_sid: str, lanes: dict, applied: set, since: int):
+        self.eio_sid = eio_sid
+        self.lanes = lanes  # {channel: (seen, had)} from the old worker's state
+        self.applied = applied  # {(PUB, N)}: the old worker acted on them, copies unread
+        self.since = since  # this worker's count of acts when the session arrived
+        self.decided: set = set()  # ids it got, or was given, here
+        self.pending: set = set()  # ids that may still need a decision
+        self.deadline = time.monotonic() + ORDER_WAIT
+
+    def got(self, pub: str, n: int, local: bool, chs) -> bool:
+        """Whether the session had got message (PUB, N), published on `chs`, on its
+        old worker: it acted on it (`applied`), or read its copy on one of the
+        session's channels (`seen`), or it was its own emit, delivered at once
+        (`had`)."""
+        if (pub, n) in self.applied:
+            return True
+        for c in chs:
+            lane = self.lanes.get(c)
+            if lane is None:
+                continue
+            seen, had = lane
+            if seen.get(pub, 0) >= n:
+                return True
+            lo_hi = had.get(pub) if local else None
+            if lo_hi is not None and lo_hi[0] < n <= lo_hi[1]:
+                return True
+        return False
+
+
 class ChannelOrder:
     """One worker's side (see the module): ids on what it publishes, the count
     and ring of what its listener reads per lane (one lane: the single channel;
@@ -210,7 +314,27 @@ class ChannelOrder:
         # (InterestRedisManager.prepare_heir; None before), and the sessions that
         # left with a channel outside them (logged at the end of the drain).
         self.synced: set[str] | None = None
+        self.synced_for: int | None = None  # the heir they were synced with
         self.unsynced_moves = 0
+        # Sessions that arrived here synced with another heir (the master named
+        # this worker after they had left: workers/heir.py).
+        self.unprepared_arrivals = 0
+        # Messages published on several channels that this worker acted on (or
+        # published), while any of their copies may still come: (PUB, N) ->
+        # _Copies, oldest first; and by channel, those whose copy there is unread.
+        self.copies: collections.OrderedDict[tuple, _Copies] = collections.OrderedDict()
+        self.unread_on: dict[str, set] = {}
+        self.acts = 0  # such messages acted on so far (_Copies.seq, _Moved.since)
+        # Sessions moved in, for those messages (interest channels): Engine.IO sid ->
+        # _Moved, and by channel (each of the session's channels).
+        self.moved: dict[str, _Moved] = {}
+        self.moved_on: dict[str, dict[str, _Moved]] = {}
+        self.next_sweep = 0.0
+        # The ids this listener read last, by channel, to drop one Redis delivers
+        # twice (_replayed); and how many were.
+        self.recent: collections.OrderedDict[tuple, None] = collections.OrderedDict()
+        self.replays = 0
+        self.replays_logged = -60.0
 
     @property
     def entries(self) -> dict[str, set]:
@@ -242,30 +366,40 @@ class ChannelOrder:
             self.sent.popitem(last=False)
         local = data.get("method") == "emit" and not (
             self.manager.recovery is not None and data.get("callback") is None)
+        if self.by_channel and local and len(channels) > 1:
+            # Delivered here at once (before this call: PubSubManager.emit), to the
+            # sessions here now; a session moving in later may need it.
+            self._acted(self.me, self.published, list(channels), True)
         return {**data, KEY: [self.me, self.published, 1 if local else 0]}
 
     # ---- the listener -------------------------------------------------------------------
 
-    def heard(self, data: dict, channel: str | None = None) -> dict:
+    def heard(self, data: dict, channel: str | None = None, first: bool = True) -> dict | None:
         """Called by the listener for every message it reads, in order, before it
         acts on it, with the channel it came on (interest channels); returns the
         message to act on (skip_sid extended for the sessions that must not get
-        it from here)."""
+        it from here), or None for a copy of a message published on several
+        channels that this worker acted on already (`first` False: one read on
+        another channel before)."""
         lane = self.lane(channel if self.by_channel else None)
-        lane.index += 1
-        i = lane.index
         pub, n, local = _id(data)
         if pub is not None:
-            lane.last[pub] = n
-            lane.last.move_to_end(pub)
-            if len(lane.last) > MAX_PUBLISHERS:
-                lane.last.popitem(last=False)
-            lane.mark = (pub, n, i)
-        self.ring.append((lane, i, pub, n, local, data))
-        if len(self.ring) > RING_KEEP:
-            self.ring.popleft()
+            key = (lane.channel, pub, n)
+            if key in self.recent:
+                return self._replayed(pub, n, lane)
+            self.recent[key] = None
+            if len(self.recent) > RING_KEEP:
+                self.recent.popitem(last=False)
+        lane.index += 1
+        i = lane.index
+        chs = data.get(CHANNELS) if self.by_channel and pub is not None else None
+        if not (isinstance(chs, list) and data.get("method") == "emit"):
+            chs = None
+        self._record(lane, i, pub, n, local, data)
+        if chs is not None:
+            return self._heard_copy(lane, i, pub, n, local, chs, data, channel, first)
         if not lane.entries:
-            return data
+            return data if first else None
         skip: list[str] = []
         now = time.monotonic()
         for e in list(lane.entries.values()):
@@ -290,9 +424,150 @@ class ChannelOrder:
                     self._deliver(e.eio_sid, data)  # its publisher's listener ignores it
             if self._done(e, lane):
                 self._close(e, lane)
+        if not first:
+            return None
         if skip and data.get("method") == "emit":
             data = self._skipping(data, skip)
         return data
+
+    def _replayed(self, pub: str, n: int, lane: _Lane) -> None:
+        """A message this listener read already on this channel, delivered again by
+        Redis: its publisher's batch was sent twice (redis-py's one retry, on a
+        fresh connection, after Redis answered nothing within REDIS_TIMEOUT; a
+        Redis that stalls past it runs both). Acted on once; counted, logged."""
+        self.replays += 1
+        now = time.monotonic()
+        if now >= self.replays_logged + 60:
+            self.replays_logged = now
+            log.warning("redis delivered a broadcast twice (%s #%d%s: its publisher sent "
+                        "its batch again after a timeout); the copy is dropped (%d so far)",
+                        pub, n, _on(lane), self.replays)
+        return None
+
+    def _record(self, lane: _Lane, i: int, pub, n: int, local: bool, data: dict) -> None:
+        """The lane's count, last numbers, mark and the ring: every copy read."""
+        if pub is not None:
+            lane.last[pub] = n
+            lane.last.move_to_end(pub)
+            if len(lane.last) > MAX_PUBLISHERS:
+                lane.last.popitem(last=False)
+            lane.mark = (pub, n, i)
+        self.ring.append((lane, i, pub, n, local, data))
+        if len(self.ring) > RING_KEEP:
+            self.ring.popleft()
+
+    # ---- several rooms at once (interest channels) ------------------------------------
+
+    def _heard_copy(self, lane: _Lane, i: int, pub: str, n: int, local: bool, chs: list,
+                    data: dict, channel, first: bool) -> dict | None:
+        """One copy of an emit published on the channels `chs` (see the module,
+        "Several rooms at once"): the lane's positions move as for any message;
+        whether a moved session gets it from here is decided once per session,
+        over all its channels."""
+        key = (pub, n)
+        now = time.monotonic()
+        if now > self.next_sweep:
+            self._sweep(now)
+        # The lane: only where each moved session's old position lies (passed).
+        for e in list(lane.entries.values()):
+            if now > e.deadline:
+                self._expire(e, lane)
+                continue
+            if not e.passed:
+                if not e.applied(pub, n):
+                    e.passed = True
+                elif e.mark is not None and (pub, n) == e.mark[:2]:
+                    e.target = i + e.mark[2]
+            if e.passed and self._done(e, lane):
+                self._close(e, lane)
+        # Acted on now: the first copy here, of another worker's message (this
+        # worker's own emits were delivered when published; python-socketio
+        # ignores them when Redis sends them back).
+        acting = first and pub != self.me
+        cp = self.copies.get(key)
+        if acting and cp is None:
+            cp = self._acted(pub, n, chs, local)
+        if cp is not None:
+            cp.unread.discard(channel)
+            waiting = self.unread_on.get(channel)
+            if waiting is not None:
+                waiting.discard(key)
+                if not waiting:
+                    del self.unread_on[channel]
+        skip: list[str] = []
+        if acting:
+            # Every moved session with one of the channels: it gets it now (if in
+            # one of the rooms) unless its old worker gave it already.
+            for m in self._moved_on(chs):
+                if key in m.decided:
+                    continue
+                m.decided.add(key)
+                m.pending.discard(key)
+                if m.got(pub, n, local, chs):
+                    skip.append(m.eio_sid)
+        else:
+            # Acted on before (or published here): a session that moved in since,
+            # with this channel, and was not given it yet.
+            seq = cp.seq if cp is not None else -1
+            for m in list(self.moved_on.get(channel, {}).values()):
+                if key not in m.decided and seq <= m.since:
+                    self._late(m, key, local, chs, data)
+        if not first:
+            return None
+        if skip:
+            data = self._skipping(data, skip)
+        return data
+
+    def _acted(self, pub: str, n: int, chs: list, local: bool) -> _Copies:
+        self.acts += 1
+        cp = self.copies[(pub, n)] = _Copies(chs, self.acts, local,
+                                             time.monotonic() + ORDER_WAIT)
+        for c in chs:
+            self.unread_on.setdefault(c, set()).add((pub, n))
+        while len(self.copies) > MAX_COPIES or (
+                self.copies and next(iter(self.copies.values())).until < time.monotonic()):
+            old_key, old = self.copies.popitem(last=False)
+            for c in old.unread:
+                waiting = self.unread_on.get(c)
+                if waiting is not None:
+                    waiting.discard(old_key)
+                    if not waiting:
+                        del self.unread_on[c]
+        return cp
+
+    def _late(self, m: _Moved, key: tuple, local: bool, chs, data: dict) -> None:
+        """Message `key`, acted on here before session `m` arrived: delivered to it
+        alone unless its old worker gave it already; once."""
+        m.decided.add(key)
+        m.pending.discard(key)
+        if not m.got(key[0], key[1], local, chs):
+            self._deliver(m.eio_sid, data)
+
+    def _moved_on(self, chs) -> list[_Moved]:
+        found: dict[str, _Moved] = {}
+        for c in chs:
+            found.update(self.moved_on.get(c, {}))
+        return list(found.values())
+
+    def _forget(self, m: _Moved) -> None:
+        if self.moved.get(m.eio_sid) is m:
+            del self.moved[m.eio_sid]
+        for c in m.lanes:
+            on = self.moved_on.get(c)
+            if on is not None and on.get(m.eio_sid) is m:
+                del on[m.eio_sid]
+                if not on:
+                    del self.moved_on[c]
+
+    def _sweep(self, now: float) -> None:
+        self.next_sweep = now + 1.0
+        for m in [m for m in self.moved.values() if now > m.deadline]:
+            if m.pending:
+                log.warning("%s: moved in, and %d message(s) sent to several rooms at once "
+                            "were still undecided after %.0f s (a copy never read: Redis "
+                            "subscription down?): those may be missed", m.eio_sid,
+                            len(m.pending), ORDER_WAIT)
+            self._forget(m)
 
     def _skipping(self, data: dict, eio_sids: list[str]) -> dict:
         ns = data.get("namespace") or "/"
@@ -343,8 +618,40 @@ class ChannelOrder:
             return self._position(self.lane(None), eio_sid)
         if self.synced is not None and not self.synced.issuperset(channels or ()):
             self.unsynced_moves += 1
-        return {"lanes": {c: self._position(self.lanes.get(c) or _Lane(c), eio_sid)
-                          for c in channels or ()}}
+        state = {"lanes": {c: self._position(self.lanes.get(c) or _Lane(c), eio_sid)
+                           for c in channels or ()},
+                 "multi": self._got_multi(eio_sid, channels or ())}
+        if self.synced_for is not None:
+            state["heir"] = self.synced_for  # (the heir that takes it checks)
+        return state
+
+    def _got_multi(self, eio_sid: str, channels) -> list:
+        """The messages published on several channels that the session got (from
+        here, or before) and that a copy on one of its `channels` has not yet
+        reached this worker's listener: [[PUB, N], ...] (the state's `multi`).
+        The ones whose copy was read there are in `seen`."""
+        m = self.moved.get(eio_sid)
+        found = set()
+        for c in channels:
+            for key in self.unread_on.get(c, ()):
+                cp = self.copies.get(key)
+                if cp is None:
+                    continue
+                # Acted on here while the session was here, or decided for it, or
+                # it had it before: it got it. Acted on here before it arrived and
+                # not decided yet: it did not (its next worker decides).
+                if (m is None or cp.seq > m.since or key in m.decided
+                        or m.got(key[0], key[1], cp.local, cp.chs)):
+                    found.add(key)
+        if m is not None:
+            # Got on its old worker, not yet acted on here.
+            found.update(k for k in m.applied if k not in self.copies)
+        if len(found) > MAX_STATE_MULTI:
+            log.warning("%s: %d messages sent to several rooms at once still in flight; "
+                        "the newest %d move with the session (others may reach it twice)",
+                        eio_sid, len(found), MAX_STATE_MULTI)
+            found = set(sorted(found, key=lambda k: k[1])[-MAX_STATE_MULTI:])
+        return [list(k) for k in sorted(found)]
 
     def _position(self, lane: _Lane, eio_sid: str) -> dict:
         e = lane.entries.get(eio_sid)
@@ -374,6 +681,9 @@ class ChannelOrder:
         """The session has gone."""
         for lane in self.open.pop(eio_sid, ()):
             lane.entries.pop(eio_sid, None)
+        m = self.moved.get(eio_sid)
+        if m is not None:
+            self._forget(m)
 
     def arrived(self, eio_sid: str, state, channels=None) -> None:
         """The session `eio_sid` is registered here (its rooms), with `state` from
@@ -388,12 +698,67 @@ class ChannelOrder:
             log.warning("%s: moved in without channel positions (from a worker without "
                         "ordering?); broadcasts from here on", eio_sid)
             return
-        for c in channels or ():
+        channels = list(channels or ())
+        heir = state.get("heir")
+        me = getattr(self.manager, "me", None)
+        if isinstance(heir, int) and me is not None and heir != me[1]:
+            # Synced with another worker, then sent here (the master's choice changed
+            # while it was on its way): what was published on its channels between
+            # its old worker's position and this worker's subscription is missed.
+            self.unprepared_arrivals += 1
+            if self.unprepared_arrivals in (1, 10, 100, 1000):
+                log.warning("%s: moved in, synced with worker %d, not with this one (the "
+                            "heir changed while it was on its way; %d so far): room "
+                            "messages in flight may have been missed", eio_sid, heir,
+                            self.unprepared_arrivals)
+        now = time.monotonic()
+        if now > self.next_sweep:
+            self._sweep(now)
+        self._moved_in(eio_sid, lanes, state.get("multi"), channels)
+        for c in channels:
             if c in lanes:
                 self._arrived(self.lane(c), eio_sid, lanes[c])
             else:
                 log.warning("%s: moved in without a position%s; broadcasts there from "
                             "here on", eio_sid, _on(self.lane(c)))
+
+    def _moved_in(self, eio_sid: str, lanes: dict, multi, channels: list) -> _Moved:
+        """The session's record for messages published on several channels."""
+        parsed = {}
+        for c, st in lanes.items():
+            try:
+                seen = {str(p): int(k) for p, k in st["seen"].items()}
+                had = {str(p): (int(lo), int(hi)) for p, (lo, hi) in
+                       (st.get("had") or {}).items()}
+            except (TypeError, ValueError, KeyError, AttributeError):
+                continue  # (_arrived says so for this channel)
+            parsed[c] = (seen, had)
+        applied = set()
+        try:
+            applied = {(str(p), int(k)) for p, k in multi or ()}
+        except (TypeError, ValueError):
+            log.warning("%s: moved in with an unreadable list of messages sent to several "
+                        "rooms; some of those in flight may reach it twice", eio_sid)
+        old = self.moved.get(eio_sid)
+        if old is not None:
+            self._forget(old)
+        m = self.moved[eio_sid] = _Moved(eio_sid, parsed, applied, self.acts)
+        for c in channels:
+            self.moved_on.setdefault(c, {})[eio_sid] = m
+        m.lanes.update({c: m.lanes.get(c, ({}, {})) for c in channels})
+        # Acted on here before it arrived, a copy on one of its channels not yet read:
+        # decided when that copy comes (or now, if its old worker gave it). Got
+        # there and not yet acted on here: skipped when acted on.
+        for c in channels:
+            for key in self.unread_on.get(c, ()):
+                cp = self.copies.get(key)
+                if cp is not None and key not in m.decided:
+                    if m.got(key[0], key[1], cp.local, cp.chs):
+                        m.decided.add(key)
+                    else:
+                        m.pending.add(key)
+        m.pending.update(k for k in applied if k not in self.copies)
+        return m
 
     def _arrived(self, lane: _Lane, eio_sid: str, state) -> None:
         try:
@@ -459,8 +824,15 @@ class ChannelOrder:
             if cut == lane.index and all(lane.last.get(p, 0) >= k for p, k in e.seen.items()):
                 e.passed = True
             return
+        m = self.moved.get(e.eio_sid) if self.by_channel else None
         for _, i, pub, n, local, data in ring:
             if i <= cut or data.get("method") != "emit":
+                continue
+            chs = data.get(CHANNELS) if m is not None else None
+            if isinstance(chs, list):
+                # Published on several channels: once over all of the session's.
+                if (pub, n) not in m.decided:
+                    self._late(m, (pub, n), local, chs, data)
                 continue
             lo_hi = e.had.get(pub) if local else None
             if lo_hi is not None and lo_hi[0] < n <= lo_hi[1]:

@@ -5,6 +5,8 @@
 // echoes with an ack in a loop and now and then says something to the room, until
 // stdin closes (the test runs `imcluster reload` meanwhile). First line printed:
 // {"ready": true, "pids": [...]} once every client is connected and in the room.
+// "rooms": [[...], ...] has client k join rooms[k % rooms.length] instead, and
+// "say_to": [...] has it say to that list of rooms at once (the app's `say_many`).
 // Last line: what each client saw (failed or wrong acks, disconnect and connect events,
 // Engine.IO sids changed, room messages duplicated or missing) and the pids serving them.
 import { io } from "socket.io-client";
@@ -24,8 +26,12 @@ const stats = {
 for (let i = 0; i < opt.clients; i++) {
   const s = io(opt.url, { ...transports, forceNew: true, reconnection: true });
   s.heard = new Set();
+  s.dups = [];
   s.on("said", (m) => {
-    if (s.heard.has(m.text)) stats.said_duplicates++; else s.heard.add(m.text);
+    if (s.heard.has(m.text)) {
+      stats.said_duplicates++;
+      s.dups.push(m.text);
+    } else s.heard.add(m.text);
   });
   s.on("disconnect", () => { stats.disconnects++; });
   s.io.on("reconnect", () => { stats.reconnects++; });
@@ -36,9 +42,12 @@ await Promise.all(clients.map((s) => new Promise((resolve, reject) => {
   s.once("connect_error", (e) => reject(new Error(`connect_error: ${e.message}`)));
 })));
 const firstSid = clients.map((s) => s.io.engine.id);
-for (const s of clients) {
-  if ((await s.timeout(opt.ack_timeout_ms).emitWithAck("join", { room: opt.room })) !== true) {
-    throw new Error("join refused");
+const roomSets = opt.rooms || [[opt.room]];
+for (const [k, s] of clients.entries()) {
+  for (const room of roomSets[k % roomSets.length]) {
+    if ((await s.timeout(opt.ack_timeout_ms).emitWithAck("join", { room })) !== true) {
+      throw new Error("join refused");
+    }
   }
 }
 const whoami = () => Promise.all(clients.map((s) => s.timeout(opt.ack_timeout_ms)
@@ -66,7 +75,8 @@ async function talk(s, k) {
     }
     if (n % opt.say_every === 0) {
       const text = `${k}:${n}`;
-      s.emit("say", { room: opt.room, text, ts: 0 });
+      if (opt.say_to) s.emit("say_many", { rooms: opt.say_to, text, ts: 0 });
+      else s.emit("say", { room: opt.room, text, ts: 0 });
       sent.push(text);
     }
     await sleep(10);
@@ -87,6 +97,10 @@ for (const s of clients) {
   stats.transports[t] = (stats.transports[t] || 0) + 1;
 }
 const after = await whoami();
+// On stderr, for a diagnosis: which clients heard what twice, and on which workers.
+const dupClients = clients.map((s, k) => ({ k, before: before[k], after: after[k],
+  n: s.dups.length, first: s.dups.slice(0, 5) })).filter((d) => d.n);
+if (dupClients.length) console.error(`duplicates by client: ${JSON.stringify(dupClients)}`);
 console.log(JSON.stringify({ ...stats, pids_before: [...new Set(before)],
   pids_after: [...new Set(after)] }));
 for (const s of clients) s.close();
