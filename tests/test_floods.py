@@ -113,7 +113,8 @@ def test_slowloris_hundreds_of_connections(cluster_factory):
     assert cpu < 2.0, f"master used {cpu:.2f}s CPU on {n} slow clients"
     print(f"FIGURE slowloris: {n} connections, closed after {min(closed_after):.1f}-"
           f"{max(closed_after):.1f}s (timeout {timeout}s), peak pending {peak_pending}, "
-          f"master CPU {cpu:.2f}s over {time.monotonic() - start:.1f}s")
+          f"master CPU {cpu:.2f}s over {time.monotonic() - start:.1f}s; ordinary client "
+          f"{', '.join(steps)}")
 
 
 def test_connect_and_idle_flood_stays_under_the_cap(cluster_factory):
