@@ -5,6 +5,9 @@ moment and keeps their sockets open: what a NAT or firewall that dropped a
 flow, or a frozen peer, looks like from either end. Flows opened later
 forward normally, unless `freeze(new_flows=True)` holds them too (a frozen
 peer: connections are accepted, nothing is answered) until `thaw()`.
+`freeze(replies_only=True)` holds only what the upstream sends (its replies)
+on the open flows and still forwards what the clients send: a server that
+carries out commands but whose answers come late.
 
 One thread, one selectors loop; commands reach it through a socketpair.
 Bounded: it serves until `close()`, which closes every socket it made.
@@ -25,6 +28,7 @@ class Flow:
     def __init__(self, client: socket.socket, upstream: socket.socket):
         self.ends = (client, upstream)
         self.frozen = False
+        self.held: tuple[socket.socket, ...] = ()  # the ends not read while frozen
         self.closed = False
 
     def peer(self, sock: socket.socket) -> socket.socket:
@@ -51,10 +55,11 @@ class FreezingProxy:
 
     # ---- called from the test's thread -------------------------------------
 
-    def freeze(self, new_flows: bool = False) -> int:
-        """Stop forwarding on every open flow (and on later ones if `new_flows`);
-        returns how many flows were frozen."""
-        return self._do("freeze", new_flows)
+    def freeze(self, new_flows: bool = False, replies_only: bool = False) -> int:
+        """Stop forwarding on every open flow (and on later ones if `new_flows`),
+        or only upstream to client on the open flows (`replies_only`); returns how
+        many flows were frozen."""
+        return self._do("freeze", (new_flows, replies_only))
 
     def thaw(self) -> int:
         """Forward on every flow again; returns how many were frozen."""
@@ -97,10 +102,10 @@ class FreezingProxy:
         while not self._commands.empty():
             what, arg, done = self._commands.get()
             if what == "freeze":
-                self.hold_new = arg
+                self.hold_new, replies_only = arg
                 live = [f for f in self.flows if not f.frozen]
                 for f in live:
-                    self._set_frozen(f, True)
+                    self._set_frozen(f, True, f.ends[1:] if replies_only else f.ends)
                 done.put(len(live))
             elif what == "thaw":
                 self.hold_new = False
@@ -112,13 +117,17 @@ class FreezingProxy:
                 self._running = False
                 done.put(None)
 
-    def _set_frozen(self, f: Flow, frozen: bool) -> None:
+    def _set_frozen(self, f: Flow, frozen: bool, ends: tuple = ()) -> None:
+        """Freeze `ends` of flow `f` (stop reading them), or thaw what was frozen."""
         f.frozen = frozen
-        for s in f.ends:
-            if frozen:
+        if frozen:
+            f.held = ends
+            for s in ends:
                 self.sel.unregister(s)
-            else:
+        else:
+            for s in f.held:
                 self.sel.register(s, selectors.EVENT_READ, f)
+            f.held = ()
 
     def _accept(self) -> None:
         try:
@@ -137,8 +146,9 @@ class FreezingProxy:
             s.settimeout(SEND_TIMEOUT)
         self.flows.append(f)
         if self.hold_new:
-            f.frozen = True
+            f.frozen, f.held = True, f.ends
         else:
+            f.held = f.ends
             self._set_frozen(f, False)
 
     def _forward(self, sock: socket.socket, f: Flow) -> None:
@@ -152,6 +162,7 @@ class FreezingProxy:
         # One end closed or failed: close both, as a NAT does when it sees a FIN.
         f.closed = True
         for s in f.ends:
-            self.sel.unregister(s)
+            if s not in f.held or not f.frozen:
+                self.sel.unregister(s)
             s.close()
         self.flows.remove(f)

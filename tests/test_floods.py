@@ -17,28 +17,45 @@ from rawhttp import EIO, Conn
 from imcluster.sid import worker_of
 
 
-def ordinary_client_works(url: str) -> bool:
+def ordinary_client_works(url: str, steps: list | None = None) -> bool:
+    """A polling client connects, asks an echo and closes; `steps` gets each
+    step's name and the seconds it took (said when the client fails)."""
+    steps = [] if steps is None else steps
+    t = time.monotonic()
+
+    def took(step: str) -> None:
+        nonlocal t
+        now = time.monotonic()
+        steps.append(f"{step} {now - t:.1f}s")
+        t = now
+
     c = Client(url, "polling")
+    took("connect")
     try:
-        return c.call("echo", "hi") == "hi"
+        ok = c.call("echo", "hi") == "hi"
+        took("echo")
+        return ok
     finally:
         c.close()
+        took("close")
 
 
-def ordinary_client_in_a_thread(url: str) -> tuple[threading.Thread, list]:
-    """A thread (not started) that runs ordinary_client_works, and the list it
+def ordinary_client_in_a_thread(url: str) -> tuple[threading.Thread, list, list]:
+    """A thread (not started) that runs ordinary_client_works, the list it
     leaves True in, or the exception and how long it took (said in the test's
-    assertion, not lost in a thread)."""
+    assertion, not lost in a thread), and the steps it has done so far."""
     result: list = []
+    steps: list = []
 
     def ordinary() -> None:
         began = time.monotonic()
         try:
-            result.append(ordinary_client_works(url))
+            result.append(ordinary_client_works(url, steps))
         except Exception as e:
-            result.append(f"{type(e).__name__}: {e} after {time.monotonic() - began:.1f}s")
+            result.append(f"{type(e).__name__}: {e} after {time.monotonic() - began:.1f}s "
+                          f"(steps done: {steps})")
 
-    return threading.Thread(target=ordinary), result
+    return threading.Thread(target=ordinary), result, steps
 
 
 def test_slowloris_hundreds_of_connections(cluster_factory):
@@ -55,7 +72,7 @@ def test_slowloris_hundreds_of_connections(cluster_factory):
         s.setblocking(False)
         socks[s] = [0, time.monotonic(), None]  # bytes sent, opened, closed after
     peak_pending = 0
-    t, ok_during = ordinary_client_in_a_thread(cluster.url)
+    t, ok_during, steps = ordinary_client_in_a_thread(cluster.url)
     start = time.monotonic()
     while time.monotonic() - start < timeout + 4 and any(v[2] is None for v in socks.values()):
         for s, v in socks.items():
@@ -91,12 +108,13 @@ def test_slowloris_hundreds_of_connections(cluster_factory):
     assert peak_pending <= n + 2, f"pending peaked at {peak_pending}"
     wait_for(lambda: cluster.status()["master"]["pending"] == 0, 5,
              what="no connection left pending after the flood")
-    assert ok_during == [True], (
-        f"an ordinary client failed during the flood: {ok_during or 'no answer within 20 s'}")
+    assert ok_during == [True], ("an ordinary client failed during the flood: "
+                                 f"{ok_during or f'no answer within 20 s (steps done: {steps})'}")
     assert cpu < 2.0, f"master used {cpu:.2f}s CPU on {n} slow clients"
     print(f"FIGURE slowloris: {n} connections, closed after {min(closed_after):.1f}-"
           f"{max(closed_after):.1f}s (timeout {timeout}s), peak pending {peak_pending}, "
-          f"master CPU {cpu:.2f}s over {time.monotonic() - start:.1f}s")
+          f"master CPU {cpu:.2f}s over {time.monotonic() - start:.1f}s; ordinary client "
+          f"{', '.join(steps)}")
 
 
 def test_connect_and_idle_flood_stays_under_the_cap(cluster_factory):
@@ -131,7 +149,7 @@ def test_handshake_flood(cluster_factory):
             status, _, body = c.request("GET", EIO)
             return status, body
 
-    t, ok_during = ordinary_client_in_a_thread(cluster.url)
+    t, ok_during, steps = ordinary_client_in_a_thread(cluster.url)
     t0 = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
         futures = pool.map(handshake, range(n))
@@ -144,7 +162,7 @@ def test_handshake_flood(cluster_factory):
     assert len(set(sids)) == n
     spread = {worker_of(s) for s in sids}
     assert spread == {w["worker_id"] for w in workers}
-    assert ok_during == [True]
+    assert ok_during == [True], ok_during or f"no answer within 20 s (steps done: {steps})"
     assert cluster.proc.poll() is None
     print(f"FIGURE handshake flood: {n} handshakes from 16 threads in "
           f"{time.monotonic() - t0:.1f}s, all 200, {len(set(sids))} distinct sids, "

@@ -73,7 +73,7 @@ def _state(p) -> dict:
     env = p.get_environ()
     inp = env.pop("wsgi.input")
     assert env.pop("eventlet.input") is inp
-    env.pop("eventlet.set_idle")
+    env.pop("eventlet.set_idle", None)  # eventlet 0.36 and later
     return {**state, "env": env,
             "input": (inp.content_length, inp.chunked_input, inp.wfile_line)}
 

@@ -200,8 +200,9 @@ class ShardPublisher(Publisher):
     """A master's publisher: SPUBLISH (PUBLISH for `base`); the entries a slot
     change refused go to `on_moved(self, entries)`."""
 
-    def __init__(self, url: str, where: str, base: str, on_moved):
-        super().__init__(url, where)
+    def __init__(self, url: str, where: str, base: str, on_moved,
+                 reply_timeout: float = DEFAULT_SILENCE_TIMEOUT):
+        super().__init__(url, where, reply_timeout)
         self.base, self.on_moved = base, on_moved
 
     def _queue(self, pipe, channel: str, text: str) -> None:
@@ -374,7 +375,8 @@ class ShardedRedisManager(InterestRedisManager):
         if pub is None:
             url = node_url(self.seeds[0], name)
             pub = self.publishers[name] = ShardPublisher(
-                url, f" ({redact_url(url)})", self.channel, self._refused)
+                url, f" ({redact_url(url)})", self.channel, self._refused,
+                self.silence_timeout)
         return pub
 
     def _start(self, sub: Subscriber) -> None:

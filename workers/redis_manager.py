@@ -36,8 +36,12 @@ dropped the flow, a frozen Redis. A blocked read would wait for ever, so each
 subscriber reads with a timeout, sends a PING on the subscription when it has
 heard nothing for a third of `silence_timeout`, and drops the connection,
 reconnects and resubscribes when that PING goes unanswered until
-`silence_timeout` after it last heard anything. The publisher has a read
-timeout and one retry on a fresh connection instead.
+`silence_timeout` after it last heard anything. The publisher waits as long
+for the replies to a batch it sent, and resends a batch only when its
+connection failed, never when the replies are late: Redis may have carried
+out a late batch already (a busy machine, a Redis paused or stalled), and
+sending it again delivered every message in it twice (seen under load ~20 on
+2 cores, test_ordering's Redis burst).
 
 Publishing goes through one connection per Redis server, in order: an emit
 appends its message to an outbox and one publisher greenlet sends what has
@@ -72,8 +76,8 @@ from imcluster.workers.redis_order import CHANNELS
 
 log = logging.getLogger("imcluster.worker")
 
-# How long a publish or a connect may take before Redis counts as down (the
-# publisher tries twice, the second time on a fresh connection).
+# How long a connect, or a command a worker waits for (not a publish), may
+# take before Redis counts as down.
 REDIS_TIMEOUT = 1.0
 # While Redis is down: how often a publish probes it, and the listener's
 # longest wait between resubscribe attempts.
@@ -116,6 +120,15 @@ def health_of(listening: bool, publishing: bool) -> str:
     return "publishing down" if listening else "down"
 
 
+def retry_unsent() -> Retry:
+    """redis-py's retry for the publishing side: once, on a fresh connection,
+    and only after a connection error (refused, reset, closed: a connection that
+    went stale while idle), never after a timeout. A command that timed out was
+    sent and Redis may have run it, late: redis-py's default retries it, so a
+    PUBLISH went out twice and a recovery script ran twice."""
+    return Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+
+
 class SubscriptionSilent(Exception):
     """The subscription answered nothing, not even a PING, for this many seconds."""
 
@@ -124,13 +137,25 @@ class Publisher:
     """One Redis server's publishing side: an outbox, one greenlet, one connection,
     and a circuit breaker (see the module)."""
 
-    def __init__(self, url: str, where: str = ""):
-        # One connection, used only by the publisher greenlet. redis-py 8 retries
-        # a failed command 10 times with backoff by default (~20 s on a frozen
-        # Redis); one retry covers a stale pooled connection, then the breaker.
+    def __init__(self, url: str, where: str = "",
+                 reply_timeout: float = DEFAULT_SILENCE_TIMEOUT):
+        """`reply_timeout`: seconds (> 0) to wait for the replies to a sent batch
+        before Redis counts as down (the worker's --redis-silence-timeout)."""
+        # redis-py 8 retries a failed command 10 times with backoff by default
+        # (~20 s on a frozen Redis); one retry of a connection error covers a
+        # stale pooled connection, then the breaker (retry_unsent says why not
+        # after a timeout). `redis` is for commands a worker waits for
+        # (connection state recovery's restore): those may take REDIS_TIMEOUT.
         self.redis = redis.Redis.from_url(
             url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT,
-            health_check_interval=10, retry=Retry(NoBackoff(), 1))
+            health_check_interval=10, retry=retry_unsent())
+        # One connection, used only by the publisher greenlet: no emit waits on
+        # it, so a late reply (a busy machine) is waited for, as the subscriber
+        # waits, rather than taken for an outage that drops the next second's
+        # broadcasts.
+        self.sender = redis.Redis.from_url(
+            url, socket_timeout=reply_timeout, socket_connect_timeout=REDIS_TIMEOUT,
+            health_check_interval=10, retry=retry_unsent())
         self.where = where  # " (redis://host:port)" with several servers, else ""
         self.publishing = True  # False while the breaker is open
         self.next_probe = 0.0
@@ -185,7 +210,7 @@ class Publisher:
             self.on_dropped(batch)
             return
         try:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.sender.pipeline(transaction=False)
             for entry in batch:
                 if callable(entry):
                     entry(pipe)
@@ -445,7 +470,7 @@ class ClusterRedisManager(ClusterPubSubManager):
         self.inbox: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
         several = len(self.urls) > 1
         self.nodes = [
-            (Publisher(u, f" ({redact_url(u)})" if several else ""),
+            (Publisher(u, f" ({redact_url(u)})" if several else "", silence_timeout),
              Subscriber(u, silence_timeout, self.inbox.put, self._always(i),
                         f" ({redact_url(u)})" if several else ""))
             for i, u in enumerate(self.urls)]

@@ -62,12 +62,21 @@ while (everyone.some((s) => s.said.length < sent.length) && Date.now() < deadlin
 // Violations, counted over every member: a message heard before an earlier one of the
 // same sender (swap), never heard (lost), heard twice (duplicate).
 let swaps = 0; let lost = 0; let duplicates = 0; let misordered = 0;
+const dupDetail = []; // which members heard something twice, and where: to find who repeats
 const sender = (t) => (opt.scenario === "burst" ? t.split(":")[0] : "all");
 for (const s of everyone) {
   const texts = s.said.map((m) => m.text);
   const seen = new Set();
   const lastIndex = new Map();
   const rank = new Map(sent.map((t, i) => [t, i]));
+  const dups = [];
+  texts.forEach((t, i) => { if (seen.has(t)) dups.push([i, t]); else seen.add(t); });
+  if (dups.length) {
+    dupDetail.push({ id: s.id, asked: s.asked ?? "sender", now: s.io.engine.transport.name,
+      heard: texts.length, duplicates: dups.length, first: dups.slice(0, 5),
+      firstHeardAt: dups.slice(0, 5).map(([, t]) => texts.indexOf(t)) });
+  }
+  seen.clear();
   for (const t of texts) {
     if (seen.has(t)) { duplicates++; continue; }
     seen.add(t);
@@ -85,7 +94,7 @@ for (const s of members) {
 console.log(JSON.stringify({
   workers: [...senders.keys()], members: everyone.length, transports, sent: sent.length,
   deliveries: everyone.reduce((a, s) => a + s.said.length, 0), swaps, lost, duplicates,
-  misordered,
+  misordered, dup_detail: dupDetail,
 }));
 for (const s of everyone) s.close();
 process.exit(0);
