@@ -157,6 +157,8 @@ def test_frozen_redis_then_thawed(proxy, cluster_factory, channels):
 LATE = 1.5
 
 
+# With recovery each batch begins with redis-py's SCRIPT EXISTS, so the old
+# retry resent only that (harmless): "recovery" checks the wait, not the resend.
 @pytest.mark.parametrize("extra", [{}, {"channels": "interest"}, {"recovery_window": 10}],
                          ids=["single", "interest", "recovery"])
 def test_late_replies_are_waited_for_not_resent(proxy, cluster_factory, extra):

@@ -72,7 +72,8 @@ for (const s of everyone) {
   const dups = [];
   texts.forEach((t, i) => { if (seen.has(t)) dups.push([i, t]); else seen.add(t); });
   if (dups.length) {
-    dupDetail.push({ id: s.id, asked: s.asked ?? "sender", now: s.io.engine.transport.name,
+    dupDetail.push({ id: s.id, eio: s.io.engine.id, asked: s.asked ?? "sender",
+      now: s.io.engine.transport.name,
       heard: texts.length, duplicates: dups.length, first: dups.slice(0, 5),
       firstHeardAt: dups.slice(0, 5).map(([, t]) => texts.indexOf(t)) });
   }
