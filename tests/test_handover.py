@@ -852,7 +852,7 @@ def test_interest_channels_a_new_heir_named_during_the_drain_is_readied_first(
     try:
         assert mover.join("r") is True
         held = threading.Event()
-        # Its move waits for this handler (at most workers/handover.HANDLER_WAIT, 3 s).
+        # Its move waits for this handler (up to the drain's budget, 8 s less the flush).
         mover.sio.emit("hold", {"seconds": 2.8, "release": str(release)},
                        callback=lambda ok: held.set())
         time.sleep(0.1)
@@ -934,3 +934,66 @@ def test_with_handover_a_message_redis_delivers_twice_reaches_each_client_once(
         if cluster is not None:
             cluster.stop()
         redis.stop()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_a_session_waits_for_its_handler_within_the_graceful_budget_then_moves(
+        cluster_factory, tmp_path, transport):
+    """A handler running when the worker drains is waited for up to the drain's
+    budget (0.8 x --graceful-timeout less the flush: 7.6 s here), not a fixed
+    3 s: released 3.5 s into the drain, its ack comes, from the old worker, and
+    then the session moves, same sid, no disconnect. (It used to be cut off
+    after 3 s: the session closed, no ack.)"""
+    cluster = cluster_factory(app="rooms_app:sio", cwd=APPS, workers=1, handover=True,
+                              graceful_timeout=12)
+    [old] = [w["pid"] for w in cluster.wait_ready()]
+    c = Client(cluster.url, transport)
+    sid = c.sio.get_sid()
+    acked = threading.Event()
+    release = tmp_path / "release"
+    try:
+        c.sio.emit("hold", {"seconds": 30, "release": str(release)},
+                   callback=lambda ok: acked.set())
+        time.sleep(0.2)  # its handler runs
+        reloading = _reload_in_background(cluster)
+        wait_for(lambda: _draining(cluster, old), 20, what="the old worker draining")
+        time.sleep(3.5)  # past the 3 s the session used to wait
+        assert not acked.is_set()
+        release.touch()
+        reloading.join(30)
+        assert not reloading.is_alive()
+        assert acked.is_set(), "the hold's ack, written by the old worker before the move"
+        [new] = [w["pid"] for w in cluster.wait_ready()]
+        assert new != old
+        assert c.whoami() == new
+        assert c.sio.get_sid() == sid
+        assert c.disconnects == 0 and c.connects == 1
+        log = cluster.log()
+        assert "not handed over" not in log, log[-3000:]
+    finally:
+        c.close()
+
+
+def test_a_handler_past_the_graceful_budget_is_abandoned_with_a_warning(cluster_factory,
+                                                                        tmp_path):
+    """Past the budget (0.8 x 4 s less 1.6 s of flush: 1.6 s) the session does not
+    wait for its handler any more: a WARNING names the handler, by event, and the
+    session is closed (the client reconnects); its ack never comes."""
+    cluster = cluster_factory(app="rooms_app:sio", cwd=APPS, workers=1, handover=True,
+                              graceful_timeout=4)
+    cluster.wait_ready()
+    c = Client(cluster.url, "websocket")
+    acked = threading.Event()
+    try:
+        c.sio.emit("hold", {"seconds": 30, "release": str(tmp_path / "never")},
+                   callback=lambda ok: acked.set())
+        time.sleep(0.2)
+        reload_one(cluster)
+        wait_for(lambda: c.disconnects == 1, 10, what="the session closed")
+        log = cluster.log()
+        line = next(ln for ln in log.splitlines() if "not handed over" in ln)
+        assert "WARNING" in line and "abandoned 1 handler(s) still running" in line, line
+        assert "hold x1" in line and "closing the session" in line, line
+        assert not acked.is_set()
+    finally:
+        c.close()

@@ -369,8 +369,8 @@ def test_one_redis_server_down_costs_only_its_channels(cluster_factory, tmp_path
             say(on2, "during-2")
             wait_for(lambda: got(here, "during-2"), 10, what="local delivery on the other")
             servers[1].start()
-            # "publishing down" lasts until the sender's next publish probes the
-            # server (its breaker), so: subscribed, then a message, then "ok".
+            # "publishing down" lasts until the sender's breaker probes the server
+            # (a publish, or its PING each second), so: subscribed, then "ok".
             wait_for(lambda: all(w["broadcast"] in ("ok", "publishing down")
                                  for w in c.status()["workers"]), 20,
                      what="every worker subscribed again")

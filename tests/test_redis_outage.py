@@ -136,3 +136,35 @@ def test_a_redis_out_of_reach_shows_in_status_and_metrics(cluster_factory, tmp_p
         assert up() == [1.0, 1.0]
     finally:
         redis.stop()
+
+
+def test_an_idle_worker_reports_publishing_up_once_redis_is_back(cluster_factory, tmp_path):
+    """A broadcast sent while Redis is out of reach opens the publisher's breaker
+    ("down": both directions). Once Redis is back the subscription is restored,
+    and the publisher finds out too without another broadcast (a PING each
+    PROBE_INTERVAL while its breaker is open): status says "ok" again. It used to
+    say "publishing down" until a client broadcast, a false alert for monitoring."""
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    redis = RedisProcess(tmp_path)  # its port, nothing listening yet
+    cluster = cluster_factory(workers=1, redis=f"redis://127.0.0.1:{redis.port}/0")
+    cluster.wait_ready()
+    c = Client(cluster.url, "websocket")
+
+    def health() -> list:
+        return [w["broadcast"] for w in cluster.status()["workers"]]
+
+    try:
+        assert c.join("r") is True
+        c.sio.emit("say", {"room": "r", "text": "while down", "ts": 0})
+        wait_for(lambda: health() == ["down"], 15, what="publishing and subscription down")
+        redis.start()
+        wait_for(lambda: health() == ["ok"], 15, what="the idle worker reporting ok")
+        # Nothing was published meanwhile: the one broadcast was dropped by the breaker.
+        assert cluster.status()["workers"][0]["pubsub"]["published"] == 0
+        log = cluster.log()
+        assert log.count("redis publishing resumed") == 1, log
+        assert "redis subscription restored" in log, log
+    finally:
+        c.close()
+        redis.stop()

@@ -15,10 +15,11 @@ until it moves; this count is then not installed.
 Every handler runs through python-socketio's `_handle_event_internal`,
 whether started directly (workers/dispatch.py) or as a background task
 (python-socketio's own path): wrapped here, per server instance, with a
-count by event name (for the drain's log) and by Engine.IO sid (a session
-handed over leaves once its own handlers are done: workers/handover.py);
-two dict updates on entry and two on exit are all it costs an event
-(benchmarks/callgrind_ack.py).
+count by event name (for the drain's log) and, by Engine.IO sid, the names
+of the session's running handlers (a session handed over leaves once its own
+handlers are done, and a WARNING names those it abandons: workers/handover.py);
+two dict updates and a list append on entry, and as much on exit, are all it
+costs an event (benchmarks/callgrind_ack.py).
 
 Background tasks an app starts itself (`sio.start_background_task`) are not
 handlers: they are not waited for, and end with the process.
@@ -40,7 +41,8 @@ class RunningHandlers:
 
     def __init__(self) -> None:
         self.running: dict[str, int] = {}  # event name: handlers of it running
-        self.by_session: dict[str, int] = {}  # Engine.IO sid: its handlers running
+        # Engine.IO sid: the event names of its handlers running (one per handler)
+        self.by_session: dict[str, list[str]] = {}
         self.refusing = False  # draining without hand-over: new events are ignored
         self.ignored = 0  # events ignored while refusing
 
@@ -64,12 +66,17 @@ class RunningHandlers:
                 return None
             name = data[0]
             running[name] = running.get(name, 0) + 1
-            by_session[eio_sid] = by_session.get(eio_sid, 0) + 1
+            names = by_session.get(eio_sid)
+            if names is None:
+                names = by_session[eio_sid] = []
+            names.append(name)
             try:
                 return original(server, sid, eio_sid, data, namespace, id)
             finally:
                 _less(running, name)
-                _less(by_session, eio_sid)
+                names.remove(name)
+                if not names and by_session.get(eio_sid) is names:
+                    del by_session[eio_sid]
 
         sio._handle_event_internal = counted
 
@@ -98,6 +105,14 @@ def _less(counts: dict, key) -> None:
         counts[key] = n
     else:
         del counts[key]
+
+
+def counted(names: list[str]) -> dict[str, int]:
+    """`["work", "save", "work"]` as `{"work": 2, "save": 1}` (for `describe`)."""
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def describe(counts: dict[str, int]) -> str:

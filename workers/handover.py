@@ -37,11 +37,15 @@ What moves (the JSON state of one session, at most one channel frame)
 What does not move, and so waits or refuses
 -------------------------------------------
 - Handlers of the session still running: the old worker stops reading and
-  waits for them (bounded by HANDLER_WAIT) so that their acks go out from
-  the old worker, in order, before the socket leaves.
+  waits for them, and for their writes, so that their acks go out from the
+  old worker, in order, before the socket leaves. It waits up to the drain's
+  budget (`deadline`: 0.8 x --graceful-timeout less the flush time, as for
+  the handlers of a drain without hand-over: workers/main.py `_stop`); a
+  handler still running then is abandoned, a WARNING names it by event, and
+  the session is closed as with `--handover no` (the client reconnects).
 - The server's own pending acks (an `emit(..., callback=...)` to the client
   not yet answered): callbacks are Python callables. The old worker waits
-  for them (bounded by HANDLER_WAIT); a callback still pending then is
+  for them (bounded by HANDLER_WAIT and the budget); a callback still pending then is
   dropped with a warning (its answer reaches the new worker, which ignores
   an ack id it does not know, as python-socketio does).
 - The app's own state keyed by sid (a module-level dict): only the app can
@@ -222,13 +226,15 @@ from engineio import packet as eio_packet
 from imcluster import channel as ch
 from imcluster import sid as sidcodec
 from imcluster.handover import hook
-from imcluster.workers import internals, sessions
+from imcluster.workers import drain, internals, sessions
 from imcluster.workers.http import HandingOver, handed_over, replay_heads, serve_connection
 
 log = logging.getLogger("imcluster.worker")
 
-# How long the old worker waits for a session's reader to reach a frame
-# boundary, its handlers to finish and its server-side acks to be answered.
+# How long the old worker waits for what a client holds up: a session's reader
+# to reach a frame boundary, an upgrade to end, its requests to end, its
+# server-side acks to be answered (never past the drain's budget). The app's
+# own handlers are waited for up to the budget itself (`move_out`'s deadline).
 HANDLER_WAIT = 3.0
 # The request environ (python-socketio keeps the handshake request's, per
 # Engine.IO sid, and hands it to handlers) moves entry by entry: every entry
@@ -259,25 +265,44 @@ class Refused(Exception):
 # ---- the old worker -------------------------------------------------------------
 
 
-def move_out(worker, s: sessions.ClusterSocket) -> bool:
+def move_out(worker, s: sessions.ClusterSocket, deadline: float | None = None) -> bool:
     """Hand session `s` to the master; True if it left, False if it is still
-    here (refused or failed before anything was taken: close it as usual)."""
+    here (refused or failed before anything was taken: close it as usual).
+
+    `deadline` (time.monotonic()): until when the session's running handlers
+    are waited for, the drain's budget for them (workers/main.py `_stop`);
+    None: HANDLER_WAIT from now."""
+    if deadline is None:
+        deadline = time.monotonic() + HANDLER_WAIT
     if not getattr(s, "upgraded", False):
-        return _move_out_polling(worker, s)
-    return _move_out_websocket(worker, s)
+        return _move_out_polling(worker, s, deadline)
+    return _move_out_websocket(worker, s, deadline)
 
 
-def _move_out_websocket(worker, s: sessions.ClusterSocket) -> bool:
+class Abandoned(Exception):
+    """The session's handlers did not end within the budget (the message names
+    them): the session is closed, and the handlers are left running."""
+
+
+def _refused(s: sessions.ClusterSocket, e: Exception) -> None:
+    """Log why `s` stays (and is closed): a WARNING when handlers are abandoned."""
+    if isinstance(e, Abandoned):
+        log.warning("%s: not handed over: %s; closing the session", s.sid, e)
+    else:
+        log.info("%s: not handed over: %s", s.sid, e)
+
+
+def _move_out_websocket(worker, s: sessions.ClusterSocket, deadline: float) -> bool:
     sio, eio = worker.app.sio, worker.app.eio
     try:
-        stopped = _stop_reader(s)
+        stopped = _stop_reader(s, min(deadline, time.monotonic() + HANDLER_WAIT))
     except Refused as e:
         log.info("%s: not handed over: %s", s.sid, e)
         return False
     relay = getattr(worker, "relay", None)
     order = getattr(sio.manager, "order", None)
     try:
-        state = _take_state(worker, sio, eio, s)
+        state = _take_state(worker, sio, eio, s, deadline)
         state["relay_seen"] = 10**12  # room for the number, set below
         state["heir_seen"] = 10**12  # room for the master's number (move_in)
         if order is not None:
@@ -286,8 +311,8 @@ def _move_out_websocket(worker, s: sessions.ClusterSocket) -> bool:
             state["order"] = order.state_of(s.sid, _channels(sio.manager, s.sid))
         if len(ch.encode_json(state)) > ch.FRAGMENT:
             raise Refused("its state takes more than one channel frame")
-    except Refused as e:
-        log.info("%s: not handed over: %s", s.sid, e)
+    except (Refused, Abandoned) as e:
+        _refused(s, e)
         stopped.resume()
         return False
     # Gone: forget it here without a disconnect handler, and, with no yield in
@@ -329,7 +354,7 @@ class _Stopped:
         self.s.handover_done.send(True)
 
 
-def _stop_reader(s: sessions.ClusterSocket) -> _Stopped:
+def _stop_reader(s: sessions.ClusterSocket, deadline: float) -> _Stopped:
     if not getattr(s, "upgraded", False) or s.writer is None:
         # python-engineio's own WebSocket path: a compressed WebSocket
         # (--ws-compression), whose deflate state cannot move.
@@ -337,7 +362,6 @@ def _stop_reader(s: sessions.ClusterSocket) -> _Stopped:
                       "cannot move")
     if s.closed or s.closing:
         raise Refused("closing")
-    deadline = time.monotonic() + HANDLER_WAIT
     buf = s.receive_buffer
     s.handover_done = eventlet.event.Event()
     stopped = eventlet.event.Event()
@@ -363,9 +387,13 @@ def _stop_reader(s: sessions.ClusterSocket) -> _Stopped:
     return _Stopped(s)
 
 
-def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
+def _take_state(worker, sio, eio, s: sessions.ClusterSocket, deadline: float) -> dict:
+    """The session's state (module docstring), once its handlers and writes have
+    ended; Abandoned if handlers still run at `deadline` (time.monotonic()),
+    Refused if its writes are still queued then or the move cannot be made."""
     mgr = sio.manager
-    deadline = time.monotonic() + HANDLER_WAIT
+    start = time.monotonic()
+    acks_deadline = min(deadline, start + HANDLER_WAIT)
     # A message the reader took just before it stopped may have its handler
     # spawned but not started (eventlet starts a spawned greenlet from a
     # zero-delay timer, in a later pass of the hub): one yield to the hub lets
@@ -376,16 +404,23 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
                   if mgr.sid_from_eio_sid(s.sid, ns) is not None]
     sids = {ns: mgr.sid_from_eio_sid(s.sid, ns) for ns in namespaces}
     while True:
-        running = worker.handlers.by_session.get(s.sid, 0)
+        running = len(worker.handlers.by_session.get(s.sid, ()))
         # internals: socketio-manager-callbacks (pending server-side acks by sid)
         waiting = sum(len(mgr.callbacks.get(sid, {})) - (0 in mgr.callbacks.get(sid, {}))
                       for sid in sids.values())
         backlog = s.writer.backlog if s.writer is not None else None
         if not running and not waiting and backlog is None:
             break
-        if time.monotonic() > deadline:
-            if running or backlog is not None:
-                raise Refused("its handlers or its writes did not finish in time")
+        now = time.monotonic()
+        if now > deadline:
+            if running:
+                names = worker.handlers.by_session.get(s.sid, [])
+                raise Abandoned(f"abandoned {len(names)} handler(s) still running after "
+                                f"{now - start:.1f}s (0.8 x --graceful-timeout less the "
+                                f"flush time): {drain.describe(drain.counted(names))}")
+            if backlog is not None:
+                raise Refused("its writes did not finish in time")
+        if not running and backlog is None and now > acks_deadline:
             log.warning("%s: %d server-side ack(s) still pending; dropped with the move",
                         s.sid, waiting)
             break
@@ -396,7 +431,7 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket) -> dict:
         # here, while it is still attached (the listener handles them apart).
         handled = eventlet.event.Event()
         relay.after_pending(lambda: handled.send(True))
-        if not handled.wait(HANDLER_WAIT):
+        if not handled.wait(max(min(HANDLER_WAIT, deadline - time.monotonic()), 0.5)):
             raise Refused("the relay's backlog was not handled in time")
     if s.sid in sio._binary_packet:  # internals: socketio-handover-state
         raise Refused("a binary packet is half received")
@@ -519,21 +554,23 @@ class _Upgrading(Exception):
     """The session began its upgrade while the hand-over waited: start again."""
 
 
-def _move_out_polling(worker, s: sessions.ClusterSocket) -> bool:
+def _move_out_polling(worker, s: sessions.ClusterSocket, deadline: float) -> bool:
     """Move a long-polling session: its state, its queued packets, and the GET
     it has parked (if one waits) with that GET's socket. Requests naming the
     session wait while it moves (`gate`), then follow it (FORWARD)."""
     try:
-        return _move_polling(worker, s)
+        return _move_polling(worker, s, deadline)
     finally:
         # Whatever happened, nothing may wait on the move for ever.
         if s.handover_state == "stopping":
             _release(s)
 
 
-def _move_polling(worker, s: sessions.ClusterSocket) -> bool:
+def _move_polling(worker, s: sessions.ClusterSocket, handlers_deadline: float) -> bool:
     sio, eio = worker.app.sio, worker.app.eio
-    deadline = time.monotonic() + HANDLER_WAIT
+    # What the client holds up (its upgrade, its requests) waits HANDLER_WAIT at
+    # most; the app's handlers, up to the drain's budget (_take_state).
+    deadline = min(handlers_deadline, time.monotonic() + HANDLER_WAIT)
     while True:
         if s.closed or s.closing or not s.connected:
             log.info("%s: not handed over: closing or not connected", s.sid)
@@ -548,7 +585,7 @@ def _move_polling(worker, s: sessions.ClusterSocket) -> bool:
             eventlet.sleep(0.005)
             continue
         if s.upgraded:
-            return _move_out_websocket(worker, s)
+            return _move_out_websocket(worker, s, handlers_deadline)
         s.handover_done = eventlet.event.Event()
         s.handover_parked = eventlet.event.Event()
         s.handover_state = "stopping"  # from here requests naming it wait (gate)
@@ -562,13 +599,13 @@ def _move_polling(worker, s: sessions.ClusterSocket) -> bool:
             _release(s)
             return False
     try:
-        state = _take_state(worker, sio, eio, s)
+        state = _take_state(worker, sio, eio, s, handlers_deadline)
         if s.closed or s.closing:
             raise Refused("it closed meanwhile")
         state["relay_seen"] = 10**12  # room for the number, set below
         state["heir_seen"] = 10**12  # room for the master's number (move_in)
-    except Refused as e:
-        log.info("%s: not handed over: %s", s.sid, e)
+    except (Refused, Abandoned) as e:
+        _refused(s, e)
         _release(s)
         return False
     order = getattr(sio.manager, "order", None)

@@ -371,12 +371,15 @@ class WorkerServer:
                 closers = eventlet.GreenPool()
                 flush = min(FLUSH_SECONDS, grace / 2)
                 move = bool(self.spec.get("handover")) and self.app.sio is not None
+                # The handlers' budget, with or without hand-over: what is left
+                # after it is kept to flush (or move) the sessions.
+                handlers_deadline = time.monotonic() + grace - flush
                 if move:
                     self._ready_heir(list(eio.sockets))
                 else:
                     self._finish_handlers(grace - flush)
                 for s in list(eio.sockets.values()):
-                    closers.spawn(self._move_or_close, s, flush, move)
+                    closers.spawn(self._move_or_close, s, flush, move, handlers_deadline)
                 closers.waitall()
                 if move:
                     log.info("handed over %d session(s), closed %d", self.handed_over,
@@ -446,10 +449,14 @@ class WorkerServer:
         if self.heir_sync is not None:
             self.heir_sync.session(eio_sid)
 
-    def _move_or_close(self, s, flush_seconds: float, move: bool) -> None:
+    def _move_or_close(self, s, flush_seconds: float, move: bool,
+                       handlers_deadline: float) -> None:
+        """Move `s` to another worker (`move`: --handover), its handlers waited
+        for until `handlers_deadline` (time.monotonic()); else, or if it cannot
+        move, close it after `flush_seconds` at most of writes."""
         if move:
             try:
-                if handover.move_out(self, s):
+                if handover.move_out(self, s, handlers_deadline):
                     self.handed_over += 1
                     return
             except Exception:

@@ -25,7 +25,10 @@ How it lives through a Redis outage, which an IM server must: the worker
 keeps serving its own clients (local rooms still deliver), each direction's
 outage is logged once when it starts and once when it ends instead of once
 per message, publishing does not retry on every emit (a circuit breaker skips
-Redis until the next probe), and the listener resubscribes within a second or
+Redis until the next probe; an idle publisher probes with a PING every
+PROBE_INTERVAL while the breaker is open, so its health, which `imcluster
+status` shows and monitoring reads, turns "ok" again without waiting for a
+broadcast), and the listener resubscribes within a second or
 two of Redis coming back rather than after a backoff that grows to a minute.
 Messages published while Redis is down do not reach other workers. With
 several Redis servers each has its own publisher, subscriber and breaker:
@@ -79,8 +82,8 @@ log = logging.getLogger("imcluster.worker")
 # How long a connect, or a command a worker waits for (not a publish), may
 # take before Redis counts as down.
 REDIS_TIMEOUT = 1.0
-# While Redis is down: how often a publish probes it, and the listener's
-# longest wait between resubscribe attempts.
+# While Redis is down: how often a publish (or, with none, a PING) probes it,
+# and the listener's longest wait between resubscribe attempts.
 PROBE_INTERVAL = 1.0
 MAX_LISTEN_BACKOFF = 2.0
 # Messages waiting for the publisher; past this (Redis far slower than the
@@ -197,8 +200,19 @@ class Publisher:
     def _publish_forever(self) -> None:
         while True:
             if not self.outbox:
-                self.wakeup.wait()
-                self.wakeup.reset()
+                if self.publishing:
+                    self.wakeup.wait()
+                else:
+                    # The breaker is open and nothing is queued: probe on our own,
+                    # or an idle worker would say "publishing down" until its next
+                    # broadcast (a false alert for whoever monitors the status).
+                    wait = self.next_probe - time.monotonic()
+                    if wait > 0:
+                        self.wakeup.wait(wait)
+                    if not self.outbox:
+                        self._probe()
+                if self.wakeup.ready():  # (eventlet refuses to reset a fresh event)
+                    self.wakeup.reset()
                 continue
             batch = [self.outbox.popleft() for _ in range(min(len(self.outbox), MAX_BATCH))]
             self._send_batch(batch)
@@ -227,6 +241,25 @@ class Publisher:
                           "reach only its own clients until it is back%s", e, self.where)
             return
         self.published += len(batch)
+        self._resumed()
+
+    def _probe(self) -> None:
+        """With the breaker open and nothing to send, once `next_probe` has come:
+        a PING on the publishing connection; an answer closes the breaker, a
+        failure keeps it open until PROBE_INTERVAL from now. Waits up to the
+        sender's timeouts (connect: REDIS_TIMEOUT; reply: `reply_timeout`), in
+        the publisher's own greenlet: no emit waits on it."""
+        if self.publishing or time.monotonic() < self.next_probe:
+            return
+        try:
+            self.sender.ping()
+        except Exception:  # redis-py's errors, and anything else: the publisher lives on
+            self.next_probe = time.monotonic() + PROBE_INTERVAL
+            return
+        self._resumed()
+
+    def _resumed(self) -> None:
+        """Redis took a batch or answered a probe: the breaker closes (said once)."""
         if not self.publishing:
             self.publishing = True
             log.warning("redis publishing resumed: this worker's broadcasts reach the "
