@@ -33,8 +33,9 @@ def _parser() -> argparse.ArgumentParser:
                           "Flask app (Flask-SocketIO or socketio.WSGIApp in its chain), a "
                           "flask_socketio.SocketIO, Django's application, any WSGI middleware "
                           "around one, or a factory call like 'app:create_app()'; MODULE is "
-                          "imported from the current folder, ATTR defaults to app (default: "
-                          "the chat demo)")
+                          "imported from the current folder, ATTR defaults to app [env "
+                          "IMCLUSTER_APP, or app = \"...\" in the config file; default: the "
+                          "chat demo]")
     settings.add_arguments(run)
 
     for name, text in (("status", "show the master and every worker"),
@@ -182,7 +183,7 @@ def _run(args: argparse.Namespace, cfg: settings.Config) -> int:
             "read it (ps); give it in IMCLUSTER_REDIS or the config file instead")
     from imcluster.master.loop import Master  # not needed by the other verbs
 
-    return Master(cfg, args.app).run()
+    return Master(cfg, cfg.app).run()
 
 
 def _haproxy_config(args: argparse.Namespace, argv: list[str]) -> int:

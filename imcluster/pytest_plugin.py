@@ -16,6 +16,9 @@ fails the test. When a test fails, each cluster's log is shown with the report.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from imcluster.testing import Cluster
@@ -26,13 +29,20 @@ LOG_LINES = 200  # of each cluster's log, shown under a failed test
 @pytest.fixture
 def imcluster(request, tmp_path):
     """A factory: `imcluster("myapp:sio", workers=3, redis=None, **settings)` starts a
-    cluster (apps are imported from the current folder unless `cwd=` says otherwise)
-    and returns it once every worker is READY."""
+    cluster and returns it once every worker is READY. The app's module is looked
+    up in the current folder (or `cwd=`), then in the test file's folder (as the
+    test file's own `import myapp` would find it, whichever folder pytest was
+    started from), then on the usual `sys.path`."""
     started: list[Cluster] = []
     shown = request.node.__dict__.setdefault("_imcluster_clusters", [])
+    test_dir = str(Path(str(request.node.fspath)).parent)
 
     def start(app: str | None = None, workers: int = 3, **settings) -> Cluster:
         settings.setdefault("log_dir", tmp_path)
+        env = dict(settings.pop("env", None) or {})
+        path = env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+        env["PYTHONPATH"] = os.pathsep.join([test_dir] + ([path] if path else []))
+        settings["env"] = env
         cluster = Cluster(app, workers, **settings)
         started.append(cluster)
         shown.append(cluster)

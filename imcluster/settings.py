@@ -384,6 +384,9 @@ BY_NAME = {s.name: s for s in SETTINGS}
 class Config:
     values: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    # What `imcluster run` serves (MODULE:ATTR, ...): its argument, else
+    # IMCLUSTER_APP, else the config file's `app`; None: the chat demo.
+    app: str | None = None
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -412,6 +415,7 @@ def resolve(args: argparse.Namespace | None = None,
     cli = vars(args) if args is not None else {}
     path = cli.get("config") or environ.get("IMCLUSTER_CONFIG")
     file_values: dict[str, Any] = {}
+    file_app = None
     if path:
         try:
             with open(path, "rb") as f:
@@ -421,6 +425,11 @@ def resolve(args: argparse.Namespace | None = None,
         section = file_values.get("imcluster")
         if isinstance(section, dict):
             file_values = section
+        file_values = dict(file_values)
+        file_app = file_values.pop("app", None)
+        if file_app is not None and not (isinstance(file_app, str) and file_app.strip()):
+            raise SettingError(f"config file {path}: app = {file_app!r}: expected what "
+                               "`imcluster run` takes, e.g. app = \"myapp:sio\"")
         unknown = sorted(set(file_values) - set(BY_NAME))
         if unknown:
             # Keys are the settings' names (graceful_timeout); a user who copies the
@@ -429,6 +438,12 @@ def resolve(args: argparse.Namespace | None = None,
                      else k for k in unknown]
             raise SettingError(f"config file {path}: unknown setting(s): {', '.join(named)}")
     cfg = Config()
+    for app, source in ((cli.get("app"), "argument"),
+                        (environ.get("IMCLUSTER_APP"), "IMCLUSTER_APP"),
+                        (file_app, f"{path}: app")):
+        if app:
+            cfg.app, cfg.sources["app"] = app, source
+            break
     for s in SETTINGS:
         if cli.get(s.name) is not None:
             raw, source = cli[s.name], s.option

@@ -124,6 +124,25 @@ def test_a_failing_handler_leaves_the_session_serving(url):
         c.disconnect()
 
 
+def test_each_handler_has_a_thread_object_of_its_own(url):
+    """threading.current_thread() in a handler: its own, as in python-socketio's
+    GreenThreads; attributes set on it by one handler (even one that waits while
+    another runs) are not seen by another."""
+    a, b = _client(url, "websocket"), _client(url, "websocket")
+    try:
+        acks = Acks()
+        a.emit("thread_attr", ("alice", 0.3), callback=acks.cb("alice"))
+        b.emit("thread_attr", ("bob", 0.3), callback=acks.cb("bob"))
+        got_a, got_b = acks.wait_for("alice")[0], acks.wait_for("bob")[0]
+        assert got_a[:2] == [None, "alice"] and got_b[:2] == [None, "bob"]
+        assert got_a[2] != got_b[2]
+        for i in range(3):  # handlers that do not wait (their greenlet is reused)
+            assert a.call("thread_attr", f"t{i}", timeout=10)[:2] == [None, f"t{i}"]
+    finally:
+        a.disconnect()
+        b.disconnect()
+
+
 def test_each_handler_starts_with_fresh_context_and_locals(url):
     c = _client(url, "websocket")
     try:
@@ -234,11 +253,21 @@ def test_a_greenlet_something_is_tied_to_is_not_reused(mark):
     assert [s[1] for s in seen] == [None, None]  # the second saw no thread-local
 
 
-def test_logging_ties_nothing_to_a_handler_greenlet():
-    """logging asks threading.current_thread(), which for a plain greenlet is the
-    main thread's, in a fresh greenlet as in a reused one."""
-    seen = _from_a_reader(*[lambda: green_threading.current_thread().name] * 3)
-    assert [s[1:] for s in seen] == [(green_threading.current_thread().name, 0, 1)] * 3
+def test_current_thread_is_each_handlers_own_and_forgotten_as_it_ends():
+    """eventlet's threading.current_thread() (logging asks it for threadName) gives a
+    greenthread a thread object of its own through link(): each handler gets its
+    own, nothing set on it reaches the next, and the greenlet is still reused."""
+    def attr():
+        t = green_threading.current_thread()
+        before = getattr(t, "tag", None)
+        t.tag = "mine"
+        return before, t.name
+
+    seen = _from_a_reader(attr, attr, attr)
+    assert [s[1][0] for s in seen] == [None, None, None]
+    names = [s[1][1] for s in seen]
+    assert all(n.startswith("GreenThread-") for n in names) and len(set(names)) == 3
+    assert [s[3] for s in seen] == [1, 1, 1]  # parked every time
     assert len({s[0] for s in seen}) == 1
 
 

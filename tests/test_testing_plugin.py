@@ -32,6 +32,19 @@ def copy_example(pytester) -> None:
                         test_chatroom=(EXAMPLES / "test_chatroom.py").read_text())
 
 
+def test_the_app_is_found_beside_the_test_file_from_any_folder(pytester, monkeypatch):
+    """`pytest sub/test_chatroom.py` from the folder above: the test file's own
+    `import` would find sub/chatroom.py, and so does the cluster (a new user's
+    trial got "No module named 'chatroom'")."""
+    sub = pytester.mkdir("sub")
+    (sub / "chatroom.py").write_text((EXAMPLES / "chatroom.py").read_text())
+    (sub / "test_chatroom.py").write_text((EXAMPLES / "test_chatroom.py").read_text())
+    monkeypatch.setenv("WORKERS", "1")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "sub/test_chatroom.py",
+                                           timeout=240)
+    result.assert_outcomes(passed=2)
+
+
 @pytest.mark.parametrize("workers, outcome", [(3, {"passed": 1, "failed": 1}),
                                               (1, {"passed": 2})])
 def test_plugin_finds_the_multi_process_bug(pytester, monkeypatch, workers, outcome):

@@ -334,6 +334,23 @@ def test_unknown_config_key_is_refused(tmp_path):
         cfgmod.resolve(_args(config=str(f)), {})
 
 
+def test_the_app_comes_from_the_argument_then_the_environment_then_the_config_file(tmp_path):
+    """A supervisor program entry may name everything in the config file (a new
+    user's trial: `app = ...` was refused as an unknown setting)."""
+    f = tmp_path / "c.toml"
+    f.write_text('app = "chat:socketio"\nworkers = 2\n')
+    cfg = cfgmod.resolve(_args(config=str(f)), {})
+    assert (cfg.app, cfg.sources["app"], cfg.workers) == ("chat:socketio", f"{f}: app", 2)
+    cfg = cfgmod.resolve(_args(config=str(f)), {"IMCLUSTER_APP": "other:sio"})
+    assert (cfg.app, cfg.sources["app"]) == ("other:sio", "IMCLUSTER_APP")
+    cfg = cfgmod.resolve(_args(config=str(f), app="mine:create_app()"), {"IMCLUSTER_APP": "x"})
+    assert (cfg.app, cfg.sources["app"]) == ("mine:create_app()", "argument")
+    assert cfgmod.resolve(_args(), {}).app is None  # the chat demo
+    f.write_text("[imcluster]\napp = 3\n")
+    with pytest.raises(cfgmod.SettingError, match="app = 3: expected"):
+        cfgmod.resolve(_args(config=str(f)), {})
+
+
 def test_the_default_control_socket_is_looked_for_in_xdg_runtime_dir_then_tmp(tmp_path):
     env = {"XDG_RUNTIME_DIR": str(tmp_path)}
     assert cfgmod.default_control_paths(8123, env) == [f"{tmp_path}/imcluster-8123.sock",

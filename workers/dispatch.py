@@ -66,6 +66,31 @@ class HandlerGreenlet(greenlet.greenlet):
     def __init__(self, reader: greenlet.greenlet):
         super().__init__(parent=reader)
         self.reader: greenlet.greenlet | None = reader
+        self.links: list | None = None  # (func, args, kwargs) to call as a handler ends
+
+    # internals: eventlet-current-thread-link
+    def link(self, func, *args, **kwargs) -> None:
+        """Call `func(self, *args, **kwargs)` when the running handler ends, as
+        eventlet's GreenThread.link calls it when a greenthread ends.
+
+        eventlet's `threading.current_thread()` links one to give a greenthread a
+        thread object of its own (a `GreenThread-N` name, room for attributes)
+        and to forget that object at its end; without `link` it answers the main
+        thread for every handler, whose attributes every handler then shares
+        (python-socketio's handlers, in GreenThreads, each get their own). So
+        each handler here gets its own thread object, and it is forgotten when
+        the handler ends, whether its greenlet then ends or is parked."""
+        if self.links is None:
+            self.links = []
+        self.links.append((func, args, kwargs))
+
+    def _run_links(self) -> None:
+        links, self.links = self.links, None
+        for func, args, kwargs in links:
+            try:
+                func(self, *args, **kwargs)
+            except Exception:
+                log.exception("a callback linked to an event handler raised")
 
     # internals: eventlet-hub-switch-out
     def switch_out(self) -> None:
@@ -89,6 +114,9 @@ class HandlerGreenlet(greenlet.greenlet):
                 if getattr(eventlet.hubs.get_hub(), "debug_exceptions", True):
                     log.error("an event handler raised %s: %s", type(e).__name__, e,
                               exc_info=True)
+            finally:
+                if self.links is not None:
+                    self._run_links()
             fn = args = None
             reader = self.reader
             if (reader is None or len(_pool) >= POOL_MAX
@@ -110,16 +138,16 @@ class HandlerGreenlet(greenlet.greenlet):
         - thread-locals (eventlet's `corolocal.local`, which `threading.local` is
           under monkey-patching) key their values by a weak reference to the
           greenlet: any weak reference counts (`threading.current_thread()`, which
-          logging calls, ties nothing to a plain greenlet: it answers the main
-          thread, as it does in a fresh handler greenlet);
+          logging calls, makes the handler a thread object of its own through
+          `link`, and forgets it as the handler ends: nothing is left);
         - a timer, a listener or a container still holding the greenlet or its
           bound methods (an uncancelled `eventlet.Timeout`, say): the reference
           count is higher than when the handler began (checked by `run`);
         - attributes set on `greenlet.getcurrent()`: its `__dict__` holds more
-          than `reader`.
+          than `reader` and `links`.
         The `contextvars` context is reset for every handler (`gr_context`).
         """
-        return weakref.getweakrefcount(self) == 0 and len(self.__dict__) == 1
+        return weakref.getweakrefcount(self) == 0 and len(self.__dict__) == 2
 
 
 def run_now(fn, *args) -> None:

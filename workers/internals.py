@@ -670,6 +670,13 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         "switch_out() if it has one, then makes the hub its parent",
         params=(), source=("switch_out = getattr(cur, 'switch_out', None)", "switch_out()",
                            "cur.parent = self.greenlet"))),
+    ("eventlet-current-thread-link", Reach(
+        _EV, "eventlet.green.threading:current_thread", "read",
+        "workers/dispatch.py HandlerGreenlet.link", "for a greenlet with link(), eventlet's "
+        "current_thread() makes a _GreenThread of its own and links a callback that "
+        "forgets it at the end; without link() it answers the main thread",
+        params=(), source=("g.link(cleanup)", "t = active[g_id] = _GreenThread(g)",
+                           "def cleanup(g):", "del active[g_id]"))),
     ("eventlet-hub-debug-exceptions", Reach(
         _EV, "eventlet.hubs.hub:BaseHub.squelch_timer_exception", "read",
         "workers/dispatch.py HandlerGreenlet.run", "an exception escaping a GreenThread is "

@@ -63,3 +63,15 @@ def emit_then_ack(sid, n):
     for i in range(n):
         sio.emit("item", i, to=sid)
     return "done"
+
+
+@sio.on("thread_attr")
+def thread_attr(sid, tag, wait=0.0):
+    """What an earlier handler set on threading.current_thread(): nothing; each
+    handler is a thread of its own, as a GreenThread is (logging's threadName)."""
+    t = threading.current_thread()
+    before = getattr(t, "tag", None)
+    t.tag = tag
+    if wait:
+        sio.sleep(wait)
+    return [before, threading.current_thread().tag, t.name]
