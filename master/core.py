@@ -54,9 +54,12 @@ class Core:
         self.by_id: dict[int, WorkerProcess] = {}  # every worker spawned and not yet reaped
         self.by_pid: dict[int, WorkerProcess] = {}
         # Session hand-over (workers/handover.py): worker id -> the worker id its
-        # sessions went to, flattened (never a chain), dropped when that one exits
-        # or, once the worker itself has exited, when no live worker reports one
-        # of its sessions any more (`_prune_forwarding`).
+        # sessions went to (the holder). When a holder drains and moves them on,
+        # the entries leading to it follow to its heir only once it has moved all
+        # it could (EMPTIED) or exited: until then it may still hold some, and
+        # forwards (FORWARD) requests for those it moved. Dropped when the holder
+        # exits without an heir or, once the worker itself has exited, when no
+        # live worker reports one of its sessions any more (`_prune_forwarding`).
         self.moved: dict[int, int] = {}
         # Sessions handed over, by the worker id they left (counted as they moved;
         # some may have ended since), while `moved` has an entry for it.
@@ -438,7 +441,10 @@ class Core:
         self.by_id.pop(w.worker_id, None)
         self.emptied.discard(w.worker_id)
         self._out.append(ev.CloseChannel(w.worker_id))
-        # Sessions handed to it died with it: their sids are stale now.
+        # Sessions handed to it: those it moved on are at its heir (it exited
+        # before saying EMPTIED: a crash, a stop timeout); the rest died with it,
+        # and their sids get "unknown session" there as anywhere. No heir: stale.
+        self._follow_heir(w.worker_id)
         for source in [k for k, v in self.moved.items() if v == w.worker_id]:
             del self.moved[source]
             self.moved_count.pop(source, None)
@@ -531,9 +537,8 @@ class Core:
 
         Only for workers that exited (a draining one may still hand more over),
         and only from the workers' own reports (`_may_hold`): not just the one
-        the entry leads to, since a draining worker that held some of them may
-        not have moved them on yet (the entry was pointed past it at its first
-        move)."""
+        the entry leads to, since a draining worker the entry led to before it
+        followed to the heir (EMPTIED) may still have reported some."""
         if not self.moved:
             return
         gone = [source for source in self.moved if source not in self.by_id
@@ -670,10 +675,24 @@ class Core:
         heir.moves_sent += 1
         self.moved[e.worker_id] = heir.worker_id
         self.moved_count[e.worker_id] = self.moved_count.get(e.worker_id, 0) + 1
-        for source, to in self.moved.items():
-            if to == e.worker_id:  # W moved to V before, V now moves to X: W's sids go to X
-                self.moved[source] = heir.worker_id
+        # Entries leading here (W moved to V before, V now moves to X) stay on V
+        # until V has moved all it could (`_follow_heir`): V still holds some of
+        # W's sessions, and forwards requests for those that left.
         self._out.append(ev.Move(e.conn, heir.worker_id))
+
+    def _follow_heir(self, holder: int) -> None:
+        """Point the entries leading to `holder` at the worker its own sessions
+        went to (`moved[holder]`), if it has one: called once the holder moved
+        all it could (EMPTIED) or exited, never at its first move (the sessions
+        not moved yet must reach it: pointed at the heir, their requests got
+        Engine.IO's "unknown session" there and the clients reconnected, from
+        the second consecutive reload on). Keeps `moved` flat from then on."""
+        heir = self.moved.get(holder)
+        if heir is None:
+            return
+        for source, to in self.moved.items():
+            if to == holder and source != holder:
+                self.moved[source] = heir
 
     def _replan_heirs(self) -> None:
         """A draining worker whose planned heir stopped taking sessions (retired,
@@ -706,6 +725,7 @@ class Core:
         if w is None:
             return
         self.emptied.add(e.worker_id)
+        self._follow_heir(e.worker_id)
         self._out.append(ev.Send(e.worker_id, ch.EMPTIED))
 
     def _on_forwarding(self, e: ev.Forwarding, now: float) -> None:

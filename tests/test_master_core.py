@@ -967,6 +967,9 @@ def test_forwarding_entries_of_a_chain_point_to_the_last_holder_and_go_one_by_on
     of(m.feed(ev.Moving("s1 again", w2.worker_id)), ev.Move)
     of(m.feed(ev.Moving("s2", w2.worker_id)), ev.Move)
     held(m, w2)  # W2 moved them all on: its report no longer holds W1's
+    assert forwarding(m) == {w1.worker_id: w2.worker_id, w2.worker_id: w3.worker_id}, \
+        "W1's entry follows W2's sessions only once W2 says it moved all it could"
+    of(m.feed(ev.Emptied(w2.worker_id)), ev.Send)
     assert forwarding(m) == {w1.worker_id: w3.worker_id, w2.worker_id: w3.worker_id}
     held(m, w3, w1.worker_id, w2.worker_id)
     m.exit(w2)
@@ -978,22 +981,50 @@ def test_forwarding_entries_of_a_chain_point_to_the_last_holder_and_go_one_by_on
     assert forwarding(m) == {}
 
 
-def test_a_forwarding_entry_stays_while_a_draining_worker_still_holds_its_sessions():
-    """W1's sessions went to W2; W2 drains and moves its own session first, which
-    points W1's entry at W3 already: W3 holding none of W1's yet must not drop the
-    entry while W2's report still holds some (they move next)."""
+def test_a_twice_moved_sid_reaches_its_holder_until_the_holder_has_moved_all():
+    """W1's sessions went to W2; W2 drains and moves its own session first: a
+    request naming W1 must still reach W2, which holds W1's session (it moves
+    next), not W3, which would answer "unknown session" (400) and the client
+    reconnect (a new-user trial: polling clients dropped from the second
+    consecutive reload on). Once W2 has moved it, W2 forwards the request to W3
+    (FORWARD); once W2 says EMPTIED, W1's sids go to W3 directly. W3 holding
+    none of W1's yet must not drop the entry while W2's report still holds some."""
     m = serving()
     w1, w2, w3 = _w1_moved_to_w2_which_retires_to_w3(m)
     of(m.feed(ev.Moving("w2's own session", w2.worker_id)), ev.Move)
     held(m, w3, w2.worker_id)  # W1's session is still on W2
-    assert forwarding(m) == {w1.worker_id: w3.worker_id, w2.worker_id: w3.worker_id}
+    assert forwarding(m) == {w1.worker_id: w2.worker_id, w2.worker_id: w3.worker_id}
+    assert m.route(w1.worker_id) == w2.worker_id, "W2 still holds W1's session"
     of(m.feed(ev.Moving("w1's session again", w2.worker_id)), ev.Move)
+    assert m.route(w1.worker_id) == w2.worker_id, "W2 forwards what it moved"
+    [fwd] = of(m.feed(ev.Forwarding("req naming w1", w2.worker_id)), ev.Move)
+    assert fwd.worker_id == w3.worker_id
     held(m, w2)
     held(m, w3, w1.worker_id, w2.worker_id)
+    of(m.feed(ev.Emptied(w2.worker_id)), ev.Send)
+    assert m.route(w1.worker_id) == w3.worker_id
+    assert forwarding(m) == {w1.worker_id: w3.worker_id, w2.worker_id: w3.worker_id}
     m.exit(w2)
     assert forwarding(m) == {w1.worker_id: w3.worker_id, w2.worker_id: w3.worker_id}
     held(m, w3)
     assert forwarding(m) == {}
+
+
+def test_a_holder_that_exits_before_emptied_leaves_the_entries_to_its_heir():
+    """W2 holds W1's sessions, moves one on to W3 and dies before EMPTIED: W1's sids
+    go to W3 (the one moved is there; those that died with W2 get "unknown
+    session" there as anywhere). A holder that moved nothing leaves no heir: the
+    entries leading to it go."""
+    m = serving()
+    w1, w2, w3 = _w1_moved_to_w2_which_retires_to_w3(m)
+    of(m.feed(ev.Moving("w1's session again", w2.worker_id)), ev.Move)
+    m.exit(w2, -9)
+    assert forwarding(m) == {w1.worker_id: w3.worker_id, w2.worker_id: w3.worker_id}
+    assert m.route(w1.worker_id) == w3.worker_id
+    m2 = serving()
+    v1, v2, _ = _w1_moved_to_w2_which_retires_to_w3(m2)
+    m2.exit(v2, -9)
+    assert v1.worker_id not in forwarding(m2)
 
 
 def test_with_handover_stop_names_the_heir_and_the_sessions_go_there():

@@ -120,8 +120,10 @@ The wire (imcluster/channel.py, kind HANDOVER 'V', both directions)
    socket and sends HANDOVER: the state as JSON, the fd as SCM_RIGHTS.
 2. The master asks its decision core for a target (`events.Moving`): the
    least loaded READY worker holding a slot. It records "sessions of worker
-   W now live at V" (`Core.moved`, flattened: when V later moves on to X,
-   W's entry follows to X) and relays the same frame, fd included, to V.
+   W now live at V" (`Core.moved`; when V later moves on to X, W's entry
+   follows to X once V has moved all it could, EMPTIED, or exited: until then
+   V may still hold some of W's sessions, and forwards requests for those it
+   moved) and relays the same frame, fd included, to V.
    With no READY worker it closes the fd (the client reconnects).
 3. The new worker rebuilds the session: a ClusterSocket under the same sid
    in `eio.sockets`, upgraded, its WebSocket an eventlet RFC6455WebSocket

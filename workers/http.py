@@ -63,6 +63,16 @@ class ExactReader:
     `readline` may consume up to the end of the header block (the first blank
     line) at once: from any point inside a request, that blank line still
     belongs to the same request, so nothing of the next one is taken.
+
+    Once its socket is in `handed_over` it reads nothing more (EOF): the
+    connection belongs to another worker, which reads the rest of the request
+    (a forwarded POST's body) and the next ones. eventlet, when a request ends
+    by HandingOver on a kept-alive connection, discards the unread rest of the
+    body in its `finally` (internals: eventlet-wsgi-discard-body); read from
+    the socket, that took the body from the new owner (whose POST then waited
+    for it until the client gave up) or, when the body was not there yet, the
+    first bytes of the client's next request there ("Bad HTTP/0.9 request
+    type" at the new owner).
     """
 
     def __init__(self, sock: socket.socket):
@@ -84,6 +94,8 @@ class ExactReader:
         return bytes(out)
 
     def readline(self, limit: int = -1) -> bytes:
+        if self._sock in handed_over:
+            return b""
         limit = limit if limit is not None and limit >= 0 else 1 << 62
         while True:
             i = self._buf.find(b"\n", 0, limit)
@@ -107,6 +119,8 @@ class ExactReader:
             self._buf += self._take(i + 1 if i >= 0 else len(data))
 
     def read(self, n: int = -1) -> bytes:
+        if self._sock in handed_over:
+            return b""
         if n is None or n < 0:
             out = bytes(self._buf)
             self._buf.clear()

@@ -264,6 +264,14 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
         source=("env['RAW_PATH_INFO'] = pq[0]",
                 "env['wsgi.input'] = env['eventlet.input'] = Input("),
         source_in="eventlet.wsgi:HttpProtocol.get_environ")),
+    ("eventlet-wsgi-discard-body", Reach(
+        _EV, "eventlet.wsgi:HttpProtocol.handle_one_response", "read",
+        "workers/http.py ExactReader",
+        "when a request ends, even by an exception (HandingOver), on a connection kept "
+        "alive, eventlet reads and discards the rest of its body through the request's "
+        "rfile (Input.discard -> rfile.read): our rfile reads nothing once the connection "
+        "left for another worker, whose request the body is",
+        params=(), source=("request_input.discard()", "if self.close_connection == 0:"))),
     ("eventlet-wsgi-server", Reach(
         _EV, "eventlet.wsgi:Server.__init__", "call", "workers/main.py serve",
         "the class under eventlet.wsgi.server(), built directly to serve fds we receive: "

@@ -7,6 +7,7 @@
 // {"ready": true, "pids": [...]} once every client is connected and in the room.
 // "rooms": [[...], ...] has client k join rooms[k % rooms.length] instead, and
 // "say_to": [...] has it say to that list of rooms at once (the app's `say_many`).
+// "pause_ms": how long each client waits between two echoes (default 10).
 // Last line: what each client saw (failed or wrong acks, disconnect and connect events,
 // Engine.IO sids changed, room messages duplicated or missing) and the pids serving them.
 import { io } from "socket.io-client";
@@ -14,6 +15,7 @@ import { sleep } from "./common.mjs";
 
 const opt = {
   clients: 100, room: "handover", ack_timeout_ms: 10000, say_every: 10, deliver_ms: 5000,
+  pause_ms: 10,
   transports: ["websocket"], ...JSON.parse(process.argv[2] || "{}"),
 };
 const transports = opt.transports ? { transports: opt.transports } : {};
@@ -79,7 +81,7 @@ async function talk(s, k) {
       else s.emit("say", { room: opt.room, text, ts: 0 });
       sent.push(text);
     }
-    await sleep(10);
+    await sleep(opt.pause_ms);
   }
 }
 await Promise.all(clients.map((s, k) => talk(s, k)));
