@@ -4,7 +4,8 @@
 moment and keeps their sockets open: what a NAT or firewall that dropped a
 flow, or a frozen peer, looks like from either end. Flows opened later
 forward normally, unless `freeze(new_flows=True)` holds them too (a frozen
-peer: connections are accepted, nothing is answered) until `thaw()`.
+peer: connections are accepted, nothing is answered) until `thaw()`;
+`hold_new_flows()` holds only the flows opened from then on.
 `freeze(replies_only=True)` holds only what the upstream sends (its replies)
 on the open flows and still forwards what the clients send: a server that
 carries out commands but whose answers come late.
@@ -61,6 +62,12 @@ class FreezingProxy:
         many flows were frozen."""
         return self._do("freeze", (new_flows, replies_only))
 
+    def hold_new_flows(self) -> None:
+        """Hold the flows opened from now on (accepted, nothing forwarded either
+        way) until `thaw()`; the open ones go on forwarding: a Redis that answers
+        its established connections but is slow to take new ones."""
+        self._do("hold_new", None)
+
     def thaw(self) -> int:
         """Forward on every flow again; returns how many were frozen."""
         return self._do("thaw", None)
@@ -107,6 +114,9 @@ class FreezingProxy:
                 for f in live:
                     self._set_frozen(f, True, f.ends[1:] if replies_only else f.ends)
                 done.put(len(live))
+            elif what == "hold_new":
+                self.hold_new = True
+                done.put(None)
             elif what == "thaw":
                 self.hold_new = False
                 held = [f for f in self.flows if f.frozen]

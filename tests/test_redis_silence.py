@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import re
+import threading
 import time
 from urllib.parse import urlparse
 
@@ -194,4 +195,79 @@ def test_late_replies_are_waited_for_not_resent(proxy, cluster_factory, extra):
         assert "unreachable for publishing" not in cluster.log(), cluster.log()
     finally:
         for c in everyone:
+            c.close()
+
+
+# How long Redis holds the new worker's connections in the test below: well
+# under SILENCE (its subscriber would give up and reconnect) and under the
+# worker's SUBSCRIBE_WAIT (it would say READY anyway).
+HOLD = 2.0
+
+
+@pytest.mark.parametrize("channels", ["single", "interest"])
+def test_a_new_worker_is_ready_once_redis_confirmed_its_subscription(proxy, cluster_factory,
+                                                                     channels):
+    """A reload with --handover yes while Redis is slow to take new connections
+    (the new worker's are held HOLD s; the old workers' go on), a sender on
+    each worker saying a number to the room every 25 ms: every member hears
+    every number once.
+    A worker said READY before Redis confirmed its subscription, so sessions
+    were handed over to it while it heard nothing, and what was published
+    until its subscription went to no one (a test_recovery run under load lost
+    one number). Now it says READY once the subscription is confirmed."""
+    cluster, here, there = talking_through(proxy, cluster_factory, channels, handover=True)
+    members = here + there
+    # One sender on each worker: whichever is replaced first, the other one's
+    # numbers are published while the new worker's connections are held.
+    senders = [here[0], there[0]]
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def reload() -> None:
+        try:
+            cluster.cluster.reload()
+        except BaseException as e:  # reported by the test's thread
+            failed.append(e)
+        finally:
+            done.set()
+
+    try:
+        before = cluster.worker_pids()
+        proxy.hold_new_flows()
+        threading.Thread(target=reload, daemon=True).start()
+        said, t0, thawed = [], time.monotonic(), False
+        while True:
+            if not thawed and time.monotonic() - t0 > HOLD:
+                proxy.thaw()
+                thawed = True
+            for i, sender in enumerate(senders):
+                text = f"{i}-{len(said)}"
+                say(sender, "r", text)
+                said.append(text)
+            time.sleep(0.025)
+            if done.is_set() and thawed:
+                break
+        assert thawed, "the reload ended before Redis took the new worker's connections"
+        for _ in range(20):  # after the reload, so the last moves are behind them
+            for i, sender in enumerate(senders):
+                text = f"{i}-{len(said)}"
+                say(sender, "r", text)
+                said.append(text)
+            time.sleep(0.025)
+        assert not failed, failed
+        assert not cluster.worker_pids() & before, "not every worker was replaced"
+        wait_for(lambda: all(heard(members, t) for t in said[-2:]), SLACK,
+                 what="every member to hear each sender's last number")
+        time.sleep(0.5)  # a second copy of anything would have come by now
+        problems = {}
+        for i, c in enumerate(members):
+            got = collections.Counter(m["text"] for m in list(c.said))
+            missing = [t for t in said if got[t] == 0]
+            twice = [t for t in said if got[t] > 1]
+            if missing or twice:
+                problems[i] = {"missing": missing, "twice": twice}
+        assert not problems, (problems, cluster.log())
+    finally:
+        proxy.thaw()
+        for c in members:
             c.close()

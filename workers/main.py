@@ -46,6 +46,10 @@ HEARTBEAT_INTERVAL = 1.0
 # Acknowledge hand-offs this often (besides with the heartbeat), so the master's
 # hand-off window never throttles a busy but healthy worker.
 ACK_EVERY = 16
+# How long a new worker waits for Redis to confirm its subscription before it
+# says READY anyway (seconds; at once when Redis is down): redis_manager.py,
+# wait_subscribed.
+SUBSCRIBE_WAIT = 5.0
 # How long a draining worker lets each session's queued packets go out.
 FLUSH_SECONDS = 2.0
 MAX_CONNECTIONS = 100_000
@@ -227,6 +231,11 @@ class WorkerServer:
         eventlet.spawn(self._heartbeat)
         reader = eventlet.spawn(self.link.receive_forever, self._on_frame)
         reader.link(lambda _: self.stop("the master closed the channel"))
+        mgr = self.app.sio.manager if self.app.sio is not None else None
+        if isinstance(mgr, ClusterRedisManager) and not mgr.wait_subscribed(SUBSCRIBE_WAIT):
+            log.warning("READY before Redis confirmed this worker's subscription (Redis "
+                        "down or slow): sessions handed over to it meanwhile may miss "
+                        "broadcasts published before the subscription")
         self.link.send(ch.READY)
         self.done.wait()
 

@@ -379,6 +379,13 @@ class ShardedRedisManager(InterestRedisManager):
                 self.silence_timeout)
         return pub
 
+    def _subscribers(self) -> list | None:
+        """The masters' subscribers and the base channel's, once the slot map is
+        known (wait_subscribed)."""
+        if not self.known.ready():
+            return None
+        return [sub for _, sub in self.nodes] + ([self.base_sub] if self.base_sub else [])
+
     def _start(self, sub: Subscriber) -> None:
         if self.running:
             eventlet.spawn(sub.run)

@@ -309,6 +309,7 @@ class Subscriber:
         self.stopped = False  # stop(): the reader ends
         self.listening = False
         self.ever_listened = False
+        self.failures = 0  # connections that failed or were lost (Redis down, silent)
         self.received = 0  # messages Redis delivered to this worker (the cost of interest)
         # Called when the subscription is confirmed again after an outage.
         self.on_restored = lambda: None
@@ -456,6 +457,7 @@ class Subscriber:
                         pinged = now
             except SubscriptionSilent as e:
                 self.listening = False
+                self.failures += 1
                 if down_since is None:
                     down_since = heard
                     log.error("redis subscription silent for %.1fs (no message, no answer to "
@@ -463,6 +465,7 @@ class Subscriber:
                               "reach this worker's clients meanwhile%s", e.args[0], self.where)
             except redis.RedisError as e:
                 self.listening = False
+                self.failures += 1
                 if down_since is None:
                     down_since = time.monotonic()
                     log.error("redis subscription %s (%s): reconnecting; broadcasts from "
@@ -522,6 +525,31 @@ class ClusterRedisManager(ClusterPubSubManager):
     def _always(self, node: int) -> set[str]:
         """The channels node `node`'s subscriber holds from the start."""
         return {self.channel} if node == 0 else set()
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds until Redis confirmed every channel this
+        worker's subscribers hold (at the start: `_always`, on each server): from
+        then on every message published there reaches it. True once confirmed; False at
+        the timeout, or at once when a subscriber's connection has failed
+        (Redis down or silent: the worker serves without it, as before).
+
+        A worker says READY after this (workers/main.py): a session handed over
+        to a worker whose subscription was not confirmed yet missed what was
+        published between its old worker's position and the subscription
+        (redis_order.py; a test_recovery run under load lost one message)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            subs = self._subscribers()
+            if subs is not None and all(sub.want <= sub.confirmed for sub in subs):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or any(sub.failures and not sub.listening for sub in subs or ()):
+                return False
+            eventlet.sleep(min(0.02, left))
+
+    def _subscribers(self) -> list | None:
+        """This worker's subscribers now (None: not known yet)."""
+        return [sub for _, sub in self.nodes]
 
     def health(self) -> str:
         """How this worker's broadcasts stand: "ok", "subscription down" (others'

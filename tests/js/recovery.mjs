@@ -12,8 +12,10 @@
 //    then the members that are away reconnect at once, and once all are back it prints
 //    {"reconnected": true, "workers": [pid per member]} and goes on (the victim's members
 //    are back once they connected `victim_connects` times: 1 when sessions are handed
-//    over, not dropped). With `kill2_after`, after that many it prints {"kill2": true}
-//    (the test kills another worker then) and goes on.
+//    over, not dropped), with "victim": the worker holding most members now, and
+//    "sender": the sender's worker, never that victim when `kill2_after` is set (the
+//    sender is replaced if the reload moved it there). With `kill2_after`, after that
+//    many it prints {"kill2": true} (the test kills that victim then) and goes on.
 // 4. Once every member holds every number (or `deliver_ms` passed), prints the result:
 //    per member its worker, what it heard (in order), whether it reconnected and recovered,
 //    and with `state` what the app's `state` event answers (tests/apps/recovery_app.py);
@@ -64,17 +66,22 @@ for (const s of members) {
   counts[s.worker] = (counts[s.worker] || 0) + 1;
   if ((await ask(s, "join", { room: opt.room })) !== true) throw new Error("join refused");
 }
-const victim = Number(Object.entries(counts).sort((a, b) => b[1] - a[1])[0][0]);
-let sender = null;
-for (let tries = 0; tries < 30 && sender === null; tries++) {
+const most = (c) => Number(Object.entries(c).sort((a, b) => b[1] - a[1])[0][0]);
+const victim = most(counts);
+
+async function senderOff(worker) {
   // A sender that reconnects keeps what it emits while away and sends it, in order, then.
-  const s = io(opt.url, { transports: ["websocket"], forceNew: true,
-                          reconnection: !!opt.sender_reconnects, reconnectionDelay: 100 });
-  await withTimeout(new Promise((r) => s.once("connect", r)), opt.timeout_ms, "sender");
-  const pid = await ask(s, "whoami");
-  if (pid !== victim) { sender = s; sender.worker = pid; } else s.close();
+  for (let tries = 0; tries < 30; tries++) {
+    const s = io(opt.url, { transports: ["websocket"], forceNew: true,
+                            reconnection: !!opt.sender_reconnects, reconnectionDelay: 100 });
+    await withTimeout(new Promise((r) => s.once("connect", r)), opt.timeout_ms, "sender");
+    const pid = await ask(s, "whoami");
+    if (pid !== worker) { s.worker = pid; return s; }
+    s.close();
+  }
+  throw new Error(`no sender off worker ${worker}`);
 }
-if (sender === null) throw new Error("no sender off the victim's worker");
+let sender = await senderOff(victim);
 console.log(JSON.stringify({ victim, sender: sender.worker, counts,
                              pids: members.map((s) => s._pid ?? null) }));
 
@@ -102,7 +109,20 @@ for (let seq = 0; seq < opt.messages; seq++) {
       await sleep(50);
     }
     const now = await Promise.all(members.map((s) => ask(s, "whoami")));
-    console.log(JSON.stringify({ reconnected: true, workers: now }));
+    // The next victim (with kill2_after) holds most members now; the sender, which
+    // the reload moved too, must not be on it: what it says as its worker dies
+    // would be lost before anyone heard it (an emit without an ack is at most once).
+    const next = {};
+    for (const w of now) next[w] = (next[w] || 0) + 1;
+    const victim2 = most(next);
+    sender.worker = await ask(sender, "whoami");
+    if (opt.kill2_after && sender.worker === victim2) {
+      const old = sender;
+      sender = await senderOff(victim2);
+      old.close();
+    }
+    console.log(JSON.stringify({ reconnected: true, workers: now, victim: victim2,
+                                 sender: sender.worker }));
   }
   if (seq + 1 === opt.kill2_after) console.log(JSON.stringify({ kill2: true }));
   await sleep(1000 / opt.rate);
