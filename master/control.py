@@ -75,10 +75,12 @@ class ControlServer(OneShotServer):
                 raise ValueError("not an object")
         except ValueError as e:
             return _encode({"error": f"bad request: {e}"})
+        except RecursionError:  # nested deeper than the parser's stack allows
+            return _encode({"error": "bad request: nested too deeply"})
         try:
             return _encode(self.handler(request))
         except Exception as e:  # the master keeps running whatever a command does
-            log.exception("control command %r failed", request)
+            log.exception("control command %r failed", request.get("cmd"))
             return _encode({"error": f"{type(e).__name__}: {e}"})
 
     def close(self) -> None:

@@ -105,6 +105,7 @@ class Master:
         self.links: dict[int, Link] = {}  # by worker id, while the channel is open
         self.listener: socket.socket | None = None
         self.accepting = False
+        self.failed = False  # run() ended on an exception (not a stop)
         self.queued_socks = 0
         self.signals: deque[int] = deque()
         self.started_at = time.time()
@@ -155,6 +156,9 @@ class Master:
                 if now >= next_tick:
                     self.manage(now)
                     next_tick = now + TICK
+        except Exception:
+            self.failed = True
+            raise
         finally:
             self._cleanup()
         return self.exit_code
@@ -656,7 +660,10 @@ class Master:
         for link in list(self.links.values()):
             self._close_link(link, reroute=False)
         once.remove_unheld_locks(self.cfg.control)
-        log.info("master exiting (code %d)", self.exit_code)
+        if self.failed:
+            log.critical("master exiting on an unexpected error (its traceback follows)")
+        else:
+            log.info("master exiting (code %d)", self.exit_code)
 
 
 def _hostport(host: str, port: int) -> str:

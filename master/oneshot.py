@@ -84,7 +84,14 @@ class OneShotServer:
             if len(client.buf) > MAX_REQUEST:
                 self._send(client, self.too_long())
             return
-        self._send(client, self.answer(client.buf))
+        try:
+            answer = self.answer(client.buf)
+        except Exception:  # a request must never take the master down with it
+            log.exception("%s: answering a request failed; closing that connection",
+                          type(self).__name__)
+            self._close(client)
+            return
+        self._send(client, answer)
 
     def _send(self, client: _Client, data: bytes) -> None:
         client.out = data

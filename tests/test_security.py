@@ -164,6 +164,46 @@ def test_control_socket_refuses_another_user(cluster_factory, tmp_path):
     assert request(path, "status")["master"]["pid"] == c.pid  # its owner still can
 
 
+def _control_line(path: str, line: bytes) -> dict:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(line)
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return json.loads(answer)
+
+
+def test_control_socket_survives_hostile_requests(cluster_factory):
+    """Whatever arrives on the control socket gets an error answer and the
+    master serves on: a request nested 5,000 deep (json.loads raised
+    RecursionError, not ValueError, and the master died with every worker:
+    a new-user trial), garbage, a non-object, an unknown command, odd
+    arguments. The clients connected meanwhile keep their sessions."""
+    cluster = cluster_factory(workers=2)
+    cluster.wait_ready()
+    c = Client(cluster.url, "websocket")
+    try:
+        before = c.whoami()
+        deep = b'{"cmd":"status","x":' + b"[" * 5000 + b"]" * 5000 + b"}\n"
+        assert _control_line(cluster.control, deep) == {
+            "error": "bad request: nested too deeply"}
+        for line in (b"garbage\n", b"[]\n", b"null\n", b'{"cmd": "nope"}\n',
+                     b'{"cmd": "scale", "workers": "abc"}\n',
+                     b'{"cmd": "scale", "workers": 1e308}\n'):
+            answer = _control_line(cluster.control, line)
+            assert set(answer) == {"error"} and answer["error"], (line, answer)
+        assert request(cluster.control, "status")["master"]["pid"] == cluster.pid
+        assert c.whoami() == before  # the same session, on the same worker
+        assert "Traceback" not in cluster.log(), cluster.log()
+    finally:
+        c.close()
+
+
 def _ws_upgrade_headers(port: int) -> bytes:
     with socket.create_connection(("127.0.0.1", port), 5) as s:
         s.sendall(("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
