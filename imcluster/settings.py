@@ -49,7 +49,10 @@ def _non_negative_int(v: Any) -> int:
 
 
 def _finite_float(v: Any) -> float:
-    x = float(v)
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ValueError("must be a number of seconds") from None
     if not math.isfinite(x):
         raise ValueError("must be a number of seconds (not inf or nan)")
     return x

@@ -105,6 +105,14 @@ class ClusterClient:
         self._seen = cluster._replacements if cluster is not None else 0
 
     @property
+    def sid(self) -> str | None:
+        """The Socket.IO sid of its first namespace (the app's `request.sid` /
+        handler `sid`), as python-socketio's client knows it now; None while
+        disconnected. It stays the same across a hand-over (--handover yes)."""
+        # (python-socketio's Client.get_sid: public since 5.0)
+        return self.sio.get_sid(self.namespaces[0])
+
+    @property
     def slot(self) -> int:
         return self.worker.slot
 

@@ -204,6 +204,27 @@ def test_control_socket_survives_hostile_requests(cluster_factory):
         c.close()
 
 
+@pytest.mark.parametrize("version,status", [("99", b"426"), ("13", b"400")])
+def test_a_refused_websocket_upgrade_closes_the_connection(cluster, version, status):
+    """An upgrade with an unsupported Sec-WebSocket-Version (426) or without a
+    key (400) is answered with `Connection: close`, and the connection then
+    closes: eventlet kept it open, and the client waited (a new-user trial)."""
+    key = "" if version == "13" else "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    with socket.create_connection(("127.0.0.1", cluster.port), 10) as s:
+        s.sendall(("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+                   f"Host: 127.0.0.1:{cluster.port}\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\n{key}Sec-WebSocket-Version: {version}\r\n"
+                   "\r\n").encode())
+        got = b""
+        while True:
+            chunk = s.recv(4096)  # the socket's 10 s timeout: an open connection fails
+            if not chunk:
+                break
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 " + status), got
+    assert b"connection: close" in got.lower(), got
+
+
 def _ws_upgrade_headers(port: int) -> bytes:
     with socket.create_connection(("127.0.0.1", port), 5) as s:
         s.sendall(("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"

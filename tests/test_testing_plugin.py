@@ -147,16 +147,19 @@ def test_a_client_carries_on_after_its_worker_is_replaced(tmp_path):
     with Cluster("imcluster.examples.bench:sio", workers=1, log_dir=tmp_path,
                  graceful_timeout=5) as cluster:
         client = cluster.connect("websocket", reconnection_delay=0.1)
-        old = client.pid
+        old, first = client.pid, client.sid
+        assert isinstance(first, str) and len(first) == 20, first  # the app's sid
         assert client.call("whoami") == old
         cluster.reload()
         assert client.call("whoami", timeout=30) == client.pid != old
+        assert client.sid not in (first, None)  # a new session, without hand-over
         assert client.pid == cluster.workers[0].pid
         second = client.pid
         cluster.kill(0)
         assert client.call("whoami", timeout=30) == client.pid not in (old, second, None)
         assert client.call("echo", "after a kill") == "after a kill"
         client.disconnect()
+        assert client.sid is None
 
 
 def test_reload_of_broken_code_says_why(tmp_path):

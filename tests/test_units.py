@@ -299,6 +299,7 @@ def test_precedence_cli_env_file_default(tmp_path):
      "expected redis://HOST:PORT/DB"),
     ({"redis_channels": "rooms"}, {}, "--redis-channels='rooms': single or interest"),
     ({"recovery_window": "inf"}, {}, "--recovery-window='inf': must be a number of seconds"),
+    ({"recovery_window": "abc"}, {}, "--recovery-window='abc': must be a number of seconds"),
     ({"recovery_window": "1e12"}, {}, "--recovery-window='1e12': at most 86400 seconds"),
     ({}, {"IMCLUSTER_RECOVERY_WINDOW": "86401"}, "IMCLUSTER_RECOVERY_WINDOW='86401': at most"),
     ({"workers": "abc"}, {}, "--workers='abc': must be a whole number"),

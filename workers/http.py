@@ -37,6 +37,8 @@ PEEK_BYTES = 64 * 1024
 # (400) from handle_one_request. internals: eventlet-wsgi-canned-refusals
 _CANNED_400 = (eventlet.wsgi.HeaderLineTooLong, eventlet.wsgi.HeadersTooLarge)
 STATE_HANDED = "handed back"
+# environ key: close the connection after this response (close_refused_upgrades).
+CLOSE_AFTER = "imcluster.close_after"
 
 # Client sockets whose session moved to another worker, or whose request was
 # forwarded to it (workers/handover.py): their connection ends here without a
@@ -483,6 +485,10 @@ def make_protocol(worker_id: int, host_id: int, hand_back: Callable[[socket.sock
                                 self.server.url_length_limit)
                 if internals.conn_status(self.conn_state) == internals.WSGI_STATE_CLOSE:
                     self.close_connection = 1
+                elif getattr(self, "environ", None) and self.environ.get(CLOSE_AFTER):
+                    # The app answered "Connection: close" (a refused WebSocket
+                    # upgrade): eventlet sends the header but keeps the connection.
+                    self.close_connection = 1
                 else:
                     internals.set_conn_status(self.conn_state, internals.WSGI_STATE_IDLE)
                 if self.close_connection:
@@ -699,3 +705,28 @@ def serve_connection(server: eventlet.wsgi.Server, sock: socket.socket,
                 eventlet.greenio.shutdown_safe(sock)
             sock.close()
         on_close()
+
+
+def close_refused_upgrades(wsgi):
+    """Close the connection after a refused WebSocket upgrade.
+
+    eventlet's WebSocketWSGI (python-engineio's WebSocket on eventlet) answers
+    a bad upgrade (an unsupported Sec-WebSocket-Version: 426, a missing key:
+    400) with `Connection: close`, but eventlet.wsgi keeps a keep-alive
+    connection open whatever the app's headers say: the client waits for a
+    close that never comes (a new-user trial). RFC 9110 9.6: a response with
+    `close` ends the connection. Only requests that ask for an upgrade are
+    looked at; the rest pass untouched."""
+    def app(environ, start_response):
+        if "HTTP_UPGRADE" not in environ:
+            return wsgi(environ, start_response)
+
+        def watched(status, headers, exc_info=None):
+            if not status.startswith("101") and any(
+                    k.lower() == "connection" and "close" in v.lower() for k, v in headers):
+                environ[CLOSE_AFTER] = True
+            return start_response(status, headers, exc_info)
+
+        return wsgi(environ, watched)
+
+    return app
