@@ -73,7 +73,7 @@ class RunningHandlers:
             try:
                 return original(server, sid, eio_sid, data, namespace, id)
             finally:
-                _less(running, name)
+                one_fewer(running, name)
                 names.remove(name)
                 if not names and by_session.get(eio_sid) is names:
                     del by_session[eio_sid]
@@ -98,21 +98,14 @@ class RunningHandlers:
         return dict(self.running)
 
 
-def _less(counts: dict, key) -> None:
-    """One fewer `key` in `counts`; the key leaves at zero."""
+def one_fewer(counts: dict, key) -> None:
+    """One fewer `key` in `counts` (which must hold it); the key leaves at zero,
+    so that `counts` holds only what is still counted."""
     n = counts[key] - 1
     if n:
         counts[key] = n
     else:
         del counts[key]
-
-
-def counted(names: list[str]) -> dict[str, int]:
-    """`["work", "save", "work"]` as `{"work": 2, "save": 1}` (for `describe`)."""
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    return counts
 
 
 def describe(counts: dict[str, int]) -> str:

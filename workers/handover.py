@@ -210,6 +210,7 @@ session in two of them once, over all its channels (workers/redis_order.py,
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import io
 import itertools
@@ -419,7 +420,7 @@ def _take_state(worker, sio, eio, s: sessions.ClusterSocket, deadline: float) ->
                 names = worker.handlers.by_session.get(s.sid, [])
                 raise Abandoned(f"abandoned {len(names)} handler(s) still running after "
                                 f"{now - start:.1f}s (0.8 x --graceful-timeout less the "
-                                f"flush time): {drain.describe(drain.counted(names))}")
+                                f"flush time): {drain.describe(collections.Counter(names))}")
             if backlog is not None:
                 raise Refused("its writes did not finish in time")
         if not running and backlog is None and now > acks_deadline:
@@ -968,11 +969,7 @@ def _counted(counts: dict, key):
     try:
         yield
     finally:
-        n = counts[key] - 1
-        if n:
-            counts[key] = n
-        else:
-            del counts[key]
+        drain.one_fewer(counts, key)
 
 
 def _echoed(message: bytes) -> bool:
