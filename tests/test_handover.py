@@ -199,18 +199,29 @@ class KeptAlivePoller:
     def _conn(self, timeout: float) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
 
+    def _exchange(self, conn: http.client.HTTPConnection, method: str,
+                  body: bytes | None = None, what: str | None = None) -> bytes | None:
+        """One request for the session on `conn` and the body of its answer; None,
+        with the problem recorded under `what` (the method by default), when the
+        request failed or its answer was not a 200."""
+        what = what or method
+        try:
+            conn.request(method, self.target, body=body)
+            r = conn.getresponse()
+            answer = r.read()
+        except Exception as e:
+            self.problems.append((self.sid, what, repr(e)))
+            return None
+        if r.status != 200:
+            self.problems.append((self.sid, what, r.status, answer[:80]))
+            return None
+        return answer
+
     def _poll(self) -> None:
         conn = self._conn(40)
         while self.polling:
-            try:
-                conn.request("GET", self.target)
-                r = conn.getresponse()
-                body = r.read()
-            except Exception as e:
-                self.problems.append((self.sid, "GET", repr(e)))
-                return
-            if r.status != 200:
-                self.problems.append((self.sid, "GET", r.status, body[:80]))
+            body = self._exchange(conn, "GET")
+            if body is None:
                 return
             for packet in body.split(b"\x1e"):
                 if packet == b"1":
@@ -219,10 +230,7 @@ class KeptAlivePoller:
                 if packet == b"2":
                     pong = self._conn(10)
                     try:
-                        pong.request("POST", self.target, body=b"3")
-                        pong.getresponse().read()
-                    except Exception as e:
-                        self.problems.append((self.sid, "PONG", repr(e)))
+                        self._exchange(pong, "POST", b"3", what="PONG")
                     finally:
                         pong.close()
                 m = re.match(rb"43(\d+)\[", packet)
@@ -234,15 +242,7 @@ class KeptAlivePoller:
         conn = self._conn(10)
         while self.talking:
             n = self.sent + 1
-            try:
-                conn.request("POST", self.target, body=f'42{n}["echo",{n}]'.encode())
-                r = conn.getresponse()
-                body = r.read()
-            except Exception as e:
-                self.problems.append((self.sid, "POST", repr(e)))
-                return
-            if r.status != 200:
-                self.problems.append((self.sid, "POST", r.status, body[:80]))
+            if self._exchange(conn, "POST", f'42{n}["echo",{n}]'.encode()) is None:
                 return
             self.sent = n
             time.sleep(self.pause)
