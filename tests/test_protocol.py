@@ -262,6 +262,43 @@ def test_client_close_packet_over_polling_closes_the_session(port):
             assert c.request(method, poll_target(sid), body)[0] == 400, method
 
 
+
+# Payloads with a packet engine.io-parser refuses (decodePacket: ERROR_PACKET).
+MALFORMED_PAYLOADS = [
+    b"abc",  # the Engine.IO test suite's case: "a" is no packet type
+    b"9",  # nor is a digit past 6
+    b"",  # an empty body: one empty packet
+    b'42["echo","before"]\x1e',  # a good packet, then an empty one (a stray separator)
+]
+
+
+@pytest.mark.parametrize("payload", MALFORMED_PAYLOADS)
+def test_a_malformed_engineio_payload_closes_the_session(port, payload):
+    """A polling POST with a packet Engine.IO's parser refuses, as Node's engine.io
+    answers it (6.6: `decodePayload` stops at the ERROR packet, `Socket.onPacket`
+    closes on it, "parse error"; the POST's `onEnd` still answers 200 `ok`): the
+    pending GET ends with the CLOSE packet and later requests get 400 (the test
+    suite's "closes the session upon invalid packet format"). python-engineio
+    answered `abc` and the empty packets `ok` and went on with the session (the
+    pending GET stayed pending), and `9` with a 400."""
+    sid = handshake(port)["sid"]
+    with Conn(port) as c:
+        assert c.request("POST", poll_target(sid), b"40")[0] == 200
+        body = b""
+        while b'42["hello"' not in body:
+            body += c.request("GET", poll_target(sid))[2]
+    with Conn(port) as pending:
+        pending.send(Conn.build("GET", poll_target(sid)))
+        wait_for(pending.taken_by_server, 10, 0.01, "the poll to reach its worker")
+        with Conn(port) as c:
+            assert c.request("POST", poll_target(sid), payload)[::2] == (200, b"ok")
+        status, _, body = pending.read_response()
+        # (an echo before the malformed packet may be acked in the same answer)
+        assert status == 200 and body.split(b"\x1e")[-1] == b"1", body
+    for method, body in (("GET", b""), ("POST", b"40")):
+        with Conn(port) as c:
+            assert c.request(method, poll_target(sid), body)[0] == 400, method
+
 # ---- Socket.IO ------------------------------------------------------------------
 
 def test_connect_to_unknown_namespace_gets_invalid_namespace(servers, port):

@@ -341,6 +341,29 @@ REACHES: dict[str, Reach] = {r_key: r for r_key, r in [
                 "> self.server.ping_timeout:",
                 "self.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT)",
                 "return False"))),
+    ("engineio-socket-handle-post-request", Reach(
+        _EIO, "engineio.socket:Socket.handle_post_request", "copy",
+        "workers/sessions.py ClusterSocket.handle_post_request",
+        "our read of a polling POST repeats upstream's (past max_http_buffer_size: "
+        "ContentTooLongError; the body read from wsgi.input and decoded as UTF-8, as one "
+        "Payload whose packets go to receive() in order), decoding packet by packet so that "
+        "a malformed one closes the session",
+        params=("environ",),
+        source=("length = int(environ.get('CONTENT_LENGTH', '0'))",
+                "if length > self.server.max_http_buffer_size:",
+                "raise exceptions.ContentTooLongError()",
+                "body = environ['wsgi.input'].read(length).decode('utf-8')",
+                "p = payload.Payload(encoded_payload=body)",
+                "self.receive(pkt)"))),
+    ("engineio-payload-jsonp", Reach(
+        _EIO, "engineio.payload:Payload.decode", "copy",
+        "workers/sessions.py ClusterSocket.handle_post_request",
+        "a JSONP POST's payload is the form field d (upstream's Payload.decode, which ours "
+        "no longer calls for a POST), and packets are separated by 0x1e",
+        params=("encoded_payload",),
+        source=("if encoded_payload.startswith('d='):",
+                "encoded_payload)['d'][0]",
+                "encoded_packets = encoded_payload.split('\\x1e')"))),
     ("engineio-socket-receive", Reach(
         _EIO, "engineio.socket:Socket.receive", "override", "workers/sessions.py ClusterSocket",
         "a client's packets arrive through receive(pkt); a PONG calls schedule_ping(), a "

@@ -35,6 +35,7 @@ import functools
 import logging
 import struct
 import time
+import urllib.parse
 
 import engineio.socket
 import eventlet
@@ -445,7 +446,9 @@ class ClusterSocket(internals.ENGINE_SOCKET):
       (python-engineio's own close on ping timeout drops that packet);
     - a client's CLOSE packet over polling answers the pending GET with a
       NOOP, as the protocol's test suite expects (python-engineio: an empty
-      body, which is no valid payload).
+      body, which is no valid payload);
+    - a polling POST whose payload holds a packet Engine.IO's parser refuses
+      closes the session (`handle_post_request`).
     """
 
     writer: FrameWriter | None = None
@@ -578,6 +581,53 @@ class ClusterSocket(internals.ENGINE_SOCKET):
         self.server.logger.info("%s: no PONG within the ping timeout, closing", self.sid)
         self.last_ping = None
         self.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT)
+
+    # internals: engineio-socket-handle-post-request (a copy, changed), engineio-payload-jsonp
+    def handle_post_request(self, environ):
+        """Read a long-polling POST's payload and receive its packets in order.
+
+        python-engineio 4.15's, except for a payload with a packet Engine.IO's
+        parser refuses: a type other than 0-6 (or `b`, base64), an empty packet
+        (an empty body, a stray separator), a body that is not UTF-8. Node's
+        engine.io (engine.io-parser `decodePayload` stops at the first such
+        packet; `Socket.onPacket` closes on it, "parse error") handles the
+        packets before it, answers the POST 200 `ok`, ends the pending GET with
+        a CLOSE packet and forgets the session: a later request gets 400 (the
+        Engine.IO test suite's "closes the session upon invalid packet format").
+        Here it is the same. python-engineio instead refused the whole payload
+        and went on with the session, answering `ok` and logging a traceback
+        (a type that is not a digit, an empty packet), or closed it answering
+        the POST 400 (a digit 7-9).
+
+        Raises ContentTooLongError past `max_http_buffer_size` (a 400, as before).
+        """
+        length = int(environ.get("CONTENT_LENGTH", "0"))
+        if length > self.server.max_http_buffer_size:
+            raise eio_exceptions.ContentTooLongError()
+        body = environ["wsgi.input"].read(length)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._refuse_payload("it is not UTF-8")
+        if text.startswith("d="):  # a JSONP POST's form field, as python-engineio reads it
+            text = urllib.parse.parse_qs(text).get("d", [""])[0]
+        for encoded in text.split("\x1e"):
+            if self.closed or self.closing:
+                return None  # a CLOSE earlier in the payload
+            try:
+                pkt = eio_packet.Packet(encoded_packet=encoded)
+            except ValueError:
+                return self._refuse_payload(f"a packet it cannot decode: {encoded[:20]!r}")
+            if not eio_packet.OPEN <= pkt.packet_type <= eio_packet.NOOP:
+                return self._refuse_payload(f"an unknown packet type: {encoded[:20]!r}")
+            self.receive(pkt)
+        return None
+
+    def _refuse_payload(self, why: str) -> None:
+        log.warning("%s: malformed Engine.IO payload (%s); closing the session, as "
+                    "engine.io does", self.sid, why)
+        # internals: engineio-server-attrs (reason)
+        self.close(wait=False, abort=False, reason=self.server.reason.SERVER_DISCONNECT)
 
     # internals: engineio-socket-receive
     def receive(self, pkt):
