@@ -84,6 +84,8 @@ class Core:
         self.last_reload: dict | None = None
         self.next_worker_id = 1
         self.stopping = False
+        # Draining workers told that a session of theirs could not move (said once).
+        self.unmoved: set[int] = set()
         # Drained: the router in front (HAProxy) is told, by the readiness answer,
         # to send this host no new sessions; its sessions are still served here.
         self.drained = False
@@ -440,6 +442,7 @@ class Core:
             return
         self.by_id.pop(w.worker_id, None)
         self.emptied.discard(w.worker_id)
+        self.unmoved.discard(w.worker_id)
         self._out.append(ev.CloseChannel(w.worker_id))
         # Sessions handed to it: those it moved on are at its heir (it exited
         # before saying EMPTIED: a crash, a stop timeout); the rest died with it,
@@ -662,8 +665,14 @@ class Core:
         if heir is None or not heir.accepts_new:
             heir = router.choose(self.slots, self.by_id, None)
         if heir is None or heir.worker_id == e.worker_id:
-            self.log.warning("worker %d: no READY worker to take a session over; closing it",
-                             e.worker_id)
+            # Said once per worker, not per session (thousands on a stop); the
+            # worker's own drain line counts them ("handed over N, closed K").
+            if e.worker_id not in self.unmoved:
+                self.unmoved.add(e.worker_id)
+                self.log.log(logging.INFO if self.stopping else logging.WARNING,
+                             "worker %d: no READY worker to take its sessions over%s; "
+                             "closing them", e.worker_id,
+                             " (the cluster is stopping)" if self.stopping else "")
             self._out.append(ev.Move(e.conn, None))
             return
         if self.planned.get(e.worker_id, heir.worker_id) != heir.worker_id:

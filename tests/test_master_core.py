@@ -1182,3 +1182,33 @@ def test_a_move_to_another_worker_than_the_planned_heir_readies_it_for_the_rest(
     assert move.worker_id == other.worker_id
     assert stops_to(actions, w1.worker_id) == [other.worker_id]
     assert m.core.planned[w1.worker_id] == other.worker_id
+
+
+def test_sessions_that_cannot_move_on_a_stop_are_said_once_per_worker(caplog, _master_log):
+    """A full stop with --handover: every session of a draining worker finds no
+    READY worker and is closed. The master said so with one WARNING per session
+    (thousands on a stop: a new-user trial); now one INFO line per worker on a
+    stop, one WARNING per worker otherwise (the worker's drain line counts)."""
+    m = serving()
+    w1, w2 = m.slot(0), m.slot(1)
+    m.feed(ev.Signal(TERM))
+    for w in (w1, w2):
+        for _ in range(5):
+            [move] = of(m.feed(ev.Moving("state+fd", w.worker_id)), ev.Move)
+            assert move.worker_id is None  # closed
+    lines = [r for r in caplog.records if "no READY worker to take" in r.getMessage()]
+    assert [(r.levelno, r.getMessage()) for r in lines] == [
+        (logging.INFO, f"worker {w.worker_id}: no READY worker to take its sessions over "
+                       "(the cluster is stopping); closing them") for w in (w1, w2)]
+
+
+def test_a_scale_down_without_a_ready_worker_warns_once_per_worker(caplog, _master_log):
+    m = Master(workers=1)
+    m.ready()
+    w = m.slot(0)
+    m.core.retire(m.core.slots.pop(0), m.now)  # its last READY worker drains
+    for _ in range(3):
+        [move] = of(m.feed(ev.Moving("state+fd", w.worker_id)), ev.Move)
+        assert move.worker_id is None
+    lines = [r for r in caplog.records if "no READY worker to take" in r.getMessage()]
+    assert [r.levelno for r in lines] == [logging.WARNING]
