@@ -145,8 +145,12 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "scale":
             answer = ctl.request("scale", to=args.to)
             n = int(answer["workers"])
-            print(f"scaling to {n} worker{'' if n == 1 else 's'}"
-                  + (" once the reload in progress ends" if answer.get("deferred") else ""))
+            line = f"scaling to {n} worker{'' if n == 1 else 's'}"
+            if answer.get("deferred"):
+                line += " once the reload in progress ends"
+                if answer.get("replaces") is not None:
+                    line += f" (replacing the scale to {answer['replaces']} asked before)"
+            print(line)
             return 0
         if args.command in ("drain", "undrain"):
             code = ctl.drain(args.command == "drain")
@@ -335,7 +339,9 @@ def _status(ctl: Control, as_json: bool) -> int:
     if st.get("reload"):
         r = st["reload"]
         print(f"reload in progress ({r['reason']}): slot {r['slot']} {r['phase']}, "
-              f"{len(r['queued'])} more queued")
+              f"{len(r['queued'])} more queued"
+              + (f"; then scaling to {r['scale_to']} worker{'' if r['scale_to'] == 1 else 's'}"
+                 if r.get("scale_to") is not None else ""))
     elif st.get("last_reload") and not st["last_reload"]["ok"]:
         print(f"last reload FAILED: {st['last_reload']['error']}")
     return code

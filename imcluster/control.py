@@ -18,7 +18,10 @@ Answers: `{"error": TEXT}` for a refusal; `stop` answers `{"ok": true}`;
 `reload` `{"ok": true, "id": N, "reload": RELOAD}` (with `"queued": true` when
 asked while a reload runs: a follow-up reload with id N starts when it ends;
 the ask is answered when `last_reload.id` reaches N); `scale` `{"ok": true, "workers": N}`
-(with `"deferred": true` when a shrink waits for a reload to end). `status`
+(with `"deferred": true` when asked while a reload runs: every scale, up or
+down, happens when it ends, the last target asked winning, and `"replaces": M`
+the target deferred before that this one replaced, or null; +N/-N count from
+the deferred target, if any). `status`
 answers the whole cluster, these keys and no others. Clocks: "monotonic" is
 measured on the master's (or worker's) monotonic clock, immune to clock steps;
 "wall" on the system clock. Counts are cumulative since the master started
@@ -105,6 +108,8 @@ unless said otherwise.
     reload.old_pid           int|null     the pid being drained
     reload.follow_up         str|null     who asked for the full reload queued to start when
                                           this one ends (every ask made meanwhile joins it)
+    reload.scale_to          int|null     the number of workers a scale asked meanwhile sets
+                                          when this reload ends (before any follow-up starts)
     last_reload              obj|null     how the last reload ended:
     last_reload.id           int          as reload.id
     last_reload.ok           bool         every slot was replaced
@@ -331,7 +336,8 @@ class Control:
 
     def scale(self, to: int | str) -> int:
         """Change the number of workers: 4, "+1" or "-1". Returns the new target;
-        removed workers drain first. A scale asked during a reload waits for its end."""
+        removed workers drain first. A scale asked during a reload (up or down)
+        happens when it ends; +1/-1 then count from the target already deferred."""
         return int(self.request("scale", to=str(to))["workers"])
 
     def stop(self, wait: bool = True, timeout: float = 60.0, poll: float = 0.1) -> None:

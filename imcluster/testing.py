@@ -406,7 +406,9 @@ class Cluster:
 
     def scale(self, n: int | str, wait: bool = True, timeout: float = 60.0) -> int:
         """Change the number of workers (4, "+1", "-1"); with `wait`, return once that
-        many are READY and the removed ones have exited."""
+        many are READY and the removed ones have exited. Asked during a reload, the
+        scale happens when it ends (+1/-1 count from a scale already waiting), so
+        `wait` waits for that too."""
         self._remember_pids()
         self._replacements += 1
         target = self.control.scale(n)
@@ -415,7 +417,8 @@ class Cluster:
             deadline = time.monotonic() + timeout
             while True:
                 st = self.status()
-                if len(st.workers) == target and st.ready:
+                # A reload's replacement and draining worker are listed too.
+                if st.reload is None and len(st.workers) == target and st.ready:
                     break
                 if time.monotonic() >= deadline:
                     raise RuntimeError(f"scale to {target} not done after {timeout}s: "

@@ -172,7 +172,8 @@ class Core:
                       for source, to in sorted(self.moved.items())]
         reload = None
         if self.reloading is not None:
-            reload = {**self.reloading.describe(), "follow_up": self.follow_up}
+            reload = {**self.reloading.describe(), "follow_up": self.follow_up,
+                      "scale_to": self.deferred_scale}
         return {"reload": reload,
                 "last_reload": self.last_reload, "workers": workers,
                 "forwarding": forwarding}
@@ -255,6 +256,10 @@ class Core:
             return
         self.stopping = True
         self.stop_deadline = now + self.cfg.graceful_timeout
+        if self.deferred_scale is not None:
+            self.log.info("scale to %d, deferred until the reload ended, dropped: the "
+                          "master is stopping", self.deferred_scale)
+            self.deferred_scale = None
         self._out.append(ev.StopListening())
         for w in self.processes():
             if w.state in (State.BACKOFF, State.FATAL, State.QUEUED):
@@ -311,19 +316,45 @@ class Core:
                          "replaced": r.replaced, "finished": self.wall(now)}, now)
 
     def end_reload(self, result: dict, now: float) -> None:
-        """Record how the reload ended; then the shrink deferred for it, then the
+        """Record how the reload ended; then the scale deferred for it, then the
         follow-up reload queued during it, if any."""
         result["id"] = self.reloading.id
         self.last_reload = result
         self.reloading = None
         if self.deferred_scale is not None:
-            self.scale(self.deferred_scale, now)
+            target = self.deferred_scale
+            if target == len(self.slots):
+                self.deferred_scale = None
+                self.log.info("scale to %d deferred until the reload ended: already %d "
+                              "worker%s", target, target, "" if target == 1 else "s")
+            else:
+                self.scale(target, now)
         if self.follow_up is not None and not self.stopping:
             reason, self.follow_up = self.follow_up, None
             self.reload(reason, now)
 
     def scale(self, target: int, now: float) -> dict:
-        """Grow or shrink to `target` workers; removed workers drain first."""
+        """Grow or shrink to `target` workers; removed workers drain first.
+
+        Answers `{"ok": True, "workers": target}`, or, during a reload, `{"ok":
+        True, "workers": target, "deferred": True, "replaces": M|None}`: every
+        scale asked while a reload runs (up or down, full or memory-limit) waits
+        for it to end (ok or abandoned), and then happens before a follow-up
+        reload starts. `replaces` is the deferred target this ask replaced
+        (logged too): the last target asked wins, and none is dropped unsaid.
+        `{"error": TEXT}` for a target outside 1..MAX_WORKERS (checked at once)
+        or while stopping (a deferred scale is then dropped, and logged so).
+
+        Why up as well as down: a shrink would pull slots from under the
+        reload's queue; a growth would start workers beside the replacement
+        (start turns, CPU and memory while the replacement imports under its
+        --ready-timeout, on a host sized for N workers plus one replacement);
+        and growing at once while a shrink waits reorders the asks: scale -1
+        then +1 ended with 3 workers of 2 (the +1 counted from the live 2, and
+        replaced the waiting shrink). With one rule the outcome is the last
+        target asked, whatever the order and the direction. Relative
+        asks (+N/-N, TTIN/TTOU) count from the deferred target (`pending_target`).
+        """
         if self.stopping:
             return {"error": "the master is stopping"}
         target = int(target)
@@ -332,11 +363,14 @@ class Core:
                    else "at least one worker must remain")
             self.log.warning("scale to %d refused: %s", target, why)
             return {"error": why}
-        if target < len(self.slots) and self.reloading is not None:
-            # Slots being replaced must not vanish under the reload: shrink after it.
-            self.deferred_scale = target
-            self.log.info("scale to %d deferred until the reload ends", target)
-            return {"ok": True, "workers": target, "deferred": True}
+        if self.reloading is not None:
+            replaced, self.deferred_scale = self.deferred_scale, target
+            if replaced is None:
+                self.log.info("scale to %d deferred until the reload ends", target)
+            else:
+                self.log.info("scale to %d deferred until the reload ends; it replaces "
+                              "the scale to %d deferred before", target, replaced)
+            return {"ok": True, "workers": target, "deferred": True, "replaces": replaced}
         self.deferred_scale = None
         before = len(self.slots)
         while len(self.slots) < target:
@@ -349,6 +383,13 @@ class Core:
             self.log.info("scaled from %d to %d worker%s", before, target,
                           "" if target == 1 else "s")
         return {"ok": True, "workers": target}
+
+    @property
+    def pending_target(self) -> int:
+        """The number of workers the master is heading for: the scale deferred
+        until the reload ends, else the slots held now. A relative scale
+        (+N/-N, SIGTTIN/SIGTTOU) counts from it."""
+        return len(self.slots) if self.deferred_scale is None else self.deferred_scale
 
     def _give_up(self, why: str, now: float) -> None:
         self.log.critical("%s; exiting", why)
@@ -412,9 +453,9 @@ class Core:
         elif sig == signal.SIGHUP:
             self.reload("SIGHUP", now)
         elif sig == signal.SIGTTIN:
-            self.scale(len(self.slots) + 1, now)
+            self.scale(self.pending_target + 1, now)
         elif sig == signal.SIGTTOU:
-            self.scale(len(self.slots) - 1, now)
+            self.scale(self.pending_target - 1, now)
 
     def _on_spawned(self, e: ev.Spawned, now: float) -> None:
         w = self.by_id.get(e.worker_id)
@@ -626,7 +667,7 @@ class Core:
                 if n == 0:  # as the CLI refuses it (imcluster/cli.py _scale_target)
                     return {"error": f"scale {spec} changes nothing: give N, +N or -N, "
                                      "with N 1 or more"}
-                n += len(self.slots)
+                n += self.pending_target
             return self.scale(n, now)
         return {"error": f"unknown command {cmd!r}"}
 

@@ -492,10 +492,21 @@ def test_reload_restarts_a_fatal_slot_directly():
     assert r.slot == 1 and r.new is not None  # and slot 1 gets a replacement
 
 
+def finish_reload(m: Master) -> list:
+    """Take every slot of the running reload through its replacement; return
+    the actions of the tick that ends it."""
+    out = []
+    while m.core.reloading is not None:
+        reload_step(m, m.core.reloading.slot)
+        out = m.tick()
+    return out
+
+
 def test_scale_down_during_a_reload_waits_for_it():
     m = serving()
     m.command(cmd="reload")
-    assert m.command(cmd="scale", to="1") == {"ok": True, "workers": 1, "deferred": True}
+    assert m.command(cmd="scale", to="1") == {"ok": True, "workers": 1, "deferred": True,
+                                              "replaces": None}
     assert len(m.core.slots) == 2
     reload_step(m, 0)
     m.tick()
@@ -505,12 +516,104 @@ def test_scale_down_during_a_reload_waits_for_it():
     assert [w.state for w in m.core.retiring] == [State.DRAINING]
 
 
-def test_scale_up_during_a_reload_happens_at_once():
+def test_scale_up_during_a_reload_waits_for_it_too():
+    """No worker starts beside the replacement: the new slot starts once the
+    reload has ended (with the new code, like every worker started then)."""
     m = serving()
     m.command(cmd="reload")
-    assert m.command(cmd="scale", to="3") == {"ok": True, "workers": 3}
-    assert len(m.core.slots) == 3 and m.slot(2).state is State.STARTING
-    assert list(m.core.reloading.queue) == [1]  # the new slot starts with the new code anyway
+    replacement = m.core.reloading.new
+    out = m.feed(ev.Command({"cmd": "scale", "to": "3"}))
+    assert of(out, ev.Answer)[0].answer == {"ok": True, "workers": 3, "deferred": True,
+                                            "replaces": None}
+    assert of(out, ev.Spawn) == [] and len(m.core.slots) == 2
+    assert m.core.describe(m.now)["reload"]["scale_to"] == 3
+    assert [w for w in m.core.processes() if w.state is State.STARTING] == [replacement]
+    out = finish_reload(m)
+    assert [a.slot for a in of(out, ev.Spawn)] == [2]
+    assert len(m.core.slots) == 3 and m.core.deferred_scale is None
+
+
+def test_scale_minus_one_then_plus_one_during_a_reload_ends_where_it_started(caplog):
+    """The trial's case: -1 then +1 while a reload runs. +1 counts from the
+    deferred 1, not from the 2 slots alive; it replaces that target, and says so."""
+    m = serving()
+    m.command(cmd="reload")
+    assert m.command(cmd="scale", to="-1") == {"ok": True, "workers": 1, "deferred": True,
+                                               "replaces": None}
+    assert m.command(cmd="scale", to="+1") == {"ok": True, "workers": 2, "deferred": True,
+                                               "replaces": 1}
+    assert "scale to 2 deferred until the reload ends; it replaces the scale to 1 " \
+           "deferred before" in caplog.text
+    out = finish_reload(m)
+    assert of(out, ev.Spawn) == [] and kills(out) == []
+    assert len(m.core.slots) == 2 and m.core.retiring == []
+    assert "scale to 2 deferred until the reload ended: already 2 workers" in caplog.text
+    assert "scaled from" not in caplog.text
+
+
+def test_relative_scales_during_a_reload_count_from_the_deferred_target():
+    m = serving()
+    m.command(cmd="reload")
+    assert m.command(cmd="scale", to="5")["workers"] == 5
+    assert m.command(cmd="scale", to="-2")["workers"] == 3
+    assert m.command(cmd="scale", to="+1")["workers"] == 4
+    m.feed(ev.Signal(signal.SIGTTOU))  # also from the deferred target: 3
+    assert m.core.pending_target == 3 and len(m.core.slots) == 2
+    assert m.command(cmd="scale", to="-3") == {"error": "at least one worker must remain"}
+    assert m.core.deferred_scale == 3  # a refused ask replaces nothing
+    finish_reload(m)
+    assert len(m.core.slots) == 3 and m.core.pending_target == 3
+
+
+def test_the_last_absolute_scale_during_a_reload_wins(caplog):
+    m = Master(workers=3)
+    m.ready()
+    m.command(cmd="reload")
+    m.command(cmd="scale", to="1")
+    m.feed(ev.Signal(signal.SIGTTIN))  # 2
+    assert m.command(cmd="scale", to="4")["replaces"] == 2
+    assert m.command(cmd="scale", to="2")["replaces"] == 4
+    for before, after in ((1, 2), (2, 4), (4, 2)):
+        assert (f"scale to {after} deferred until the reload ends; it replaces the scale "
+                f"to {before} deferred before") in caplog.text
+    finish_reload(m)
+    assert len(m.core.slots) == 2 and [w.slot for w in m.core.retiring] == [2]
+
+
+def test_a_scale_deferred_by_an_abandoned_reload_still_happens():
+    m = serving()
+    m.command(cmd="reload")
+    m.command(cmd="scale", to="3")
+    m.exit(m.core.reloading.new, 4)  # the replacement cannot load the app
+    out = m.tick()
+    assert not m.core.last_reload["ok"]
+    assert len(m.core.slots) == 3 and [a.slot for a in of(out, ev.Spawn)] == [2]
+
+
+def test_a_deferred_scale_happens_before_the_follow_up_reload():
+    """The follow-up reload replaces the slots the scale left (all three)."""
+    m = serving()
+    m.command(cmd="reload")
+    m.command(cmd="scale", to="3")
+    m.command(cmd="reload")
+    finish_reload_1 = m.core.reloading.id
+    reload_step(m, 0)
+    m.tick()
+    reload_step(m, 1)
+    m.tick()
+    assert m.core.last_reload["id"] == finish_reload_1 and len(m.core.slots) == 3
+    r = m.core.reloading
+    assert r.id == finish_reload_1 + 1 and [r.slot, *r.queue] == [0, 1, 2]
+
+
+def test_a_stop_during_a_reload_drops_the_deferred_scale_and_says_so(caplog):
+    m = serving()
+    m.command(cmd="reload")
+    m.command(cmd="scale", to="3")
+    m.command(cmd="stop")
+    assert m.core.deferred_scale is None
+    assert "scale to 3, deferred until the reload ended, dropped: the master is " \
+           "stopping" in caplog.text
 
 
 def test_a_slot_scaled_away_while_queued_for_reload_is_skipped():

@@ -338,6 +338,58 @@ def test_a_reload_asked_during_a_reload_ends_with_every_worker_started_after_it(
     assert log.count("reload (control socket) complete: 2 worker(s) replaced") == 2, log
 
 
+def test_scale_minus_one_then_plus_one_during_a_reload_ends_with_the_count_asked(
+        cluster_factory, tmp_path):
+    """Both scales wait for the reload, +1 counts from the deferred 1, and the
+    cluster ends with 2 workers (the old master started the +1 at once and
+    dropped the -1: 3). Each replacement's import waits for a file to go, so
+    the reload is surely in progress while the scales are asked."""
+    hold = tmp_path / "hold-imports"
+    (tmp_path / "held_app.py").write_text(
+        "import os, time\n"
+        "while os.path.exists(os.environ['HOLD_FILE']):\n"
+        "    time.sleep(0.05)\n"
+        "from imcluster.examples.bench import sio, app  # noqa: E402,F401\n")
+    cluster = cluster_factory(app="held_app:sio", workers=2, env={"HOLD_FILE": str(hold)},
+                              args=("--handover", "yes"))
+    first = {w["pid"] for w in cluster.wait_ready()}
+    hold.write_text("1")
+    reload = subprocess.Popen([sys.executable, "-m", "imcluster", "reload",
+                               "--control", cluster.control], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: (r := cluster.status()["reload"]) and r["phase"] == "starting",
+                 30, what="the reload's first replacement starting")
+        down = imcluster("scale", "-1", "--control", cluster.control)
+        up = imcluster("scale", "+1", "--control", cluster.control)
+        st = cluster.status()
+        shown = imcluster("status", "--control", cluster.control).stdout
+    finally:
+        hold.unlink()
+    assert down.returncode == 0 and up.returncode == 0, (down.stderr, up.stderr)
+    assert down.stdout == "scaling to 1 worker once the reload in progress ends\n"
+    assert up.stdout == ("scaling to 2 workers once the reload in progress ends "
+                         "(replacing the scale to 1 asked before)\n")
+    assert st["reload"]["scale_to"] == 2 and len(st["workers"]) == 3, st  # 2 + replacement
+    assert "1 more queued; then scaling to 2 workers" in shown, shown
+    out, _ = reload.communicate(timeout=120)
+    assert reload.returncode == 0, out
+
+    def settled():
+        st = cluster.status()
+        return (st["reload"] is None and len(st["workers"]) == 2
+                and all(w["state"] == "READY" for w in st["workers"]) and st)
+
+    st = wait_for(settled, 30, what="2 READY workers, nothing retiring")
+    assert st["last_reload"]["ok"] and st["last_reload"]["replaced"] == 2
+    assert not first & {w["pid"] for w in st["workers"]}
+    log = cluster.log()
+    assert "scale to 1 deferred until the reload ends" in log
+    assert "scale to 2 deferred until the reload ends; it replaces the scale to 1" in log
+    assert "scale to 2 deferred until the reload ended: already 2 workers" in log
+    assert "scaled from" not in log, log
+
+
 def test_a_memory_limit_below_a_fresh_worker_is_said_once_and_replaces_nothing(
         cluster_factory):
     cluster = cluster_factory(workers=2, args=("--max-memory", "10"))
