@@ -83,6 +83,8 @@ class WorkerServer:
         # Interest channels: the channels synced with the heir (workers/heir.py).
         self.heir_sync: HeirSync | None = None
         self.handlers = drain.RunningHandlers()  # waited for by a drain
+        # (family, type, proto) of the master's listener, from the first client fd
+        self._client_kind: tuple[int, int, int] | None = None
 
     # ---- start ---------------------------------------------------------------
 
@@ -230,9 +232,23 @@ class WorkerServer:
         self.link.send(ch.READY)
         self.done.wait()
 
+    def _client_socket(self, fd: int) -> socket.socket:
+        """A (green, after monkey_patch) socket for a client fd the master passed.
+
+        Every client fd comes from the master's one listener, so all have its
+        family, type and protocol: given them, the socket constructor checks the
+        fd with one getsockname, where without them it also asks the kernel for
+        the type and the protocol (two getsockopt per connection)."""
+        kind = self._client_kind
+        if kind is None:
+            sock = socket.socket(fileno=fd)
+            self._client_kind = (int(sock.family), int(sock.type), sock.proto)
+            return sock
+        return socket.socket(*kind, fileno=fd)
+
     def _on_frame(self, kind: bytes, flags: int, payload: bytes, fds: list[int]) -> None:
         if kind == ch.HANDOFF and len(fds) == 1:
-            sock = socket.socket(fileno=fds[0])  # green, after monkey_patch
+            sock = self._client_socket(fds[0])
             self.handoffs += 1
             self.connections += 1
             self.pool.spawn(serve_connection, self.server, sock, self._closed_one)
@@ -256,7 +272,7 @@ class WorkerServer:
             if kind == ch.HANDOVER:
                 step = lambda: handover.move_in(self, payload, fd)  # noqa: E731
             else:
-                sock = socket.socket(fileno=fd)
+                sock = self._client_socket(fd)
                 step = lambda: handover.serve_request(self, sock, payload)  # noqa: E731
             if self.relay is not None:
                 # After the broadcasts relayed before it: those went out from the
