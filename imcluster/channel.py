@@ -41,7 +41,9 @@ byte of its own in both directions (M: master, W: worker):
    keepalive (s), graceful_timeout (s), cors_origins, ws_compression, redis (a
    URL, password included: never on a command line), redis_silence_timeout
    (s), allow_untested_versions, handover,
-   recovery_window (s, 0 = off).
+   recovery_window (s, 0 = off), client_nodelay (the listener has
+   TCP_NODELAY, which every accepted socket inherits: the worker does not set
+   it again).
 2. The worker serves the connection's first request whatever sid it names.
 3. python-socketio's pub/sub JSON, as PubSubManager._publish is given it.
 4. `{"sessions": Engine.IO sessions held, "connections": TCP connections

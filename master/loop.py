@@ -118,6 +118,7 @@ class Master:
         # Read once per connection: a Config attribute is a failed lookup first.
         self.max_queued = cfg.max_queued
         self.handoff_window = cfg.handoff_window
+        self.client_nodelay = False  # the listener has TCP_NODELAY (_bind)
 
     @property
     def exit_code(self) -> int:
@@ -164,6 +165,9 @@ class Master:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         s = Listener(family, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Copied to every accepted socket (Linux): the workers need not set it
+        # on each client connection (spec "client_nodelay").
+        self.client_nodelay = _set_nodelay(s)
         try:
             s.bind((host, port))
         except OSError as e:
@@ -289,6 +293,7 @@ class Master:
             "handover": self.cfg.handover,
             "allow_untested_versions": self.cfg.allow_untested_versions,
             "recovery_window": self.cfg.recovery_window,
+            "client_nodelay": self.client_nodelay,
         }
         fd = worker_end.fileno()
         os.set_inheritable(fd, True)
@@ -657,6 +662,22 @@ class Master:
             self._close_link(link, reroute=False)
         once.remove_unheld_locks(self.cfg.control)
         log.info("master exiting (code %d)", self.exit_code)
+
+
+def _set_nodelay(sock: socket.socket) -> bool:
+    """Set TCP_NODELAY on the listener; True if accepted sockets inherit it.
+
+    Linux builds each accepted socket as a copy of its listener, TCP_NODELAY
+    included (tests/test_units.py checks it on the running kernel); only that
+    kernel is vouched for here, so elsewhere the workers keep setting it on
+    each connection themselves."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True
 
 
 def _hostport(host: str, port: int) -> str:

@@ -220,7 +220,8 @@ class WorkerServer:
     def serve(self) -> None:
         protocol = make_protocol(self.worker_id, self.host_id, self._hand_back,
                                  self.spec["keepalive"], self.idle,
-                                 self.spec["header_timeout"])
+                                 self.spec["header_timeout"],
+                                 nodelay_set=bool(self.spec.get("client_nodelay")))
         self.server = eventlet.wsgi.Server(  # internals: eventlet-wsgi-server
             FdListener(("127.0.0.1", 0)), ("127.0.0.1", 0), self.app.wsgi,
             protocol=protocol, keepalive=self.spec["keepalive"], log_output=False,
