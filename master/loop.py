@@ -13,6 +13,7 @@ Signal handlers only record the signal; the loop acts on it.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from imcluster.settings import Config
 log = logging.getLogger("imcluster.master")
 
 TICK = 0.25
+_HANDOFF_FRAME = ch.HANDOFF + b"\x00"
 # Relay bytes queued for one worker before the master drops further relay
 # messages to it (a worker that stops reading must not grow the master).
 MAX_RELAY_BACKLOG = 64 << 20
@@ -118,6 +120,7 @@ class Master:
         # Read once per connection: a Config attribute is a failed lookup first.
         self.max_queued = cfg.max_queued
         self.handoff_window = cfg.handoff_window
+        self.routed: list[Link] = []  # links with hand-offs queued this turn (_hand_off)
         self.client_nodelay = False  # the listener has TCP_NODELAY (_bind)
 
     @property
@@ -149,6 +152,7 @@ class Master:
             while not self.core.done:
                 for key, mask in self.selector.select(TICK):
                     key.data(key, mask)
+                self._flush_routed()
                 self._handle_signals()
                 # Timers run once a tick, not after every wake-up: under load the
                 # loop wakes thousands of times a second.
@@ -156,6 +160,7 @@ class Master:
                 if now >= next_tick:
                     self.manage(now)
                     next_tick = now + TICK
+                self._flush_routed()
         finally:
             self._cleanup()
         return self.exit_code
@@ -482,13 +487,22 @@ class Master:
                       wid)
             sock.close()
             return
-        link.outq.append((ch.HANDOFF + b"\x00", sock))
+        link.outq.append((_HANDOFF_FRAME, sock))
         link.out_bytes += 2
         self.queued_socks += 1
         self.counters["handoffs"] += 1
-        self._flush(link)
+        # Sent at the end of this turn of the loop (_flush_routed), with the
+        # other connections this turn routes to the same worker: one frame.
+        if link not in self.routed:
+            self.routed.append(link)
         if self.queued_socks >= self.max_queued:
             self._accepting(False)
+
+    def _flush_routed(self) -> None:
+        """Send the hand-offs routed during this turn of the loop."""
+        routed = self.routed
+        while routed:
+            self._flush(routed.pop())
 
     def _move(self, conn: tuple[bytes, socket.socket, list[bytes]], wid: int | None) -> None:
         """Relay a handed-over session (frame, client socket, and the REPLAY frames
@@ -518,13 +532,25 @@ class Master:
         outq = link.outq
         while outq:
             frame, sock = outq[0]
+            sent = 1
             try:
                 if sock is None:
                     chan.send(frame)
-                elif link.unconfirmed >= self.handoff_window:
+                elif (room := self.handoff_window - link.unconfirmed) <= 0:
                     # The kernel's queue dies with the worker; ours can be re-routed.
                     # Wait for the worker to acknowledge what it has (ACK) first.
                     break
+                elif frame == _HANDOFF_FRAME and len(outq) > 1:
+                    # The hand-offs queued behind it go in the same frame, up to
+                    # the window's room: one sendmsg, one recvmsg in the worker.
+                    fds = [sock.fileno()]
+                    limit = min(room, ch.MAX_FDS)
+                    for f, s in itertools.islice(outq, 1, limit):
+                        if s is None or f != _HANDOFF_FRAME:
+                            break
+                        fds.append(s.fileno())
+                    chan.sendmsg([frame], ch.fds_ancillary(fds))
+                    sent = len(fds)
                 else:
                     chan.sendmsg([frame], ch.fd_ancillary(sock.fileno()))
             except (BlockingIOError, InterruptedError):
@@ -538,12 +564,13 @@ class Master:
                     log.warning("slot %d: channel send failed: %s", link.slot, e)
                 self._close_link(link, tell_core=True)
                 return
-            outq.popleft()
-            link.out_bytes -= len(frame)
-            if sock is not None:
-                link.delivered += 1
-                sock.close()
-                self.queued_socks -= 1
+            for _ in range(sent):
+                frame, sock = outq.popleft()
+                link.out_bytes -= len(frame)
+                if sock is not None:
+                    link.delivered += 1
+                    sock.close()
+                    self.queued_socks -= 1
         if link.writing:
             link.writing = False
             self.selector.modify(chan, selectors.EVENT_READ, self.selector.get_key(chan).data)

@@ -248,12 +248,15 @@ class WorkerServer:
         return socket.socket(*kind, fileno=fd)
 
     def _on_frame(self, kind: bytes, flags: int, payload: bytes, fds: list[int]) -> None:
-        if kind == ch.HANDOFF and len(fds) == 1:
-            sock = self._client_socket(fds[0])
-            self.handoffs += 1
-            self.connections += 1
-            self.pool.spawn(serve_connection, self.server, sock, self._closed_one)
-            if self.handoffs % ACK_EVERY == 0:
+        if kind == ch.HANDOFF and fds:
+            # One to MAX_FDS connections, in the order the master routed them,
+            # each served as its own (imcluster/channel.py, note 11).
+            for fd in fds:
+                sock = self._client_socket(fd)
+                self.connections += 1
+                self.pool.spawn(serve_connection, self.server, sock, self._closed_one)
+            self.handoffs += len(fds)
+            if self.handoffs - self.handoffs_acked >= ACK_EVERY:
                 self._report()  # the ACK reopens the master's hand-off window
             return
         if kind in (ch.HANDOVER, ch.FORWARD) and len(fds) <= 1 and not flags & ch.MORE:
@@ -283,7 +286,7 @@ class WorkerServer:
                 self.relay.after_pending(step)
             else:
                 step()
-            if self.handoffs % ACK_EVERY == 0:
+            if self.handoffs - self.handoffs_acked >= ACK_EVERY:
                 self._report()
             return
         for fd in fds:
