@@ -53,6 +53,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -391,6 +392,7 @@ class PerfSyscalls:
         counts["other"] = counts.get("ALL", 0) - sum(
             v for k, v in counts.items() if k != "ALL")
         self.err.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
         return counts
 
 
