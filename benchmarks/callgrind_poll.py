@@ -5,6 +5,8 @@
         [--mode echo|handshake] [--requests 400] [--warmup 100]
     .venv/bin/python benchmarks/callgrind_poll.py --wall [--clients 4] [--seconds 10]
         [--tree TREE]...
+    .venv/bin/python benchmarks/callgrind_poll.py --syscalls [--server imcluster|pysio]
+        [--clients 4] [--seconds 5] [--tree TREE]...
 
 Default (callgrind): starts `imcluster run imcluster.examples.bench:sio
 --workers 1` from TREE (its .venv) under `valgrind --tool=callgrind`, children
@@ -32,6 +34,17 @@ threads loop polling echo for `seconds`, and it prints the master's CPU
 seconds (user + system, psutil; system apart) per hand-off (the master's own
 counter) and the worker's per request, with each tree's median ratio to the
 first.
+
+`--syscalls`: no valgrind either. Each TREE (and `--server pysio`, one
+python-socketio process, for comparison) serves `clients` threads looping
+polling echo; in one window of `seconds` it reads each server process's
+context switches (voluntary and not, summed over its threads, from
+/proc/PID/task/*/status) and CPU seconds; in a second window it counts every
+system call each process enters with `perf stat -e 'syscalls:sys_enter_*'`
+(kernel tracepoints: no ptrace stop per call, unlike strace, so the
+processes' timing and batching are about as without it). Prints both per
+request (for the master: per hand-off), syscall by syscall. Needs perf and
+root (or perf_event_paranoid <= 1).
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -299,6 +313,170 @@ def wall(a: argparse.Namespace) -> None:
             "worker_ratio_to_first": round(statistics.median(wratios), 3)}))
 
 
+def _ctx_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of every thread of `pid`."""
+    vol = inv = 0
+    for st in glob.glob(f"/proc/{pid}/task/*/status"):
+        try:
+            with open(st) as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        inv += int(line.split()[1])
+        except OSError:
+            pass
+    return vol, inv
+
+
+# The syscalls counted one by one (the rest only in the total, raw_syscalls):
+# enabling every syscalls:sys_enter_* tracepoint takes perf minutes.
+SYSCALLS = ("accept4", "recvfrom", "sendto", "recvmsg", "sendmsg", "close", "shutdown",
+            "epoll_wait", "epoll_ctl", "getsockname", "getpeername", "getsockopt",
+            "setsockopt", "ioctl", "fcntl", "mmap", "munmap", "read", "write", "futex",
+            "wait4", "openat", "newfstatat", "brk", "madvise", "mprotect", "getpid",
+            "clock_nanosleep", "select", "poll")
+
+
+class PerfSyscalls:
+    """`perf stat` counting the syscalls one process (all its threads) enters,
+    started disabled and switched on and off through its control fifo, so the
+    count covers exactly the window between `enable()` and `disable()`."""
+
+    def __init__(self, pid: int):
+        self.dir = tempfile.mkdtemp(prefix="perf-poll-")
+        ctl, ack = f"{self.dir}/ctl", f"{self.dir}/ack"
+        os.mkfifo(ctl)
+        os.mkfifo(ack)
+        self.err = open(f"{self.dir}/out", "w+")
+        self.proc = subprocess.Popen(
+            ["perf", "stat", "-x,", "-D", "-1", "--control", f"fifo:{ctl},{ack}",
+             "-e", ",".join(["raw_syscalls:sys_enter"]
+                            + [f"syscalls:sys_enter_{c}" for c in SYSCALLS]),
+             "-p", str(pid)], stderr=self.err,
+            stdout=subprocess.DEVNULL)
+        self.ctl = os.open(ctl, os.O_RDWR)
+        self.ack = os.open(ack, os.O_RDWR)
+
+    def _say(self, what: bytes) -> None:
+        os.write(self.ctl, what + b"\n")
+        reply = b""
+        while b"ack\n" not in reply:  # perf writes "ack\n\0"
+            reply += os.read(self.ack, 64)
+
+    def enable(self) -> None:
+        self._say(b"enable")
+
+    def disable(self) -> None:
+        self._say(b"disable")
+
+    def counts(self) -> dict[str, int]:
+        """Stop perf; {syscall name: times entered while enabled}."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(120)
+        os.close(self.ctl)
+        os.close(self.ack)
+        self.err.seek(0)
+        counts = {}
+        for line in self.err.read().splitlines():
+            parts = line.split(",")
+            if len(parts) > 2 and parts[2].endswith("sys_enter") or \
+                    len(parts) > 2 and parts[2].startswith("syscalls:sys_enter_"):
+                try:
+                    n = int(parts[0])
+                except ValueError:
+                    continue
+                name = parts[2].rpartition("sys_enter")[2].lstrip("_") or "ALL"
+                if n:
+                    counts[name] = n
+        counts["other"] = counts.get("ALL", 0) - sum(
+            v for k, v in counts.items() if k != "ALL")
+        self.err.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return counts
+
+
+def syscalls_once(tree: Path, server: str, a: argparse.Namespace) -> dict:
+    port = free_port()
+    argv = server_argv(tree, server, port)
+    proc = subprocess.Popen(argv, cwd=tree, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        sids = [wait_serving(port, 60) for _ in range(a.clients)]
+        top = psutil.Process(proc.pid)
+        procs = {"master": top, "worker": top.children()[0]} if server == "imcluster" \
+            else {"process": top}
+        stop = threading.Event()
+        counts = [0] * a.clients
+        errors: list[str] = []
+
+        def client(k: int) -> None:
+            i = 0
+            try:
+                while not stop.is_set():
+                    counts[k] += polling_echo(port, sids[k], i)
+                    i += 1
+            except Exception as e:  # report, do not hang the run
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(a.clients)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # warm up
+        c0 = {n: (_ctx_switches(p.pid), p.cpu_times()) for n, p in procs.items()}
+        r0 = sum(counts)
+        time.sleep(a.seconds)
+        c1 = {n: (_ctx_switches(p.pid), p.cpu_times()) for n, p in procs.items()}
+        r1 = sum(counts)
+        perfs = {n: PerfSyscalls(p.pid) for n, p in procs.items()}
+        time.sleep(5)  # perf opens its tracepoints
+        for pf in perfs.values():
+            pf.enable()
+        r2 = sum(counts)
+        time.sleep(a.seconds)
+        r3 = sum(counts)
+        for pf in perfs.values():
+            pf.disable()
+        got = {n: pf.counts() for n, pf in perfs.items()}
+        stop.set()
+        for t in threads:
+            t.join()
+        if errors:
+            raise RuntimeError(errors[0])
+        res: dict = {"server": server, "tree": str(tree), "requests_per_s":
+                     round((r1 - r0) / a.seconds)}
+        n1, n2 = r1 - r0, r3 - r2
+        for n in procs:
+            (v0, i0), t0 = c0[n]
+            (v1, i1), t1 = c1[n]
+            sc = got[n]
+            res[n] = {
+                "cpu_us": round(1e6 * (t1.user + t1.system - t0.user - t0.system) / n1, 1),
+                "sys_us": round(1e6 * (t1.system - t0.system) / n1, 1),
+                "vol_cs": round((v1 - v0) / n1, 3), "invol_cs": round((i1 - i0) / n1, 3),
+                "syscalls": round(sc.get("ALL", 0) / n2, 3),
+                "by_call": {k: round(v / n2, 3)
+                            for k, v in sorted(sc.items(), key=lambda kv: -kv[1])
+                            if k != "ALL" and v}}
+        return res
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def syscalls(a: argparse.Namespace) -> None:
+    servers = [(Path(t).resolve(), "imcluster") for t in a.tree]
+    if a.server == "pysio":
+        servers.append((Path(a.tree[0]).resolve(), "pysio"))
+    for r in range(a.rounds):
+        for tree, server in servers:
+            print(json.dumps({"round": r, **syscalls_once(tree, server, a)}), flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -309,12 +487,15 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--annotate", type=int, default=0)
     ap.add_argument("--wall", action="store_true")
+    ap.add_argument("--syscalls", action="store_true")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     a.tree = a.tree or ["."]
-    if a.wall:
+    if a.syscalls:
+        syscalls(a)
+    elif a.wall:
         wall(a)
     else:
         callgrind(a)

@@ -1,7 +1,8 @@
 """The master-worker channel: one SOCK_SEQPACKET socketpair per worker.
 
 Each datagram is one frame: a kind byte, a flags byte, then the payload.
-A hand-off frame carries exactly one client fd (SCM_RIGHTS). Payloads larger
+A HANDOFF frame carries one to MAX_FDS client fds (SCM_RIGHTS), every other
+frame with an fd exactly one. Payloads larger
 than FRAGMENT are split into frames flagged MORE; the receiver joins them.
 Seqpacket keeps frame boundaries and fds together, which a stream socket
 does not. Both sides use the same codec; the I/O loops differ (selectors in
@@ -10,7 +11,9 @@ byte of its own in both directions (M: master, W: worker):
 
     kind       byte  from  payload                            sent
     SPEC       C     M     JSON object (1)                    first, once: nothing is read before it
-    HANDOFF    H     M     empty, with one client fd          per connection routed to it (2)
+    HANDOFF    H     M     empty, with 1 to MAX_FDS client    per connection routed to it (2); the
+                           fds                                connections routed to it since the
+                                                              last send go in one frame (11)
     RELAY      M     M     a pub/sub message (3)              per PUBLISH, to every other worker
     STOP       S     M     empty, or the heir's worker id     to drain and exit (retire, scale
                            (ASCII; --handover)                down); the heir takes its sessions.
@@ -41,7 +44,9 @@ byte of its own in both directions (M: master, W: worker):
    keepalive (s), graceful_timeout (s), cors_origins, ws_compression, redis (a
    URL, password included: never on a command line), redis_silence_timeout
    (s), allow_untested_versions, handover,
-   recovery_window (s, 0 = off).
+   recovery_window (s, 0 = off), client_nodelay (the listener has
+   TCP_NODELAY, which every accepted socket inherits: the worker does not set
+   it again).
 2. The worker serves the connection's first request whatever sid it names.
 3. python-socketio's pub/sub JSON, as PubSubManager._publish is given it.
 4. `{"sessions": Engine.IO sessions held, "connections": TCP connections
@@ -86,6 +91,10 @@ byte of its own in both directions (M: master, W: worker):
     workers/recovery.py; only sent when it is on. With it on, RELAY also goes
     back to the worker that published (every broadcast, in the master's order,
     with its offset).
+11. The fds in the order the connections were routed; each counts as one
+    hand-off (in the window and in ACK) and is served as its own connection.
+    One wake-up of the master often routes several connections: one frame
+    for them is one sendmsg for the master and one recvmsg for the worker.
 
 The master counts any frame as a sign of life (`--heartbeat-timeout`); it
 routes new sessions by LOAD's sessions plus the hand-offs not yet acknowledged.
@@ -131,7 +140,9 @@ MORE = 0x01
 FRAGMENT = 60 * 1024
 MAX_FRAME = FRAGMENT + 2
 BUFFER_BYTES = 1 << 20
-_FD_SPACE = socket.CMSG_SPACE(array.array("i", [0]).itemsize)
+# Client fds one HANDOFF frame may carry (the kernel's limit is SCM_MAX_FD, 253).
+MAX_FDS = 64
+_FD_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i", [0]).itemsize)
 
 
 def socketpair() -> tuple[socket.socket, socket.socket]:
@@ -159,6 +170,12 @@ def frames(kind: bytes, payload: bytes = b"", flags: int = 0) -> Iterator[bytes]
 def fd_ancillary(fd: int) -> list[tuple[int, int, bytes]]:
     """The SCM_RIGHTS ancillary data that passes `fd` (one C int, native order)."""
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(_INT, _ORDER, signed=True))]
+
+
+def fds_ancillary(fds: list[int]) -> list[tuple[int, int, bytes]]:
+    """The SCM_RIGHTS ancillary data that passes `fds` (C ints, native order),
+    at most MAX_FDS of them."""
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
 
 
 _INT = array.array("i").itemsize

@@ -13,6 +13,7 @@ Signal handlers only record the signal; the loop acts on it.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from imcluster.settings import Config
 log = logging.getLogger("imcluster.master")
 
 TICK = 0.25
+_HANDOFF_FRAME = ch.HANDOFF + b"\x00"
 # Relay bytes queued for one worker before the master drops further relay
 # messages to it (a worker that stops reading must not grow the master).
 MAX_RELAY_BACKLOG = 64 << 20
@@ -119,6 +121,8 @@ class Master:
         # Read once per connection: a Config attribute is a failed lookup first.
         self.max_queued = cfg.max_queued
         self.handoff_window = cfg.handoff_window
+        self.routed: list[Link] = []  # links with hand-offs queued this turn (_hand_off)
+        self.client_nodelay = False  # the listener has TCP_NODELAY (_bind)
 
     @property
     def exit_code(self) -> int:
@@ -149,6 +153,7 @@ class Master:
             while not self.core.done:
                 for key, mask in self.selector.select(TICK):
                     key.data(key, mask)
+                self._flush_routed()
                 self._handle_signals()
                 # Timers run once a tick, not after every wake-up: under load the
                 # loop wakes thousands of times a second.
@@ -156,6 +161,7 @@ class Master:
                 if now >= next_tick:
                     self.manage(now)
                     next_tick = now + TICK
+                self._flush_routed()
         except Exception:
             self.failed = True
             raise
@@ -168,6 +174,9 @@ class Master:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         s = Listener(family, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Copied to every accepted socket (Linux): the workers need not set it
+        # on each client connection (spec "client_nodelay").
+        self.client_nodelay = _set_nodelay(s)
         try:
             s.bind((host, port))
         except OSError as e:
@@ -293,6 +302,7 @@ class Master:
             "handover": self.cfg.handover,
             "allow_untested_versions": self.cfg.allow_untested_versions,
             "recovery_window": self.cfg.recovery_window,
+            "client_nodelay": self.client_nodelay,
         }
         fd = worker_end.fileno()
         os.set_inheritable(fd, True)
@@ -481,13 +491,22 @@ class Master:
                       wid)
             sock.close()
             return
-        link.outq.append((ch.HANDOFF + b"\x00", sock))
+        link.outq.append((_HANDOFF_FRAME, sock))
         link.out_bytes += 2
         self.queued_socks += 1
         self.counters["handoffs"] += 1
-        self._flush(link)
+        # Sent at the end of this turn of the loop (_flush_routed), with the
+        # other connections this turn routes to the same worker: one frame.
+        if link not in self.routed:
+            self.routed.append(link)
         if self.queued_socks >= self.max_queued:
             self._accepting(False)
+
+    def _flush_routed(self) -> None:
+        """Send the hand-offs routed during this turn of the loop."""
+        routed = self.routed
+        while routed:
+            self._flush(routed.pop())
 
     def _move(self, conn: tuple[bytes, socket.socket, list[bytes]], wid: int | None) -> None:
         """Relay a handed-over session (frame, client socket, and the REPLAY frames
@@ -517,13 +536,25 @@ class Master:
         outq = link.outq
         while outq:
             frame, sock = outq[0]
+            sent = 1
             try:
                 if sock is None:
                     chan.send(frame)
-                elif link.unconfirmed >= self.handoff_window:
+                elif (room := self.handoff_window - link.unconfirmed) <= 0:
                     # The kernel's queue dies with the worker; ours can be re-routed.
                     # Wait for the worker to acknowledge what it has (ACK) first.
                     break
+                elif frame == _HANDOFF_FRAME and len(outq) > 1:
+                    # The hand-offs queued behind it go in the same frame, up to
+                    # the window's room: one sendmsg, one recvmsg in the worker.
+                    fds = [sock.fileno()]
+                    limit = min(room, ch.MAX_FDS)
+                    for f, s in itertools.islice(outq, 1, limit):
+                        if s is None or f != _HANDOFF_FRAME:
+                            break
+                        fds.append(s.fileno())
+                    chan.sendmsg([frame], ch.fds_ancillary(fds))
+                    sent = len(fds)
                 else:
                     chan.sendmsg([frame], ch.fd_ancillary(sock.fileno()))
             except (BlockingIOError, InterruptedError):
@@ -537,12 +568,13 @@ class Master:
                     log.warning("slot %d: channel send failed: %s", link.slot, e)
                 self._close_link(link, tell_core=True)
                 return
-            outq.popleft()
-            link.out_bytes -= len(frame)
-            if sock is not None:
-                link.delivered += 1
-                sock.close()
-                self.queued_socks -= 1
+            for _ in range(sent):
+                frame, sock = outq.popleft()
+                link.out_bytes -= len(frame)
+                if sock is not None:
+                    link.delivered += 1
+                    sock.close()
+                    self.queued_socks -= 1
         if link.writing:
             link.writing = False
             self.selector.modify(chan, selectors.EVENT_READ, self.selector.get_key(chan).data)
@@ -664,6 +696,22 @@ class Master:
             log.critical("master exiting on an unexpected error (its traceback follows)")
         else:
             log.info("master exiting (code %d)", self.exit_code)
+
+
+def _set_nodelay(sock: socket.socket) -> bool:
+    """Set TCP_NODELAY on the listener; True if accepted sockets inherit it.
+
+    Linux builds each accepted socket as a copy of its listener, TCP_NODELAY
+    included (tests/test_units.py checks it on the running kernel); only that
+    kernel is vouched for here, so elsewhere the workers keep setting it on
+    each connection themselves."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True
 
 
 def _hostport(host: str, port: int) -> str:

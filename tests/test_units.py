@@ -609,3 +609,28 @@ def test_a_recovery_that_fails_while_asked_leaves_broadcasts_flowing(thrown):
                                              "offset": "0"})
     assert rec.paused == 0
     rec.wait_resumed()  # returns at once: nothing waits for a resume that never comes
+
+
+def test_accepted_sockets_inherit_the_listeners_tcp_nodelay():
+    """The workers skip TCP_NODELAY on each client socket (spec client_nodelay)
+    because the master's listener has it and Linux copies it into every socket
+    it accepts: if a kernel stops doing so, this fails."""
+    import socket
+
+    from imcluster.master import loop
+
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            listener = loop.Listener(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no IPv6 here
+        with listener:
+            assert loop._set_nodelay(listener) is True
+            listener.bind((host, 0))
+            listener.listen()
+            with socket.create_connection(listener.getsockname()[:2]) as client:
+                conn, _ = listener.accept()
+                with conn:
+                    assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+                    # and a plain listener's do not have it: the check can fail
+                    assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0

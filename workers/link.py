@@ -1,7 +1,12 @@
 """The worker's end of its channel to the master, on eventlet.
 
 `socket.recvmsg` on a green socket is not green, so every call waits for
-readiness with eventlet's trampoline and then uses the real socket beneath.
+readiness and then uses the real socket beneath. Sends wait with eventlet's
+trampoline (rare: only when the channel is full); the reader, which waits
+after nearly every burst of hand-offs, waits in the worker's reactor
+(workers/reactor.py), where the channel is registered once: a trampoline's
+wait costs an epoll_ctl ADD and a DEL (measured: 0.68 epoll_ctl per polling
+request, docs/benchmarks.md "Syscalls and wake-ups per polling request").
 """
 
 from __future__ import annotations
@@ -17,8 +22,24 @@ import eventlet.semaphore
 from eventlet.hubs import trampoline
 
 from imcluster import channel as ch
+from imcluster.workers import reactor as reactor_mod
 
 log = logging.getLogger("imcluster.worker")
+
+
+class _ReaderWait:
+    """The channel reader as a member of the reactor (workers/reactor.py): its
+    socket is registered once, edge-triggered; the reader reads until EAGAIN
+    before every wait, so any frame that arrives later is a new edge."""
+
+    __slots__ = ("reactor", "ready", "more", "waiter", "since", "wait_limit")
+
+    def __init__(self, reactor: reactor_mod.Reactor):
+        self.reactor = reactor
+        self.ready = self.more = True
+        self.waiter = None
+        self.since = 0.0
+        self.wait_limit = None  # no timeout: the channel lives as long as the worker
 
 
 class Link:
@@ -28,6 +49,7 @@ class Link:
         self.sock.setblocking(False)
         self._send_lock = eventlet.semaphore.Semaphore()
         self.closed = False
+        self._wait: _ReaderWait | None = None  # registered in the reactor at the first wait
 
     def send(self, kind: bytes, payload: bytes = b"", fd: int | None = None) -> bool:
         """Send one message (fragmented if large). False if the master is gone."""
@@ -84,10 +106,7 @@ class Link:
             try:
                 frame = ch.recv_frame(self.sock)
             except (BlockingIOError, InterruptedError):
-                try:
-                    trampoline(self.sock, read=True)
-                except OSError:
-                    break
+                self._wait_readable()
                 continue
             except (OSError, ValueError) as e:
                 log.warning("channel receive failed: %s", e)
@@ -96,4 +115,19 @@ class Link:
                 break
             return frame
         self.closed = True
+        self._leave_reactor()
         return None
+
+    def _wait_readable(self) -> None:
+        w = self._wait
+        if w is None:
+            r = reactor_mod.reactor()
+            w = self._wait = _ReaderWait(r)
+            r.register(w, self.sock.fileno())
+        reactor_mod.wait_readable(w)
+
+    def _leave_reactor(self) -> None:
+        w = self._wait
+        if w is not None:
+            self._wait = None
+            w.reactor.unregister(w, self.sock.fileno())

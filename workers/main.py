@@ -88,6 +88,8 @@ class WorkerServer:
         # Interest channels: the channels synced with the heir (workers/heir.py).
         self.heir_sync: HeirSync | None = None
         self.handlers = drain.RunningHandlers()  # waited for by a drain
+        # (family, type, proto) of the master's listener, from the first client fd
+        self._client_kind: tuple[int, int, int] | None = None
 
     # ---- start ---------------------------------------------------------------
 
@@ -224,7 +226,8 @@ class WorkerServer:
     def serve(self) -> None:
         protocol = make_protocol(self.worker_id, self.host_id, self._hand_back,
                                  self.spec["keepalive"], self.idle,
-                                 self.spec["header_timeout"])
+                                 self.spec["header_timeout"],
+                                 nodelay_set=bool(self.spec.get("client_nodelay")))
         self.server = eventlet.wsgi.Server(  # internals: eventlet-wsgi-server
             FdListener(("127.0.0.1", 0)), ("127.0.0.1", 0), self.app.wsgi,
             protocol=protocol, keepalive=self.spec["keepalive"], log_output=False,
@@ -241,13 +244,30 @@ class WorkerServer:
         self.link.send(ch.READY)
         self.done.wait()
 
+    def _client_socket(self, fd: int) -> socket.socket:
+        """A (green, after monkey_patch) socket for a client fd the master passed.
+
+        Every client fd comes from the master's one listener, so all have its
+        family, type and protocol: given them, the socket constructor checks the
+        fd with one getsockname, where without them it also asks the kernel for
+        the type and the protocol (two getsockopt per connection)."""
+        kind = self._client_kind
+        if kind is None:
+            sock = socket.socket(fileno=fd)
+            self._client_kind = (int(sock.family), int(sock.type), sock.proto)
+            return sock
+        return socket.socket(*kind, fileno=fd)
+
     def _on_frame(self, kind: bytes, flags: int, payload: bytes, fds: list[int]) -> None:
-        if kind == ch.HANDOFF and len(fds) == 1:
-            sock = socket.socket(fileno=fds[0])  # green, after monkey_patch
-            self.handoffs += 1
-            self.connections += 1
-            self.pool.spawn(serve_connection, self.server, sock, self._closed_one)
-            if self.handoffs % ACK_EVERY == 0:
+        if kind == ch.HANDOFF and fds:
+            # One to MAX_FDS connections, in the order the master routed them,
+            # each served as its own (imcluster/channel.py, note 11).
+            for fd in fds:
+                sock = self._client_socket(fd)
+                self.connections += 1
+                self.pool.spawn(serve_connection, self.server, sock, self._closed_one)
+            self.handoffs += len(fds)
+            if self.handoffs - self.handoffs_acked >= ACK_EVERY:
                 self._report()  # the ACK reopens the master's hand-off window
             return
         if kind in (ch.HANDOVER, ch.FORWARD) and len(fds) <= 1 and not flags & ch.MORE:
@@ -267,7 +287,7 @@ class WorkerServer:
             if kind == ch.HANDOVER:
                 step = lambda: handover.move_in(self, payload, fd)  # noqa: E731
             else:
-                sock = socket.socket(fileno=fd)
+                sock = self._client_socket(fd)
                 step = lambda: handover.serve_request(self, sock, payload)  # noqa: E731
             if self.relay is not None:
                 # After the broadcasts relayed before it: those went out from the
@@ -277,7 +297,7 @@ class WorkerServer:
                 self.relay.after_pending(step)
             else:
                 step()
-            if self.handoffs % ACK_EVERY == 0:
+            if self.handoffs - self.handoffs_acked >= ACK_EVERY:
                 self._report()
             return
         for fd in fds:
