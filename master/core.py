@@ -699,7 +699,22 @@ class Core:
 
         One heir per worker: routing stays by the worker a sid names, and a
         polling session's later requests must find it (`moved` has one entry
-        per worker, not per sid)."""
+        per worker, not per sid).
+
+        A session whose channels were synced with a worker (`synced_with`,
+        interest channels: workers/heir.py) goes to that one whatever the plan
+        says now: to any other, the room messages published between its position
+        and that worker's subscription would be lost without a word. It was on
+        its way when the plan changed (that worker stopped taking sessions: the
+        draining worker is told the new heir, `_replan_heirs`, and syncs the rest
+        with it). A synced worker that drains takes it in and moves it on with
+        its own sessions (like a session moved twice, `_follow_heir`); one that
+        can take nothing any more (gone, hung, done moving) gets nothing: the
+        session is closed, its client reconnects (and recovers its missed
+        messages with --recovery-window)."""
+        if e.synced_with is not None and e.synced_with != e.worker_id:
+            self._move_to_synced(e)
+            return
         heir = self.by_id.get(self.moved.get(e.worker_id, -1))
         if heir is None or not heir.accepts_new:
             heir = self.by_id.get(self.planned.get(e.worker_id, -1))
@@ -721,6 +736,9 @@ class Core:
             # events): this session arrives unprepared; ready it for the next ones.
             self.planned[e.worker_id] = heir.worker_id
             self._out.append(ev.Send(e.worker_id, ch.STOP, str(heir.worker_id).encode()))
+        self._relay_move(e, heir)
+
+    def _relay_move(self, e: ev.Moving, heir: WorkerProcess) -> None:
         heir.handoffs_sent += 1  # in its load until acknowledged
         heir.moves_sent += 1
         self.moved[e.worker_id] = heir.worker_id
@@ -729,6 +747,26 @@ class Core:
         # until V has moved all it could (`_follow_heir`): V still holds some of
         # W's sessions, and forwards requests for those that left.
         self._out.append(ev.Move(e.conn, heir.worker_id))
+
+    def _move_to_synced(self, e: ev.Moving) -> None:
+        """`_on_moving` for a session synced with worker `e.synced_with`: to it
+        while it takes sessions or drains and has not moved all it held (EMPTIED:
+        past that it takes none in); else closed."""
+        heir = self.by_id.get(e.synced_with)
+        if heir is None or not heir.channel_open or heir.unresponsive \
+                or heir.state not in (State.READY, State.DRAINING) \
+                or heir.worker_id in self.emptied:
+            self.log.warning("worker %d: a session synced with worker %d, which can take "
+                             "none any more (gone, hung or done draining), was on its way; "
+                             "closing it (its client reconnects) rather than delivering it "
+                             "elsewhere missing room messages", e.worker_id, e.synced_with)
+            self._out.append(ev.Move(e.conn, None))
+            return
+        if not heir.accepts_new:
+            self.log.info("worker %d: a session synced with worker %d, which drains now, "
+                          "goes there all the same (it moves it on)", e.worker_id,
+                          heir.worker_id)
+        self._relay_move(e, heir)
 
     def _follow_heir(self, holder: int) -> None:
         """Point the entries leading to `holder` at the worker its own sessions
@@ -748,8 +786,8 @@ class Core:
         """A draining worker whose planned heir stopped taking sessions (retired,
         hung, gone) before the worker emptied: choose another, and tell the worker
         (STOP again, with the new heir's id) so that it readies that one before
-        its next session leaves (workers/heir.py). Sessions already on their way
-        reach the new heir unprepared (it logs them). Called after every event
+        its next session leaves (workers/heir.py). Sessions already on their way,
+        synced with the first, still go to it (`_move_to_synced`). Called after every event
         while a plan exists; a few dict lookups each."""
         for source, heir_id in list(self.planned.items()):
             w = self.by_id.get(source)

@@ -134,9 +134,13 @@ class Request:
 @dataclass(frozen=True)
 class Moving:
     """A draining worker sent one of its sessions to be handed over (HANDOVER,
-    workers/handover.py): `conn` is the shell's (the frame and its fd)."""
+    workers/handover.py): `conn` is the shell's (the frame and its fd).
+    `synced_with`: the worker the session's channels were synced with before its
+    position was taken (the state's "heir", interest channels: workers/heir.py);
+    None when no sync ran (one channel, the master relay, no heir named)."""
     conn: Any
     worker_id: int
+    synced_with: int | None = None
 
 
 @dataclass(frozen=True)

@@ -385,9 +385,10 @@ class Master:
                 if kind == ch.HANDOVER and len(fds) <= 1 and not flags & ch.MORE:
                     # (no fd: a polling session without a parked GET)
                     self.counters["handovers"] += 1
+                    doc = _json_object(payload)
                     self._feed(ev.Moving((ch.HANDOVER + b"\x00" + payload,
                                           socket.socket(fileno=fds[0]) if fds else None,
-                                          _unseen(link, payload)), wid))
+                                          _unseen(link, doc)), wid, _synced_with(doc)))
                     continue
                 if kind == ch.FORWARD and len(fds) == 1 and not flags & ch.MORE:
                     self.counters["forwarded"] += 1
@@ -719,16 +720,25 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _unseen(link: Link, state: bytes) -> list[bytes]:
-    """REPLAY payloads for a session handed over from `link`'s worker: each relay
-    to it after the number its state says it handled ("relay_seen")."""
+def _unseen(link: Link, doc: dict | None) -> list[bytes]:
+    """REPLAY payloads for a session handed over from `link`'s worker (`doc`: its
+    state, parsed): each relay to it after the number it handled ("relay_seen")."""
+    if doc is None:
+        return []
     try:
-        doc = json.loads(state)
         seen, eio_sid = int(doc.get("relay_seen", link.relayed)), str(doc["eio_sid"])
     except (ValueError, KeyError, TypeError, AttributeError):
         return []
     head = eio_sid.encode() + b"\n"
     return [head + p for n, p in link.recent if n > seen]
+
+
+def _synced_with(doc: dict | None) -> int | None:
+    """The worker a handed-over session's channels were synced with (its state's
+    "order"."heir", workers/redis_order.py `state_of`); None when it names none."""
+    order = doc.get("order") if doc is not None else None
+    heir = order.get("heir") if isinstance(order, dict) else None
+    return heir if isinstance(heir, int) and not isinstance(heir, bool) else None
 
 
 def _json_object(payload: bytes) -> dict | None:

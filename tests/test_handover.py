@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -919,13 +920,13 @@ class Sender(threading.Thread):
         return self.sent
 
 
-def clients_on(cluster, pids: list[int], transport: str = "websocket") -> list[Client]:
+def clients_on(cluster, pids: list[int], transport: str = "websocket", **kw) -> list[Client]:
     """One python-socketio client on each worker of `pids` (new sessions go to the
-    least loaded: the extra ones are closed)."""
+    least loaded: the extra ones are closed); `kw`: Client's other arguments."""
     found: dict[int, Client] = {}
     extra = []
     for _ in range(20):
-        c = Client(cluster.url, transport)
+        c = Client(cluster.url, transport, **kw)
         pid = c.whoami()
         if pid in pids and pid not in found:
             found[pid] = c
@@ -1036,6 +1037,148 @@ def test_interest_channels_a_new_heir_named_during_the_drain_is_readied_first(
     finally:
         for c in (a, b, mover):
             c.close()
+
+
+# ---- a session on its way when the heir changes (issue 13) ---------------------------
+#
+# The draining worker W syncs the session's channels with its heir H1 and sends
+# the session; before the master reads that HANDOVER, H1 stops taking sessions
+# (retired, or dead) and the master names another heir. To make that order sure,
+# the test holds W (SIGSTOP) and then the master, queues the event that stops H1
+# in the master's channels before W's HANDOVER (epoll reports the ready ones in
+# the order they became ready: H1's, then W's), lets W send the session, and lets
+# the master go.
+
+
+def _on_its_way_when_the_heir_changes(cluster, tmp_path, prepare, stop_heir) -> tuple:
+    """Three workers; a client on slot 0 (with two idle ones, so that slot 1 is
+    the least loaded and the heir) says numbered messages to room "r" every 2 ms;
+    `mover`, on slot 2, is in "r" and runs a handler when `scale -1` drains slot 2.
+    W is held, `prepare()` runs, then `stop_heir(heir_pid)` with the master held (it must leave the
+    event that stops the heir readable on the master's side), the handler ends,
+    W sends the session, then the master goes on. Returns (sender, mover, slot
+    pids, the heir's worker id); the sender still sends."""
+    ready = cluster.wait_ready()
+    by_slot = {w["slot"]: w["pid"] for w in ready}
+    ids = {w["pid"]: w["worker_id"] for w in ready}
+    sender_c, mover = clients_on(cluster, [by_slot[0], by_slot[2]], reconnection=True)
+    idle = clients_on(cluster, [by_slot[0]]) + clients_on(cluster, [by_slot[0]])
+    wait_for(lambda: {w["slot"]: w["sessions"] for w in cluster.status()["workers"]}
+             == {0: 3, 1: 0, 2: 1}, 10, what="the loads reported")
+    release = tmp_path / "release"
+    assert mover.join("r") is True
+    sender = Sender(sender_c, "r", "s")
+    sender.start()
+    held = threading.Event()
+    mover.sio.emit("hold", {"seconds": 20, "release": str(release)},
+                   callback=lambda ok: held.set())
+    time.sleep(0.1)
+    Control(cluster.control).scale("-1")  # slot 2 drains; its session waits
+    found = wait_for(lambda: re.search(r"channel\(s\) synced with worker (\d+)",
+                                       cluster.log()), 10, what="the heir readied")
+    heir = int(found.group(1))
+    assert heir == ids[by_slot[1]], "the least loaded worker is the heir"
+    os.kill(by_slot[2], signal.SIGSTOP)
+    try:
+        time.sleep(0.5)  # the master reads what W sent before
+        prepare()
+        os.kill(cluster.pid, signal.SIGSTOP)
+        try:
+            stop_heir(by_slot[1])
+            release.touch()
+            os.kill(by_slot[2], signal.SIGCONT)
+            wait_for(lambda: "handed over 1 session(s), closed 0" in cluster.log(), 15,
+                     what="W sent the session")
+        finally:
+            os.kill(cluster.pid, signal.SIGCONT)
+    finally:
+        os.kill(by_slot[2], signal.SIGCONT)
+    assert held.wait(10), "the handler's ack, written before the move"
+    for c in idle:
+        c.close()
+    return sender, mover, by_slot, heir
+
+
+def _process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_interest_channels_a_session_on_its_way_when_the_heir_is_retired_reaches_it(
+        cluster_factory, redis_server, tmp_path):
+    """Issue 13: a session synced with the heir, on its way when the heir is retired
+    (`scale -1` again) and the master names another, goes to the heir it was
+    synced with, which drains and moves it on (master/core.py `_move_to_synced`,
+    workers/main.py `_move_in_late`): it hears every message said to its room
+    once each, and never notices. Before, it went to the new heir, which had not
+    subscribed when its position was taken, and the messages in between were
+    lost ("synced with worker N, not with this one")."""
+    cluster = cluster_factory(app="rooms_app:sio", cwd=APPS, workers=3, handover=True,
+                              redis=redis_server, redis_channels="interest",
+                              graceful_timeout=30)
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(30)
+
+    def connect_control() -> None:
+        conn.connect(cluster.control)
+        time.sleep(0.3)  # accepted by the master before it is held
+
+    def retire_heir(pid: int) -> None:
+        # The request's bytes make the control connection readable ahead of W.
+        conn.sendall(json.dumps({"cmd": "scale", "to": "-1"}).encode() + b"\n")
+
+    sender, mover, by_slot, heir = _on_its_way_when_the_heir_changes(
+        cluster, tmp_path, connect_control, retire_heir)
+    try:
+        assert b'"ok": true' in conn.recv(65536).replace(b'"ok":true', b'"ok": true')
+        wait_for(lambda: [w["slot"] for w in cluster.status()["workers"]] == [0], 30,
+                 what="both drains done")
+        time.sleep(0.5)
+        last = sender.stop()
+        assert_every_number_once_from_its_first(mover, "s", last)
+        assert mover.disconnects == 0 and mover.connects == 1
+        assert mover.call("whoami") == by_slot[0]
+        log = cluster.log()
+        assert f"synced with worker {heir}, which drains now, goes there" in log, log[-3000:]
+        assert "moved in while draining" in log
+        assert "not with this one" not in log
+    finally:
+        conn.close()
+        sender.client.close()
+        mover.close()
+
+
+def test_interest_channels_a_session_on_its_way_when_the_heir_dies_is_closed(
+        cluster_factory, redis_server, tmp_path):
+    """Issue 13: a session synced with the heir, on its way when the heir dies: no
+    worker holds what was published on its channels since its position, so the
+    master closes it (master/core.py `_move_to_synced`) and the client
+    reconnects, visibly, instead of landing on the new heir missing those
+    messages without a word (as it did)."""
+    cluster = cluster_factory(app="rooms_app:sio", cwd=APPS, workers=3, handover=True,
+                              redis=redis_server, redis_channels="interest",
+                              graceful_timeout=30)
+    def kill_heir(pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+        # A zombie (the master is held: not reaped) has closed its channel.
+        wait_for(lambda: _process_state(pid) == "Z", 10, what="the heir dead")
+
+    sender, mover, by_slot, heir = _on_its_way_when_the_heir_changes(
+        cluster, tmp_path, lambda: None, kill_heir)
+    try:
+        wait_for(lambda: mover.connects == 2, 15, what="the mover reconnected")
+        assert mover.disconnects == 1
+        log = cluster.log()
+        assert f"a session synced with worker {heir}, which can take none" in log, log[-3000:]
+        assert "not with this one" not in log
+        # Back in its room on a live worker, it hears the sender again.
+        wait_for(lambda: mover.call("whoami") == by_slot[0], 10, what="on slot 0")
+        wait_for(lambda: len(heard_numbers(mover, "s")) and
+                 heard_numbers(mover, "s")[-1] > sender.sent - 50, 10, what="hears again")
+    finally:
+        sender.stop()
+        sender.client.close()
+        mover.close()
 
 
 @pytest.mark.parametrize("channels", ["single", "interest"])

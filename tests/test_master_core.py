@@ -1315,3 +1315,75 @@ def test_a_scale_down_without_a_ready_worker_warns_once_per_worker(caplog, _mast
         assert move.worker_id is None
     lines = [r for r in caplog.records if "no READY worker to take" in r.getMessage()]
     assert [r.levelno for r in lines] == [logging.WARNING]
+
+
+# ---- a session on its way, synced with the heir, when the heir changes (issue 13) -----
+
+
+def test_a_session_synced_with_the_heir_goes_to_it_though_it_drains_now():
+    """The planned heir is retired while a session synced with it is on its way
+    (its HANDOVER names that heir: interest channels, workers/heir.py): it goes to
+    that heir, which drains and moves it on, not to the new one, which never
+    subscribed before the session's position was taken (the room messages in
+    between would be lost without a word). The sessions synced with the new heir
+    go there; one naming no heir (one channel, the relay) goes where the plan says."""
+    m, w1, heir = _draining_with_heir()
+    [other] = [w for w in m.core.slots if w is not heir]
+    m.core.retire(m.core.slots.pop(m.core.slots.index(heir)), m.now)
+    assert stops_to(m.tick(), w1.worker_id) == [other.worker_id]
+    assert heir.state is State.DRAINING and not heir.accepts_new
+    actions = m.feed(ev.Moving("on its way", w1.worker_id, synced_with=heir.worker_id))
+    [move] = of(actions, ev.Move)
+    assert move.worker_id == heir.worker_id
+    assert stops_to(actions, w1.worker_id) == [], "the plan stands: the rest go to the new heir"
+    assert m.core.moved[w1.worker_id] == heir.worker_id
+    [move] = of(m.feed(ev.Moving("synced anew", w1.worker_id, synced_with=other.worker_id)),
+                ev.Move)
+    assert move.worker_id == other.worker_id
+    assert m.core.moved[w1.worker_id] == other.worker_id
+    [move] = of(m.feed(ev.Moving("no channels", w1.worker_id)), ev.Move)
+    assert move.worker_id == other.worker_id
+    # The drained heir moves it on, to its own heir, like any session it holds.
+    [move] = of(m.feed(ev.Moving("moved on", heir.worker_id, synced_with=other.worker_id)),
+                ev.Move)
+    assert move.worker_id == other.worker_id
+
+
+@pytest.mark.parametrize("how", ["died", "channel closed", "hung", "emptied", "stopping"])
+def test_a_session_synced_with_an_heir_that_can_take_none_is_closed(how, caplog):
+    """The worker a session on its way was synced with can take nothing any more
+    (dead, its channel closed, hung, done moving what it held, stopping): the
+    session is closed, so its client reconnects (and recovers what it missed with
+    --recovery-window), rather than delivered to another worker that missed the
+    room messages since its position. This holds even at the moment the plan has
+    not changed yet (`_on_moving` used to send it to any READY worker)."""
+    m, w1, heir = _draining_with_heir()
+    [other] = [w for w in m.core.slots if w is not heir]
+    if how == "died":
+        m.exit(heir, code=-9)
+    elif how == "channel closed":
+        heir.channel_open = False  # as _on_channel_closed leaves it, before any replan
+    elif how == "hung":
+        heir.unresponsive = True
+    elif how == "emptied":
+        m.core.retire(m.core.slots.pop(m.core.slots.index(heir)), m.now)
+        m.feed(ev.Emptied(heir.worker_id))
+    else:
+        m.core.terminate(heir, m.now, stopping=True)
+    with caplog.at_level(logging.WARNING, logger="imcluster.master"):
+        actions = m.feed(ev.Moving("on its way", w1.worker_id, synced_with=heir.worker_id))
+    [move] = of(actions, ev.Move)
+    assert move.worker_id is None
+    assert f"a session synced with worker {heir.worker_id}, which can take none" in caplog.text
+    assert heir.moves_sent == 0
+    # The next ones, synced with the worker the plan names now, go there.
+    assert m.core.planned[w1.worker_id] == other.worker_id
+    [move] = of(m.feed(ev.Moving("next", w1.worker_id, synced_with=other.worker_id)), ev.Move)
+    assert move.worker_id == other.worker_id
+
+
+def test_a_session_synced_with_its_heir_goes_there_while_it_takes_sessions():
+    m, w1, heir = _draining_with_heir()
+    [move] = of(m.feed(ev.Moving("s1", w1.worker_id, synced_with=heir.worker_id)), ev.Move)
+    assert move.worker_id == heir.worker_id
+    assert (heir.moves_sent, m.core.moved_count[w1.worker_id]) == (1, 1)

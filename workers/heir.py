@@ -18,13 +18,21 @@ its channels and published a marker there that this worker has read
   channel of the sessions still here is synced with the new heir before any of
   them leaves.
 
+A session already on its way then (its position taken, synced with the first
+heir, its HANDOVER sent before the second STOP was read) names the first in its
+state (`heir`), and the master sends it there whatever its plan says now
+(master/core.py `_move_to_synced`): only that worker subscribed before the
+position was taken. If it drains, it takes the session in and moves it on like
+its own (workers/main.py `_move_in_late`, until the master answers its EMPTIED:
+the master sends none after); if it can take none (dead, hung, done moving),
+the master closes the session and the client reconnects: nothing missed
+without a word.
+
 One preparation runs at a time (a lock): the sessions that leave meanwhile wait
 for it, then find their channels synced. A channel that could not be synced
 within PREPARE_WAIT (Redis slow or down, the heir gone) is not asked again for
 that heir; the sessions on it move without the guarantee, and are counted
-(ChannelOrder.unsynced_moves) and logged at the end of the drain. So are the
-sessions that were already on their way when the heir changed (the heir that
-takes them logs it: their positions were synced with another worker).
+(ChannelOrder.unsynced_moves) and logged at the end of the drain.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ would drop each other's broadcasts.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import resource
@@ -90,6 +91,14 @@ class WorkerServer:
         self.handlers = drain.RunningHandlers()  # waited for by a drain
         # (family, type, proto) of the master's listener, from the first client fd
         self._client_kind: tuple[int, int, int] | None = None
+        # --handover: sessions moved here while this worker drains (synced with it
+        # before the master named another heir: master/core.py `_move_to_synced`)
+        # are taken in and moved on, until the drain's last move (`late_closed`).
+        self.late = eventlet.GreenPool()
+        self.moving = eventlet.event.Event()  # the drain's moves began (heir readied)
+        self.drained_sids: set[str] = set()  # the sessions those moves took
+        self.late_closed = False
+        self.handlers_deadline = 0.0  # the drain's budget for running handlers
 
     # ---- start ---------------------------------------------------------------
 
@@ -276,15 +285,20 @@ class WorkerServer:
             if fd is not None:
                 self.handoffs += 1  # the master counts it in its hand-off window
             # Sessions go only to READY workers; a request for one may reach a
-            # draining worker that holds it still (it serves or forwards it).
-            late = kind == ch.HANDOVER and self.stopping
+            # draining worker that holds it still (it serves or forwards it). A
+            # session may too, synced with this worker before another heir was
+            # named: taken in and moved on, until the drain's last move.
+            late = kind == ch.HANDOVER and self.stopping and (
+                self.late_closed or not self.spec.get("handover"))
             if self.app is None or late or (kind == ch.FORWARD and fd is None):
                 if fd is not None:
                     os.close(fd)  # the client reconnects
                 if kind == ch.HANDOVER:
                     handover.refused_in()
                 return
-            if kind == ch.HANDOVER:
+            if kind == ch.HANDOVER and self.stopping:
+                step = lambda: self._move_in_late(payload, fd)  # noqa: E731
+            elif kind == ch.HANDOVER:
                 step = lambda: handover.move_in(self, payload, fd)  # noqa: E731
             else:
                 sock = self._client_socket(fd)
@@ -405,12 +419,16 @@ class WorkerServer:
                 # The handlers' budget, with or without hand-over: what is left
                 # after it is kept to flush (or move) the sessions.
                 handlers_deadline = time.monotonic() + grace - flush
+                self.handlers_deadline = handlers_deadline
                 if move:
                     self._ready_heir(list(eio.sockets))
                 else:
                     self._finish_handlers(grace - flush)
-                for s in list(eio.sockets.values()):
+                here = list(eio.sockets.values())
+                for s in here:
                     closers.spawn(self._move_or_close, s, flush, move, handlers_deadline)
+                self.drained_sids = {s.sid for s in here}  # (a late one may be among them)
+                self.moving.send()
                 closers.waitall()
                 if move:
                     log.info("handed over %d session(s), closed %d", self.handed_over,
@@ -430,6 +448,11 @@ class WorkerServer:
                     # that: a connection left in the channel would die with us.
                     if self.link.send(ch.EMPTIED):
                         self.emptied.wait()
+                    # Sessions synced with this worker that the master sent on before
+                    # it read EMPTIED came before its answer: moved on too. It sends
+                    # none after (master/core.py `_move_to_synced`).
+                    self.late.waitall()
+                self.late_closed = True  # (no yield since: none is taken in unmoved)
             handed = self.emptied.ready()  # (--handover: the sessions went elsewhere)
             while self.pool.running():
                 if handed:
@@ -479,6 +502,34 @@ class WorkerServer:
         a new heir) are synced now. Yields; a no-op without interest channels."""
         if self.heir_sync is not None:
             self.heir_sync.session(eio_sid)
+
+    def _move_in_late(self, payload: bytes, fd: int | None) -> None:
+        """A session handed over to this draining worker (it was synced with it
+        and on its way when the master named another heir): take it in, and move
+        it on once the drain's moves began (its channels are then synced with
+        this worker's heir first, `sync_session`), like the sessions here; closed
+        (the client reconnects) once the drain's last move is done."""
+        if self.late_closed:
+            if fd is not None:
+                os.close(fd)
+            handover.refused_in()
+            return
+        handover.move_in(self, payload, fd)
+        try:
+            eio_sid = json.loads(payload)["eio_sid"]
+        except (ValueError, KeyError, TypeError):
+            return  # (move_in closed it)
+        log.info("%s: moved in while draining (synced with this worker, on its way when "
+                 "the master named another heir); moving it on", eio_sid)
+
+        def move_on() -> None:
+            self.moving.wait()
+            s = self.app.eio.sockets.get(eio_sid)
+            if s is not None and eio_sid not in self.drained_sids:
+                self._move_or_close(s, FLUSH_SECONDS, True,
+                                    max(self.handlers_deadline, time.monotonic()))
+
+        self.late.spawn(move_on)
 
     def _move_or_close(self, s, flush_seconds: float, move: bool,
                        handlers_deadline: float) -> None:

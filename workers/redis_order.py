@@ -124,8 +124,12 @@ dead), the sessions still here are synced with the new one before they leave
 Bounds and fallbacks (logged): a channel whose marker was not read within
 PREPARE_WAIT (3 s: Redis slow or down, or the heir gone) moves without the
 guarantee (from the heir's subscription on), counted and logged by the old
-worker at the end of the drain; so does a session already on its way when the
-heir changed, which the heir that takes it logs (its `heir` is another).
+worker at the end of the drain. A session already on its way when the heir
+changed goes to the heir it names (`heir`) all the same, which moves it on if
+it drains; if that one can take none (dead, hung) the master closes the
+session, and its client reconnects (workers/heir.py). A worker that takes in
+a session synced with another still logs it (`unprepared_arrivals`: it
+should not happen).
 A listener keeps at most MAX_LANES lanes (least recently read first, never
 one with a moved session open) and RING_KEEP messages over all lanes
 together.
@@ -702,14 +706,16 @@ class ChannelOrder:
         heir = state.get("heir")
         me = getattr(self.manager, "me", None)
         if isinstance(heir, int) and me is not None and heir != me[1]:
-            # Synced with another worker, then sent here (the master's choice changed
-            # while it was on its way): what was published on its channels between
-            # its old worker's position and this worker's subscription is missed.
+            # Synced with another worker, then sent here: what was published on its
+            # channels between its old worker's position and this worker's
+            # subscription is missed. The master sends such a session to the worker
+            # it names or closes it (master/core.py `_move_to_synced`): a master
+            # without that rule, or a bug.
             self.unprepared_arrivals += 1
             if self.unprepared_arrivals in (1, 10, 100, 1000):
-                log.warning("%s: moved in, synced with worker %d, not with this one (the "
-                            "heir changed while it was on its way; %d so far): room "
-                            "messages in flight may have been missed", eio_sid, heir,
+                log.warning("%s: moved in, synced with worker %d, not with this one (%d so "
+                            "far): room messages in flight may have been missed",
+                            eio_sid, heir,
                             self.unprepared_arrivals)
         now = time.monotonic()
         if now > self.next_sweep:
