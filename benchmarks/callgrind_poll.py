@@ -237,6 +237,28 @@ def status(tree: Path, port_file: str) -> dict:
     return json.loads(r.stdout)
 
 
+
+def _looping_clients(port: int, sids: list[str]):
+    """One thread per session looping polling echo on it until `stop` is set:
+    (stop, counts of requests per thread, errors, the started threads)."""
+    stop = threading.Event()
+    counts = [0] * len(sids)
+    errors: list[str] = []
+
+    def client(k: int) -> None:
+        i = 0
+        try:
+            while not stop.is_set():
+                counts[k] += polling_echo(port, sids[k], i)
+                i += 1
+        except Exception as e:  # report, do not hang the run
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(len(sids))]
+    for t in threads:
+        t.start()
+    return stop, counts, errors, threads
+
 def wall_once(tree: Path, a: argparse.Namespace) -> dict:
     port = free_port()
     control = tempfile.mktemp(prefix="poll-", suffix=".sock")
@@ -247,22 +269,7 @@ def wall_once(tree: Path, a: argparse.Namespace) -> dict:
         sids = [wait_serving(port, 60) for _ in range(a.clients)]
         master = psutil.Process(proc.pid)
         worker = master.children()[0]
-        stop = threading.Event()
-        counts = [0] * a.clients
-        errors: list[str] = []
-
-        def client(k: int) -> None:
-            i = 0
-            try:
-                while not stop.is_set():
-                    counts[k] += polling_echo(port, sids[k], i)
-                    i += 1
-            except Exception as e:  # report, do not hang the run
-                errors.append(repr(e))
-
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(a.clients)]
-        for t in threads:
-            t.start()
+        stop, counts, errors, threads = _looping_clients(port, sids)
         time.sleep(1.0)  # warm up
         h0 = status(tree, control)["master"]["counters"]["handoffs"]
         m0, w0, r0 = master.cpu_times(), worker.cpu_times(), sum(counts)
@@ -406,22 +413,7 @@ def syscalls_once(tree: Path, server: str, a: argparse.Namespace) -> dict:
         top = psutil.Process(proc.pid)
         procs = {"master": top, "worker": top.children()[0]} if server == "imcluster" \
             else {"process": top}
-        stop = threading.Event()
-        counts = [0] * a.clients
-        errors: list[str] = []
-
-        def client(k: int) -> None:
-            i = 0
-            try:
-                while not stop.is_set():
-                    counts[k] += polling_echo(port, sids[k], i)
-                    i += 1
-            except Exception as e:  # report, do not hang the run
-                errors.append(repr(e))
-
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(a.clients)]
-        for t in threads:
-            t.start()
+        stop, counts, errors, threads = _looping_clients(port, sids)
         time.sleep(1.0)  # warm up
         c0 = {n: (_ctx_switches(p.pid), p.cpu_times()) for n, p in procs.items()}
         r0 = sum(counts)

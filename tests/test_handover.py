@@ -955,6 +955,21 @@ def assert_every_number_once_from_its_first(client: Client, tag: str, last: int)
     return got
 
 
+def _scale_down_while_a_handler_holds(cluster, mover, release, seconds: float):
+    """`mover` (on slot 2) starts the app's `hold` handler (until `release`
+    exists, at most `seconds`), then `scale -1` drains slot 2: its session waits
+    for that handler. Returns (an Event set by the handler's ack, the worker id
+    of the heir the draining worker readied: interest channels)."""
+    held = threading.Event()
+    mover.sio.emit("hold", {"seconds": seconds, "release": str(release)},
+                   callback=lambda ok: held.set())
+    time.sleep(0.1)
+    Control(cluster.control).scale("-1")  # slot 2 drains; its session waits
+    found = wait_for(lambda: re.search(r"channel\(s\) synced with worker (\d+)",
+                                       cluster.log()), 10, what="the heir readied")
+    return held, int(found.group(1))
+
+
 def test_interest_channels_a_room_joined_in_the_instant_of_the_drain_is_synced_first(
         cluster_factory, redis_server):
     """Issue 13: a handler still running when its worker starts to drain joins a
@@ -1006,15 +1021,8 @@ def test_interest_channels_a_new_heir_named_during_the_drain_is_readied_first(
     release = tmp_path / "release"
     try:
         assert mover.join("r") is True
-        held = threading.Event()
         # Its move waits for this handler (up to the drain's budget, 8 s less the flush).
-        mover.sio.emit("hold", {"seconds": 2.8, "release": str(release)},
-                       callback=lambda ok: held.set())
-        time.sleep(0.1)
-        Control(cluster.control).scale("-1")  # slot 2 drains; its session waits
-        found = wait_for(lambda: re.search(r"channel\(s\) synced with worker (\d+)",
-                                           cluster.log()), 10, what="the first heir readied")
-        first = int(found.group(1))
+        held, first = _scale_down_while_a_handler_holds(cluster, mover, release, 2.8)
         survivor = a if ids[first] == by_slot[1] else b
         sender = Sender(survivor, "r", "s")
         sender.start()
@@ -1069,14 +1077,7 @@ def _on_its_way_when_the_heir_changes(cluster, tmp_path, prepare, stop_heir) -> 
     assert mover.join("r") is True
     sender = Sender(sender_c, "r", "s")
     sender.start()
-    held = threading.Event()
-    mover.sio.emit("hold", {"seconds": 20, "release": str(release)},
-                   callback=lambda ok: held.set())
-    time.sleep(0.1)
-    Control(cluster.control).scale("-1")  # slot 2 drains; its session waits
-    found = wait_for(lambda: re.search(r"channel\(s\) synced with worker (\d+)",
-                                       cluster.log()), 10, what="the heir readied")
-    heir = int(found.group(1))
+    held, heir = _scale_down_while_a_handler_holds(cluster, mover, release, 20)
     assert heir == ids[by_slot[1]], "the least loaded worker is the heir"
     os.kill(by_slot[2], signal.SIGSTOP)
     try:

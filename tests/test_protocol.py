@@ -10,6 +10,7 @@ so a poll stays pending as long as a test needs) and `quick` (300 ms interval,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -263,6 +264,27 @@ def test_client_close_packet_over_polling_closes_the_session(port):
 
 
 
+def _connected(port: int) -> str:
+    """A polling session connected to the default namespace (its greeting
+    read): its Engine.IO sid."""
+    sid = handshake(port)["sid"]
+    with Conn(port) as c:
+        assert c.request("POST", poll_target(sid), b"40")[0] == 200
+        body = b""
+        while b'42["hello"' not in body:
+            body += c.request("GET", poll_target(sid))[2]
+    return sid
+
+
+@contextlib.contextmanager
+def _pending_get(port: int, sid: str):
+    """A GET of session `sid` parked at its worker (a Conn; read its answer)."""
+    with Conn(port) as pending:
+        pending.send(Conn.build("GET", poll_target(sid)))
+        wait_for(pending.taken_by_server, 10, 0.01, "the poll to reach its worker")
+        yield pending
+
+
 # Payloads with a packet engine.io-parser refuses (decodePacket: ERROR_PACKET).
 MALFORMED_PAYLOADS = [
     b"abc",  # the Engine.IO test suite's case: "a" is no packet type
@@ -281,15 +303,8 @@ def test_a_malformed_engineio_payload_closes_the_session(port, payload):
     suite's "closes the session upon invalid packet format"). python-engineio
     answered `abc` and the empty packets `ok` and went on with the session (the
     pending GET stayed pending), and `9` with a 400."""
-    sid = handshake(port)["sid"]
-    with Conn(port) as c:
-        assert c.request("POST", poll_target(sid), b"40")[0] == 200
-        body = b""
-        while b'42["hello"' not in body:
-            body += c.request("GET", poll_target(sid))[2]
-    with Conn(port) as pending:
-        pending.send(Conn.build("GET", poll_target(sid)))
-        wait_for(pending.taken_by_server, 10, 0.01, "the poll to reach its worker")
+    sid = _connected(port)
+    with _pending_get(port, sid) as pending:
         with Conn(port) as c:
             assert c.request("POST", poll_target(sid), payload)[::2] == (200, b"ok")
         status, _, body = pending.read_response()
@@ -421,15 +436,8 @@ def test_a_malformed_packet_over_polling_closes_the_session(port):
     """The POST is answered `ok` (its payload was read), the pending GET with the
     CLOSE packet, and later requests get 400 (a packet after the malformed one
     in the same payload changes none of that)."""
-    sid = handshake(port)["sid"]
-    with Conn(port) as c:
-        assert c.request("POST", poll_target(sid), b"40")[0] == 200
-        body = b""
-        while b'42["hello"' not in body:
-            body += c.request("GET", poll_target(sid))[2]
-    with Conn(port) as pending:
-        pending.send(Conn.build("GET", poll_target(sid)))
-        wait_for(pending.taken_by_server, 10, 0.01, "the poll to reach its worker")
+    sid = _connected(port)
+    with _pending_get(port, sid) as pending:
         with Conn(port) as c:
             status, _, body = c.request("POST", poll_target(sid),
                                         b'42{}\x1e421["echo","after"]')
