@@ -238,6 +238,17 @@ def status(tree: Path, port_file: str) -> dict:
 
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server started in its own session: its process group, TERM, then
+    KILL after 10 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _looping_clients(port: int, sids: list[str]):
     """One thread per session looping polling echo on it until `stop` is set:
     (stop, counts of requests per thread, errors, the started threads)."""
@@ -287,12 +298,7 @@ def wall_once(tree: Path, a: argparse.Namespace) -> dict:
                 "front_sys_us": 1e6 * (m1.system - m0.system) / handoffs,
                 "worker_us": 1e6 * (w1.user + w1.system - w0.user - w0.system) / (r1 - r0)}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop(proc)
 
 
 def wall(a: argparse.Namespace) -> None:
@@ -452,12 +458,7 @@ def syscalls_once(tree: Path, server: str, a: argparse.Namespace) -> dict:
                             if k != "ALL" and v}}
         return res
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop(proc)
 
 
 def syscalls(a: argparse.Namespace) -> None:
