@@ -687,9 +687,9 @@ def test_an_emit_to_a_sid_elsewhere_is_not_in_flight_once_its_channel_is_adopted
     reaches it; once its own marker there is read back (it adopted the channel for
     sessions moving in), those copies are not in flight: a session leaving names
     none of them, and one moving in awaits none."""
-    monkeypatch_max = redis_order.MAX_STATE_MULTI
     v = MultiWorker()
-    for i in range(monkeypatch_max + 5):  # tells to a sid of worker 1, before it held w1
+    # Tells to a sid of worker 1, before it held w1 (more than a state names).
+    for i in range(redis_order.MAX_STATE_MULTI + 5):
         v.order.stamp({"method": "emit", "event": f"t{i}", "namespace": "/",
                        "room": "sid1", "skip_sid": None, "callback": None,
                        redis_order.CHANNELS: ["w1", "rsid1"], "mid": f"t{i}"},
