@@ -60,7 +60,11 @@ The design
   and this worker's own LOCAL publishes from before the session arrived
   (delivered without it, and ignored when Redis sends them back) are
   delivered to it alone when they come back. The session's entry ends when
-  all of that is behind the listener: then the plain rules hold again.
+  all of that is behind the listener: then the plain rules hold again. The
+  position is behind the listener once it read the mark and the K plain
+  messages after it (at once, with no next message needed: a quiet channel);
+  numbers in `seen` it never read came before the mark, before it listened
+  there, and hold nothing.
 - A session that moves again while its entry is open carries the entry on
   (the older position if this worker had not reached it, the open `had`).
 
