@@ -461,3 +461,163 @@ def test_a_message_redis_delivers_twice_is_acted_on_once(caplog):
     # On another channel the same id is another copy (a message to several rooms).
     lanes.order.heard(m1, "c2", first=False)
     assert lanes.order.replays == 1 and lanes.order.lane("c2").index == 1
+
+
+# ---- interest channels: an entry ends at the old worker's position ---------------------
+
+
+def test_a_session_moving_twice_gets_each_message_once_and_its_entries_end_at_once():
+    """Three workers u, w, v on two channels (another publisher, and each of the
+    three, publishing at random): the session moves u -> w -> v, each heir readied
+    as prepare_heir does (it listens from a point no later than its marker there).
+    Each message reaches the session once, and once every listener read all, no
+    entry is open, with no message after (a quiet channel: a retired worker's sid
+    channel, a namespace nobody emits to). The old worker's `seen` names numbers
+    the heir never read (those before it listened: w's own marker from when it was
+    an heir); they are before the mark, so they hold nothing."""
+    for seed in range(1000):
+        _twice(seed)
+
+
+def _twice(seed: int) -> None:
+    channels = ("c1", "c2")
+    rnd = random.Random(seed)
+    workers = [LaneWorker(), LaneWorker(), LaneWorker()]  # u, w, v
+    workers[0].here.add(S)
+    log: dict[str, list[dict]] = {c: [] for c in channels}
+    pos: list[dict] = [dict.fromkeys(channels, 0), {}, {}]  # u listens from the start
+    start: list[dict] = [dict.fromkeys(channels, 0), {}, {}]
+    got: list[str] = []
+    sent: list[str] = []
+    numbers = {"other": 0}
+    holder = 0
+
+    def read(k: int, c: str) -> None:
+        m = log[c][pos[k][c]]
+        if workers[k].read_on(c, m) and m["method"] == "emit":
+            got.append(m["event"])
+        pos[k][c] += 1
+
+    def prepare(k: int, c: str) -> int:
+        if c not in pos[k]:
+            pos[k][c] = start[k][c] = rnd.randint(0, len(log[c]))
+        log[c].append(workers[k].order.stamp({"method": "handover_mark", "channel": c}, [c]))
+        return len(log[c]) - 1
+
+    def move() -> None:
+        nonlocal holder
+        old, new = workers[holder], workers[holder + 1]
+        for c in channels:
+            at = prepare(holder + 1, c)
+            while pos[holder][c] <= at:  # the old worker waits for the heir's marker
+                read(holder, c)
+            # (An heir listening there from before the old worker did has read past
+            # that point: its lag is far shorter than the old worker's whole time
+            # there. What the old worker never read it cannot place.)
+            while pos[holder + 1][c] < start[holder][c]:
+                read(holder + 1, c)
+        state = old.order.state_of(S, list(channels))
+        old.here.discard(S)
+        old.order.left(S)
+        new.here.add(S)
+        new.order.arrived(S, state, list(channels))
+        holder += 1
+
+    for _ in range(rnd.randint(10, 90)):
+        step = rnd.random()
+        c = rnd.choice(channels)
+        k = rnd.randrange(3)
+        if step < 0.3:
+            event = f"e{len(sent)}"
+            sent.append(event)
+            if rnd.random() < 0.4:
+                numbers["other"] += 1
+                m = {"method": "emit", "event": event, "namespace": "/", "room": c,
+                     "skip_sid": None, "callback": None,
+                     redis_order.KEY: ["other", numbers["other"], 1]}
+            else:
+                m = workers[k].emit_on(c, event)
+                if S in workers[k].here:
+                    got.append(event)  # delivered by its publisher at once
+            log[c].append(m)
+        elif step < 0.93:
+            if c in pos[k] and pos[k][c] < len(log[c]):
+                read(k, c)
+            elif c not in pos[k] and k > holder and rnd.random() < 0.2:
+                pos[k][c] = start[k][c] = len(log[c])  # listens there (a member of its own)
+        elif holder < 2:
+            move()
+    while holder < 2:
+        move()
+    for k in range(3):
+        for c in channels:
+            while pos[k][c] < len(log[c]):
+                read(k, c)
+    for x in workers:
+        got.extend(e for sid, e in x.alone if sid == S)
+    assert sorted(got) == sorted(sent), (seed, sorted(got), sorted(sent))
+    assert not workers[2].order.entries, (seed, workers[2].order.entries)
+    numbers["other"] += 1
+    for c in channels:  # and the plain rules
+        last = {"method": "emit", "event": "last", "namespace": "/", "room": c,
+                "skip_sid": None, "callback": None,
+                redis_order.KEY: ["other", numbers["other"], 1]}
+        assert workers[2].read_on(c, last), seed
+
+
+def test_an_heir_whose_marker_left_the_ring_is_done_at_once(monkeypatch):
+    """The ring holds RING_KEEP messages over all lanes: on a busy worker the heir's
+    marker on a quiet channel may have left it by the time the session arrives.
+    The lane's last identified message is still the old worker's mark: done."""
+    monkeypatch.setattr(redis_order, "RING_KEEP", 4)
+    w, v = LaneWorker(), LaneWorker()
+    w.here.add(S)
+    w.read_on("c1", foreign("m1"))  # before v listens there
+    mark = v.order.stamp({"method": "handover_mark", "channel": "c1"}, ["c1"])
+    w.read_on("c1", mark)
+    v.read_on("c1", mark)
+    for i in range(2, 8):  # busy elsewhere
+        v.read_on("c9", foreign(f"m{i}"))
+    w.move_to(v, ["c1"])
+    assert not v.order.entries and v.alone == []
+    assert v.read_on("c1", foreign("m9")) is True
+
+
+def test_an_heir_behind_its_own_marker_is_done_when_it_reads_it():
+    """The heir's listener had not read its own marker yet when the session came
+    (the old worker's had): the entry ends at that marker, with nothing after it."""
+    w, v = LaneWorker(), LaneWorker()
+    w.here.add(S)
+    w.read_on("c1", foreign("m1"))
+    mark = v.order.stamp({"method": "handover_mark", "channel": "c1"}, ["c1"])
+    w.read_on("c1", mark)
+    w.move_to(v, ["c1"])
+    assert v.order.entries
+    v.read_on("c1", mark)
+    assert not v.order.entries and v.alone == []
+
+
+def test_an_emit_to_a_sid_elsewhere_is_not_in_flight_once_its_channel_is_adopted(caplog):
+    """An emit to a sid of another worker goes on that worker's channel and on the
+    room channel of that name (InterestRedisManager._targets_of_rooms): two copies.
+    Published before this worker held that worker's channel, the copy there never
+    reaches it; once its own marker there is read back (it adopted the channel for
+    sessions moving in), those copies are not in flight: a session leaving names
+    none of them, and one moving in awaits none."""
+    v = MultiWorker()
+    # Tells to a sid of worker 1, before it held w1 (more than a state names).
+    for i in range(redis_order.MAX_STATE_MULTI + 5):
+        v.order.stamp({"method": "emit", "event": f"t{i}", "namespace": "/",
+                       "room": "sid1", "skip_sid": None, "callback": None,
+                       redis_order.CHANNELS: ["w1", "rsid1"], "mid": f"t{i}"},
+                      ["w1", "rsid1"])
+    mark = v.order.stamp({"method": "handover_mark", "channel": "w1"}, ["w1"])
+    v.read_on("w1", mark)
+    w = MultiWorker()
+    w.here.add(S)
+    w.read_on("w1", mark)
+    with caplog.at_level(logging.WARNING, "imcluster.worker"):
+        w.move_to(v, ["w1"])
+        assert not v.order.moved[S].pending
+        assert v.order.state_of(S, ["w1"])["multi"] == []
+    assert "several rooms" not in caplog.text

@@ -60,7 +60,11 @@ The design
   and this worker's own LOCAL publishes from before the session arrived
   (delivered without it, and ignored when Redis sends them back) are
   delivered to it alone when they come back. The session's entry ends when
-  all of that is behind the listener: then the plain rules hold again.
+  all of that is behind the listener: then the plain rules hold again. The
+  position is behind the listener once it read the mark and the K plain
+  messages after it (at once, with no next message needed: a quiet channel);
+  numbers in `seen` it never read came before the mark, before it listened
+  there, and hold nothing.
 - A session that moves again while its entry is open carries the entry on
   (the older position if this worker had not reached it, the open `had`).
 
@@ -313,6 +317,8 @@ class ChannelOrder:
         self.lanes: collections.OrderedDict[str | None, _Lane] = collections.OrderedDict()
         # The last number this worker published on each channel (None: the one).
         self.sent: collections.OrderedDict[str | None, int] = collections.OrderedDict()
+        # This worker's last marker on each channel (handover_mark, as an heir).
+        self.marked: collections.OrderedDict[str | None, int] = collections.OrderedDict()
         self.open: dict[str, set] = {}  # Engine.IO sid -> lanes holding an entry for it
         # Interest channels, on a draining worker: the channels synced with the heir
         # (InterestRedisManager.prepare_heir; None before), and the sessions that
@@ -368,6 +374,14 @@ class ChannelOrder:
             self.sent.move_to_end(c)
         while len(self.sent) > MAX_LANES:
             self.sent.popitem(last=False)
+        if data.get("method") == "handover_mark":
+            # Published once Redis confirmed this worker's subscription there: an old
+            # worker that read it is at a position this listener will reach.
+            for c in channels:
+                self.marked[c] = self.published
+                self.marked.move_to_end(c)
+            while len(self.marked) > MAX_LANES:
+                self.marked.popitem(last=False)
         local = data.get("method") == "emit" and not (
             self.manager.recovery is not None and data.get("callback") is None)
         if self.by_channel and local and len(channels) > 1:
@@ -418,6 +432,12 @@ class ChannelOrder:
                     e.target = i + e.mark[2]
                 if applied:
                     skip.append(e.eio_sid)  # the old worker delivered it
+                    if e.target is not None and i >= e.target:
+                        # Its position itself: what comes next is new to the session
+                        # (a quiet channel may have no next message for long).
+                        e.passed = True
+                        if self._done(e, lane):
+                            self._close(e, lane)
                     continue
                 e.passed = True
             if data.get("method") == "emit" and local:
@@ -482,6 +502,8 @@ class ChannelOrder:
                     e.passed = True
                 elif e.mark is not None and (pub, n) == e.mark[:2]:
                     e.target = i + e.mark[2]
+                if e.target is not None and i >= e.target:
+                    e.passed = True  # its position itself (as in heard)
             if e.passed and self._done(e, lane):
                 self._close(e, lane)
         # Acted on now: the first copy here, of another worker's message (this
@@ -547,6 +569,15 @@ class ChannelOrder:
         if not m.got(key[0], key[1], local, chs):
             self._deliver(m.eio_sid, data)
 
+    def _coming(self, channel: str, key: tuple) -> bool:
+        """Whether the copy on `channel` of message `key` (PUB, N), unread here, may
+        still come: not once this listener read a later number of PUB there (a
+        publisher's copies on one channel come in number order, so that one was
+        published before this listener held the channel: this worker's own emit
+        to a sid elsewhere, before it adopted that worker's channel)."""
+        lane = self.lanes.get(channel)
+        return lane is None or lane.last.get(key[0], 0) < key[1]
+
     def _moved_on(self, chs) -> list[_Moved]:
         found: dict[str, _Moved] = {}
         for c in chs:
@@ -566,6 +597,8 @@ class ChannelOrder:
     def _sweep(self, now: float) -> None:
         self.next_sweep = now + 1.0
         for m in [m for m in self.moved.values() if now > m.deadline]:
+            m.pending = {k for k in m.pending if k not in self.copies or any(
+                c in m.lanes and self._coming(c, k) for c in self.copies[k].chs)}
             if m.pending:
                 log.warning("%s: moved in, and %d message(s) sent to several rooms at once "
                             "were still undecided after %.0f s (a copy never read: Redis "
@@ -636,11 +669,12 @@ class ChannelOrder:
         The ones whose copy was read there are in `seen`."""
         m = self.moved.get(eio_sid)
         found = set()
+        now = time.monotonic()
         for c in channels:
             for key in self.unread_on.get(c, ()):
                 cp = self.copies.get(key)
-                if cp is None:
-                    continue
+                if cp is None or cp.until < now or not self._coming(c, key):
+                    continue  # (given up: dropped at the next act; or never comes)
                 # Acted on here while the session was here, or decided for it, or
                 # it had it before: it got it. Acted on here before it arrived and
                 # not decided yet: it did not (its next worker decides).
@@ -758,7 +792,7 @@ class ChannelOrder:
         for c in channels:
             for key in self.unread_on.get(c, ()):
                 cp = self.copies.get(key)
-                if cp is not None and key not in m.decided:
+                if cp is not None and key not in m.decided and self._coming(c, key):
                     if m.got(key[0], key[1], cp.local, cp.chs):
                         m.decided.add(key)
                     else:
@@ -796,6 +830,14 @@ class ChannelOrder:
     def _place(self, lane: _Lane, e: _Entry) -> None:
         """Find the old worker's position in the ring: deliver what came after it
         (this listener is ahead), or leave the entry to hold (it is behind)."""
+        if (e.mark is not None and lane.last.get(e.mark[0], 0) < e.mark[1]
+                and e.seen.get(self.me, 0) >= self.marked.get(lane.channel, float("inf"))):
+            # Its mark is still to come here: the old worker read this worker's
+            # marker, so this listener held the channel before its position. Behind,
+            # whatever the ring holds from before the old worker held the channel
+            # (its own emits there from then would read as applied, and what came
+            # after them as new to the session).
+            return
         ring = [r for r in self.ring if r[0] is lane]
         # The old worker applied a prefix of the channel: the last entry it applied
         # is where it was (plus K plain messages after its mark).
@@ -811,6 +853,13 @@ class ChannelOrder:
                 break
             later = later or pub is not None
         if cut is None:
+            if e.mark is not None and lane.mark is not None and (
+                    lane.mark[:2] == e.mark[:2] and lane.index - lane.mark[2] == e.mark[2]):
+                # Its mark left the ring (RING_KEEP over all lanes) but is this
+                # lane's last identified message, with as many plain ones after it:
+                # exactly there.
+                e.passed = True
+                return
             # Nothing here that it applied: this listener is behind it, unless it
             # heard later messages of a publisher the old worker heard (then it
             # started listening after that position, or is far ahead).
@@ -822,12 +871,15 @@ class ChannelOrder:
                             e.eio_sid, RING_KEEP, _on(lane))
             cut = 0
         if cut >= lane.index:
-            # Just there, or behind by what it has not read yet: behind if the old
-            # worker applied a number of a publisher this listener has not read
-            # (or plain messages after its mark); else exactly there, and what
-            # comes next is new to the session (a quiet channel may have no next
-            # message for long: the entry would wait out ORDER_WAIT for nothing).
-            if cut == lane.index and all(lane.last.get(p, 0) >= k for p, k in e.seen.items()):
+            # (Only its mark gives such a cut.) Behind by the plain messages after
+            # its mark that this listener has not read yet; or exactly there, and
+            # what comes next is new to the session (a quiet channel may have no
+            # next message for long: the entry would wait out ORDER_WAIT for
+            # nothing). Numbers in `seen` this listener never read do not count:
+            # they came before the mark, so before its subscription (the old
+            # worker's own marker from when it was an heir, a message to a retired
+            # worker's sids): nothing of them is still to come here.
+            if cut == lane.index:
                 e.passed = True
             return
         m = self.moved.get(e.eio_sid) if self.by_channel else None

@@ -34,3 +34,11 @@ def hold(sid, data=None):
     while time.monotonic() < deadline and not os.path.exists(data["release"]):
         sio.sleep(0.02)
     return True
+
+
+@sio.on("tell")
+def tell(sid, data=None):
+    """`told` with `data` to the one sid data["to"] (published on that sid's
+    worker's channel, and on the room channel of that name)."""
+    sio.emit("told", data, to=data["to"])
+    return True
