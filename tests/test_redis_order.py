@@ -221,6 +221,11 @@ class LaneWorker(Worker):
         super().__init__()
         self.order = ChannelOrder(self, lanes=True)
 
+    def emit_on(self, channel: str, event: str) -> dict:
+        return self.order.stamp({"method": "emit", "event": event, "namespace": "/",
+                                 "room": channel, "skip_sid": None, "callback": None},
+                                [channel])
+
     def read_on(self, channel: str, m: dict) -> bool:
         out = self.order.heard(m, channel)
         own = m.get(redis_order.KEY, [None])[0] == self.order.me
@@ -604,7 +609,7 @@ def test_an_emit_to_a_sid_elsewhere_is_not_in_flight_once_its_channel_is_adopted
     reaches it; once its own marker there is read back (it adopted the channel for
     sessions moving in), those copies are not in flight: a session leaving names
     none of them, and one moving in awaits none."""
-    v = MultiWorker()
+    v = MultiWorker(("c1", "c2"))
     # Tells to a sid of worker 1, before it held w1 (more than a state names).
     for i in range(redis_order.MAX_STATE_MULTI + 5):
         v.order.stamp({"method": "emit", "event": f"t{i}", "namespace": "/",
@@ -613,7 +618,7 @@ def test_an_emit_to_a_sid_elsewhere_is_not_in_flight_once_its_channel_is_adopted
                       ["w1", "rsid1"])
     mark = v.order.stamp({"method": "handover_mark", "channel": "w1"}, ["w1"])
     v.read_on("w1", mark)
-    w = MultiWorker()
+    w = MultiWorker(("c1", "c2"))
     w.here.add(S)
     w.read_on("w1", mark)
     with caplog.at_level(logging.WARNING, "imcluster.worker"):
