@@ -169,3 +169,41 @@ def test_kill_right_after_acks_loses_no_acked_message(redis_server, cluster_fact
                 c.close()
             except Exception:
                 pass
+
+
+def test_ack_wait_is_bounded_and_skipped_while_publishing_is_down(proxy, cluster_factory):
+    """Redis frozen (nothing answered, nothing forwarded): a `say`'s ack waits
+    for the publisher's reply timeout (--redis-silence-timeout), no longer;
+    once the publisher's breaker is open, a `say` is answered without waiting
+    (its ack arrives before that of an `echo` sent after it), as during any
+    outage its broadcast reaches the worker's own clients only."""
+    short = 3.0
+    cluster = cluster_factory(workers=2, redis=f"redis://127.0.0.1:{proxy.port}/0",
+                              args=("--redis-silence-timeout", str(short)))
+    cluster.wait_ready()
+    here, there = split_by_worker(cluster.url, "r")
+    try:
+        assert here[0].call("say", {"room": "r", "text": "warm", "ts": 0}) is True
+        wait_for(lambda: heard(there, "warm"), 10, what="cross-worker delivery before the freeze")
+        assert proxy.freeze(new_flows=True) >= 2
+        acks: list[str] = []
+        here[0].sio.emit("say", {"room": "r", "text": "frozen", "ts": 0},
+                         callback=lambda ok: acks.append(f"say:{ok}"))
+        here[0].sio.emit("echo", 1, callback=lambda data: acks.append(f"echo:{data}"))
+        wait_for(lambda: "echo:1" in acks, 10, what="the echo's ack while Redis is frozen")
+        # Bounded: the publisher gives the batch up after its reply timeout.
+        wait_for(lambda: "say:True" in acks, short + 10,
+                 what="the say's ack once the publisher gave up on Redis")
+        assert acks == ["echo:1", "say:True"], acks
+        wait_for(lambda: "unreachable for publishing" in cluster.log(), 10,
+                 what="the publisher's breaker to open")
+        acks.clear()
+        here[0].sio.emit("say", {"room": "r", "text": "down", "ts": 0},
+                         callback=lambda ok: acks.append(f"say:{ok}"))
+        here[0].sio.emit("echo", 2, callback=lambda data: acks.append(f"echo:{data}"))
+        wait_for(lambda: len(acks) == 2, 10, what="both acks while publishing is down")
+        assert acks == ["say:True", "echo:2"], acks
+        wait_for(lambda: heard(here, "down"), 10, what="local delivery while Redis is down")
+    finally:
+        for c in here + there:
+            c.close()
