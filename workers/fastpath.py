@@ -29,7 +29,7 @@ import engineio
 import socketio
 from socketio import packet as sio_packet
 
-from imcluster.workers import dispatch, fastpacket, protocol, sessions
+from imcluster.workers import dispatch, fastpacket, protocol, pubsub, sessions
 
 # The functions whose work receive() does in their place: if any is not what
 # the server's class uses, the fast path stays off for that server.
@@ -131,6 +131,12 @@ class DirectAcks:
     other case (polling, a closed or unknown session, packets held for a
     CONNECT by workers/protocol.py, binary or unusual data, Engine.IO logging
     at INFO) takes upstream's way.
+
+    Either way, the ack of a handler that queued broadcasts for Redis waits
+    until Redis took them (pubsub.wait_pushed; workers/redis_manager.py says
+    why and how long at most). So this class is installed whenever the
+    server's `_handle_event_internal` is still python-socketio's, direct
+    writing or not (`_imcluster_direct_acks`).
     """
 
     _imcluster_direct_acks = False  # set per server by install_acks
@@ -138,7 +144,12 @@ class DirectAcks:
     # internals: socketio-handle-event-internal-copy (a copy, changed)
     def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):
         r = server._trigger_event(data[0], namespace, sid, *data[1:])
-        if r != self.not_handled and id is not None:
+        acked = r != self.not_handled and id is not None
+        if pubsub.pushed():
+            # The handler's broadcasts reach Redis before its ack leaves
+            # (workers/redis_manager.py, the module's last paragraph).
+            pubsub.wait_pushed(acked)
+        if acked:
             # send ACK packet with the response returned by the handler
             # tuples are expanded as multiple arguments
             if r is None:
@@ -192,21 +203,26 @@ def write_ack(sio, eio_sid: str, namespace: str | None, id: int, data: list) -> 
 
 
 def install_acks(sio: socketio.Server) -> bool:
-    """Write `sio`'s plain acks directly (DirectAcks) when nothing an ack passes
-    through was replaced; True if so. Needs FastPacket."""
+    """Answer `sio`'s events through DirectAcks (acks after the handler's Redis
+    broadcasts) when its `_handle_event_internal` is python-socketio's, and
+    write plain acks directly when nothing an ack passes through was replaced
+    either; True if acks are written directly. Direct writing needs FastPacket."""
+    if not isinstance(sio, socketio.Server):
+        return False
     eio = sio.eio
     ok_send = _SEND_PACKET_OK | {protocol.SocketRules._send_packet, _recovery_send_packet()}
     cls = type(sio)
-    if (not isinstance(sio, socketio.Server) or sio.packet_class is not fastpacket.FastPacket
-            or cls._handle_event_internal not in (_EVENT_INTERNAL,
-                                                  DirectAcks._handle_event_internal)
-            or "_handle_event_internal" in sio.__dict__ or "_send_packet" in sio.__dict__
+    if (cls._handle_event_internal not in (_EVENT_INTERNAL, DirectAcks._handle_event_internal)
+            or "_handle_event_internal" in sio.__dict__):
+        return False  # the app answers events its own way
+    if cls._handle_event_internal is _EVENT_INTERNAL:
+        sio.__class__ = protocol.with_rules(cls, DirectAcks)
+    if (sio.packet_class is not fastpacket.FastPacket or "_send_packet" in sio.__dict__
             or any("_send_packet" in vars(k) and vars(k)["_send_packet"] not in ok_send
                    for k in cls.__mro__)
             or (type(eio).send, type(eio).send_packet) != _EIO_SEND
             or "send" in eio.__dict__ or "send_packet" in eio.__dict__):
         return False
-    sio.__class__ = protocol.with_rules(cls, DirectAcks)
     sio._imcluster_direct_acks = True
     return True
 

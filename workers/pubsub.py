@@ -60,7 +60,9 @@ methods it knows).
 from __future__ import annotations
 
 import base64
+import contextvars
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -68,6 +70,49 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 from socketio.packet import Packet
+
+# What the running event handler queued for Redis ({Publisher: number of its
+# last entry there}), in the handler's own contextvars context: every handler
+# starts with an empty one (python-socketio's background tasks, and
+# workers/dispatch.py resets it for each), so nothing needs clearing between
+# handlers, and a greenlet that is not a handler only ever holds one small dict.
+_PUSHED: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "imcluster_pushed", default=None)
+
+
+def note_pushed(publisher, n: int) -> None:
+    """`publisher` queued entry number `n` for the running greenlet (called by
+    workers/redis_manager.py Publisher.push; `wait_pushed` waits for it)."""
+    marks = _PUSHED.get()
+    if marks is None:
+        _PUSHED.set({publisher: n})
+    else:
+        marks[publisher] = n
+
+
+def pushed() -> bool:
+    """True if the running handler queued something for Redis since it began
+    (or since the last `wait_pushed`)."""
+    return _PUSHED.get() is not None
+
+
+def wait_pushed(wait: bool = True) -> None:
+    """Wait until what the running handler queued for Redis (`note_pushed`) was
+    written to Redis and answered, or given up (the publisher's breaker opened,
+    an error), for at most the longest `reply_timeout` (seconds) of those
+    publishers; then forget it. `wait` False: only forget. Returns at once,
+    without switching, when nothing was queued. Called before a handler's ack
+    (workers/fastpath.py DirectAcks)."""
+    marks = _PUSHED.get()
+    if marks is None:
+        return
+    _PUSHED.set(None)
+    if not wait:
+        return
+    deadline = time.monotonic() + max(p.reply_timeout for p in marks)
+    for publisher, n in marks.items():
+        publisher.wait_flushed(n, deadline)
+
 
 log = logging.getLogger("imcluster.worker")
 

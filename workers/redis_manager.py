@@ -53,6 +53,22 @@ other workers in the order they were emitted (python-socketio runs each event
 in its own greenlet, and a pool of connections let a later publish overtake an
 earlier one), an emit never waits for Redis, and a burst costs one round trip
 per batch, not per message.
+
+An event handler's ack waits for its broadcasts, though: the ack of a client's
+event is written only once every batch holding what that handler pushed was
+written to Redis and answered (Publisher.wait_flushed, workers/pubsub.py
+`wait_pushed`, called by workers/fastpath.py DirectAcks before the ack). So an
+acked message has left the worker, and a `kill -9` of the worker right after
+the ack does not lose it, as with python-socketio's RedisManager, which
+publishes inside `emit()`. Without that, the ack went out while the broadcast
+sat in the outbox, and a worker killed in between lost a message its sender
+had been told was sent (a trial with --recovery-window and a kill -9: one
+acked message in 4 runs of 6 reached nobody). A handler that pushed nothing
+does not wait at all (no switch, no system call). The wait is bounded: not
+while the breaker is open (the broadcast went to this worker's clients only,
+or nowhere, as during any outage), and at most the publisher's reply timeout
+(--redis-silence-timeout) after the ack was due; a batch that failed counts as
+done (its messages were dropped, as they are without the wait).
 """
 
 from __future__ import annotations
@@ -74,7 +90,7 @@ from redis.retry import Retry
 
 from imcluster import sid as sidcodec
 from imcluster.redact import redact_url
-from imcluster.workers.pubsub import ClusterPubSubManager
+from imcluster.workers.pubsub import ClusterPubSubManager, note_pushed
 from imcluster.workers.redis_order import CHANNELS
 
 log = logging.getLogger("imcluster.worker")
@@ -138,7 +154,16 @@ class SubscriptionSilent(Exception):
 
 class Publisher:
     """One Redis server's publishing side: an outbox, one greenlet, one connection,
-    and a circuit breaker (see the module)."""
+    and a circuit breaker (see the module).
+
+    Entries are numbered as they are queued (`pushed`, from 1); `flushed` is the
+    number of the last entry whose batch is done: written and answered by Redis,
+    or given up (the breaker, an error, a timeout: dropped as the module says).
+    An entry queued by an event handler while the breaker is closed is noted in
+    the handler's context (workers/pubsub.py `note_pushed`), and the handler's
+    ack waits for it (`wait_flushed`, at most `reply_timeout`): an acked
+    broadcast was handed to Redis before the ack left.
+    """
 
     def __init__(self, url: str, where: str = "",
                  reply_timeout: float = DEFAULT_SILENCE_TIMEOUT):
@@ -173,6 +198,10 @@ class Publisher:
         self.on_dropped = lambda entries: None
         self.wakeup = eventlet.event.Event()
         self.greenlet = None
+        self.reply_timeout = reply_timeout
+        # Entries queued (numbered from 1), taken into batches, and done (see the class).
+        self.pushed = self.taken = self.flushed = 0
+        self.flush_event: eventlet.event.Event | None = None  # made by a waiter
 
     def publish(self, channel: str, text: str) -> None:
         """Queue one message for `channel`; never waits for Redis."""
@@ -192,6 +221,9 @@ class Publisher:
                             self.overflowed, self.where)
             return
         self.outbox.append(entry)
+        self.pushed += 1
+        if self.publishing:
+            note_pushed(self, self.pushed)
         if self.greenlet is None:
             self.greenlet = eventlet.spawn(self._publish_forever)
         if not self.wakeup.ready():
@@ -215,7 +247,34 @@ class Publisher:
                     self.wakeup.reset()
                 continue
             batch = [self.outbox.popleft() for _ in range(min(len(self.outbox), MAX_BATCH))]
-            self._send_batch(batch)
+            self.taken += len(batch)
+            try:
+                self._send_batch(batch)
+            finally:
+                self._flushed_to(self.taken)
+
+    def _flushed_to(self, n: int) -> None:
+        """Entries up to number `n` are done (sent and answered, or given up)."""
+        self.flushed = n
+        ev = self.flush_event
+        if ev is not None:
+            self.flush_event = None
+            ev.send()
+
+    def wait_flushed(self, n: int, deadline: float) -> bool:
+        """Wait until the batch holding entry number `n` is done (see the class),
+        the breaker opens, or `deadline` (time.monotonic()) passes; True if done.
+        Not from the publisher's own greenlet (it would wait for itself)."""
+        while self.flushed < n and self.publishing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ev = self.flush_event
+            if ev is None:
+                ev = self.flush_event = eventlet.event.Event()
+            with eventlet.Timeout(left, False):
+                ev.wait()
+        return self.flushed >= n
 
     def _send_batch(self, batch: list) -> None:
         now = time.monotonic()

@@ -9,6 +9,13 @@ With connection state recovery on (workers/recovery.py), every emit without
 an ack comes back from the master with its offset, to the publisher too:
 this worker delivers its own broadcasts when they come back, not before, and
 sockets that asked for recovery get the offset as the event's last argument.
+
+`_publish` writes the message to the master's socketpair before `emit()`
+returns (Link.send waits, green, until the kernel took every byte), so a
+handler's ack always follows its broadcasts out of the worker: once queued on
+the socketpair they are the master's, and a worker killed after the ack loses
+none of them (the Redis publisher's ack wait, workers/redis_manager.py, gives
+the same promise there).
 """
 
 from __future__ import annotations
