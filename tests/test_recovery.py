@@ -371,7 +371,9 @@ def test_a_session_recovered_on_a_worker_started_after_it_left(cluster_factory,
     on_added = [m for m, w in zip(result["members"], back["workers"], strict=True) if w in added]
     assert on_added, (added, back["workers"])  # else this run did not test it
     for m in result["members"]:
-        assert m["heard"] == list(range(120)), (m["worker"], _gaps(m["heard"], list(range(120))))
+        assert m["heard"] == list(range(120)), (
+            m["worker"], first["victim"], _gaps(m["heard"], list(range(120))),
+            {k: v for k, v in m.items() if k != "heard"})
     for m in on_added:
         assert m["recovered"] is True
 
