@@ -31,8 +31,13 @@ from imcluster.master.lifecycle import APP_LOAD_ERROR
 from imcluster.workers import admin, drain, fastpath, handover, protocol, sessions, speedups
 from imcluster.workers import app as appmod
 from imcluster.workers.heir import HeirSync
-from imcluster.workers.http import (FdListener, close_refused_upgrades, make_protocol,
-                                    release_idle, serve_connection)
+from imcluster.workers.http import (
+    FdListener,
+    close_refused_upgrades,
+    make_protocol,
+    release_idle,
+    serve_connection,
+)
 from imcluster.workers.link import Link
 from imcluster.workers.recovery import Recovery
 from imcluster.workers.redis_cluster import ShardedRedisManager, is_cluster_url
