@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -216,6 +217,70 @@ def test_handover_and_recovery_together_through_a_reload_then_a_kill(cluster_fac
             assert m["connects"] == 2 and m["recovered"] is True, m
         else:
             assert m["connects"] == 1 and m["recovered"] is False, m  # the reload unseen
+
+
+def test_a_moved_sessions_old_worker_reports_nothing_more_of_it(cluster_factory,
+                                                              redis_server):
+    """--handover yes, --recovery-window, --redis: once a session left its worker,
+    that worker writes nothing more of it to Redis. Its room removals (python-
+    socketio's basic_disconnect, when the session is forgotten there) each wrote
+    a "change" down to no rooms, racing the new worker's "up" from another
+    publisher (the holder is the same Engine.IO sid): when it landed last, the
+    session, killed later, was recovered in no room and heard nothing more (a CI
+    failure). Watched with Redis's MONITOR from after the members joined their
+    room to after the reload: every write of a member's rooms names the room."""
+    cluster = cluster_factory(workers=2, recovery_window=10, handover=True,
+                              redis=redis_server)
+    cluster.wait_ready()
+    room = "moved-room-7"
+    proc = subprocess.Popen(["node", str(JS / "recovery.mjs"), json.dumps(
+        {"url": cluster.url, "clients": 8, "messages": 200, "rate": 40, "kill_after": 20,
+         "hold_after": 120, "victim_connects": 1, "room": room})],
+        cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    seen: list[str] = []
+    stop = threading.Event()
+    client = redis.Redis.from_url(redis_server)
+
+    def watch() -> None:
+        with client.monitor() as m:
+            for cmd in m.listen():
+                if cmd.get("client_type") != "lua":  # the scripts' calls, with their args
+                    seen.append(cmd["command"])
+                if stop.is_set():
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    try:
+        first = json.loads(proc.stdout.readline() or "null")
+        assert first, proc.stderr.read()
+        watcher.start()
+        assert json.loads(proc.stdout.readline()) == {"kill": True}
+        cluster.cluster.reload()  # every session moves (no kill in this test)
+        assert json.loads(proc.stdout.readline()) == {"held": True}
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        back = json.loads(proc.stdout.readline())
+        assert back["reconnected"] is True
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        result = json.loads(out.strip().splitlines()[-1])
+    finally:
+        stop.set()
+        client.ping()  # one more command, so the watcher sees the stop
+        watcher.join(10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "handed over" in cluster.log()
+    for m in result["members"]:
+        assert m["heard"] == list(range(200)) and m["connects"] == 1, m["worker"]
+    pids = [p for p in first["pids"] if p]
+    assert len(pids) == 8
+    writes = [c for c in seen if "rooms" in c and any(f":s:{p}" in c for p in pids)]
+    assert writes, "no room writes seen: the test watched nothing"
+    wrong = [c for c in writes if room not in c]
+    assert not wrong, wrong[:3]
 
 
 # In a Chromium page of the chat demo, whose index loads the official client

@@ -321,11 +321,7 @@ def _move_out_websocket(worker, s: sessions.ClusterSocket, deadline: float) -> b
     # Gone: forget it here without a disconnect handler, and, with no yield in
     # between, note how many relayed broadcasts reached it from here: the master
     # replays the rest to its new owner (channel.py, REPLAY).
-    _forget(sio, eio, s, state)
-    if order is not None:
-        order.left(s.sid)
-    if getattr(worker, "recovery", None) is not None:
-        worker.recovery.left(state)
+    _gone(worker, sio, eio, s, state, order)
     if relay is not None:
         state["relay_seen"] = relay.handled
         state["heir_seen"] = 0  # the master puts the heir's number here
@@ -636,9 +632,7 @@ def _move_polling(worker, s: sessions.ClusterSocket, handlers_deadline: float) -
         log.info("%s: not handed over: its state takes more than one channel frame", s.sid)
         _release(s)
         return False
-    _forget(sio, eio, s, state)
-    if order is not None:
-        order.left(s.sid)
+    _gone(worker, sio, eio, s, state, order)
     moved_out.add(s.sid)
     relay = getattr(worker, "relay", None)
     if relay is not None:
@@ -762,6 +756,23 @@ def request_head(environ: dict) -> bytes:
         if environ.get("CONTENT_TYPE"):
             lines.append(f"Content-Type: {environ['CONTENT_TYPE']}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
+
+
+def _gone(worker, sio, eio, s: sessions.ClusterSocket, state: dict, order) -> None:
+    """The session left: forget it here, recovery first. Once it is no longer
+    held here, this worker reports nothing more of it (its new worker reports
+    it "up"); `_forget`'s room removals would otherwise each report a "change"
+    down to no rooms, and with --redis that could land after the new worker's
+    "up" (two publishers, no order between them; the holder is the same
+    Engine.IO sid): a session killed later was recovered in no room and heard
+    nothing more (a test_recovery failure in CI). A polling session was not
+    forgotten by recovery at all (its room removals reported the same way)."""
+    recovery = getattr(worker, "recovery", None)
+    if recovery is not None:
+        recovery.left(state)
+    _forget(sio, eio, s, state)
+    if order is not None:
+        order.left(s.sid)
 
 
 def _forget(sio, eio, s: sessions.ClusterSocket, state: dict) -> None:
