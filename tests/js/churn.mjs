@@ -33,17 +33,24 @@ function note(kind, e) {
 
 async function once() {
   let s;
+  let host = null;
+  // Counted from the Engine.IO open, not the Socket.IO connect: a session is on its
+  // host (and `live`) from then on, so a test that waits for a host's live count to be
+  // 0 knows no session there is still finishing its connect.
+  const opened = (id) => {
+    host = id.slice(0, 2);
+    t.by_host[host] = (t.by_host[host] || 0) + 1;
+    t.live[host] = (t.live[host] || 0) + 1;
+  };
   try {
-    s = await connect(opt.url, opt.transport, opt.timeout_ms, tlsOptions(opt));
+    s = await connect(opt.url, opt.transport, opt.timeout_ms, tlsOptions(opt), opened);
   } catch (e) {
     t.handshakes += 1;
     note("failed_handshakes", e);
+    if (host !== null) t.live[host] -= 1;
     return;
   }
   t.handshakes += 1;
-  const host = s.io.engine.id.slice(0, 2);
-  t.by_host[host] = (t.by_host[host] || 0) + 1;
-  t.live[host] = (t.live[host] || 0) + 1;
   let closedByUs = false;
   s.on("disconnect", () => { if (!closedByUs) t.cut += 1; });
   try {

@@ -17,11 +17,14 @@ export const withTimeout = (p, ms, what) =>
 export const tlsOptions = (opt) => (opt.ca_file ? { ca: readFileSync(opt.ca_file) } : {});
 
 // One official socket.io-client connection (no reconnection); `said` records what it hears.
-export function connect(url, transport, timeoutMs, extra = {}) {
+// `opened(engineId)`, if given, is called when the Engine.IO session opens (before the
+// Socket.IO CONNECT is answered).
+export function connect(url, transport, timeoutMs, extra = {}, opened = null) {
   const s = io(url, {
     transports: TRANSPORTS[transport], forceNew: true, reconnection: false, timeout: timeoutMs,
     ...extra,
   });
+  if (opened) s.io.once("open", () => opened(s.io.engine.id));
   s.said = [];
   s.on("said", (m) => s.said.push(m));
   return withTimeout(new Promise((resolve, reject) => {
